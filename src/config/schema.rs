@@ -1,0 +1,338 @@
+//! The typed shape of `gatehouse.toml`: what each key is called, its type and its default.
+//!
+//! Unknown keys are refused everywhere (`deny_unknown_fields`), so a typo is an error with a line
+//! number rather than a silently ignored setting. Values that are checked after parsing (names,
+//! references, addresses, patterns) are kept as [`Spanned`] so their errors can point at them.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+use super::units::{ByteSize, HumanDuration};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Process-wide settings: workers, limits, shutdown.
+    #[serde(default)]
+    pub server: ServerSettings,
+    /// Default timeouts; routes and pools may override some of them.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Which forwarding headers are added to requests sent to backends.
+    #[serde(default)]
+    pub forwarded: ForwardedSettings,
+    /// Diagnostic logging.
+    #[serde(default)]
+    pub log: LogSettings,
+    /// One line per request.
+    #[serde(default)]
+    pub access_log: AccessLogSettings,
+    /// Sockets to accept clients on (`[[listener]]`).
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// Named groups of backends (`[pool.NAME]`).
+    #[serde(default, rename = "pool")]
+    pub pools: BTreeMap<String, PoolConfig>,
+    /// Routing rules (`[[route]]`), matched by specificity (see `docs/configuration.md`).
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`: settings for the whole process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Worker threads; `0` means one per CPU core.
+    pub workers: usize,
+    /// How long in-flight requests may run after SIGTERM/SIGINT before connections are closed.
+    pub grace_period: HumanDuration,
+    /// Largest request head (request line and headers) accepted; beyond it the client gets 431.
+    pub max_header_bytes: ByteSize,
+    /// Most header fields in one request; beyond it the client gets 431.
+    pub max_headers: usize,
+    /// Default cap on a request body; routes may set their own. Unset means no cap.
+    pub max_body: Option<ByteSize>,
+    /// Most concurrent HTTP/2 streams per client connection.
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            grace_period: HumanDuration::secs(30),
+            max_header_bytes: ByteSize::kib(32),
+            max_headers: 100,
+            max_body: None,
+            h2_max_concurrent_streams: 256,
+        }
+    }
+}
+
+/// `[timeouts]`: defaults for every connection and request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Time a client has to send a complete request head once it starts one (slowloris defence).
+    pub client_header: HumanDuration,
+    /// Time a client connection may stay open with no request in flight.
+    pub client_idle: HumanDuration,
+    /// Time to establish a TCP connection to a backend.
+    pub upstream_connect: HumanDuration,
+    /// Time a backend has to send its response head once the request is sent.
+    pub upstream_header: HumanDuration,
+    /// Time an unused pooled backend connection is kept open.
+    pub upstream_idle: HumanDuration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            client_header: HumanDuration::secs(10),
+            client_idle: HumanDuration::secs(60),
+            upstream_connect: HumanDuration::secs(5),
+            upstream_header: HumanDuration::secs(60),
+            upstream_idle: HumanDuration::secs(60),
+        }
+    }
+}
+
+/// `[forwarded]`: headers that tell the backend about the client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardedSettings {
+    /// Append the client address to `X-Forwarded-For`.
+    pub x_forwarded_for: bool,
+    /// Set `X-Forwarded-Proto` to the scheme the client used.
+    pub x_forwarded_proto: bool,
+    /// Set `X-Forwarded-Host` to the host the client asked for.
+    pub x_forwarded_host: bool,
+    /// Append an RFC 7239 `Forwarded` element.
+    pub forwarded: bool,
+    /// Add `Via: 1.1 gatehouse` to requests and responses (no version is ever sent).
+    pub via: bool,
+}
+
+impl Default for ForwardedSettings {
+    fn default() -> Self {
+        Self {
+            x_forwarded_for: true,
+            x_forwarded_proto: true,
+            x_forwarded_host: true,
+            forwarded: false,
+            via: false,
+        }
+    }
+}
+
+/// `[log]`: diagnostic logging to stderr.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// A `tracing` filter such as `"info"` or `"gatehouse=debug"`; `RUST_LOG` overrides it.
+    pub level: String,
+    /// `"text"` or `"json"`.
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Line format for diagnostic and access logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[access_log]`: one line per request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogSettings {
+    /// Write access log lines at all.
+    pub enabled: bool,
+    /// `"text"` (combined-like) or `"json"`.
+    pub format: LogFormat,
+    /// `"-"` for stdout, or a file path (appended to).
+    pub path: String,
+}
+
+impl Default for AccessLogSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            format: LogFormat::Text,
+            path: "-".to_owned(),
+        }
+    }
+}
+
+/// `[[listener]]`: one socket clients connect to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Name used in logs; defaults to the address.
+    pub name: Option<Spanned<String>>,
+    /// `IP:PORT` to bind, e.g. `"0.0.0.0:80"` or `"[::]:8080"`.
+    pub address: Spanned<String>,
+    /// Serve HTTP/1.1.
+    #[serde(default = "yes")]
+    pub http1: bool,
+    /// Serve cleartext HTTP/2 with prior knowledge (h2c) on the same port.
+    #[serde(default = "yes")]
+    pub http2: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[pool.NAME]`: a group of interchangeable backends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Backend addresses as `HOST:PORT`.
+    pub backends: Spanned<Vec<Spanned<String>>>,
+    /// Protocol spoken to the backends.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// How a backend is chosen for each request.
+    #[serde(default)]
+    pub balance: BalancePolicy,
+    /// Overrides `timeouts.upstream_connect` for this pool.
+    pub connect_timeout: Option<HumanDuration>,
+    /// Overrides `timeouts.upstream_idle` for this pool.
+    pub idle_timeout: Option<HumanDuration>,
+    /// Most idle connections kept per backend.
+    #[serde(default = "default_max_idle")]
+    pub max_idle_per_backend: usize,
+}
+
+fn default_max_idle() -> usize {
+    256
+}
+
+/// Protocol spoken to a pool's backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    #[default]
+    Http1,
+    /// Cleartext HTTP/2 with prior knowledge.
+    H2c,
+}
+
+/// Backend selection policy of a pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancePolicy {
+    /// Each backend in turn.
+    #[default]
+    RoundRobin,
+}
+
+/// One string or a list of strings (`host = "a.test"` or `host = ["a.test", "b.test"]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneOrMany(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Strings;
+        impl<'de> serde::de::Visitor<'de> for Strings {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    items.push(item);
+                }
+                Ok(OneOrMany(items))
+            }
+        }
+        deserializer.deserialize_any(Strings)
+    }
+}
+
+/// `[[route]]`: which requests go where, and what happens to them on the way.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name used in logs; defaults to `route-N` (N counts from 1 in file order).
+    pub name: Option<Spanned<String>>,
+    /// Host patterns: `"example.com"` or `"*.example.com"`; absent means any host.
+    pub host: Option<Spanned<OneOrMany>>,
+    /// Exact path match.
+    pub path: Option<Spanned<String>>,
+    /// Path prefix match (plain string prefix).
+    pub path_prefix: Option<Spanned<String>>,
+    /// Path regular expression (Rust `regex` syntax, matched against the path only).
+    pub path_regex: Option<Spanned<String>>,
+    /// Allowed methods; absent means any.
+    pub methods: Option<Vec<Spanned<String>>>,
+    /// Headers that must be present with exactly these values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    /// The pool requests are sent to.
+    pub pool: Spanned<String>,
+    /// Remove this prefix from the path before forwarding.
+    pub strip_prefix: Option<Spanned<String>>,
+    /// Put this prefix in front of the path before forwarding (after `strip_prefix`).
+    pub add_prefix: Option<Spanned<String>>,
+    /// Send the client's `Host` to the backend (default) or, when false, the backend's address.
+    #[serde(default = "yes")]
+    pub preserve_host: bool,
+    /// Send this `Host` to the backend instead.
+    pub host_header: Option<Spanned<String>>,
+    /// Changes to request headers sent to the backend.
+    #[serde(default)]
+    pub request_headers: HeaderRules,
+    /// Changes to response headers sent to the client.
+    #[serde(default)]
+    pub response_headers: HeaderRules,
+    /// Timeouts for this route.
+    #[serde(default)]
+    pub timeouts: RouteTimeouts,
+    /// Cap on the request body; overrides `server.max_body`.
+    pub max_body: Option<ByteSize>,
+}
+
+/// Header edits: `add` appends a value, `set` replaces all values, `remove` deletes the header.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRules {
+    /// Headers appended (existing values are kept).
+    #[serde(default)]
+    pub add: BTreeMap<String, Spanned<String>>,
+    /// Headers replaced.
+    #[serde(default)]
+    pub set: BTreeMap<String, Spanned<String>>,
+    /// Headers removed.
+    #[serde(default)]
+    pub remove: Vec<Spanned<String>>,
+}
+
+/// `timeouts` inside a route.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTimeouts {
+    /// Overrides `timeouts.upstream_header`.
+    pub upstream_header: Option<HumanDuration>,
+}

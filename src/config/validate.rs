@@ -1,0 +1,183 @@
+//! Whole-config checks that serde cannot express: references, duplicates, addresses, patterns.
+//!
+//! Each check uses the same parser the runtime compiles with, so a config that passes here
+//! compiles, and every problem is collected rather than stopping at the first.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use http::{HeaderName, HeaderValue, Method};
+use serde_spanned::Spanned;
+
+use super::schema::{Config, HeaderRules};
+use crate::routing::HostPattern;
+use crate::upstream::parse_backend_address;
+
+/// A problem found by validation, located by a byte span of the config text.
+#[derive(Debug)]
+pub struct Problem {
+    /// Where in the text; `None` when the problem is about the file as a whole.
+    pub span: Option<Range<usize>>,
+    /// What is wrong.
+    pub message: String,
+}
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn at<T>(&mut self, item: &Spanned<T>, message: impl Into<String>) {
+        self.0.push(Problem {
+            span: Some(item.span()),
+            message: message.into(),
+        });
+    }
+}
+
+/// Returns every problem in `config`; empty means it compiles.
+pub fn validate(config: &Config) -> Vec<Problem> {
+    let mut problems = Problems(Vec::new());
+    if config.listeners.is_empty() {
+        problems.0.push(Problem {
+            span: None,
+            message: "no [[listener]] is configured; add one with an `address`".to_owned(),
+        });
+    }
+    if config.server.max_header_bytes.0 < 8192 {
+        problems.0.push(Problem {
+            span: None,
+            message: "server.max_header_bytes must be at least 8KiB".to_owned(),
+        });
+    }
+    check_listeners(config, &mut problems);
+    check_pools(config, &mut problems);
+    check_routes(config, &mut problems);
+    problems.0
+}
+
+fn check_listeners(config: &Config, problems: &mut Problems) {
+    let mut names: HashMap<&str, ()> = HashMap::new();
+    let mut addresses: HashMap<SocketAddr, ()> = HashMap::new();
+    for listener in &config.listeners {
+        match listener.address.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => {
+                if addresses.insert(addr, ()).is_some() {
+                    problems.at(&listener.address, format!("address {addr} is used by two listeners"));
+                }
+            }
+            Err(_) => problems.at(
+                &listener.address,
+                format!(
+                    "{:?} is not a socket address; write IP:PORT, e.g. \"0.0.0.0:8080\" or \"[::]:8080\"",
+                    listener.address.get_ref()
+                ),
+            ),
+        }
+        if let Some(name) = &listener.name
+            && names.insert(name.get_ref(), ()).is_some()
+        {
+            problems.at(name, format!("listener name {:?} is used twice", name.get_ref()));
+        }
+        if !listener.http1 && !listener.http2 {
+            problems.at(&listener.address, "listener serves neither http1 nor http2");
+        }
+    }
+}
+
+fn check_pools(config: &Config, problems: &mut Problems) {
+    for pool in config.pools.values() {
+        if pool.backends.get_ref().is_empty() {
+            problems.at(&pool.backends, "a pool needs at least one backend");
+        }
+        for backend in pool.backends.get_ref() {
+            if let Err(message) = parse_backend_address(backend.get_ref()) {
+                problems.at(backend, message);
+            }
+        }
+    }
+}
+
+fn check_routes(config: &Config, problems: &mut Problems) {
+    let mut names: HashMap<&str, ()> = HashMap::new();
+    for route in &config.routes {
+        if let Some(name) = &route.name
+            && names.insert(name.get_ref(), ()).is_some()
+        {
+            problems.at(name, format!("route name {:?} is used twice", name.get_ref()));
+        }
+        if !config.pools.contains_key(route.pool.get_ref()) {
+            let known: Vec<&str> = config.pools.keys().map(String::as_str).collect();
+            problems.at(
+                &route.pool,
+                format!(
+                    "pool {:?} is not defined (defined pools: {})",
+                    route.pool.get_ref(),
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                ),
+            );
+        }
+        if let Some(hosts) = &route.host {
+            if hosts.get_ref().0.is_empty() {
+                problems.at(hosts, "an empty host list matches nothing; leave `host` out to match any host");
+            }
+            for host in &hosts.get_ref().0 {
+                if let Err(message) = HostPattern::parse(host) {
+                    problems.at(hosts, message);
+                }
+            }
+        }
+        let path_matchers = [&route.path, &route.path_prefix, &route.path_regex];
+        let given: Vec<&Spanned<String>> = path_matchers.iter().filter_map(|m| m.as_ref()).collect();
+        if given.len() > 1 {
+            problems.at(given[1], "use only one of `path`, `path_prefix` and `path_regex`");
+        }
+        for path in [&route.path, &route.path_prefix, &route.strip_prefix, &route.add_prefix]
+            .into_iter()
+            .flatten()
+        {
+            if !path.get_ref().starts_with('/') {
+                problems.at(path, format!("{:?} must start with '/'", path.get_ref()));
+            }
+        }
+        if let Some(regex) = &route.path_regex
+            && let Err(e) = regex::Regex::new(regex.get_ref())
+        {
+            problems.at(regex, format!("invalid regular expression: {e}"));
+        }
+        for method in route.methods.iter().flatten() {
+            if Method::from_bytes(method.get_ref().as_bytes()).is_err() || method.get_ref().is_empty() {
+                problems.at(method, format!("{:?} is not an HTTP method", method.get_ref()));
+            }
+        }
+        for (name, value) in &route.headers {
+            check_header(name, value, problems);
+        }
+        if let Some(host) = &route.host_header
+            && HeaderValue::from_str(host.get_ref()).is_err()
+        {
+            problems.at(host, "host_header is not a valid header value");
+        }
+        check_rules(&route.request_headers, problems);
+        check_rules(&route.response_headers, problems);
+    }
+}
+
+fn check_rules(rules: &HeaderRules, problems: &mut Problems) {
+    for (name, value) in rules.add.iter().chain(&rules.set) {
+        check_header(name, value, problems);
+    }
+    for name in &rules.remove {
+        if HeaderName::from_bytes(name.get_ref().as_bytes()).is_err() {
+            problems.at(name, format!("{:?} is not a valid header name", name.get_ref()));
+        }
+    }
+}
+
+fn check_header(name: &str, value: &Spanned<String>, problems: &mut Problems) {
+    if HeaderName::from_bytes(name.as_bytes()).is_err() {
+        problems.at(value, format!("{name:?} is not a valid header name"));
+    }
+    if HeaderValue::from_str(value.get_ref()).is_err() {
+        problems.at(value, format!("the value for header {name:?} is not a valid header value"));
+    }
+}

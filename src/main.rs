@@ -1,0 +1,136 @@
+//! The `gatehouse` command line: `run`, `check` and `demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use gatehouse::config::{self, Config};
+use gatehouse::observe::logging;
+use gatehouse::{demo, server};
+
+#[derive(Parser)]
+#[command(name = "gatehouse", version, about = "A reverse proxy in one memory-safe binary")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a configuration until SIGTERM or Ctrl-C.
+    Run {
+        /// The configuration file.
+        #[arg(short, long, default_value = "gatehouse.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration: exit 0 if it is valid, else print every error and exit 1.
+    Check {
+        /// The configuration file.
+        #[arg(short, long, default_value = "gatehouse.toml")]
+        config: PathBuf,
+    },
+    /// Start three demo origins and a proxy in front of them, all on loopback.
+    Demo {
+        /// Where the demo proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => match config::load(&config) {
+            Ok(parsed) => serve(parsed),
+            Err(errors) => {
+                eprintln!("{errors}");
+                eprintln!("gatehouse: {} error(s) in {}; not starting", errors.0.len(), config.display());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Demo { listen } => {
+            logging::init(&Default::default());
+            with_runtime(0, demo::run(listen))
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: OK ({} listener(s), {} pool(s), {} route(s))",
+                path.display(),
+                config.listeners.len(),
+                config.pools.len(),
+                config.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    logging::init(&config.log);
+    let workers = config.server.workers;
+    with_runtime(workers, async move {
+        let server = server::start(&config).await?;
+        wait_for_signal().await;
+        tracing::info!(grace = ?config.server.grace_period.0, "shutting down: finishing in-flight requests");
+        tokio::select! {
+            drained = server.shutdown() => {
+                if drained {
+                    tracing::info!("all connections finished; bye");
+                }
+            }
+            _ = wait_for_signal() => tracing::warn!("second signal: closing at once"),
+        }
+        Ok(())
+    })
+}
+
+fn with_runtime(workers: usize, task: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("gatehouse-worker");
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    let runtime = match builder.build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("gatehouse: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gatehouse: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C will stop the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,58 @@
+//! The reverse-proxy request path: shared state, per-connection facts, and the pipeline that
+//! turns a client request into a backend request and back.
+
+pub mod error;
+pub mod headers;
+pub mod pipeline;
+mod upgrade;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::observe::access_log::AccessLog;
+use crate::runtime::Generation;
+use crate::server::DrainToken;
+use crate::server::activity::ConnActivity;
+
+/// State shared by every connection: the current generation and the access log.
+#[derive(Debug)]
+pub struct ProxyState {
+    generation: ArcSwap<Generation>,
+    /// Where access log lines go.
+    pub access_log: AccessLog,
+}
+
+impl ProxyState {
+    /// State serving `generation`.
+    pub fn new(generation: Generation, access_log: AccessLog) -> Self {
+        ProxyState {
+            generation: ArcSwap::from_pointee(generation),
+            access_log,
+        }
+    }
+
+    /// The generation new requests run against.
+    pub fn generation(&self) -> Arc<Generation> {
+        self.generation.load_full()
+    }
+
+    /// Makes `generation` the one new requests run against; requests in flight keep theirs.
+    pub fn swap(&self, generation: Generation) {
+        self.generation.store(Arc::new(generation));
+    }
+}
+
+/// Facts about one client connection that requests on it need.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// `"http"` (and `"https"` once TLS lands).
+    pub proto: &'static str,
+    /// In-flight tracking for the connection's timeouts.
+    pub activity: Arc<ConnActivity>,
+    /// Held by work that graceful shutdown must wait for.
+    pub drain: DrainToken,
+}

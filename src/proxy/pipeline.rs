@@ -1,0 +1,445 @@
+//! The request pipeline, top to bottom:
+//! request id → framing checks → route → body cap → pick backend → build the upstream request →
+//! forward (or upgrade) → rewrite the response → attach the access-log observer.
+//!
+//! Each step is a small function below; [`handle`] reads as the list above.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use super::error::{ProxyError, error_response};
+use super::headers::{self, ClientFacts, X_REQUEST_ID};
+use super::upgrade;
+use super::{ConnInfo, ProxyState};
+use crate::body::{RequestBody, ResponseBody};
+use crate::observe::access_log::AccessRecord;
+use crate::routing::RequestFacts;
+use crate::runtime::{Generation, HostRewrite, Route};
+use crate::server::activity::InFlight;
+use crate::upstream::Backend;
+
+/// What the pipeline learned about a request, for the log line.
+struct Exchange {
+    request_id: HeaderValue,
+    route: Option<Arc<str>>,
+    upstream: Option<String>,
+}
+
+/// Serves one request: forwards it to a backend, or answers with an error page.
+pub async fn handle(
+    state: &ProxyState,
+    conn: &ConnInfo,
+    in_flight: InFlight,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let generation = state.generation();
+    let mut exchange = Exchange {
+        request_id: headers::request_id(request.headers()),
+        route: None,
+        upstream: None,
+    };
+    // Kept for the log line and the error page; the request itself moves on to the backend.
+    let log_parts = state
+        .access_log
+        .is_enabled()
+        .then(|| LogParts::of(&request));
+    let accept = request.headers().get(header::ACCEPT).cloned();
+    let uri = request.uri().clone();
+
+    let result = proxy(&generation, conn, &mut exchange, request).await;
+    let mut response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            report(&error, &exchange, conn, &uri);
+            let mut accept_headers = http::HeaderMap::new();
+            if let Some(accept) = accept {
+                accept_headers.insert(header::ACCEPT, accept);
+            }
+            let mut response = error_response(error.status(), &exchange.request_id, &accept_headers);
+            if matches!(error, ProxyError::BadRequest(_) | ProxyError::BodyTooLarge) {
+                // The rest of this request's bytes were not read; the connection cannot be reused.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }
+    };
+    let status = response.status();
+    let record = log_parts.map(|parts| AccessRecord {
+        log: state.access_log.clone(),
+        started,
+        client: conn.peer,
+        method: parts.method,
+        host: parts.host,
+        target: parts.target,
+        version: parts.version,
+        status,
+        route: exchange.route.clone().unwrap_or_else(|| Arc::from("-")),
+        upstream: exchange.upstream.take().unwrap_or_else(|| "-".to_owned()),
+        request_id: exchange.request_id.clone(),
+        referer: parts.referer,
+        user_agent: parts.user_agent,
+    });
+    response.body_mut().observe(Box::new(Completion {
+        record,
+        _in_flight: in_flight,
+    }));
+    response
+}
+
+/// Finishes the access-log record and the in-flight count when the response body ends.
+struct Completion {
+    record: Option<AccessRecord>,
+    _in_flight: InFlight,
+}
+
+impl crate::body::BodyObserver for Completion {
+    fn finished(&mut self, bytes: u64, complete: bool) {
+        if let Some(record) = &mut self.record {
+            record.finished(bytes, complete);
+        }
+    }
+}
+
+struct LogParts {
+    method: Method,
+    host: String,
+    target: String,
+    version: Version,
+    referer: String,
+    user_agent: String,
+}
+
+impl LogParts {
+    fn of(request: &Request<Incoming>) -> Self {
+        let text = |name: header::HeaderName| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        LogParts {
+            method: request.method().clone(),
+            host: request_host(request).unwrap_or("-").to_owned(),
+            target: request
+                .uri()
+                .path_and_query()
+                .map_or_else(|| request.uri().path().to_owned(), |pq| pq.as_str().to_owned()),
+            version: request.version(),
+            referer: text(header::REFERER),
+            user_agent: text(header::USER_AGENT),
+        }
+    }
+}
+
+fn report(error: &ProxyError, exchange: &Exchange, conn: &ConnInfo, uri: &Uri) {
+    let request_id = exchange.request_id.to_str().unwrap_or("-");
+    let route = exchange.route.as_deref().unwrap_or("-");
+    let upstream = exchange.upstream.as_deref().unwrap_or("-");
+    let status = error.status().as_u16();
+    let cause = error.cause();
+    if error.is_upstream() {
+        tracing::warn!(request_id, route, upstream, status, client = %conn.peer, path = uri.path(), "{cause}");
+    } else {
+        tracing::debug!(request_id, route, status, client = %conn.peer, path = uri.path(), "{cause}");
+    }
+}
+
+/// The host the client asked for: the URI authority (absolute-form, HTTP/2) or `Host`.
+fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+async fn proxy(
+    generation: &Generation,
+    conn: &ConnInfo,
+    exchange: &mut Exchange,
+    mut request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    check_framing(&request)?;
+    let route = route_for(generation, &request)?;
+    exchange.route = Some(route.name.clone());
+    let limit_flag = check_body_size(&route, &request)?;
+    let backend = route.pool.pick().ok_or(ProxyError::NoBackend)?;
+    exchange.upstream = Some(backend.authority.as_str().to_owned());
+
+    let upgrade = headers::upgrade_requested(request.headers()).filter(|_| request.version() == Version::HTTP_11);
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+    let upstream_request = build_upstream_request(
+        generation,
+        conn,
+        exchange,
+        &route,
+        backend,
+        request,
+        upgrade.as_ref(),
+        limit_flag.clone(),
+    )?;
+
+    let response = forward(&route, upstream_request, limit_flag.as_deref()).await?;
+    let response = match client_upgrade {
+        Some(client_upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            upgrade::splice(response, client_upgrade, conn.drain.clone())?
+        }
+        _ => response.map(ResponseBody::upstream),
+    };
+    Ok(rewrite_response(generation, &route, exchange, response))
+}
+
+/// Refuses requests whose framing the HTTP parser accepted but a proxy must not pass on.
+fn check_framing(request: &Request<Incoming>) -> Result<(), ProxyError> {
+    let hosts = request.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    if request.version() == Version::HTTP_11 && hosts == 0 && request.uri().authority().is_none() {
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400.
+        return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
+    }
+    if let Some(host) = request.headers().get(header::HOST)
+        && (host.is_empty() || host.as_bytes().iter().any(|b| b.is_ascii_whitespace() || *b == b'/' || *b == b'@'))
+    {
+        return Err(ProxyError::BadRequest("invalid Host header"));
+    }
+    if request.method() == Method::CONNECT {
+        return Err(ProxyError::BadRequest("CONNECT is not served by a reverse proxy listener"));
+    }
+    Ok(())
+}
+
+fn route_for(generation: &Generation, request: &Request<Incoming>) -> Result<Arc<Route>, ProxyError> {
+    let facts = RequestFacts {
+        host: request_host(request),
+        path: request.uri().path(),
+        method: request.method(),
+        headers: request.headers(),
+    };
+    generation
+        .routes
+        .route_for(&facts)
+        .map(|(_, route)| route.clone())
+        .ok_or(ProxyError::NoRoute)
+}
+
+/// Refuses a declared body over the cap at once (without reading it, so a client that sent
+/// `Expect: 100-continue` never uploads); returns the flag that marks a streamed body going over.
+fn check_body_size(route: &Route, request: &Request<Incoming>) -> Result<Option<Arc<AtomicBool>>, ProxyError> {
+    let Some(limit) = route.max_body else {
+        return Ok(None);
+    };
+    if let Some(length) = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        return if length > limit { Err(ProxyError::BodyTooLarge) } else { Ok(None) };
+    }
+    Ok(Some(Arc::new(AtomicBool::new(false))))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_upstream_request(
+    generation: &Generation,
+    conn: &ConnInfo,
+    exchange: &Exchange,
+    route: &Route,
+    backend: &Backend,
+    request: Request<Incoming>,
+    upgrade: Option<&HeaderValue>,
+    limit_flag: Option<Arc<AtomicBool>>,
+) -> Result<Request<RequestBody>, ProxyError> {
+    let client_host = request_host(&request).and_then(|h| HeaderValue::from_str(h).ok());
+    let path_and_query = rewrite_path(route, request.uri())?;
+    let uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(backend.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+
+    let (parts, body) = request.into_parts();
+    let body = match (route.max_body, limit_flag) {
+        (Some(limit), Some(flag)) => RequestBody::limited(body, limit, flag),
+        _ => RequestBody::new(body),
+    };
+    let mut upstream = Request::new(body);
+    *upstream.method_mut() = parts.method;
+    *upstream.uri_mut() = uri;
+    *upstream.version_mut() = Version::HTTP_11;
+    let headers = upstream.headers_mut();
+    *headers = parts.headers;
+    headers::remove_hop_by_hop(headers);
+    // hyper answers `Expect: 100-continue` itself when the body is first read; the backend
+    // must not wait for a second `100 Continue`.
+    headers.remove(header::EXPECT);
+    headers::add_forwarding(
+        headers,
+        &generation.forwarded,
+        ClientFacts {
+            ip: conn.peer.ip(),
+            proto: conn.proto,
+            host: client_host.as_ref(),
+        },
+    );
+    let host = match &route.host {
+        HostRewrite::Preserve => client_host,
+        HostRewrite::Backend => HeaderValue::from_str(backend.authority.as_str()).ok(),
+        HostRewrite::Fixed(value) => Some(value.clone()),
+    };
+    if let Some(host) = host {
+        headers.insert(header::HOST, host);
+    }
+    route.request_edits.apply(headers);
+    headers.insert(X_REQUEST_ID.clone(), exchange.request_id.clone());
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
+    Ok(upstream)
+}
+
+/// Applies `strip_prefix` then `add_prefix` to the path; the query is kept as is.
+fn rewrite_path(route: &Route, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
+    let original = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if route.strip_prefix.is_none() && route.add_prefix.is_none() {
+        return Ok(original);
+    }
+    let path = original.path();
+    let stripped = match &route.strip_prefix {
+        Some(prefix) => path.strip_prefix(prefix.as_str()).unwrap_or(path),
+        None => path,
+    };
+    let mut rewritten = String::with_capacity(original.as_str().len() + 16);
+    match &route.add_prefix {
+        Some(prefix) => {
+            rewritten.push_str(prefix.trim_end_matches('/'));
+            if !stripped.starts_with('/') {
+                rewritten.push('/');
+            }
+        }
+        None if !stripped.starts_with('/') => rewritten.push('/'),
+        None => {}
+    }
+    rewritten.push_str(stripped);
+    if let Some(query) = original.query() {
+        rewritten.push('?');
+        rewritten.push_str(query);
+    }
+    PathAndQuery::try_from(rewritten).map_err(|_| ProxyError::BadRequest("rewritten path is invalid"))
+}
+
+async fn forward(
+    route: &Route,
+    request: Request<RequestBody>,
+    limit_flag: Option<&AtomicBool>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let sent = route.pool.client.request(request);
+    match tokio::time::timeout(route.upstream_header_timeout, sent).await {
+        Err(_) => Err(ProxyError::UpstreamTimeout),
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(error)) => {
+            if limit_flag.is_some_and(|f| f.load(Ordering::Relaxed)) {
+                return Err(ProxyError::BodyTooLarge);
+            }
+            let cause = error_chain(&error);
+            if error.is_connect() {
+                Err(ProxyError::UpstreamConnect(cause))
+            } else {
+                Err(ProxyError::UpstreamFailed(cause))
+            }
+        }
+    }
+}
+
+/// An error and its sources on one line, for the log.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn rewrite_response(
+    generation: &Generation,
+    route: &Route,
+    exchange: &Exchange,
+    mut response: Response<ResponseBody>,
+) -> Response<ResponseBody> {
+    let upgrading = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    let upgrade_to = upgrading.then(|| headers.get(header::UPGRADE).cloned()).flatten();
+    headers::remove_hop_by_hop(headers);
+    if let Some(protocol) = upgrade_to {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+    route.response_edits.apply(headers);
+    headers.insert(X_REQUEST_ID.clone(), exchange.request_id.clone());
+    if generation.forwarded.via {
+        headers::add_via(headers);
+    }
+    *response.version_mut() = Version::HTTP_11;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::headers::HeaderEdits;
+    use crate::upstream::UpstreamPool;
+
+    fn route(strip: Option<&str>, add: Option<&str>) -> Route {
+        let pool_config: crate::config::PoolConfig =
+            toml::from_str("backends = [\"127.0.0.1:1\"]").expect("pool config");
+        Route {
+            name: Arc::from("r"),
+            pool: Arc::new(UpstreamPool::new("p", &pool_config, &Default::default()).expect("pool")),
+            strip_prefix: strip.map(str::to_owned),
+            add_prefix: add.map(str::to_owned),
+            host: HostRewrite::Preserve,
+            request_edits: HeaderEdits::default(),
+            response_edits: HeaderEdits::default(),
+            upstream_header_timeout: std::time::Duration::from_secs(1),
+            max_body: None,
+        }
+    }
+
+    fn rewritten(strip: Option<&str>, add: Option<&str>, target: &str) -> String {
+        let uri: Uri = target.parse().unwrap();
+        rewrite_path(&route(strip, add), &uri).unwrap().as_str().to_owned()
+    }
+
+    #[tokio::test]
+    async fn paths_are_stripped_then_prefixed_keeping_the_query() {
+        assert_eq!(rewritten(None, None, "/a/b?x=1"), "/a/b?x=1");
+        assert_eq!(rewritten(Some("/api"), None, "/api/users?id=2"), "/users?id=2");
+        assert_eq!(rewritten(Some("/api"), None, "/api"), "/");
+        assert_eq!(rewritten(Some("/api/"), None, "/api/users"), "/users");
+        assert_eq!(rewritten(Some("/api"), None, "/other"), "/other");
+        assert_eq!(rewritten(Some("/api"), Some("/v2"), "/api/users"), "/v2/users");
+        assert_eq!(rewritten(None, Some("/v2/"), "/users"), "/v2/users");
+        assert_eq!(rewritten(Some("/api/"), Some("/v2"), "/api/users?q"), "/v2/users?q");
+    }
+}

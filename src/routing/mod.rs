@@ -1,0 +1,392 @@
+//! Route matching: which configured route a request belongs to. Pure code, no I/O.
+//!
+//! Precedence is decided once, when the table is built, so lookup is a scan of a short,
+//! pre-sorted candidate list. The order, most specific first:
+//! 1. host: exact name, then wildcard (longer suffix first), then routes without a host;
+//! 2. path: exact, then prefix (longer first), then regex, then no path matcher;
+//! 3. routes restricted to methods before routes for any method;
+//! 4. more header conditions before fewer;
+//! 5. earlier in the file before later.
+//!
+//! The first candidate whose every condition holds wins. Host comes first, as in nginx's
+//! `server_name` before `location`: a route for `api.example.com` takes all of that host's traffic
+//! it matches, even when a host-less route has a more specific path.
+
+use std::borrow::Cow;
+use std::cmp::Reverse;
+use std::collections::HashMap;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use regex::Regex;
+
+/// A host condition: an exact name or a `*.suffix` wildcard, compared case-insensitively.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Matches exactly this (lower-case) host name.
+    Exact(String),
+    /// `*.example.com`: matches any name ending in `.example.com` (any depth), not `example.com`.
+    /// Holds the suffix including its leading dot.
+    Wildcard(String),
+}
+
+impl HostPattern {
+    /// Parses `example.com` or `*.example.com`; ports are not part of a host pattern.
+    pub fn parse(text: &str) -> Result<HostPattern, String> {
+        let lower = text.trim_end_matches('.').to_ascii_lowercase();
+        let (wildcard, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, lower.as_str()),
+        };
+        let valid_label = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if name.is_empty() || !name.split('.').all(valid_label) {
+            return Err(format!(
+                "{text:?} is not a host pattern; write a name like \"example.com\" or a wildcard like \"*.example.com\""
+            ));
+        }
+        Ok(if wildcard {
+            HostPattern::Wildcard(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name.to_owned())
+        })
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(name) => name == host,
+            HostPattern::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+        }
+    }
+}
+
+/// A path condition.
+#[derive(Debug, Clone)]
+pub enum PathMatcher {
+    /// Any path.
+    Any,
+    /// Exactly this path.
+    Exact(String),
+    /// Paths starting with this string (a plain string prefix: `/api` also matches `/apiary`).
+    Prefix(String),
+    /// Paths the regex finds a match in (anchor it with `^...$` to match the whole path).
+    Regex(Regex),
+}
+
+impl PathMatcher {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatcher::Any => true,
+            PathMatcher::Exact(p) => p == path,
+            PathMatcher::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatcher::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+/// Every condition of one route.
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    /// Host patterns, any of which must match; empty means any host.
+    pub hosts: Vec<HostPattern>,
+    /// The path condition.
+    pub path: PathMatcher,
+    /// Allowed methods; `None` means any.
+    pub methods: Option<Vec<Method>>,
+    /// Headers that must be present with exactly these values.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// What the table needs to know about a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// The `Host` header or the URI authority, as the client sent it (port allowed).
+    pub host: Option<&'a str>,
+    /// The request path, without the query.
+    pub path: &'a str,
+    /// The request method.
+    pub method: &'a Method,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// One (route, host pattern) pair; a route with several hosts has one entry per host.
+#[derive(Debug)]
+struct Entry {
+    route: usize,
+    host: Option<HostPattern>,
+}
+
+/// Routes indexed for lookup; `T` is whatever the caller attaches to a route.
+#[derive(Debug)]
+pub struct RouteTable<T> {
+    routes: Vec<(RouteMatch, T)>,
+    entries: Vec<Entry>,
+    /// Candidate entries for each exact host name, in precedence order.
+    by_host: HashMap<String, Vec<usize>>,
+    /// Candidate entries for any other host (wildcards and host-less routes), in precedence order.
+    other_hosts: Vec<usize>,
+}
+
+impl<T> RouteTable<T> {
+    /// Builds the table; `routes` are in file order, which breaks ties.
+    pub fn new(routes: Vec<(RouteMatch, T)>) -> Self {
+        let mut entries = Vec::new();
+        for (index, (route, _)) in routes.iter().enumerate() {
+            if route.hosts.is_empty() {
+                entries.push(Entry { route: index, host: None });
+            }
+            for host in &route.hosts {
+                entries.push(Entry {
+                    route: index,
+                    host: Some(host.clone()),
+                });
+            }
+        }
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        order.sort_by_key(|&e| precedence(&entries[e], &routes[entries[e].route].0));
+
+        let mut by_host: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut other_hosts = Vec::new();
+        for &e in &order {
+            match &entries[e].host {
+                Some(HostPattern::Exact(name)) => by_host.entry(name.clone()).or_default().push(e),
+                _ => other_hosts.push(e),
+            }
+        }
+        // Each exact host also falls back to the wildcard and host-less entries, after its own.
+        for list in by_host.values_mut() {
+            list.extend_from_slice(&other_hosts);
+        }
+        RouteTable {
+            routes,
+            entries,
+            by_host,
+            other_hosts,
+        }
+    }
+
+    /// The route the request belongs to, with its index in file order; `None` is a 404.
+    pub fn route_for(&self, request: &RequestFacts<'_>) -> Option<(usize, &T)> {
+        let host = request.host.map(normalize_host);
+        let candidates = match host.as_deref().and_then(|h| self.by_host.get(h)) {
+            Some(list) => list,
+            None => &self.other_hosts,
+        };
+        for &e in candidates {
+            let entry = &self.entries[e];
+            let (route, value) = &self.routes[entry.route];
+            let host_ok = match (&entry.host, host.as_deref()) {
+                (None, _) => true,
+                (Some(pattern), Some(h)) => pattern.matches(h),
+                (Some(_), None) => false,
+            };
+            if host_ok
+                && route.path.matches(request.path)
+                && route.methods.as_ref().is_none_or(|m| m.contains(request.method))
+                && route
+                    .headers
+                    .iter()
+                    .all(|(name, value)| request.headers.get_all(name).iter().any(|v| v == value))
+            {
+                return Some((entry.route, value));
+            }
+        }
+        None
+    }
+
+    /// Number of routes in the table.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// True when the table has no routes (every request is a 404).
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+type Precedence = (u8, Reverse<usize>, u8, Reverse<usize>, u8, Reverse<usize>, usize);
+
+fn precedence(entry: &Entry, route: &RouteMatch) -> Precedence {
+    let (host_class, host_len) = match &entry.host {
+        Some(HostPattern::Exact(name)) => (0, name.len()),
+        Some(HostPattern::Wildcard(suffix)) => (1, suffix.len()),
+        None => (2, 0),
+    };
+    let (path_class, path_len) = match &route.path {
+        PathMatcher::Exact(p) => (0, p.len()),
+        PathMatcher::Prefix(p) => (1, p.len()),
+        PathMatcher::Regex(_) => (2, 0),
+        PathMatcher::Any => (3, 0),
+    };
+    let method_class = u8::from(route.methods.is_none());
+    (
+        host_class,
+        Reverse(host_len),
+        path_class,
+        Reverse(path_len),
+        method_class,
+        Reverse(route.headers.len()),
+        entry.route,
+    )
+}
+
+/// Lower-cases a host and drops its port and trailing dot, borrowing when nothing changes.
+pub fn normalize_host(host: &str) -> Cow<'_, str> {
+    let without_port = if host.starts_with('[') {
+        // IPv6 literal: keep the brackets, drop what follows them.
+        host.find(']').map_or(host, |end| &host[..=end])
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    let trimmed = without_port.strip_suffix('.').unwrap_or(without_port);
+    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(trimmed.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(trimmed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(hosts: &[&str], path: PathMatcher) -> RouteMatch {
+        RouteMatch {
+            hosts: hosts.iter().map(|h| HostPattern::parse(h).expect("host")).collect(),
+            path,
+            methods: None,
+            headers: Vec::new(),
+        }
+    }
+
+    fn lookup<'t>(table: &'t RouteTable<&'static str>, host: &str, method: &str, path: &str) -> Option<&'t str> {
+        lookup_with(table, host, method, path, &HeaderMap::new())
+    }
+
+    fn lookup_with<'t>(
+        table: &'t RouteTable<&'static str>,
+        host: &str,
+        method: &str,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<&'t str> {
+        let method = Method::from_bytes(method.as_bytes()).expect("method");
+        let facts = RequestFacts {
+            host: Some(host),
+            path,
+            method: &method,
+            headers,
+        };
+        table.route_for(&facts).map(|(_, name)| *name)
+    }
+
+    fn prefix(p: &str) -> PathMatcher {
+        PathMatcher::Prefix(p.to_owned())
+    }
+
+    #[test]
+    fn host_patterns_parse_and_refuse_garbage() {
+        assert_eq!(HostPattern::parse("Example.COM.").unwrap(), HostPattern::Exact("example.com".into()));
+        assert_eq!(HostPattern::parse("*.example.com").unwrap(), HostPattern::Wildcard(".example.com".into()));
+        for bad in ["", "*.", "exa mple.com", "a..b", "*example.com", "ex*.com", "host:80"] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn wildcards_match_subdomains_at_any_depth_but_not_the_apex() {
+        let p = HostPattern::parse("*.example.com").unwrap();
+        assert!(p.matches("a.example.com"));
+        assert!(p.matches("a.b.example.com"));
+        assert!(!p.matches("example.com"));
+        assert!(!p.matches("badexample.com"));
+    }
+
+    #[test]
+    fn exact_host_beats_wildcard_beats_any_host() {
+        let table = RouteTable::new(vec![
+            (route(&[], PathMatcher::Any), "any"),
+            (route(&["*.example.com"], PathMatcher::Any), "wild"),
+            (route(&["*.api.example.com"], PathMatcher::Any), "longer-wild"),
+            (route(&["www.example.com"], PathMatcher::Any), "exact"),
+        ]);
+        assert_eq!(lookup(&table, "www.example.com", "GET", "/"), Some("exact"));
+        assert_eq!(lookup(&table, "WWW.Example.com:8080", "GET", "/"), Some("exact"));
+        assert_eq!(lookup(&table, "shop.example.com", "GET", "/"), Some("wild"));
+        assert_eq!(lookup(&table, "v1.api.example.com", "GET", "/"), Some("longer-wild"));
+        assert_eq!(lookup(&table, "other.org", "GET", "/"), Some("any"));
+    }
+
+    #[test]
+    fn host_wins_over_path_specificity() {
+        let table = RouteTable::new(vec![
+            (route(&[], PathMatcher::Exact("/login".into())), "any-host-login"),
+            (route(&["app.example.com"], prefix("/")), "app"),
+        ]);
+        assert_eq!(lookup(&table, "app.example.com", "GET", "/login"), Some("app"));
+        assert_eq!(lookup(&table, "other.example.com", "GET", "/login"), Some("any-host-login"));
+    }
+
+    #[test]
+    fn exact_path_beats_longest_prefix_beats_regex_beats_catch_all() {
+        let table = RouteTable::new(vec![
+            (route(&[], PathMatcher::Any), "catch-all"),
+            (route(&[], PathMatcher::Regex(Regex::new("^/api/v[0-9]+/").unwrap())), "regex"),
+            (route(&[], prefix("/api/")), "api"),
+            (route(&[], prefix("/api/v1/")), "api-v1"),
+            (route(&[], PathMatcher::Exact("/api/v1/health".into())), "health"),
+        ]);
+        assert_eq!(lookup(&table, "h", "GET", "/api/v1/health"), Some("health"));
+        assert_eq!(lookup(&table, "h", "GET", "/api/v1/users"), Some("api-v1"));
+        assert_eq!(lookup(&table, "h", "GET", "/api/v2/users"), Some("api"));
+        assert_eq!(lookup(&table, "h", "GET", "/apx/v2/"), Some("catch-all"));
+        let regex_only = RouteTable::new(vec![
+            (route(&[], PathMatcher::Any), "catch-all"),
+            (route(&[], PathMatcher::Regex(Regex::new("^/u/[0-9]+$").unwrap())), "regex"),
+        ]);
+        assert_eq!(lookup(&regex_only, "h", "GET", "/u/42"), Some("regex"));
+        assert_eq!(lookup(&regex_only, "h", "GET", "/u/x"), Some("catch-all"));
+    }
+
+    #[test]
+    fn method_and_header_conditions_narrow_and_take_precedence() {
+        let mut post_only = route(&[], prefix("/"));
+        post_only.methods = Some(vec![Method::POST]);
+        let mut canary = route(&[], prefix("/"));
+        canary.headers = vec![(HeaderName::from_static("x-canary"), HeaderValue::from_static("1"))];
+        let table = RouteTable::new(vec![
+            (route(&[], prefix("/")), "default"),
+            (canary, "canary"),
+            (post_only, "post"),
+        ]);
+        assert_eq!(lookup(&table, "h", "POST", "/x"), Some("post"));
+        assert_eq!(lookup(&table, "h", "GET", "/x"), Some("default"));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-canary", HeaderValue::from_static("1"));
+        assert_eq!(lookup_with(&table, "h", "GET", "/x", &headers), Some("canary"));
+        headers.insert("x-canary", HeaderValue::from_static("2"));
+        assert_eq!(lookup_with(&table, "h", "GET", "/x", &headers), Some("default"));
+    }
+
+    #[test]
+    fn ties_go_to_the_earlier_route_and_a_miss_is_none() {
+        let table = RouteTable::new(vec![
+            (route(&["a.test"], prefix("/x")), "first"),
+            (route(&["a.test"], prefix("/x")), "second"),
+        ]);
+        assert_eq!(lookup(&table, "a.test", "GET", "/x"), Some("first"));
+        assert_eq!(lookup(&table, "a.test", "GET", "/y"), None);
+        assert_eq!(lookup(&table, "b.test", "GET", "/x"), None);
+    }
+
+    #[test]
+    fn hosts_are_normalized_without_needless_allocation() {
+        assert!(matches!(normalize_host("example.com:443"), Cow::Borrowed("example.com")));
+        assert_eq!(normalize_host("EXAMPLE.com."), "example.com");
+        assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+    }
+}

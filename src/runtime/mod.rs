@@ -1,0 +1,227 @@
+//! Compiles a validated [`Config`] into a [`Generation`]: the immutable routing table, pools and
+//! policies that requests run against.
+//!
+//! A request loads the current generation once and uses it to the end, so a later reload can
+//! swap in a new generation without disturbing requests in flight.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use http::{HeaderName, HeaderValue, Method};
+
+use crate::config::{
+    AccessLogSettings, Config, ForwardedSettings, HeaderRules, ListenerConfig, ServerSettings, Timeouts,
+};
+use crate::proxy::headers::HeaderEdits;
+use crate::routing::{HostPattern, PathMatcher, RouteMatch, RouteTable};
+use crate::upstream::UpstreamPool;
+
+/// What the `Host` header sent to the backend is.
+#[derive(Debug, Clone)]
+pub enum HostRewrite {
+    /// The client's own `Host`.
+    Preserve,
+    /// The backend's `host:port`.
+    Backend,
+    /// A fixed value.
+    Fixed(HeaderValue),
+}
+
+/// A route, compiled: everything the pipeline needs once a request has matched it.
+#[derive(Debug)]
+pub struct Route {
+    /// Name for logs.
+    pub name: Arc<str>,
+    /// Where requests go.
+    pub pool: Arc<UpstreamPool>,
+    /// Path prefix removed before forwarding.
+    pub strip_prefix: Option<String>,
+    /// Path prefix added before forwarding (after stripping).
+    pub add_prefix: Option<String>,
+    /// What `Host` the backend sees.
+    pub host: HostRewrite,
+    /// Edits to the request headers.
+    pub request_edits: HeaderEdits,
+    /// Edits to the response headers.
+    pub response_edits: HeaderEdits,
+    /// How long the backend has to send its response head.
+    pub upstream_header_timeout: Duration,
+    /// Request body cap in bytes.
+    pub max_body: Option<u64>,
+}
+
+/// A listener as configured.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    /// Name for logs.
+    pub name: Arc<str>,
+    /// Address to bind.
+    pub address: SocketAddr,
+    /// Serve HTTP/1.1.
+    pub http1: bool,
+    /// Serve h2c with prior knowledge.
+    pub http2: bool,
+}
+
+/// One compiled configuration.
+#[derive(Debug)]
+pub struct Generation {
+    /// Route lookup.
+    pub routes: RouteTable<Arc<Route>>,
+    /// Pools by name.
+    pub pools: HashMap<String, Arc<UpstreamPool>>,
+    /// Listeners to serve.
+    pub listeners: Vec<ListenerSpec>,
+    /// Process-wide settings.
+    pub server: ServerSettings,
+    /// Default timeouts.
+    pub timeouts: Timeouts,
+    /// Forwarding headers to add.
+    pub forwarded: ForwardedSettings,
+    /// Access log settings.
+    pub access_log: AccessLogSettings,
+}
+
+impl Generation {
+    /// Compiles a config that [`crate::config::parse`] accepted.
+    ///
+    /// Errors here mean validation missed something; they are reported, never panicked on.
+    pub fn compile(config: &Config) -> anyhow::Result<Generation> {
+        let mut pools = HashMap::new();
+        for (name, pool) in &config.pools {
+            let compiled = UpstreamPool::new(name, pool, &config.timeouts)
+                .map_err(|e| anyhow!(e))
+                .with_context(|| format!("pool {name:?}"))?;
+            pools.insert(name.clone(), Arc::new(compiled));
+        }
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (index, route) in config.routes.iter().enumerate() {
+            let name: Arc<str> = match &route.name {
+                Some(name) => Arc::from(name.get_ref().as_str()),
+                None => Arc::from(format!("route-{}", index + 1)),
+            };
+            let compiled = compile_route(config, route, name.clone(), &pools)
+                .with_context(|| format!("route {name:?}"))?;
+            routes.push(compiled);
+        }
+        let listeners = config
+            .listeners
+            .iter()
+            .map(compile_listener)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Generation {
+            routes: RouteTable::new(routes),
+            pools,
+            listeners,
+            server: config.server.clone(),
+            timeouts: config.timeouts.clone(),
+            forwarded: config.forwarded.clone(),
+            access_log: config.access_log.clone(),
+        })
+    }
+}
+
+fn compile_listener(listener: &ListenerConfig) -> anyhow::Result<ListenerSpec> {
+    let address: SocketAddr = listener
+        .address
+        .get_ref()
+        .parse()
+        .with_context(|| format!("listener address {:?}", listener.address.get_ref()))?;
+    let name = match &listener.name {
+        Some(name) => Arc::from(name.get_ref().as_str()),
+        None => Arc::from(address.to_string()),
+    };
+    Ok(ListenerSpec {
+        name,
+        address,
+        http1: listener.http1,
+        http2: listener.http2,
+    })
+}
+
+fn compile_route(
+    config: &Config,
+    route: &crate::config::RouteConfig,
+    name: Arc<str>,
+    pools: &HashMap<String, Arc<UpstreamPool>>,
+) -> anyhow::Result<(RouteMatch, Arc<Route>)> {
+    let hosts = route
+        .host
+        .as_ref()
+        .map(|h| h.get_ref().0.clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|h| HostPattern::parse(h).map_err(|e| anyhow!(e)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let path = match (&route.path, &route.path_prefix, &route.path_regex) {
+        (Some(p), _, _) => PathMatcher::Exact(p.get_ref().clone()),
+        (_, Some(p), _) => PathMatcher::Prefix(p.get_ref().clone()),
+        (_, _, Some(r)) => PathMatcher::Regex(regex::Regex::new(r.get_ref())?),
+        _ => PathMatcher::Any,
+    };
+    let methods = route
+        .methods
+        .as_ref()
+        .map(|ms| {
+            ms.iter()
+                .map(|m| Method::from_bytes(m.get_ref().as_bytes()))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    let headers = route
+        .headers
+        .iter()
+        .map(|(n, v)| Ok((HeaderName::from_bytes(n.as_bytes())?, HeaderValue::from_str(v.get_ref())?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pool = pools
+        .get(route.pool.get_ref())
+        .cloned()
+        .ok_or_else(|| anyhow!("pool {:?} is not defined", route.pool.get_ref()))?;
+    let host = match (&route.host_header, route.preserve_host) {
+        (Some(fixed), _) => HostRewrite::Fixed(HeaderValue::from_str(fixed.get_ref())?),
+        (None, true) => HostRewrite::Preserve,
+        (None, false) => HostRewrite::Backend,
+    };
+    let matcher = RouteMatch {
+        hosts,
+        path,
+        methods,
+        headers,
+    };
+    let compiled = Route {
+        name,
+        pool,
+        strip_prefix: route.strip_prefix.as_ref().map(|p| p.get_ref().clone()),
+        add_prefix: route.add_prefix.as_ref().map(|p| p.get_ref().clone()),
+        host,
+        request_edits: compile_edits(&route.request_headers)?,
+        response_edits: compile_edits(&route.response_headers)?,
+        upstream_header_timeout: route
+            .timeouts
+            .upstream_header
+            .unwrap_or(config.timeouts.upstream_header)
+            .0,
+        max_body: route.max_body.or(config.server.max_body).map(|b| b.0),
+    };
+    Ok((matcher, Arc::new(compiled)))
+}
+
+fn compile_edits(rules: &HeaderRules) -> anyhow::Result<HeaderEdits> {
+    let pairs = |map: &std::collections::BTreeMap<String, serde_spanned::Spanned<String>>| {
+        map.iter()
+            .map(|(n, v)| Ok((HeaderName::from_bytes(n.as_bytes())?, HeaderValue::from_str(v.get_ref())?)))
+            .collect::<anyhow::Result<Vec<_>>>()
+    };
+    Ok(HeaderEdits {
+        remove: rules
+            .remove
+            .iter()
+            .map(|n| HeaderName::from_bytes(n.get_ref().as_bytes()))
+            .collect::<Result<Vec<_>, _>>()?,
+        set: pairs(&rules.set)?,
+        add: pairs(&rules.add)?,
+    })
+}

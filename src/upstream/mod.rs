@@ -1,0 +1,131 @@
+//! Upstream pools: the backends behind a name, how one is chosen, and the pooled client that talks
+//! to them.
+//!
+//! Selection sits behind the [`Balancer`] trait so the policies of the load-balancing work plug in
+//! without touching the proxy pipeline. Each pool owns one keep-alive client; the client keeps a
+//! separate idle-connection list per backend address.
+
+mod balance;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::Authority;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+pub use balance::{Balancer, RoundRobin};
+
+use crate::body::RequestBody;
+use crate::config::{PoolConfig, Timeouts, UpstreamProtocol};
+
+/// Parses a backend address `HOST:PORT` (a name, an IPv4 address or a bracketed IPv6 address).
+pub fn parse_backend_address(text: &str) -> Result<Authority, String> {
+    let complaint = || {
+        format!("{text:?} is not a backend address; write HOST:PORT, e.g. \"127.0.0.1:9000\" or \"app.internal:80\"")
+    };
+    if text.contains("://") || text.contains('/') || text.contains('@') {
+        return Err(complaint());
+    }
+    let authority: Authority = text.parse().map_err(|_| complaint())?;
+    match authority.port_u16() {
+        Some(port) if port > 0 && !authority.host().is_empty() => Ok(authority),
+        _ => Err(complaint()),
+    }
+}
+
+/// One backend server.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// `host:port`, used as the request authority towards the backend.
+    pub authority: Authority,
+}
+
+/// The HTTP client a pool uses to reach its backends.
+pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+
+/// A named group of backends and the means to reach them.
+pub struct UpstreamPool {
+    /// The pool's name from the config.
+    pub name: Arc<str>,
+    /// Backends in config order.
+    pub backends: Vec<Backend>,
+    /// Chooses a backend per request.
+    pub balancer: Box<dyn Balancer>,
+    /// Pooled keep-alive client shared by all requests to this pool.
+    pub client: UpstreamClient,
+    /// HTTP version spoken to the backends.
+    pub protocol: UpstreamProtocol,
+}
+
+impl std::fmt::Debug for UpstreamPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamPool")
+            .field("name", &self.name)
+            .field("backends", &self.backends)
+            .field("protocol", &self.protocol)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamPool {
+    /// Builds a pool from its (validated) config.
+    pub fn new(name: &str, config: &PoolConfig, timeouts: &Timeouts) -> Result<Self, String> {
+        let backends = config
+            .backends
+            .get_ref()
+            .iter()
+            .map(|b| parse_backend_address(b.get_ref()).map(|authority| Backend { authority }))
+            .collect::<Result<Vec<_>, _>>()?;
+        let connect_timeout = config.connect_timeout.unwrap_or(timeouts.upstream_connect).0;
+        let idle_timeout = config.idle_timeout.unwrap_or(timeouts.upstream_idle).0;
+        Ok(UpstreamPool {
+            name: Arc::from(name),
+            balancer: Box::new(RoundRobin::new()),
+            client: build_client(config, connect_timeout, idle_timeout),
+            protocol: config.protocol,
+            backends,
+        })
+    }
+
+    /// The backend for the next request, or `None` when the pool has none to offer.
+    pub fn pick(&self) -> Option<&Backend> {
+        self.balancer.pick(&self.backends).and_then(|i| self.backends.get(i))
+    }
+}
+
+fn build_client(config: &PoolConfig, connect_timeout: Duration, idle_timeout: Duration) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    connector.enforce_http(true);
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(idle_timeout)
+        .pool_max_idle_per_host(config.max_idle_per_backend)
+        // The client must not invent a Host header; the pipeline decides what Host the backend sees.
+        .set_host(false);
+    if config.protocol == UpstreamProtocol::H2c {
+        builder.http2_only(true);
+    }
+    builder.build(connector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_addresses_need_a_host_and_a_port() {
+        assert_eq!(parse_backend_address("127.0.0.1:9000").unwrap().port_u16(), Some(9000));
+        assert_eq!(parse_backend_address("[::1]:80").unwrap().host(), "[::1]");
+        assert!(parse_backend_address("app.internal:8080").is_ok());
+        for bad in ["127.0.0.1", "http://a:1", "a:1/x", "a:http", "a:0", ":80", "a:99999", "u@a:1", ""] {
+            assert!(parse_backend_address(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}
