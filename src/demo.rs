@@ -26,28 +26,39 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     }
     let text = demo_config(listen, &origins);
     let config = config::parse(Path::new("<demo>"), &text).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let proxy = server::start(&config)
-        .await
-        .with_context(|| format!("starting the demo proxy on {listen} (is the port free? try --listen 127.0.0.1:8081)"))?;
+    let proxy = server::start(&config).await.with_context(|| {
+        format!(
+            "starting the demo proxy on {listen} (is the port free? try --listen 127.0.0.1:8081)"
+        )
+    })?;
     let addr = proxy.local_addr();
     println!("# Gatehouse demo: three origins on loopback, the proxy on http://{addr}\n");
     println!("# The generated configuration (save it as gatehouse.toml and `gatehouse run` it):\n");
     println!("{text}");
     println!("# Try:");
     println!("curl -i http://{addr}/                         # the web pool (origin-3)");
-    println!("curl -i http://{addr}/api/users?id=7           # the api pool, round robin over origin-1 and origin-2, /api stripped");
+    println!(
+        "curl -i http://{addr}/api/users?id=7           # the api pool, round robin over origin-1 and origin-2, /api stripped"
+    );
     println!("curl -i -H 'Host: shop.example.test' http://{addr}/   # wildcard host route");
     println!("curl -i --http2-prior-knowledge http://{addr}/api/x    # HTTP/2 (h2c) to the proxy");
-    println!("curl -i http://{addr}/nowhere -H 'Host: unknown.test' -H 'Accept: application/json'  # still routed: the web route is the default");
+    println!(
+        "curl -i http://{addr}/nowhere -H 'Host: unknown.test' -H 'Accept: application/json'  # still routed: the web route is the default"
+    );
     println!("\n# Ctrl-C stops the demo.");
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     proxy.shutdown().await;
     Ok(())
 }
 
 fn demo_config(listen: SocketAddr, origins: &[SocketAddr]) -> String {
     let mut text = String::new();
-    let _ = writeln!(text, "[[listener]]\nname = \"public\"\naddress = \"{listen}\"\n");
+    let _ = writeln!(
+        text,
+        "[[listener]]\nname = \"public\"\naddress = \"{listen}\"\n"
+    );
     let _ = writeln!(text, "[access_log]\nformat = \"text\"   # or \"json\"\n");
     let _ = writeln!(
         text,
@@ -82,7 +93,9 @@ async fn start_origin(name: &'static str) -> anyhow::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<Incoming>| async move {
                     Ok::<_, Infallible>(origin_response(name, &request))
@@ -97,16 +110,27 @@ async fn start_origin(name: &'static str) -> anyhow::Result<SocketAddr> {
 }
 
 fn origin_response(name: &str, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let mut body = format!("hello from {name}\n{} {}\n", request.method(), request.uri());
-    for header in ["host", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"] {
+    let mut body = format!(
+        "hello from {name}\n{} {}\n",
+        request.method(),
+        request.uri()
+    );
+    for header in [
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-request-id",
+    ] {
         if let Some(value) = request.headers().get(header).and_then(|v| v.to_str().ok()) {
             let _ = writeln!(body, "{header}: {value}");
         }
     }
     let mut response = Response::new(Full::new(Bytes::from(body)));
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
@@ -116,7 +140,9 @@ mod tests {
 
     #[test]
     fn the_demo_config_is_valid() {
-        let origins: Vec<SocketAddr> = (1..=3).map(|p| SocketAddr::from(([127, 0, 0, 1], 9000 + p))).collect();
+        let origins: Vec<SocketAddr> = (1..=3)
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], 9000 + p)))
+            .collect();
         let text = demo_config("127.0.0.1:8080".parse().unwrap(), &origins);
         let config = config::parse(Path::new("<demo>"), &text).expect("demo config is valid");
         assert_eq!(config.routes.len(), 3);

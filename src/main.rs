@@ -11,7 +11,11 @@ use gatehouse::observe::logging;
 use gatehouse::{demo, server};
 
 #[derive(Parser)]
-#[command(name = "gatehouse", version, about = "A reverse proxy in one memory-safe binary")]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "A reverse proxy in one memory-safe binary"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,7 +51,11 @@ fn main() -> ExitCode {
             Ok(parsed) => serve(parsed),
             Err(errors) => {
                 eprintln!("{errors}");
-                eprintln!("gatehouse: {} error(s) in {}; not starting", errors.0.len(), config.display());
+                eprintln!(
+                    "gatehouse: {} error(s) in {}; not starting",
+                    errors.0.len(),
+                    config.display()
+                );
                 ExitCode::FAILURE
             }
         },

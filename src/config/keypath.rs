@@ -81,7 +81,8 @@ mod tests {
 
     #[test]
     fn finds_keys_in_plain_tables_and_arrays_of_tables() {
-        let text = "[server]\nworkers = 2\n\n[[route]]\npool = \"a\"\n\n[[route]]\npool = \"b\"\nx = 1\n";
+        let text =
+            "[server]\nworkers = 2\n\n[[route]]\npool = \"a\"\n\n[[route]]\npool = \"b\"\nx = 1\n";
         assert_eq!(at(text, "workers"), "server.workers");
         assert_eq!(at(text, "\"a\""), "route[0].pool");
         assert_eq!(at(text, "\"b\""), "route[1].pool");

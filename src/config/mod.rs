@@ -123,7 +123,9 @@ mod tests {
     use super::*;
 
     fn errors_of(text: &str) -> Vec<ConfigError> {
-        parse(Path::new("test.toml"), text).expect_err("config should be refused").0
+        parse(Path::new("test.toml"), text)
+            .expect_err("config should be refused")
+            .0
     }
 
     const MINIMAL: &str = r#"
@@ -159,7 +161,11 @@ pool = "app"
         assert_eq!(errors[0].line, 10, "{errors:?}");
         assert_eq!(errors[0].column, 1);
         assert_eq!(errors[0].key, "route[0].timeout");
-        assert!(errors[0].message.contains("unknown field"), "{}", errors[0].message);
+        assert!(
+            errors[0].message.contains("unknown field"),
+            "{}",
+            errors[0].message
+        );
     }
 
     #[test]
@@ -176,7 +182,14 @@ pool = "missing"
 "#;
         let errors = errors_of(text);
         let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
-        assert_eq!(keys, ["listener[0].address", "pool.app.backends[0]", "route[0].pool"]);
+        assert_eq!(
+            keys,
+            [
+                "listener[0].address",
+                "pool.app.backends[0]",
+                "route[0].pool"
+            ]
+        );
         assert_eq!((errors[2].line, errors[2].column), (9, 8));
     }
 
@@ -184,6 +197,9 @@ pool = "missing"
     fn display_has_file_line_column_and_key() {
         let errors = errors_of(&MINIMAL.replace("\"app\"\n", "\"nope\"\n"));
         let shown = errors[0].to_string();
-        assert!(shown.starts_with("test.toml:9:8: error in `route[0].pool`: "), "{shown}");
+        assert!(
+            shown.starts_with("test.toml:9:8: error in `route[0].pool`: "),
+            "{shown}"
+        );
     }
 }

@@ -7,8 +7,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 /// A duration written as text in the config (`"250ms"`, `"30s"`, `"5m"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -27,7 +27,9 @@ impl FromStr for HumanDuration {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         humantime::parse_duration(s.trim())
             .map(HumanDuration)
-            .map_err(|e| format!("invalid duration {s:?}: {e} (write e.g. \"500ms\", \"30s\", \"5m\")"))
+            .map_err(|e| {
+                format!("invalid duration {s:?}: {e} (write e.g. \"500ms\", \"30s\", \"5m\")")
+            })
     }
 }
 
@@ -89,9 +91,9 @@ impl FromStr for ByteSize {
                 ));
             }
         };
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("invalid size {s:?}: expected a number followed by a unit, e.g. \"10MiB\""))?;
+        let value: f64 = number.parse().map_err(|_| {
+            format!("invalid size {s:?}: expected a number followed by a unit, e.g. \"10MiB\"")
+        })?;
         let bytes = value * multiplier as f64;
         if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
             return Err(format!("invalid size {s:?}: out of range"));
@@ -102,7 +104,12 @@ impl FromStr for ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u64); 4] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1)];
+        const UNITS: [(&str, u64); 4] = [
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+            ("B", 1),
+        ];
         for (name, size) in UNITS {
             if self.0 >= size && self.0 % size == 0 {
                 return write!(f, "{}{}", self.0 / size, name);
@@ -165,9 +172,18 @@ mod tests {
 
     #[test]
     fn durations_parse_humantime_forms() {
-        assert_eq!("30s".parse::<HumanDuration>().unwrap().0, Duration::from_secs(30));
-        assert_eq!("250ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(250));
-        assert_eq!("1m 30s".parse::<HumanDuration>().unwrap().0, Duration::from_secs(90));
+        assert_eq!(
+            "30s".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            "250ms".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            "1m 30s".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(90)
+        );
         assert!("soon".parse::<HumanDuration>().is_err());
     }
 }

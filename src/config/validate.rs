@@ -76,7 +76,10 @@ fn check_listeners(config: &Config, problems: &mut Problems) {
         if let Some(name) = &listener.name
             && names.insert(name.get_ref(), ()).is_some()
         {
-            problems.at(name, format!("listener name {:?} is used twice", name.get_ref()));
+            problems.at(
+                name,
+                format!("listener name {:?} is used twice", name.get_ref()),
+            );
         }
         if !listener.http1 && !listener.http2 {
             problems.at(&listener.address, "listener serves neither http1 nor http2");
@@ -103,7 +106,10 @@ fn check_routes(config: &Config, problems: &mut Problems) {
         if let Some(name) = &route.name
             && names.insert(name.get_ref(), ()).is_some()
         {
-            problems.at(name, format!("route name {:?} is used twice", name.get_ref()));
+            problems.at(
+                name,
+                format!("route name {:?} is used twice", name.get_ref()),
+            );
         }
         if !config.pools.contains_key(route.pool.get_ref()) {
             let known: Vec<&str> = config.pools.keys().map(String::as_str).collect();
@@ -112,13 +118,20 @@ fn check_routes(config: &Config, problems: &mut Problems) {
                 format!(
                     "pool {:?} is not defined (defined pools: {})",
                     route.pool.get_ref(),
-                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
                 ),
             );
         }
         if let Some(hosts) = &route.host {
             if hosts.get_ref().0.is_empty() {
-                problems.at(hosts, "an empty host list matches nothing; leave `host` out to match any host");
+                problems.at(
+                    hosts,
+                    "an empty host list matches nothing; leave `host` out to match any host",
+                );
             }
             for host in &hosts.get_ref().0 {
                 if let Err(message) = HostPattern::parse(host) {
@@ -127,13 +140,22 @@ fn check_routes(config: &Config, problems: &mut Problems) {
             }
         }
         let path_matchers = [&route.path, &route.path_prefix, &route.path_regex];
-        let given: Vec<&Spanned<String>> = path_matchers.iter().filter_map(|m| m.as_ref()).collect();
+        let given: Vec<&Spanned<String>> =
+            path_matchers.iter().filter_map(|m| m.as_ref()).collect();
         if given.len() > 1 {
-            problems.at(given[1], "use only one of `path`, `path_prefix` and `path_regex`");
+            problems.at(
+                given[1],
+                "use only one of `path`, `path_prefix` and `path_regex`",
+            );
         }
-        for path in [&route.path, &route.path_prefix, &route.strip_prefix, &route.add_prefix]
-            .into_iter()
-            .flatten()
+        for path in [
+            &route.path,
+            &route.path_prefix,
+            &route.strip_prefix,
+            &route.add_prefix,
+        ]
+        .into_iter()
+        .flatten()
         {
             if !path.get_ref().starts_with('/') {
                 problems.at(path, format!("{:?} must start with '/'", path.get_ref()));
@@ -145,8 +167,13 @@ fn check_routes(config: &Config, problems: &mut Problems) {
             problems.at(regex, format!("invalid regular expression: {e}"));
         }
         for method in route.methods.iter().flatten() {
-            if Method::from_bytes(method.get_ref().as_bytes()).is_err() || method.get_ref().is_empty() {
-                problems.at(method, format!("{:?} is not an HTTP method", method.get_ref()));
+            if Method::from_bytes(method.get_ref().as_bytes()).is_err()
+                || method.get_ref().is_empty()
+            {
+                problems.at(
+                    method,
+                    format!("{:?} is not an HTTP method", method.get_ref()),
+                );
             }
         }
         for (name, value) in &route.headers {
@@ -168,7 +195,10 @@ fn check_rules(rules: &HeaderRules, problems: &mut Problems) {
     }
     for name in &rules.remove {
         if HeaderName::from_bytes(name.get_ref().as_bytes()).is_err() {
-            problems.at(name, format!("{:?} is not a valid header name", name.get_ref()));
+            problems.at(
+                name,
+                format!("{:?} is not a valid header name", name.get_ref()),
+            );
         }
     }
 }
@@ -178,6 +208,9 @@ fn check_header(name: &str, value: &Spanned<String>, problems: &mut Problems) {
         problems.at(value, format!("{name:?} is not a valid header name"));
     }
     if HeaderValue::from_str(value.get_ref()).is_err() {
-        problems.at(value, format!("the value for header {name:?} is not a valid header value"));
+        problems.at(
+            value,
+            format!("the value for header {name:?} is not a valid header value"),
+        );
     }
 }

@@ -46,7 +46,12 @@ impl AccessLog {
         let out: Box<dyn Write + Send> = if settings.path == "-" {
             Box::new(std::io::stdout())
         } else {
-            Box::new(OpenOptions::new().create(true).append(true).open(&settings.path)?)
+            Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&settings.path)?,
+            )
         };
         let (sender, receiver) = mpsc::sync_channel(QUEUE_LINES);
         std::thread::Builder::new()
@@ -199,7 +204,10 @@ impl AccessRecord {
 
 /// Makes client-controlled text safe inside a quoted log field.
 fn escape(text: &str) -> String {
-    if text.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+    if text
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
         return text.to_owned();
     }
     text.escape_default().to_string()
@@ -242,8 +250,14 @@ mod tests {
     fn text_lines_have_the_combined_fields_and_escape_quotes() {
         let line = record(LogFormat::Text).line(42, Duration::from_millis(5), true);
         assert!(line.starts_with("192.0.2.7 - - ["), "{line}");
-        assert!(line.contains("\"GET /a?\\\"b\\\" HTTP/1.1\" 200 42 \"\" \"curl/8\""), "{line}");
-        assert!(line.contains("route=\"api\" upstream=\"127.0.0.1:9001\""), "{line}");
+        assert!(
+            line.contains("\"GET /a?\\\"b\\\" HTTP/1.1\" 200 42 \"\" \"curl/8\""),
+            "{line}"
+        );
+        assert!(
+            line.contains("route=\"api\" upstream=\"127.0.0.1:9001\""),
+            "{line}"
+        );
         assert!(line.trim_end().ends_with("id=rid-1"), "{line}");
     }
 

@@ -23,6 +23,8 @@ pub enum ProxyError {
     NoBackend,
     /// The backend could not be connected to.
     UpstreamConnect(String),
+    /// The backend did not accept the connection within the connect timeout.
+    UpstreamConnectTimeout(String),
     /// The backend connection failed after the request was sent, or sent an invalid response.
     UpstreamFailed(String),
     /// The backend did not send its response head in time.
@@ -37,8 +39,12 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamFailed(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::UpstreamTimeout | ProxyError::UpstreamConnectTimeout(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
         }
     }
 
@@ -50,6 +56,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => "request body over the route's max_body".to_owned(),
             ProxyError::NoBackend => "pool has no backend available".to_owned(),
             ProxyError::UpstreamConnect(e) => format!("upstream connect failed: {e}"),
+            ProxyError::UpstreamConnectTimeout(e) => format!("upstream connect timed out: {e}"),
             ProxyError::UpstreamFailed(e) => format!("upstream request failed: {e}"),
             ProxyError::UpstreamTimeout => "upstream response header timeout".to_owned(),
         }
@@ -59,20 +66,30 @@ impl ProxyError {
     pub fn is_upstream(&self) -> bool {
         matches!(
             self,
-            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamFailed(_) | ProxyError::UpstreamTimeout
+            ProxyError::UpstreamConnect(_)
+                | ProxyError::UpstreamConnectTimeout(_)
+                | ProxyError::UpstreamFailed(_)
+                | ProxyError::UpstreamTimeout
         )
     }
 }
 
 /// A short generic error page: JSON if the client prefers it, otherwise HTML.
-pub fn error_response(status: StatusCode, request_id: &HeaderValue, request_headers: &HeaderMap) -> Response<ResponseBody> {
+pub fn error_response(
+    status: StatusCode,
+    request_id: &HeaderValue,
+    request_headers: &HeaderMap,
+) -> Response<ResponseBody> {
     let reason = status.canonical_reason().unwrap_or("Error");
     // Request ids are restricted to [A-Za-z0-9._:-] (see `headers::request_id`), so they need no escaping.
     let id = request_id.to_str().unwrap_or("");
     let (content_type, body) = if wants_json(request_headers) {
         (
             "application/json",
-            format!("{{\"status\":{},\"error\":\"{reason}\",\"request_id\":\"{id}\"}}\n", status.as_u16()),
+            format!(
+                "{{\"status\":{},\"error\":\"{reason}\",\"request_id\":\"{id}\"}}\n",
+                status.as_u16()
+            ),
         )
     } else {
         (
@@ -147,6 +164,7 @@ mod tests {
             (ProxyError::UpstreamConnect("refused".into()), 502),
             (ProxyError::UpstreamFailed("reset".into()), 502),
             (ProxyError::UpstreamTimeout, 504),
+            (ProxyError::UpstreamConnectTimeout("timed out".into()), 504),
         ];
         for (error, status) in cases {
             assert_eq!(error.status().as_u16(), status, "{error:?}");

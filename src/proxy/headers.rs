@@ -3,8 +3,8 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
+use http::header::{self, HeaderName, HeaderValue};
 
 use crate::config::ForwardedSettings;
 
@@ -58,7 +58,11 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     for name in [
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
@@ -87,7 +91,11 @@ pub struct ClientFacts<'a> {
 }
 
 /// Adds `X-Forwarded-*`, `Forwarded` and `Via` to a request as `settings` ask.
-pub fn add_forwarding(headers: &mut HeaderMap, settings: &ForwardedSettings, client: ClientFacts<'_>) {
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    settings: &ForwardedSettings,
+    client: ClientFacts<'_>,
+) {
     if settings.x_forwarded_for {
         let ip = client.ip.to_string();
         let combined = match joined(headers, &X_FORWARDED_FOR) {
@@ -99,7 +107,10 @@ pub fn add_forwarding(headers: &mut HeaderMap, settings: &ForwardedSettings, cli
         }
     }
     if settings.x_forwarded_proto {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(client.proto));
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(client.proto),
+        );
     }
     if settings.x_forwarded_host {
         match client.host {
@@ -273,7 +284,10 @@ mod tests {
 
     #[test]
     fn upgrade_needs_both_the_header_and_the_connection_token() {
-        assert!(upgrade_requested(&map(&[("connection", "Upgrade"), ("upgrade", "websocket")])).is_some());
+        assert!(
+            upgrade_requested(&map(&[("connection", "Upgrade"), ("upgrade", "websocket")]))
+                .is_some()
+        );
         assert!(upgrade_requested(&map(&[("upgrade", "websocket")])).is_none());
         assert!(upgrade_requested(&map(&[("connection", "keep-alive, upgrade")])).is_none());
     }
@@ -289,9 +303,20 @@ mod tests {
     #[test]
     fn x_forwarded_for_is_appended_and_others_are_set() {
         let host = HeaderValue::from_static("example.com");
-        let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2"), ("x-forwarded-proto", "https")]);
-        add_forwarding(&mut h, &ForwardedSettings::default(), client("10.0.0.9", Some(&host)));
-        assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 2.2.2.2, 10.0.0.9");
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        add_forwarding(
+            &mut h,
+            &ForwardedSettings::default(),
+            client("10.0.0.9", Some(&host)),
+        );
+        assert_eq!(
+            h.get("x-forwarded-for").unwrap(),
+            "1.1.1.1, 2.2.2.2, 10.0.0.9"
+        );
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "example.com");
         assert!(h.get("forwarded").is_none());
@@ -334,24 +359,44 @@ mod tests {
     fn header_edits_remove_then_set_then_add() {
         let edits = HeaderEdits {
             remove: vec![HeaderName::from_static("x-secret")],
-            set: vec![(HeaderName::from_static("x-mode"), HeaderValue::from_static("b"))],
-            add: vec![(HeaderName::from_static("x-tag"), HeaderValue::from_static("two"))],
+            set: vec![(
+                HeaderName::from_static("x-mode"),
+                HeaderValue::from_static("b"),
+            )],
+            add: vec![(
+                HeaderName::from_static("x-tag"),
+                HeaderValue::from_static("two"),
+            )],
         };
-        let mut h = map(&[("x-secret", "s"), ("x-mode", "a"), ("x-mode", "a2"), ("x-tag", "one")]);
+        let mut h = map(&[
+            ("x-secret", "s"),
+            ("x-mode", "a"),
+            ("x-mode", "a2"),
+            ("x-tag", "one"),
+        ]);
         edits.apply(&mut h);
         assert!(h.get("x-secret").is_none());
         assert_eq!(h.get_all("x-mode").iter().collect::<Vec<_>>(), ["b"]);
-        assert_eq!(h.get_all("x-tag").iter().collect::<Vec<_>>(), ["one", "two"]);
+        assert_eq!(
+            h.get_all("x-tag").iter().collect::<Vec<_>>(),
+            ["one", "two"]
+        );
     }
 
     #[test]
     fn request_ids_are_kept_when_safe_and_replaced_otherwise() {
-        assert_eq!(request_id(&map(&[("x-request-id", "abc-123.x_y:z")])), "abc-123.x_y:z");
+        assert_eq!(
+            request_id(&map(&[("x-request-id", "abc-123.x_y:z")])),
+            "abc-123.x_y:z"
+        );
         let replaced = request_id(&map(&[("x-request-id", "bad id<script>")]));
         assert_eq!(replaced.len(), 32);
         assert!(replaced.as_bytes().iter().all(u8::is_ascii_hexdigit));
         assert_ne!(new_request_id(), new_request_id());
         let too_long = "a".repeat(129);
-        assert_ne!(request_id(&map(&[("x-request-id", &too_long)])), too_long.as_str());
+        assert_ne!(
+            request_id(&map(&[("x-request-id", &too_long)])),
+            too_long.as_str()
+        );
     }
 }

@@ -62,7 +62,8 @@ pub async fn handle(
             if let Some(accept) = accept {
                 accept_headers.insert(header::ACCEPT, accept);
             }
-            let mut response = error_response(error.status(), &exchange.request_id, &accept_headers);
+            let mut response =
+                error_response(error.status(), &exchange.request_id, &accept_headers);
             if matches!(error, ProxyError::BadRequest(_) | ProxyError::BodyTooLarge) {
                 // The rest of this request's bytes were not read; the connection cannot be reused.
                 response
@@ -131,10 +132,10 @@ impl LogParts {
         LogParts {
             method: request.method().clone(),
             host: request_host(request).unwrap_or("-").to_owned(),
-            target: request
-                .uri()
-                .path_and_query()
-                .map_or_else(|| request.uri().path().to_owned(), |pq| pq.as_str().to_owned()),
+            target: request.uri().path_and_query().map_or_else(
+                || request.uri().path().to_owned(),
+                |pq| pq.as_str().to_owned(),
+            ),
             version: request.version(),
             referer: text(header::REFERER),
             user_agent: text(header::USER_AGENT),
@@ -157,11 +158,12 @@ fn report(error: &ProxyError, exchange: &Exchange, conn: &ConnInfo, uri: &Uri) {
 
 /// The host the client asked for: the URI authority (absolute-form, HTTP/2) or `Host`.
 fn request_host<B>(request: &Request<B>) -> Option<&str> {
-    request
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| request.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+    request.uri().authority().map(|a| a.as_str()).or_else(|| {
+        request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 async fn proxy(
@@ -177,7 +179,8 @@ async fn proxy(
     let backend = route.pool.pick().ok_or(ProxyError::NoBackend)?;
     exchange.upstream = Some(backend.authority.as_str().to_owned());
 
-    let upgrade = headers::upgrade_requested(request.headers()).filter(|_| request.version() == Version::HTTP_11);
+    let upgrade = headers::upgrade_requested(request.headers())
+        .filter(|_| request.version() == Version::HTTP_11);
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
     let upstream_request = build_upstream_request(
         generation,
@@ -211,17 +214,26 @@ fn check_framing(request: &Request<Incoming>) -> Result<(), ProxyError> {
         return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
     }
     if let Some(host) = request.headers().get(header::HOST)
-        && (host.is_empty() || host.as_bytes().iter().any(|b| b.is_ascii_whitespace() || *b == b'/' || *b == b'@'))
+        && (host.is_empty()
+            || host
+                .as_bytes()
+                .iter()
+                .any(|b| b.is_ascii_whitespace() || *b == b'/' || *b == b'@'))
     {
         return Err(ProxyError::BadRequest("invalid Host header"));
     }
     if request.method() == Method::CONNECT {
-        return Err(ProxyError::BadRequest("CONNECT is not served by a reverse proxy listener"));
+        return Err(ProxyError::BadRequest(
+            "CONNECT is not served by a reverse proxy listener",
+        ));
     }
     Ok(())
 }
 
-fn route_for(generation: &Generation, request: &Request<Incoming>) -> Result<Arc<Route>, ProxyError> {
+fn route_for(
+    generation: &Generation,
+    request: &Request<Incoming>,
+) -> Result<Arc<Route>, ProxyError> {
     let facts = RequestFacts {
         host: request_host(request),
         path: request.uri().path(),
@@ -237,7 +249,10 @@ fn route_for(generation: &Generation, request: &Request<Incoming>) -> Result<Arc
 
 /// Refuses a declared body over the cap at once (without reading it, so a client that sent
 /// `Expect: 100-continue` never uploads); returns the flag that marks a streamed body going over.
-fn check_body_size(route: &Route, request: &Request<Incoming>) -> Result<Option<Arc<AtomicBool>>, ProxyError> {
+fn check_body_size(
+    route: &Route,
+    request: &Request<Incoming>,
+) -> Result<Option<Arc<AtomicBool>>, ProxyError> {
     let Some(limit) = route.max_body else {
         return Ok(None);
     };
@@ -247,7 +262,11 @@ fn check_body_size(route: &Route, request: &Request<Incoming>) -> Result<Option<
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
     {
-        return if length > limit { Err(ProxyError::BodyTooLarge) } else { Ok(None) };
+        return if length > limit {
+            Err(ProxyError::BodyTooLarge)
+        } else {
+            Ok(None)
+        };
     }
     Ok(Some(Arc::new(AtomicBool::new(false))))
 }
@@ -343,7 +362,8 @@ fn rewrite_path(route: &Route, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
         rewritten.push('?');
         rewritten.push_str(query);
     }
-    PathAndQuery::try_from(rewritten).map_err(|_| ProxyError::BadRequest("rewritten path is invalid"))
+    PathAndQuery::try_from(rewritten)
+        .map_err(|_| ProxyError::BadRequest("rewritten path is invalid"))
 }
 
 async fn forward(
@@ -360,13 +380,30 @@ async fn forward(
                 return Err(ProxyError::BodyTooLarge);
             }
             let cause = error_chain(&error);
-            if error.is_connect() {
+            if error.is_connect() && is_timeout(&error) {
+                // As nginx does: a backend that cannot be reached in time is a gateway timeout.
+                Err(ProxyError::UpstreamConnectTimeout(cause))
+            } else if error.is_connect() {
                 Err(ProxyError::UpstreamConnect(cause))
             } else {
                 Err(ProxyError::UpstreamFailed(cause))
             }
         }
     }
+}
+
+/// True if any cause in the chain is an I/O timeout.
+fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// An error and its sources on one line, for the log.
@@ -389,7 +426,9 @@ fn rewrite_response(
 ) -> Response<ResponseBody> {
     let upgrading = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
-    let upgrade_to = upgrading.then(|| headers.get(header::UPGRADE).cloned()).flatten();
+    let upgrade_to = upgrading
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
     headers::remove_hop_by_hop(headers);
     if let Some(protocol) = upgrade_to {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -415,7 +454,9 @@ mod tests {
             toml::from_str("backends = [\"127.0.0.1:1\"]").expect("pool config");
         Route {
             name: Arc::from("r"),
-            pool: Arc::new(UpstreamPool::new("p", &pool_config, &Default::default()).expect("pool")),
+            pool: Arc::new(
+                UpstreamPool::new("p", &pool_config, &Default::default()).expect("pool"),
+            ),
             strip_prefix: strip.map(str::to_owned),
             add_prefix: add.map(str::to_owned),
             host: HostRewrite::Preserve,
@@ -428,18 +469,30 @@ mod tests {
 
     fn rewritten(strip: Option<&str>, add: Option<&str>, target: &str) -> String {
         let uri: Uri = target.parse().unwrap();
-        rewrite_path(&route(strip, add), &uri).unwrap().as_str().to_owned()
+        rewrite_path(&route(strip, add), &uri)
+            .unwrap()
+            .as_str()
+            .to_owned()
     }
 
     #[tokio::test]
     async fn paths_are_stripped_then_prefixed_keeping_the_query() {
         assert_eq!(rewritten(None, None, "/a/b?x=1"), "/a/b?x=1");
-        assert_eq!(rewritten(Some("/api"), None, "/api/users?id=2"), "/users?id=2");
+        assert_eq!(
+            rewritten(Some("/api"), None, "/api/users?id=2"),
+            "/users?id=2"
+        );
         assert_eq!(rewritten(Some("/api"), None, "/api"), "/");
         assert_eq!(rewritten(Some("/api/"), None, "/api/users"), "/users");
         assert_eq!(rewritten(Some("/api"), None, "/other"), "/other");
-        assert_eq!(rewritten(Some("/api"), Some("/v2"), "/api/users"), "/v2/users");
+        assert_eq!(
+            rewritten(Some("/api"), Some("/v2"), "/api/users"),
+            "/v2/users"
+        );
         assert_eq!(rewritten(None, Some("/v2/"), "/users"), "/v2/users");
-        assert_eq!(rewritten(Some("/api/"), Some("/v2"), "/api/users?q"), "/v2/users?q");
+        assert_eq!(
+            rewritten(Some("/api/"), Some("/v2"), "/api/users?q"),
+            "/v2/users?q"
+        );
     }
 }

@@ -40,7 +40,8 @@ impl HostPattern {
         let valid_label = |l: &str| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         };
         if name.is_empty() || !name.split('.').all(valid_label) {
             return Err(format!(
@@ -57,7 +58,9 @@ impl HostPattern {
     fn matches(&self, host: &str) -> bool {
         match self {
             HostPattern::Exact(name) => name == host,
-            HostPattern::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+            HostPattern::Wildcard(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
         }
     }
 }
@@ -136,7 +139,10 @@ impl<T> RouteTable<T> {
         let mut entries = Vec::new();
         for (index, (route, _)) in routes.iter().enumerate() {
             if route.hosts.is_empty() {
-                entries.push(Entry { route: index, host: None });
+                entries.push(Entry {
+                    route: index,
+                    host: None,
+                });
             }
             for host in &route.hosts {
                 entries.push(Entry {
@@ -185,7 +191,10 @@ impl<T> RouteTable<T> {
             };
             if host_ok
                 && route.path.matches(request.path)
-                && route.methods.as_ref().is_none_or(|m| m.contains(request.method))
+                && route
+                    .methods
+                    .as_ref()
+                    .is_none_or(|m| m.contains(request.method))
                 && route
                     .headers
                     .iter()
@@ -208,7 +217,15 @@ impl<T> RouteTable<T> {
     }
 }
 
-type Precedence = (u8, Reverse<usize>, u8, Reverse<usize>, u8, Reverse<usize>, usize);
+type Precedence = (
+    u8,
+    Reverse<usize>,
+    u8,
+    Reverse<usize>,
+    u8,
+    Reverse<usize>,
+    usize,
+);
 
 fn precedence(entry: &Entry, route: &RouteMatch) -> Precedence {
     let (host_class, host_len) = match &entry.host {
@@ -256,14 +273,22 @@ mod tests {
 
     fn route(hosts: &[&str], path: PathMatcher) -> RouteMatch {
         RouteMatch {
-            hosts: hosts.iter().map(|h| HostPattern::parse(h).expect("host")).collect(),
+            hosts: hosts
+                .iter()
+                .map(|h| HostPattern::parse(h).expect("host"))
+                .collect(),
             path,
             methods: None,
             headers: Vec::new(),
         }
     }
 
-    fn lookup<'t>(table: &'t RouteTable<&'static str>, host: &str, method: &str, path: &str) -> Option<&'t str> {
+    fn lookup<'t>(
+        table: &'t RouteTable<&'static str>,
+        host: &str,
+        method: &str,
+        path: &str,
+    ) -> Option<&'t str> {
         lookup_with(table, host, method, path, &HeaderMap::new())
     }
 
@@ -290,10 +315,27 @@ mod tests {
 
     #[test]
     fn host_patterns_parse_and_refuse_garbage() {
-        assert_eq!(HostPattern::parse("Example.COM.").unwrap(), HostPattern::Exact("example.com".into()));
-        assert_eq!(HostPattern::parse("*.example.com").unwrap(), HostPattern::Wildcard(".example.com".into()));
-        for bad in ["", "*.", "exa mple.com", "a..b", "*example.com", "ex*.com", "host:80"] {
-            assert!(HostPattern::parse(bad).is_err(), "{bad:?} should be refused");
+        assert_eq!(
+            HostPattern::parse("Example.COM.").unwrap(),
+            HostPattern::Exact("example.com".into())
+        );
+        assert_eq!(
+            HostPattern::parse("*.example.com").unwrap(),
+            HostPattern::Wildcard(".example.com".into())
+        );
+        for bad in [
+            "",
+            "*.",
+            "exa mple.com",
+            "a..b",
+            "*example.com",
+            "ex*.com",
+            "host:80",
+        ] {
+            assert!(
+                HostPattern::parse(bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 
@@ -311,34 +353,61 @@ mod tests {
         let table = RouteTable::new(vec![
             (route(&[], PathMatcher::Any), "any"),
             (route(&["*.example.com"], PathMatcher::Any), "wild"),
-            (route(&["*.api.example.com"], PathMatcher::Any), "longer-wild"),
+            (
+                route(&["*.api.example.com"], PathMatcher::Any),
+                "longer-wild",
+            ),
             (route(&["www.example.com"], PathMatcher::Any), "exact"),
         ]);
         assert_eq!(lookup(&table, "www.example.com", "GET", "/"), Some("exact"));
-        assert_eq!(lookup(&table, "WWW.Example.com:8080", "GET", "/"), Some("exact"));
+        assert_eq!(
+            lookup(&table, "WWW.Example.com:8080", "GET", "/"),
+            Some("exact")
+        );
         assert_eq!(lookup(&table, "shop.example.com", "GET", "/"), Some("wild"));
-        assert_eq!(lookup(&table, "v1.api.example.com", "GET", "/"), Some("longer-wild"));
+        assert_eq!(
+            lookup(&table, "v1.api.example.com", "GET", "/"),
+            Some("longer-wild")
+        );
         assert_eq!(lookup(&table, "other.org", "GET", "/"), Some("any"));
     }
 
     #[test]
     fn host_wins_over_path_specificity() {
         let table = RouteTable::new(vec![
-            (route(&[], PathMatcher::Exact("/login".into())), "any-host-login"),
+            (
+                route(&[], PathMatcher::Exact("/login".into())),
+                "any-host-login",
+            ),
             (route(&["app.example.com"], prefix("/")), "app"),
         ]);
-        assert_eq!(lookup(&table, "app.example.com", "GET", "/login"), Some("app"));
-        assert_eq!(lookup(&table, "other.example.com", "GET", "/login"), Some("any-host-login"));
+        assert_eq!(
+            lookup(&table, "app.example.com", "GET", "/login"),
+            Some("app")
+        );
+        assert_eq!(
+            lookup(&table, "other.example.com", "GET", "/login"),
+            Some("any-host-login")
+        );
     }
 
     #[test]
     fn exact_path_beats_longest_prefix_beats_regex_beats_catch_all() {
         let table = RouteTable::new(vec![
             (route(&[], PathMatcher::Any), "catch-all"),
-            (route(&[], PathMatcher::Regex(Regex::new("^/api/v[0-9]+/").unwrap())), "regex"),
+            (
+                route(
+                    &[],
+                    PathMatcher::Regex(Regex::new("^/api/v[0-9]+/").unwrap()),
+                ),
+                "regex",
+            ),
             (route(&[], prefix("/api/")), "api"),
             (route(&[], prefix("/api/v1/")), "api-v1"),
-            (route(&[], PathMatcher::Exact("/api/v1/health".into())), "health"),
+            (
+                route(&[], PathMatcher::Exact("/api/v1/health".into())),
+                "health",
+            ),
         ]);
         assert_eq!(lookup(&table, "h", "GET", "/api/v1/health"), Some("health"));
         assert_eq!(lookup(&table, "h", "GET", "/api/v1/users"), Some("api-v1"));
@@ -346,7 +415,10 @@ mod tests {
         assert_eq!(lookup(&table, "h", "GET", "/apx/v2/"), Some("catch-all"));
         let regex_only = RouteTable::new(vec![
             (route(&[], PathMatcher::Any), "catch-all"),
-            (route(&[], PathMatcher::Regex(Regex::new("^/u/[0-9]+$").unwrap())), "regex"),
+            (
+                route(&[], PathMatcher::Regex(Regex::new("^/u/[0-9]+$").unwrap())),
+                "regex",
+            ),
         ]);
         assert_eq!(lookup(&regex_only, "h", "GET", "/u/42"), Some("regex"));
         assert_eq!(lookup(&regex_only, "h", "GET", "/u/x"), Some("catch-all"));
@@ -357,7 +429,10 @@ mod tests {
         let mut post_only = route(&[], prefix("/"));
         post_only.methods = Some(vec![Method::POST]);
         let mut canary = route(&[], prefix("/"));
-        canary.headers = vec![(HeaderName::from_static("x-canary"), HeaderValue::from_static("1"))];
+        canary.headers = vec![(
+            HeaderName::from_static("x-canary"),
+            HeaderValue::from_static("1"),
+        )];
         let table = RouteTable::new(vec![
             (route(&[], prefix("/")), "default"),
             (canary, "canary"),
@@ -367,9 +442,15 @@ mod tests {
         assert_eq!(lookup(&table, "h", "GET", "/x"), Some("default"));
         let mut headers = HeaderMap::new();
         headers.insert("x-canary", HeaderValue::from_static("1"));
-        assert_eq!(lookup_with(&table, "h", "GET", "/x", &headers), Some("canary"));
+        assert_eq!(
+            lookup_with(&table, "h", "GET", "/x", &headers),
+            Some("canary")
+        );
         headers.insert("x-canary", HeaderValue::from_static("2"));
-        assert_eq!(lookup_with(&table, "h", "GET", "/x", &headers), Some("default"));
+        assert_eq!(
+            lookup_with(&table, "h", "GET", "/x", &headers),
+            Some("default")
+        );
     }
 
     #[test]
@@ -385,7 +466,10 @@ mod tests {
 
     #[test]
     fn hosts_are_normalized_without_needless_allocation() {
-        assert!(matches!(normalize_host("example.com:443"), Cow::Borrowed("example.com")));
+        assert!(matches!(
+            normalize_host("example.com:443"),
+            Cow::Borrowed("example.com")
+        ));
         assert_eq!(normalize_host("EXAMPLE.com."), "example.com");
         assert_eq!(normalize_host("[::1]:8080"), "[::1]");
     }

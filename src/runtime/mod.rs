@@ -13,7 +13,8 @@ use anyhow::{Context, anyhow};
 use http::{HeaderName, HeaderValue, Method};
 
 use crate::config::{
-    AccessLogSettings, Config, ForwardedSettings, HeaderRules, ListenerConfig, ServerSettings, Timeouts,
+    AccessLogSettings, Config, ForwardedSettings, HeaderRules, ListenerConfig, ServerSettings,
+    Timeouts,
 };
 use crate::proxy::headers::HeaderEdits;
 use crate::routing::{HostPattern, PathMatcher, RouteMatch, RouteTable};
@@ -174,7 +175,12 @@ fn compile_route(
     let headers = route
         .headers
         .iter()
-        .map(|(n, v)| Ok((HeaderName::from_bytes(n.as_bytes())?, HeaderValue::from_str(v.get_ref())?)))
+        .map(|(n, v)| {
+            Ok((
+                HeaderName::from_bytes(n.as_bytes())?,
+                HeaderValue::from_str(v.get_ref())?,
+            ))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let pool = pools
         .get(route.pool.get_ref())
@@ -212,7 +218,12 @@ fn compile_route(
 fn compile_edits(rules: &HeaderRules) -> anyhow::Result<HeaderEdits> {
     let pairs = |map: &std::collections::BTreeMap<String, serde_spanned::Spanned<String>>| {
         map.iter()
-            .map(|(n, v)| Ok((HeaderName::from_bytes(n.as_bytes())?, HeaderValue::from_str(v.get_ref())?)))
+            .map(|(n, v)| {
+                Ok((
+                    HeaderName::from_bytes(n.as_bytes())?,
+                    HeaderValue::from_str(v.get_ref())?,
+                ))
+            })
             .collect::<anyhow::Result<Vec<_>>>()
     };
     Ok(HeaderEdits {

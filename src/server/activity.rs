@@ -75,8 +75,11 @@ impl ConnActivity {
     }
 
     fn bytes_read(&self) {
-        if self.in_flight.load(Ordering::Relaxed) == 0 && self.head_started.load(Ordering::Relaxed) == 0 {
-            self.head_started.store(self.now_ms() + 1, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_started.load(Ordering::Relaxed) == 0
+        {
+            self.head_started
+                .store(self.now_ms() + 1, Ordering::Relaxed);
             self.changed.notify_one();
         }
     }
@@ -95,7 +98,11 @@ impl ConnActivity {
             let (since_ms, limit, kind) = if head_started > 0 {
                 (head_started - 1, header_timeout, Expired::Header)
             } else {
-                (self.idle_since.load(Ordering::Relaxed), idle_timeout, Expired::Idle)
+                (
+                    self.idle_since.load(Ordering::Relaxed),
+                    idle_timeout,
+                    Expired::Idle,
+                )
             };
             let deadline = self.epoch + Duration::from_millis(since_ms) + limit;
             if Instant::now() >= deadline {
@@ -116,7 +123,9 @@ pub struct InFlight(Arc<ConnActivity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         let activity = &self.0;
-        activity.idle_since.store(activity.now_ms(), Ordering::Relaxed);
+        activity
+            .idle_since
+            .store(activity.now_ms(), Ordering::Relaxed);
         if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             activity.changed.notify_one();
         }
@@ -138,7 +147,11 @@ impl<T> TrackedIo<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -149,7 +162,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 

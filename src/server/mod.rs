@@ -75,7 +75,9 @@ impl RunningServer {
             let _ = task.await;
         }
         self.own_token = None;
-        let drained = tokio::time::timeout(self.grace, self.drained.recv()).await.is_ok();
+        let drained = tokio::time::timeout(self.grace, self.drained.recv())
+            .await
+            .is_ok();
         if !drained {
             tracing::warn!(grace = ?self.grace, "grace period over; closing remaining connections");
             let _ = self.phase.send(Phase::Closing);
@@ -93,7 +95,10 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
 }
 
 /// Binds the listeners of `generation` and starts serving it.
-pub async fn start_generation(generation: Generation, access_log: AccessLog) -> anyhow::Result<RunningServer> {
+pub async fn start_generation(
+    generation: Generation,
+    access_log: AccessLog,
+) -> anyhow::Result<RunningServer> {
     let listeners = generation.listeners.clone();
     let grace = generation.server.grace_period.0;
     let header_timeout = generation.timeouts.client_header.0;
@@ -107,7 +112,8 @@ pub async fn start_generation(generation: Generation, access_log: AccessLog) -> 
     let mut addresses = Vec::new();
     let mut accept_tasks = Vec::new();
     for spec in &listeners {
-        let listener = bind(spec.address).with_context(|| format!("binding listener {} on {}", spec.name, spec.address))?;
+        let listener = bind(spec.address)
+            .with_context(|| format!("binding listener {} on {}", spec.name, spec.address))?;
         let bound = listener.local_addr()?;
         addresses.push((spec.name.clone(), bound));
         let builder = Arc::new(http_builder(spec, &settings));
@@ -147,9 +153,14 @@ fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-fn http_builder(spec: &ListenerSpec, settings: &crate::config::ServerSettings) -> auto::Builder<TokioExecutor> {
+fn http_builder(
+    spec: &ListenerSpec,
+    settings: &crate::config::ServerSettings,
+) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    let header_bytes = usize::try_from(settings.max_header_bytes.0).unwrap_or(usize::MAX).max(8192);
+    let header_bytes = usize::try_from(settings.max_header_bytes.0)
+        .unwrap_or(usize::MAX)
+        .max(8192);
     builder
         .http1()
         .timer(TokioTimer::new())

@@ -23,7 +23,9 @@ use crate::config::{PoolConfig, Timeouts, UpstreamProtocol};
 /// Parses a backend address `HOST:PORT` (a name, an IPv4 address or a bracketed IPv6 address).
 pub fn parse_backend_address(text: &str) -> Result<Authority, String> {
     let complaint = || {
-        format!("{text:?} is not a backend address; write HOST:PORT, e.g. \"127.0.0.1:9000\" or \"app.internal:80\"")
+        format!(
+            "{text:?} is not a backend address; write HOST:PORT, e.g. \"127.0.0.1:9000\" or \"app.internal:80\""
+        )
     };
     if text.contains("://") || text.contains('/') || text.contains('@') {
         return Err(complaint());
@@ -78,7 +80,10 @@ impl UpstreamPool {
             .iter()
             .map(|b| parse_backend_address(b.get_ref()).map(|authority| Backend { authority }))
             .collect::<Result<Vec<_>, _>>()?;
-        let connect_timeout = config.connect_timeout.unwrap_or(timeouts.upstream_connect).0;
+        let connect_timeout = config
+            .connect_timeout
+            .unwrap_or(timeouts.upstream_connect)
+            .0;
         let idle_timeout = config.idle_timeout.unwrap_or(timeouts.upstream_idle).0;
         Ok(UpstreamPool {
             name: Arc::from(name),
@@ -91,11 +96,17 @@ impl UpstreamPool {
 
     /// The backend for the next request, or `None` when the pool has none to offer.
     pub fn pick(&self) -> Option<&Backend> {
-        self.balancer.pick(&self.backends).and_then(|i| self.backends.get(i))
+        self.balancer
+            .pick(&self.backends)
+            .and_then(|i| self.backends.get(i))
     }
 }
 
-fn build_client(config: &PoolConfig, connect_timeout: Duration, idle_timeout: Duration) -> UpstreamClient {
+fn build_client(
+    config: &PoolConfig,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
@@ -121,11 +132,27 @@ mod tests {
 
     #[test]
     fn backend_addresses_need_a_host_and_a_port() {
-        assert_eq!(parse_backend_address("127.0.0.1:9000").unwrap().port_u16(), Some(9000));
+        assert_eq!(
+            parse_backend_address("127.0.0.1:9000").unwrap().port_u16(),
+            Some(9000)
+        );
         assert_eq!(parse_backend_address("[::1]:80").unwrap().host(), "[::1]");
         assert!(parse_backend_address("app.internal:8080").is_ok());
-        for bad in ["127.0.0.1", "http://a:1", "a:1/x", "a:http", "a:0", ":80", "a:99999", "u@a:1", ""] {
-            assert!(parse_backend_address(bad).is_err(), "{bad:?} should be refused");
+        for bad in [
+            "127.0.0.1",
+            "http://a:1",
+            "a:1/x",
+            "a:http",
+            "a:0",
+            ":80",
+            "a:99999",
+            "u@a:1",
+            "",
+        ] {
+            assert!(
+                parse_backend_address(bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 }

@@ -1,0 +1,56 @@
+//! Forwarding basics: round robin, HTTP/2 from clients and to backends, the default route.
+
+use crate::support::*;
+
+#[tokio::test]
+async fn round_robin_spreads_requests_evenly_over_the_pool() {
+    let (a, b, c) = (
+        Origin::named("a").await,
+        Origin::named("b").await,
+        Origin::named("c").await,
+    );
+    let proxy = Proxy::start(&single_pool_config(&[a.addr, b.addr, c.addr], "")).await;
+    let client = client();
+    let mut served = Vec::new();
+    for _ in 0..9 {
+        let response = client.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        served.push(response.text().await.unwrap());
+    }
+    assert_eq!(served, ["a", "b", "c", "a", "b", "c", "a", "b", "c"]);
+    assert_eq!((a.count(), b.count(), c.count()), (3, 3, 3));
+}
+
+#[tokio::test]
+async fn http2_clients_are_served_over_h2c_and_backends_see_http11() {
+    let origin = Origin::echo().await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let response = h2_client().get(proxy.url("/h2?x=1")).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "/h2?x=1");
+    let seen = origin.last();
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    assert_eq!(seen.headers["host"], proxy.addr.to_string().as_str());
+}
+
+#[tokio::test]
+async fn h2c_pools_speak_http2_to_their_backends() {
+    let origin = Origin::echo().await;
+    let proxy = Proxy::start(
+        &single_pool_config(&[origin.addr], "")
+            .replace("[pool.app]\n", "[pool.app]\nprotocol = \"h2c\"\n"),
+    )
+    .await;
+    let client = client();
+    for _ in 0..3 {
+        let response = client.get(proxy.url("/over-h2")).send().await.unwrap();
+        assert_eq!(response.text().await.unwrap(), "/over-h2");
+    }
+    assert_eq!(origin.last().version, http::Version::HTTP_2);
+    assert_eq!(
+        origin.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one multiplexed connection"
+    );
+}

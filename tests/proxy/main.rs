@@ -1,0 +1,16 @@
+//! End-to-end tests: real origins, the real proxy and real clients over loopback.
+//! One test binary with a module per area, so the suite links once.
+
+mod support;
+
+mod access_log;
+mod basics;
+mod config_errors;
+mod errors;
+mod malformed;
+mod routing;
+mod semantics;
+mod shutdown;
+mod streaming;
+mod timeouts;
+mod websocket;
