@@ -14,3 +14,4 @@ mod shutdown;
 mod streaming;
 mod timeouts;
 mod websocket;
+mod demo;
