@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
@@ -18,11 +18,12 @@ use super::headers::{self, ClientFacts, X_REQUEST_ID};
 use super::upgrade;
 use super::{ConnInfo, ProxyState};
 use crate::body::{RequestBody, ResponseBody};
+use crate::config::UpstreamProtocol;
 use crate::observe::access_log::AccessRecord;
 use crate::routing::RequestFacts;
 use crate::runtime::{Generation, HostRewrite, Route};
 use crate::server::activity::InFlight;
-use crate::upstream::Backend;
+use crate::upstream::{Backend, UpstreamError};
 
 /// What the pipeline learned about a request, for the log line.
 struct Exchange {
@@ -193,7 +194,7 @@ async fn proxy(
         limit_flag.clone(),
     )?;
 
-    let response = forward(&route, upstream_request, limit_flag.as_deref()).await?;
+    let response = forward(&route, backend, upstream_request, limit_flag.as_deref()).await?;
     let response = match client_upgrade {
         Some(client_upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             upgrade::splice(response, client_upgrade, conn.drain.clone())?
@@ -320,9 +321,21 @@ fn build_upstream_request(
         HostRewrite::Backend => HeaderValue::from_str(backend.authority.as_str()).ok(),
         HostRewrite::Fixed(value) => Some(value.clone()),
     };
-    if let Some(host) = host {
+    if route.pool.protocol == UpstreamProtocol::H2c {
+        // HTTP/2 carries the host as `:authority` (taken from the URI); a `Host` header that
+        // differs from it may be refused (RFC 9113 §8.3.1).
+        headers.remove(header::HOST);
+        if let Some(authority) = host.and_then(|h| Authority::try_from(h.as_bytes()).ok()) {
+            let mut uri_parts = upstream.uri().clone().into_parts();
+            uri_parts.authority = Some(authority);
+            if let Ok(uri) = Uri::from_parts(uri_parts) {
+                *upstream.uri_mut() = uri;
+            }
+        }
+    } else if let Some(host) = host {
         headers.insert(header::HOST, host);
     }
+    let headers = upstream.headers_mut();
     route.request_edits.apply(headers);
     headers.insert(X_REQUEST_ID.clone(), exchange.request_id.clone());
     if let Some(protocol) = upgrade {
@@ -368,10 +381,11 @@ fn rewrite_path(route: &Route, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
 
 async fn forward(
     route: &Route,
+    backend: &Backend,
     request: Request<RequestBody>,
     limit_flag: Option<&AtomicBool>,
 ) -> Result<Response<Incoming>, ProxyError> {
-    let sent = route.pool.client.request(request);
+    let sent = route.pool.send(backend, request);
     match tokio::time::timeout(route.upstream_header_timeout, sent).await {
         Err(_) => Err(ProxyError::UpstreamTimeout),
         Ok(Ok(response)) => Ok(response),
@@ -379,43 +393,17 @@ async fn forward(
             if limit_flag.is_some_and(|f| f.load(Ordering::Relaxed)) {
                 return Err(ProxyError::BodyTooLarge);
             }
-            let cause = error_chain(&error);
-            if error.is_connect() && is_timeout(&error) {
+            Err(match error {
                 // As nginx does: a backend that cannot be reached in time is a gateway timeout.
-                Err(ProxyError::UpstreamConnectTimeout(cause))
-            } else if error.is_connect() {
-                Err(ProxyError::UpstreamConnect(cause))
-            } else {
-                Err(ProxyError::UpstreamFailed(cause))
-            }
+                UpstreamError::Connect {
+                    timed_out: true,
+                    cause,
+                } => ProxyError::UpstreamConnectTimeout(cause),
+                UpstreamError::Connect { cause, .. } => ProxyError::UpstreamConnect(cause),
+                UpstreamError::Failed(cause) => ProxyError::UpstreamFailed(cause),
+            })
         }
     }
-}
-
-/// True if any cause in the chain is an I/O timeout.
-fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        current = e.source();
-    }
-    false
-}
-
-/// An error and its sources on one line, for the log.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn rewrite_response(

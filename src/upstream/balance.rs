@@ -43,6 +43,7 @@ mod tests {
     fn backends(n: u16) -> Vec<Backend> {
         (1..=n)
             .map(|port| Backend {
+                index: usize::from(port - 1),
                 authority: format!("127.0.0.1:{port}").parse().expect("authority"),
             })
             .collect()

@@ -6,11 +6,14 @@
 //! separate idle-connection list per backend address.
 
 mod balance;
+mod h2;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::Authority;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -40,8 +43,32 @@ pub fn parse_backend_address(text: &str) -> Result<Authority, String> {
 /// One backend server.
 #[derive(Debug, Clone)]
 pub struct Backend {
-    /// `host:port`, used as the request authority towards the backend.
+    /// Position in the pool's backend list.
+    pub index: usize,
+    /// `host:port` to connect to.
     pub authority: Authority,
+}
+
+/// Why a request to a backend failed.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// No connection could be made; the request never reached the backend.
+    Connect {
+        /// The connect timeout ran out (rather than a refusal or reset).
+        timed_out: bool,
+        /// The cause chain, for the log.
+        cause: String,
+    },
+    /// The connection failed after the request was sent, or the response was invalid.
+    Failed(String),
+}
+
+/// How a pool reaches its backends.
+enum Transport {
+    /// HTTP/1.1 keep-alive pool (hyper-util); the URI authority picks the connection.
+    Http1(UpstreamClient),
+    /// One multiplexed h2c connection per backend; the URI authority is sent as `:authority`.
+    H2c(h2::H2Connections),
 }
 
 /// The HTTP client a pool uses to reach its backends.
@@ -55,8 +82,7 @@ pub struct UpstreamPool {
     pub backends: Vec<Backend>,
     /// Chooses a backend per request.
     pub balancer: Box<dyn Balancer>,
-    /// Pooled keep-alive client shared by all requests to this pool.
-    pub client: UpstreamClient,
+    transport: Transport,
     /// HTTP version spoken to the backends.
     pub protocol: UpstreamProtocol,
 }
@@ -78,7 +104,10 @@ impl UpstreamPool {
             .backends
             .get_ref()
             .iter()
-            .map(|b| parse_backend_address(b.get_ref()).map(|authority| Backend { authority }))
+            .enumerate()
+            .map(|(index, b)| {
+                parse_backend_address(b.get_ref()).map(|authority| Backend { index, authority })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let connect_timeout = config
             .connect_timeout
@@ -88,10 +117,43 @@ impl UpstreamPool {
         Ok(UpstreamPool {
             name: Arc::from(name),
             balancer: Box::new(RoundRobin::new()),
-            client: build_client(config, connect_timeout, idle_timeout),
+            transport: match config.protocol {
+                UpstreamProtocol::Http1 => {
+                    Transport::Http1(build_client(config, connect_timeout, idle_timeout))
+                }
+                UpstreamProtocol::H2c => {
+                    Transport::H2c(h2::H2Connections::new(backends.len(), connect_timeout))
+                }
+            },
             protocol: config.protocol,
             backends,
         })
+    }
+
+    /// Sends `request` to `backend`.
+    ///
+    /// For HTTP/1.1 the URI authority must be the backend's address (it picks the pooled
+    /// connection) and `Host` is sent as a header; for h2c the URI authority is what the backend
+    /// sees as `:authority` and the connection is chosen by `backend`.
+    pub async fn send(
+        &self,
+        backend: &Backend,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match &self.transport {
+            Transport::Http1(client) => client.request(request).await.map_err(|error| {
+                let cause = error_chain(&error);
+                if error.is_connect() {
+                    UpstreamError::Connect {
+                        timed_out: is_timeout(&error),
+                        cause,
+                    }
+                } else {
+                    UpstreamError::Failed(cause)
+                }
+            }),
+            Transport::H2c(connections) => connections.send(backend, request).await,
+        }
     }
 
     /// The backend for the next request, or `None` when the pool has none to offer.
@@ -100,6 +162,32 @@ impl UpstreamPool {
             .pick(&self.backends)
             .and_then(|i| self.backends.get(i))
     }
+}
+
+/// True if any cause in the chain is an I/O timeout.
+fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// An error and its sources on one line, for the log.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn build_client(

@@ -47,7 +47,17 @@ async fn h2c_pools_speak_http2_to_their_backends() {
         let response = client.get(proxy.url("/over-h2")).send().await.unwrap();
         assert_eq!(response.text().await.unwrap(), "/over-h2");
     }
-    assert_eq!(origin.last().version, http::Version::HTTP_2);
+    let seen = origin.last();
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert_eq!(
+        seen.uri.authority().map(|a| a.as_str().to_owned()),
+        Some(proxy.addr.to_string()),
+        ":authority is the client host"
+    );
+    assert!(
+        seen.headers.get("host").is_none(),
+        "no Host beside :authority"
+    );
     assert_eq!(
         origin.connections.load(std::sync::atomic::Ordering::SeqCst),
         1,
