@@ -18,6 +18,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::compress::CodecBody;
+use tokio::sync::watch;
+
 /// Boxed error type used by the body types.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -41,6 +44,9 @@ pin_project! {
         limit: u64,
         seen: u64,
         exceeded: Option<Arc<AtomicBool>>,
+        progress: Option<watch::Sender<()>>,
+        // Set instead of `inner` when the body is decoded on its way (it owns the source).
+        decoded: Option<Box<CodecBody>>,
     }
 }
 
@@ -52,6 +58,8 @@ impl RequestBody {
             limit: u64::MAX,
             seen: 0,
             exceeded: None,
+            progress: None,
+            decoded: None,
         }
     }
 
@@ -62,6 +70,8 @@ impl RequestBody {
             limit: u64::MAX,
             seen: 0,
             exceeded: None,
+            progress: None,
+            decoded: None,
         }
     }
 
@@ -73,7 +83,33 @@ impl RequestBody {
             limit,
             seen: 0,
             exceeded: Some(flag),
+            progress: None,
+            decoded: None,
         }
+    }
+
+    /// Streams a body through a decoder, failing with [`BodyTooLarge`] (and setting `flag`) once
+    /// more than `limit` decoded bytes have passed: a small compressed upload cannot expand
+    /// without bound.
+    pub fn decoded(body: CodecBody, limit: u64, flag: Arc<AtomicBool>) -> Self {
+        RequestBody {
+            inner: None,
+            limit,
+            seen: 0,
+            exceeded: Some(flag),
+            progress: None,
+            decoded: Some(Box::new(body)),
+        }
+    }
+
+    /// A receiver that sees a change each time a data frame passes, and is closed once the
+    /// whole body has been read or the body is dropped (sent, or given up on).
+    ///
+    /// The pipeline uses it so a long upload is not cut off by the backend's header timeout.
+    pub fn progress(&mut self) -> watch::Receiver<()> {
+        let (sender, receiver) = watch::channel(());
+        self.progress = Some(sender);
+        receiver
     }
 }
 
@@ -85,11 +121,17 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let Some(inner) = this.inner.as_pin_mut() else {
+        let mut this = self.project();
+        let raw = if let Some(decoded) = this.decoded.as_deref_mut() {
+            Pin::new(decoded).poll_frame(cx)
+        } else if let Some(inner) = this.inner.as_mut().as_pin_mut() {
+            inner
+                .poll_frame(cx)
+                .map(|frame| frame.map(|result| result.map_err(|e| Box::new(e) as BoxError)))
+        } else {
             return Poll::Ready(None);
         };
-        match inner.poll_frame(cx) {
+        let polled = match raw {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     *this.seen += data.len() as u64;
@@ -100,19 +142,37 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Some(Ok(frame))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Err(e))) => Some(Err(e)),
+            Poll::Ready(None) => None,
+            Poll::Pending => return Poll::Pending,
+        };
+        let at_end = match (this.decoded.as_deref(), this.inner.as_ref().as_pin_ref()) {
+            (Some(decoded), _) => decoded.is_end_stream(),
+            (None, Some(inner)) => inner.is_end_stream(),
+            (None, None) => true,
+        };
+        // The sender may stop polling once the body says it has ended, so close it now.
+        if polled.as_ref().is_none_or(Result::is_err) || at_end {
+            *this.progress = None;
+        } else if let Some(progress) = this.progress {
+            progress.send_replace(());
         }
+        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        match &self.decoded {
+            Some(decoded) => decoded.is_end_stream(),
+            None => self.inner.as_ref().is_none_or(Body::is_end_stream),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.decoded.is_some() {
+            return SizeHint::default();
+        }
         self.inner
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
@@ -130,6 +190,7 @@ pin_project! {
     enum Kind {
         Upstream { #[pin] body: Incoming },
         Full { data: Option<Bytes> },
+        Coded { body: Box<CodecBody> },
     }
 }
 
@@ -176,6 +237,17 @@ impl ResponseBody {
         }
     }
 
+    /// A backend's body passed through an encoder or decoder.
+    pub fn coded(body: CodecBody) -> Self {
+        ResponseBody {
+            kind: Kind::Coded {
+                body: Box::new(body),
+            },
+            bytes: 0,
+            observer: None,
+        }
+    }
+
     /// An empty body.
     pub fn empty() -> Self {
         Self::full(Bytes::new())
@@ -191,6 +263,7 @@ fn kind_ended(kind: &Kind) -> bool {
     match kind {
         Kind::Upstream { body } => body.is_end_stream(),
         Kind::Full { data } => data.is_none(),
+        Kind::Coded { body } => body.is_end_stream(),
     }
 }
 
@@ -209,6 +282,10 @@ impl Body for ResponseBody {
                 Poll::Ready(result) => result.map(|r| r.map_err(|e| Box::new(e) as BoxError)),
             },
             KindProj::Full { data } => data.take().map(|d| Ok(Frame::data(d))),
+            KindProj::Coded { body } => match Pin::new(body.as_mut()).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(result) => result,
+            },
         };
         match &polled {
             Some(Ok(frame)) => {
@@ -240,6 +317,7 @@ impl Body for ResponseBody {
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
+            Kind::Coded { .. } => SizeHint::default(),
         }
     }
 }

@@ -68,7 +68,9 @@ fn latest_start(key: Range<usize>, value: &Spanned<DeValue<'_>>, offset: usize) 
         }
         DeValue::Array(items) => {
             for item in items.iter() {
-                if let Some(start) = latest_start(item.span().start..item.span().start, item, offset) {
+                if let Some(start) =
+                    latest_start(item.span().start..item.span().start, item, offset)
+                {
                     consider(start);
                 }
             }
@@ -133,7 +135,8 @@ mod tests {
 
     #[test]
     fn finds_keys_in_arrays_of_tables_split_around_other_tables() {
-        let text = "[[listener]]\nname = \"a\"\n[[route]]\npool = \"p\"\n[[listener]]\nname = \"b\"\n";
+        let text =
+            "[[listener]]\nname = \"a\"\n[[route]]\npool = \"p\"\n[[listener]]\nname = \"b\"\n";
         assert_eq!(at(text, "\"b\""), "listener[1].name");
         assert_eq!(at(text, "\"p\""), "route[0].pool");
         assert_eq!(at(text, "\"a\""), "listener[0].name");

@@ -30,6 +30,9 @@ pub struct Config {
     /// One line per request.
     #[serde(default)]
     pub access_log: AccessLogSettings,
+    /// Response compression defaults; routes turn it on or off with `compression`.
+    #[serde(default)]
+    pub compression: CompressionSettings,
     /// Sockets to accept clients on (`[[listener]]`).
     #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
@@ -179,6 +182,50 @@ impl Default for AccessLogSettings {
     }
 }
 
+/// `[compression]`: response compression and decoding.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionSettings {
+    /// Compress responses (routes may override with `compression = true/false`).
+    pub enabled: bool,
+    /// Codings offered, in server preference order: `"zstd"`, `"br"`, `"gzip"`.
+    pub algorithms: Vec<Spanned<String>>,
+    /// Smallest response worth compressing.
+    pub min_size: ByteSize,
+    /// Media type patterns worth compressing: `"text/*"`, `"application/json"`, `"*/*+json"`.
+    pub types: Vec<Spanned<String>>,
+    /// gzip level, 1–9.
+    pub gzip_level: u32,
+    /// Brotli quality, 0–11.
+    pub brotli_level: u32,
+    /// zstd level, 1–19.
+    pub zstd_level: i32,
+    /// Decode compressed request bodies (`Content-Encoding` on a request) for the backend.
+    pub decompress_requests: bool,
+    /// Most bytes a decoded request body may have; beyond it the client gets 413.
+    pub max_decompressed_request: ByteSize,
+}
+
+impl Default for CompressionSettings {
+    fn default() -> Self {
+        let spanned = |s: &str| Spanned::new(0..0, s.to_owned());
+        CompressionSettings {
+            enabled: false,
+            algorithms: ["zstd", "br", "gzip"].iter().map(|s| spanned(s)).collect(),
+            min_size: ByteSize::kib(1),
+            types: crate::compress::default_types()
+                .iter()
+                .map(|s| spanned(s))
+                .collect(),
+            gzip_level: 1,
+            brotli_level: 4,
+            zstd_level: 3,
+            decompress_requests: false,
+            max_decompressed_request: ByteSize(16 << 20),
+        }
+    }
+}
+
 /// `[[listener]]`: one socket clients connect to.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -315,6 +362,10 @@ pub struct RouteConfig {
     pub timeouts: RouteTimeouts,
     /// Cap on the request body; overrides `server.max_body`.
     pub max_body: Option<ByteSize>,
+    /// Compress responses of this route; overrides `compression.enabled`.
+    pub compression: Option<bool>,
+    /// Decode compressed request bodies; overrides `compression.decompress_requests`.
+    pub decompress_requests: Option<bool>,
 }
 
 /// Header edits: `add` appends a value, `set` replaces all values, `remove` deletes the header.

@@ -49,10 +49,50 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             message: "server.max_header_bytes must be at least 8KiB".to_owned(),
         });
     }
+    check_compression(config, &mut problems);
     check_listeners(config, &mut problems);
     check_pools(config, &mut problems);
     check_routes(config, &mut problems);
     problems.0
+}
+
+fn check_compression(config: &Config, problems: &mut Problems) {
+    let settings = &config.compression;
+    for algorithm in &settings.algorithms {
+        if let Err(message) = algorithm.get_ref().parse::<crate::compress::Encoding>() {
+            problems.at(algorithm, message);
+        }
+    }
+    for media in &settings.types {
+        if let Err(message) = crate::compress::MediaRange::parse(media.get_ref()) {
+            problems.at(media, message);
+        }
+    }
+    let levels = [
+        (
+            "compression.gzip_level",
+            (1..=9).contains(&settings.gzip_level),
+            "1 to 9",
+        ),
+        (
+            "compression.brotli_level",
+            settings.brotli_level <= 11,
+            "0 to 11",
+        ),
+        (
+            "compression.zstd_level",
+            (1..=19).contains(&settings.zstd_level),
+            "1 to 19",
+        ),
+    ];
+    for (key, ok, range) in levels {
+        if !ok {
+            problems.0.push(Problem {
+                span: None,
+                message: format!("{key} must be {range}"),
+            });
+        }
+    }
 }
 
 fn check_listeners(config: &Config, problems: &mut Problems) {

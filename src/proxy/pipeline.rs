@@ -18,6 +18,7 @@ use super::headers::{self, ClientFacts, X_REQUEST_ID};
 use super::upgrade;
 use super::{ConnInfo, ProxyState};
 use crate::body::{RequestBody, ResponseBody};
+use crate::compress;
 use crate::config::UpstreamProtocol;
 use crate::observe::access_log::AccessRecord;
 use crate::routing::RequestFacts;
@@ -177,12 +178,24 @@ async fn proxy(
     let route = route_for(generation, &request)?;
     exchange.route = Some(route.name.clone());
     let limit_flag = check_body_size(&route, &request)?;
+    let decoding = route
+        .request_decoding
+        .and_then(|d| compress::request_coding(request.headers()).map(|encoding| (encoding, d)));
+    // A decoded body can outgrow its compressed size: it always needs the 413 flag.
+    let limit_flag = match (&decoding, limit_flag) {
+        (Some(_), None) => Some(Arc::new(AtomicBool::new(false))),
+        (_, flag) => flag,
+    };
     let backend = route.pool.pick().ok_or(ProxyError::NoBackend)?;
     exchange.upstream = Some(backend.authority.as_str().to_owned());
 
     let upgrade = headers::upgrade_requested(request.headers())
         .filter(|_| request.version() == Version::HTTP_11);
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+    let compression = route
+        .compression
+        .as_ref()
+        .map(|_| compress::RequestFacts::of(request.method(), request.headers()));
     let upstream_request = build_upstream_request(
         generation,
         conn,
@@ -192,6 +205,7 @@ async fn proxy(
         request,
         upgrade.as_ref(),
         limit_flag.clone(),
+        decoding,
     )?;
 
     let response = forward(&route, backend, upstream_request, limit_flag.as_deref()).await?;
@@ -199,7 +213,13 @@ async fn proxy(
         Some(client_upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             upgrade::splice(response, client_upgrade, conn.drain.clone())?
         }
-        _ => response.map(ResponseBody::upstream),
+        _ => match (&route.compression, compression) {
+            (Some(policy), Some(facts)) => {
+                let plan = compress::plan(policy, &facts, response.status(), response.headers());
+                compress::apply(policy, plan, response).await
+            }
+            _ => response.map(ResponseBody::upstream),
+        },
     };
     Ok(rewrite_response(generation, &route, exchange, response))
 }
@@ -282,6 +302,7 @@ fn build_upstream_request(
     request: Request<Incoming>,
     upgrade: Option<&HeaderValue>,
     limit_flag: Option<Arc<AtomicBool>>,
+    decoding: Option<(compress::Encoding, compress::RequestDecoding)>,
 ) -> Result<Request<RequestBody>, ProxyError> {
     let client_host = request_host(&request).and_then(|h| HeaderValue::from_str(h).ok());
     let path_and_query = rewrite_path(route, request.uri())?;
@@ -292,9 +313,18 @@ fn build_upstream_request(
         .build()
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
 
-    let (parts, body) = request.into_parts();
-    let body = match (route.max_body, limit_flag) {
-        (Some(limit), Some(flag)) => RequestBody::limited(body, limit, flag),
+    let (mut parts, body) = request.into_parts();
+    let body = match (decoding, route.max_body, limit_flag) {
+        (Some((encoding, decoding)), _, Some(flag)) => {
+            let codec = compress::Codec::decoder(encoding)
+                .map_err(|_| ProxyError::BadRequest("cannot decode the request body"))?;
+            // The backend gets the decoded bytes: no coding, length unknown until the end.
+            parts.headers.remove(header::CONTENT_ENCODING);
+            parts.headers.remove(header::CONTENT_LENGTH);
+            let decoder = compress::CodecBody::new(codec, Vec::new(), Some(body));
+            RequestBody::decoded(decoder, decoding.max_decoded, flag)
+        }
+        (_, Some(limit), Some(flag)) => RequestBody::limited(body, limit, flag),
         _ => RequestBody::new(body),
     };
     let mut upstream = Request::new(body);
@@ -382,14 +412,31 @@ fn rewrite_path(route: &Route, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
 async fn forward(
     route: &Route,
     backend: &Backend,
-    request: Request<RequestBody>,
+    mut request: Request<RequestBody>,
     limit_flag: Option<&AtomicBool>,
 ) -> Result<Response<Incoming>, ProxyError> {
+    let mut body_progress = request.body_mut().progress();
     let sent = route.pool.send(backend, request);
-    match tokio::time::timeout(route.upstream_header_timeout, sent).await {
-        Err(_) => Err(ProxyError::UpstreamTimeout),
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(error)) => {
+    tokio::pin!(sent);
+    let timeout = route.upstream_header_timeout;
+    // The backend has `timeout` to answer once the request body is all sent; while the body is
+    // still streaming, the clock restarts each time a piece of it moves, so a long upload is not
+    // cut off but a stalled one is.
+    let outcome = loop {
+        tokio::select! {
+            result = &mut sent => break Some(result),
+            moved = body_progress.changed() => {
+                if moved.is_err() {
+                    break tokio::time::timeout(timeout, &mut sent).await.ok();
+                }
+            }
+            () = tokio::time::sleep(timeout) => break None,
+        }
+    };
+    match outcome {
+        None => Err(ProxyError::UpstreamTimeout),
+        Some(Ok(response)) => Ok(response),
+        Some(Err(error)) => {
             if limit_flag.is_some_and(|f| f.load(Ordering::Relaxed)) {
                 return Err(ProxyError::BodyTooLarge);
             }
@@ -452,6 +499,8 @@ mod tests {
             response_edits: HeaderEdits::default(),
             upstream_header_timeout: std::time::Duration::from_secs(1),
             max_body: None,
+            compression: None,
+            request_decoding: None,
         }
     }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use http::{HeaderName, HeaderValue, Method};
 
+use crate::compress::{CompressionPolicy, Encoding, Levels, MediaRange, RequestDecoding};
 use crate::config::{
     AccessLogSettings, Config, ForwardedSettings, HeaderRules, ListenerConfig, ServerSettings,
     Timeouts,
@@ -52,6 +53,10 @@ pub struct Route {
     pub upstream_header_timeout: Duration,
     /// Request body cap in bytes.
     pub max_body: Option<u64>,
+    /// Response compression, when on for this route.
+    pub compression: Option<Arc<CompressionPolicy>>,
+    /// Request body decoding, when on for this route.
+    pub request_decoding: Option<RequestDecoding>,
 }
 
 /// A listener as configured.
@@ -98,13 +103,14 @@ impl Generation {
                 .with_context(|| format!("pool {name:?}"))?;
             pools.insert(name.clone(), Arc::new(compiled));
         }
+        let compression = Arc::new(compile_compression(config)?);
         let mut routes = Vec::with_capacity(config.routes.len());
         for (index, route) in config.routes.iter().enumerate() {
             let name: Arc<str> = match &route.name {
                 Some(name) => Arc::from(name.get_ref().as_str()),
                 None => Arc::from(format!("route-{}", index + 1)),
             };
-            let compiled = compile_route(config, route, name.clone(), &pools)
+            let compiled = compile_route(config, route, name.clone(), &pools, &compression)
                 .with_context(|| format!("route {name:?}"))?;
             routes.push(compiled);
         }
@@ -148,6 +154,7 @@ fn compile_route(
     route: &crate::config::RouteConfig,
     name: Arc<str>,
     pools: &HashMap<String, Arc<UpstreamPool>>,
+    compression: &Arc<CompressionPolicy>,
 ) -> anyhow::Result<(RouteMatch, Arc<Route>)> {
     let hosts = route
         .host
@@ -211,8 +218,40 @@ fn compile_route(
             .unwrap_or(config.timeouts.upstream_header)
             .0,
         max_body: route.max_body.or(config.server.max_body).map(|b| b.0),
+        compression: route
+            .compression
+            .unwrap_or(config.compression.enabled)
+            .then(|| compression.clone()),
+        request_decoding: route
+            .decompress_requests
+            .unwrap_or(config.compression.decompress_requests)
+            .then_some(RequestDecoding {
+                max_decoded: config.compression.max_decompressed_request.0,
+            }),
     };
     Ok((matcher, Arc::new(compiled)))
+}
+
+fn compile_compression(config: &Config) -> anyhow::Result<CompressionPolicy> {
+    let settings = &config.compression;
+    Ok(CompressionPolicy {
+        preference: settings
+            .algorithms
+            .iter()
+            .map(|a| a.get_ref().parse::<Encoding>().map_err(|e| anyhow!(e)))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        min_size: settings.min_size.0,
+        types: settings
+            .types
+            .iter()
+            .map(|t| MediaRange::parse(t.get_ref()).map_err(|e| anyhow!(e)))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        levels: Levels {
+            gzip: settings.gzip_level,
+            brotli: settings.brotli_level,
+            zstd: settings.zstd_level,
+        },
+    })
 }
 
 fn compile_edits(rules: &HeaderRules) -> anyhow::Result<HeaderEdits> {

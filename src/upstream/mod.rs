@@ -66,7 +66,7 @@ pub enum UpstreamError {
 /// How a pool reaches its backends.
 enum Transport {
     /// HTTP/1.1 keep-alive pool (hyper-util); the URI authority picks the connection.
-    Http1(UpstreamClient),
+    Http1(Box<UpstreamClient>),
     /// One multiplexed h2c connection per backend; the URI authority is sent as `:authority`.
     H2c(h2::H2Connections),
 }
@@ -118,9 +118,11 @@ impl UpstreamPool {
             name: Arc::from(name),
             balancer: Box::new(RoundRobin::new()),
             transport: match config.protocol {
-                UpstreamProtocol::Http1 => {
-                    Transport::Http1(build_client(config, connect_timeout, idle_timeout))
-                }
+                UpstreamProtocol::Http1 => Transport::Http1(Box::new(build_client(
+                    config,
+                    connect_timeout,
+                    idle_timeout,
+                ))),
                 UpstreamProtocol::H2c => {
                     Transport::H2c(h2::H2Connections::new(backends.len(), connect_timeout))
                 }

@@ -5,7 +5,9 @@ mod support;
 
 mod access_log;
 mod basics;
+mod compression;
 mod config_errors;
+mod demo;
 mod errors;
 mod malformed;
 mod routing;
@@ -14,4 +16,3 @@ mod shutdown;
 mod streaming;
 mod timeouts;
 mod websocket;
-mod demo;
