@@ -133,6 +133,9 @@ impl RequestFacts {
 pub enum Plan {
     /// Send it as it is.
     Pass,
+    /// Send it as it is, but say it varies by `Accept-Encoding`: another client would have got
+    /// it compressed, so a downstream cache must keep the variants apart.
+    PassVaryingByEncoding,
     /// Compress with this coding.
     Encode(Encoding),
     /// The length is unknown: read up to `min_size` first, then compress if it is reached.
@@ -172,11 +175,14 @@ pub fn plan(
     if request.range || no_transform(headers) || !compressible(policy, headers) {
         return Plan::Pass;
     }
-    let Some(encoding) = request.accept.choose(&policy.preference) else {
+    let length = content_length(headers);
+    if length.is_some_and(|l| l < policy.min_size) {
         return Plan::Pass;
+    }
+    let Some(encoding) = request.accept.choose(&policy.preference) else {
+        return Plan::PassVaryingByEncoding;
     };
-    match content_length(headers) {
-        Some(length) if length < policy.min_size => Plan::Pass,
+    match length {
         Some(_) => Plan::Encode(encoding),
         None => Plan::ProbeThenEncode(encoding),
     }
@@ -286,6 +292,10 @@ pub async fn apply(
     let (mut parts, body) = response.into_parts();
     let (encoding, prefix, source) = match plan {
         Plan::Pass => return Response::from_parts(parts, ResponseBody::upstream(body)),
+        Plan::PassVaryingByEncoding => {
+            add_vary_accept_encoding(&mut parts.headers);
+            return Response::from_parts(parts, ResponseBody::upstream(body));
+        }
         Plan::Decode(encoding) => {
             let Ok(codec) = Codec::decoder(encoding) else {
                 return Response::from_parts(parts, ResponseBody::upstream(body));
@@ -494,8 +504,8 @@ mod tests {
         );
         assert_eq!(
             plan(&p, &request("identity"), StatusCode::OK, &response(JSON_2K)),
-            Plan::Pass,
-            "identity only"
+            Plan::PassVaryingByEncoding,
+            "identity only: not compressed, but another client would get it compressed"
         );
     }
 

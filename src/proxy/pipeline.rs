@@ -1,6 +1,7 @@
 //! The request pipeline, top to bottom:
-//! request id → framing checks → route → body cap → pick backend → build the upstream request →
-//! forward (or upgrade) → rewrite the response → attach the access-log observer.
+//! request id → framing checks → route → body cap → pick backend → build the upstream request
+//! (request body decoding) → forward (or upgrade) → compress or decode the response → rewrite the
+//! response headers → attach the access-log observer.
 //!
 //! Each step is a small function below; [`handle`] reads as the list above.
 
