@@ -14,4 +14,5 @@ pub mod proxy;
 pub mod routing;
 pub mod runtime;
 pub mod server;
+pub mod tls;
 pub mod upstream;

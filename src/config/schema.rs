@@ -237,9 +237,175 @@ pub struct ListenerConfig {
     /// Serve HTTP/1.1.
     #[serde(default = "yes")]
     pub http1: bool,
-    /// Serve cleartext HTTP/2 with prior knowledge (h2c) on the same port.
+    /// Serve HTTP/2: h2c with prior knowledge on a cleartext listener, ALPN `h2` on a TLS one.
     #[serde(default = "yes")]
     pub http2: bool,
+    /// Terminate TLS: `tls = "self-signed"` or a `[listener.tls]` table.
+    pub tls: Option<Spanned<TlsSetting>>,
+    /// Answer every request with a permanent redirect to the same URL over HTTPS.
+    #[serde(default)]
+    pub redirect_https: bool,
+    /// Port used in HTTPS redirect URLs (omitted from the URL when 443).
+    #[serde(default = "https_port")]
+    pub https_port: u16,
+}
+
+fn https_port() -> u16 {
+    443
+}
+
+/// TLS settings of a listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificate chains and keys (PEM); the names each serves come from its SANs.
+    #[serde(default)]
+    pub certificates: Vec<CertificateFiles>,
+    /// Generate a self-signed certificate for `self_signed_names` at start-up.
+    #[serde(default)]
+    pub self_signed: bool,
+    /// Names in the generated certificate.
+    #[serde(default = "localhost_names")]
+    pub self_signed_names: Vec<String>,
+    /// For clients that send no SNI or a name no certificate covers: `"first"` certificate, or `"refuse"`.
+    #[serde(default)]
+    pub unknown_sni: UnknownSni,
+    /// CA bundle (PEM) for client certificates; enables mutual TLS.
+    pub client_ca: Option<String>,
+    /// With `client_ca`: `"required"` (default) or `"optional"`.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Header that carries the verified client certificate's subject to the backend.
+    #[serde(default = "subject_header")]
+    pub client_subject_header: String,
+    /// Time a client has to complete the TLS handshake.
+    #[serde(default = "handshake_timeout")]
+    pub handshake_timeout: HumanDuration,
+}
+
+fn localhost_names() -> Vec<String> {
+    vec!["localhost".to_owned()]
+}
+
+fn subject_header() -> String {
+    "x-client-subject".to_owned()
+}
+
+fn handshake_timeout() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+
+impl ListenerTls {
+    /// The settings `tls = "self-signed"` stands for.
+    pub fn self_signed() -> Self {
+        ListenerTls {
+            self_signed: true,
+            self_signed_names: localhost_names(),
+            client_subject_header: subject_header(),
+            handshake_timeout: handshake_timeout(),
+            ..ListenerTls::default()
+        }
+    }
+}
+
+/// `tls = "self-signed"` or a `tls = { ... }` table.
+#[derive(Debug, Clone)]
+pub struct TlsSetting(pub ListenerTls);
+
+impl<'de> Deserialize<'de> for TlsSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Setting;
+        impl<'de> serde::de::Visitor<'de> for Setting {
+            type Value = TlsSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"self-signed\" or a table of TLS settings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TlsSetting, E> {
+                if v == "self-signed" {
+                    Ok(TlsSetting(ListenerTls::self_signed()))
+                } else {
+                    Err(E::custom(format!("unknown TLS mode {v:?}; write \"self-signed\" or a table")))
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<TlsSetting, A::Error> {
+                ListenerTls::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(TlsSetting)
+            }
+        }
+        deserializer.deserialize_any(Setting)
+    }
+}
+
+/// `tls = true` (verify against the system's roots) or a `tls = { ... }` table, on a pool.
+#[derive(Debug, Clone)]
+pub struct UpstreamTlsSetting(pub Option<UpstreamTls>);
+
+impl<'de> Deserialize<'de> for UpstreamTlsSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Setting;
+        impl<'de> serde::de::Visitor<'de> for Setting {
+            type Value = UpstreamTlsSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false, or a table of upstream TLS settings")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<UpstreamTlsSetting, E> {
+                Ok(UpstreamTlsSetting(v.then(UpstreamTls::default)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<UpstreamTlsSetting, A::Error> {
+                UpstreamTls::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|tls| UpstreamTlsSetting(Some(tls)))
+            }
+        }
+        deserializer.deserialize_any(Setting)
+    }
+}
+
+/// TLS towards a pool's backends.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// CA bundle (PEM) to verify backends with; the system's roots when absent.
+    pub ca: Option<String>,
+    /// Name sent as SNI and verified in the backend certificate; the backend host when absent.
+    pub server_name: Option<String>,
+    /// Client certificate chain (PEM) for backends that require mutual TLS.
+    pub client_cert: Option<String>,
+    /// Key of `client_cert`.
+    pub client_key: Option<String>,
+    /// Accept any backend certificate. For tests only: it removes all protection TLS gives.
+    #[serde(default)]
+    pub danger_accept_invalid_certs: bool,
+}
+
+/// A certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    /// The certificate chain, leaf first.
+    pub cert: String,
+    /// The private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: String,
+}
+
+/// What a TLS listener does with a client whose SNI no certificate covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSni {
+    /// Serve the first configured certificate.
+    #[default]
+    First,
+    /// Fail the handshake.
+    Refuse,
+}
+
+/// Whether a client certificate is required when `client_ca` is set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Clients without a valid certificate are refused.
+    #[default]
+    Required,
+    /// Clients may connect without a certificate; a presented one must be valid.
+    Optional,
 }
 
 fn yes() -> bool {
@@ -265,6 +431,8 @@ pub struct PoolConfig {
     /// Most idle connections kept per backend.
     #[serde(default = "default_max_idle")]
     pub max_idle_per_backend: usize,
+    /// Speak TLS to the backends: `tls = true` or a table.
+    pub tls: Option<Spanned<UpstreamTlsSetting>>,
 }
 
 fn default_max_idle() -> usize {
@@ -362,10 +530,31 @@ pub struct RouteConfig {
     pub timeouts: RouteTimeouts,
     /// Cap on the request body; overrides `server.max_body`.
     pub max_body: Option<ByteSize>,
+    /// Send `Strict-Transport-Security` on HTTPS responses.
+    pub hsts: Option<Hsts>,
     /// Compress responses of this route; overrides `compression.enabled`.
     pub compression: Option<bool>,
     /// Decode compressed request bodies; overrides `compression.decompress_requests`.
     pub decompress_requests: Option<bool>,
+}
+
+/// `hsts = { ... }` on a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hsts {
+    /// How long browsers remember to use HTTPS only.
+    #[serde(default = "hsts_max_age")]
+    pub max_age: HumanDuration,
+    /// Apply to subdomains too.
+    #[serde(default)]
+    pub include_subdomains: bool,
+    /// Ask to be preloaded into browsers.
+    #[serde(default)]
+    pub preload: bool,
+}
+
+fn hsts_max_age() -> HumanDuration {
+    HumanDuration::secs(365 * 24 * 3600)
 }
 
 /// Header edits: `add` appends a value, `set` replaces all values, `remove` deletes the header.

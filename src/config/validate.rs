@@ -124,6 +124,14 @@ fn check_listeners(config: &Config, problems: &mut Problems) {
         if !listener.http1 && !listener.http2 {
             problems.at(&listener.address, "listener serves neither http1 nor http2");
         }
+        if let Some(tls) = &listener.tls {
+            if let Err(message) = crate::tls::check_listener(&tls.get_ref().0) {
+                problems.at(tls, message);
+            }
+            if listener.redirect_https {
+                problems.at(tls, "redirect_https belongs on a plain HTTP listener, not on a TLS one");
+            }
+        }
     }
 }
 
@@ -136,6 +144,12 @@ fn check_pools(config: &Config, problems: &mut Problems) {
             if let Err(message) = parse_backend_address(backend.get_ref()) {
                 problems.at(backend, message);
             }
+        }
+        if let Some(tls) = &pool.tls
+            && let Some(spec) = &tls.get_ref().0
+            && let Err(message) = crate::tls::upstream::client_config(spec, &[])
+        {
+            problems.at(tls, message);
         }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
@@ -308,7 +308,7 @@ fn build_upstream_request(
     let client_host = request_host(&request).and_then(|h| HeaderValue::from_str(h).ok());
     let path_and_query = rewrite_path(route, request.uri())?;
     let uri = Uri::builder()
-        .scheme(Scheme::HTTP)
+        .scheme(route.pool.scheme())
         .authority(backend.authority.clone())
         .path_and_query(path_and_query)
         .build()
@@ -500,6 +500,7 @@ mod tests {
             response_edits: HeaderEdits::default(),
             upstream_header_timeout: std::time::Duration::from_secs(1),
             max_body: None,
+            hsts: None,
             compression: None,
             request_decoding: None,
         }

@@ -14,8 +14,8 @@ use http::{HeaderName, HeaderValue, Method};
 
 use crate::compress::{CompressionPolicy, Encoding, Levels, MediaRange, RequestDecoding};
 use crate::config::{
-    AccessLogSettings, Config, ForwardedSettings, HeaderRules, ListenerConfig, ServerSettings,
-    Timeouts,
+    AccessLogSettings, Config, ForwardedSettings, HeaderRules, ListenerConfig, ListenerTls,
+    ServerSettings, Timeouts,
 };
 use crate::proxy::headers::HeaderEdits;
 use crate::routing::{HostPattern, PathMatcher, RouteMatch, RouteTable};
@@ -53,6 +53,8 @@ pub struct Route {
     pub upstream_header_timeout: Duration,
     /// Request body cap in bytes.
     pub max_body: Option<u64>,
+    /// `Strict-Transport-Security` value for HTTPS responses.
+    pub hsts: Option<HeaderValue>,
     /// Response compression, when on for this route.
     pub compression: Option<Arc<CompressionPolicy>>,
     /// Request body decoding, when on for this route.
@@ -68,8 +70,12 @@ pub struct ListenerSpec {
     pub address: SocketAddr,
     /// Serve HTTP/1.1.
     pub http1: bool,
-    /// Serve h2c with prior knowledge.
+    /// Serve HTTP/2 (h2c, or ALPN h2 with TLS).
     pub http2: bool,
+    /// TLS settings, for an HTTPS listener.
+    pub tls: Option<ListenerTls>,
+    /// Port to redirect every request to over HTTPS, for a redirecting listener.
+    pub redirect_https: Option<u16>,
 }
 
 /// One compiled configuration.
@@ -146,6 +152,8 @@ fn compile_listener(listener: &ListenerConfig) -> anyhow::Result<ListenerSpec> {
         address,
         http1: listener.http1,
         http2: listener.http2,
+        tls: listener.tls.as_ref().map(|t| t.get_ref().0.clone()),
+        redirect_https: listener.redirect_https.then_some(listener.https_port),
     })
 }
 
@@ -218,6 +226,7 @@ fn compile_route(
             .unwrap_or(config.timeouts.upstream_header)
             .0,
         max_body: route.max_body.or(config.server.max_body).map(|b| b.0),
+        hsts: route.hsts.as_ref().map(hsts_value),
         compression: route
             .compression
             .unwrap_or(config.compression.enabled)
@@ -230,6 +239,18 @@ fn compile_route(
             }),
     };
     Ok((matcher, Arc::new(compiled)))
+}
+
+fn hsts_value(hsts: &crate::config::Hsts) -> HeaderValue {
+    let mut value = format!("max-age={}", hsts.max_age.0.as_secs());
+    if hsts.include_subdomains {
+        value.push_str("; includeSubDomains");
+    }
+    if hsts.preload {
+        value.push_str("; preload");
+    }
+    // Digits and fixed ASCII words only: always a valid header value.
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("max-age=31536000"))
 }
 
 fn compile_compression(config: &Config) -> anyhow::Result<CompressionPolicy> {

@@ -18,19 +18,49 @@ use tokio::sync::Mutex;
 use super::{Backend, UpstreamError};
 use crate::body::RequestBody;
 
-/// The h2c connections of one pool, one slot per backend.
+/// TLS settings for HTTP/2 over TLS to backends (ALPN `h2`).
+pub struct TlsTarget {
+    connector: tokio_rustls::TlsConnector,
+    server_name: Option<rustls_pki_types::ServerName<'static>>,
+}
+
+impl TlsTarget {
+    /// Builds the TLS client side from a pool's `tls` settings.
+    pub fn new(spec: &crate::config::UpstreamTls) -> Result<Self, String> {
+        let config = crate::tls::upstream::client_config(spec, &[b"h2"])?;
+        let server_name = match &spec.server_name {
+            Some(name) => Some(
+                rustls_pki_types::ServerName::try_from(name.clone()).map_err(|e| format!("server_name {name:?}: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(TlsTarget {
+            connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+            server_name,
+        })
+    }
+}
+
+/// The HTTP/2 connections of one pool, one slot per backend.
 pub struct H2Connections {
     slots: Vec<Mutex<Option<SendRequest<RequestBody>>>>,
     connect_timeout: Duration,
+    tls: Option<TlsTarget>,
 }
 
 impl H2Connections {
     /// Slots for `backends` backends; nothing is connected until first use.
-    pub fn new(backends: usize, connect_timeout: Duration) -> Self {
+    pub fn new(backends: usize, connect_timeout: Duration, tls: Option<TlsTarget>) -> Self {
         H2Connections {
             slots: (0..backends).map(|_| Mutex::new(None)).collect(),
             connect_timeout,
+            tls,
         }
+    }
+
+    /// True when the backends are reached over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Sends `request` (whose URI carries the `:authority` to send) to `backend`.
@@ -95,21 +125,43 @@ impl H2Connections {
                 Ok(Ok(stream)) => stream,
             };
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| UpstreamError::Connect {
-                timed_out: false,
-                cause: format!("h2 handshake with {address}: {e}"),
-            })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream h2 connection ended with an error");
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(30));
+        let handshake_failed = |e: hyper::Error| UpstreamError::Connect {
+            timed_out: false,
+            cause: format!("h2 handshake with {address}: {e}"),
+        };
+        let sender = match &self.tls {
+            None => {
+                let (sender, connection) = builder.handshake(TokioIo::new(stream)).await.map_err(handshake_failed)?;
+                tokio::spawn(drive(connection));
+                sender
             }
-        });
+            Some(tls) => {
+                let name = match &tls.server_name {
+                    Some(name) => name.clone(),
+                    None => rustls_pki_types::ServerName::try_from(backend.authority.host().trim_matches(['[', ']']).to_owned())
+                        .map_err(|e| UpstreamError::Connect {
+                            timed_out: false,
+                            cause: format!("backend host is not a TLS server name: {e}"),
+                        })?,
+                };
+                let stream = tls.connector.connect(name, stream).await.map_err(|e| UpstreamError::Connect {
+                    timed_out: false,
+                    cause: format!("TLS handshake with {address}: {e}"),
+                })?;
+                let (sender, connection) = builder.handshake(TokioIo::new(stream)).await.map_err(handshake_failed)?;
+                tokio::spawn(drive(connection));
+                sender
+            }
+        };
         *slot = Some(sender.clone());
         Ok(sender)
+    }
+}
+
+async fn drive<F: std::future::Future<Output = Result<(), hyper::Error>>>(connection: F) {
+    if let Err(error) = connection.await {
+        tracing::debug!(%error, "upstream h2 connection ended with an error");
     }
 }

@@ -63,10 +63,15 @@ pub enum UpstreamError {
     Failed(String),
 }
 
+/// The HTTP client of a pool whose backends speak TLS.
+pub type TlsUpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, RequestBody>;
+
 /// How a pool reaches its backends.
 enum Transport {
     /// HTTP/1.1 keep-alive pool (hyper-util); the URI authority picks the connection.
     Http1(Box<UpstreamClient>),
+    /// The same over TLS.
+    Https1(Box<TlsUpstreamClient>),
     /// One multiplexed h2c connection per backend; the URI authority is sent as `:authority`.
     H2c(h2::H2Connections),
 }
@@ -114,19 +119,39 @@ impl UpstreamPool {
             .unwrap_or(timeouts.upstream_connect)
             .0;
         let idle_timeout = config.idle_timeout.unwrap_or(timeouts.upstream_idle).0;
+        let tls = config.tls.as_ref().and_then(|t| t.get_ref().0.clone());
+        let transport = match (config.protocol, &tls) {
+            (UpstreamProtocol::Http1, None) => {
+                Transport::Http1(Box::new(build_client(config, connect_timeout, idle_timeout)))
+            }
+            (UpstreamProtocol::Http1, Some(spec)) => {
+                let tls_config = crate::tls::upstream::client_config(spec, &[b"http/1.1"])?;
+                let builder = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls_config)
+                    .https_only();
+                let builder = match &spec.server_name {
+                    Some(name) => {
+                        let name = rustls_pki_types::ServerName::try_from(name.clone())
+                            .map_err(|e| format!("server_name {name:?}: {e}"))?;
+                        builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+                    }
+                    None => builder,
+                };
+                let connector = builder.enable_http1().wrap_connector(http_connector(connect_timeout));
+                Transport::Https1(Box::new(client_builder(config, idle_timeout).build(connector)))
+            }
+            (UpstreamProtocol::H2c, tls) => {
+                let tls = match tls {
+                    Some(spec) => Some(h2::TlsTarget::new(spec)?),
+                    None => None,
+                };
+                Transport::H2c(h2::H2Connections::new(backends.len(), connect_timeout, tls))
+            }
+        };
         Ok(UpstreamPool {
             name: Arc::from(name),
             balancer: Box::new(RoundRobin::new()),
-            transport: match config.protocol {
-                UpstreamProtocol::Http1 => Transport::Http1(Box::new(build_client(
-                    config,
-                    connect_timeout,
-                    idle_timeout,
-                ))),
-                UpstreamProtocol::H2c => {
-                    Transport::H2c(h2::H2Connections::new(backends.len(), connect_timeout))
-                }
-            },
+            transport,
             protocol: config.protocol,
             backends,
         })
@@ -143,18 +168,18 @@ impl UpstreamPool {
         request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         match &self.transport {
-            Transport::Http1(client) => client.request(request).await.map_err(|error| {
-                let cause = error_chain(&error);
-                if error.is_connect() {
-                    UpstreamError::Connect {
-                        timed_out: is_timeout(&error),
-                        cause,
-                    }
-                } else {
-                    UpstreamError::Failed(cause)
-                }
-            }),
+            Transport::Http1(client) => client.request(request).await.map_err(classify),
+            Transport::Https1(client) => client.request(request).await.map_err(classify),
             Transport::H2c(connections) => connections.send(backend, request).await,
+        }
+    }
+
+    /// The URI scheme of requests to this pool's backends.
+    pub fn scheme(&self) -> http::uri::Scheme {
+        match &self.transport {
+            Transport::Https1(_) => http::uri::Scheme::HTTPS,
+            Transport::H2c(connections) if connections.is_tls() => http::uri::Scheme::HTTPS,
+            _ => http::uri::Scheme::HTTP,
         }
     }
 
@@ -163,6 +188,18 @@ impl UpstreamPool {
         self.balancer
             .pick(&self.backends)
             .and_then(|i| self.backends.get(i))
+    }
+}
+
+fn classify(error: hyper_util::client::legacy::Error) -> UpstreamError {
+    let cause = error_chain(&error);
+    if error.is_connect() {
+        UpstreamError::Connect {
+            timed_out: is_timeout(&error),
+            cause,
+        }
+    } else {
+        UpstreamError::Failed(cause)
     }
 }
 
@@ -192,16 +229,17 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-fn build_client(
-    config: &PoolConfig,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-) -> UpstreamClient {
+fn http_connector(connect_timeout: Duration) -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_keepalive(Some(Duration::from_secs(60)));
-    connector.enforce_http(true);
+    // The TLS connector wraps this one and needs `https` URIs to pass through it.
+    connector.enforce_http(false);
+    connector
+}
+
+fn client_builder(config: &PoolConfig, idle_timeout: Duration) -> hyper_util::client::legacy::Builder {
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_timer(TokioTimer::new())
@@ -210,10 +248,11 @@ fn build_client(
         .pool_max_idle_per_host(config.max_idle_per_backend)
         // The client must not invent a Host header; the pipeline decides what Host the backend sees.
         .set_host(false);
-    if config.protocol == UpstreamProtocol::H2c {
-        builder.http2_only(true);
-    }
-    builder.build(connector)
+    builder
+}
+
+fn build_client(config: &PoolConfig, connect_timeout: Duration, idle_timeout: Duration) -> UpstreamClient {
+    client_builder(config, idle_timeout).build(http_connector(connect_timeout))
 }
 
 #[cfg(test)]
