@@ -55,4 +55,10 @@ pub struct ConnInfo {
     pub activity: Arc<ConnActivity>,
     /// Held by work that graceful shutdown must wait for.
     pub drain: DrainToken,
+    /// With mutual TLS: the header that carries the client certificate subject.
+    pub subject_header: Option<http::HeaderName>,
+    /// The verified client certificate's subject, if the client presented one.
+    pub client_subject: Option<http::HeaderValue>,
+    /// On a redirecting listener: the HTTPS port every request is redirected to.
+    pub redirect_https: Option<u16>,
 }

@@ -22,7 +22,7 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::compress;
 use crate::config::UpstreamProtocol;
 use crate::observe::access_log::AccessRecord;
-use crate::routing::RequestFacts;
+use crate::routing::{RequestFacts, is_valid_host};
 use crate::runtime::{Generation, HostRewrite, Route};
 use crate::server::activity::InFlight;
 use crate::upstream::{Backend, UpstreamError};
@@ -176,6 +176,9 @@ async fn proxy(
     mut request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_framing(&request)?;
+    if let Some(port) = conn.redirect_https {
+        return redirect_to_https(&request, port);
+    }
     let route = route_for(generation, &request)?;
     exchange.route = Some(route.name.clone());
     let limit_flag = check_body_size(&route, &request)?;
@@ -222,7 +225,31 @@ async fn proxy(
             _ => response.map(ResponseBody::upstream),
         },
     };
-    Ok(rewrite_response(generation, &route, exchange, response))
+    Ok(rewrite_response(
+        generation, conn, &route, exchange, response,
+    ))
+}
+
+/// A `308 Permanent Redirect` to the same host, path and query over HTTPS (308 keeps the method
+/// and body, unlike 301).
+fn redirect_to_https(
+    request: &Request<Incoming>,
+    port: u16,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let host = request_host(request).ok_or(ProxyError::BadRequest("no host to redirect to"))?;
+    let name = crate::routing::normalize_host(host);
+    let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = if port == 443 {
+        format!("https://{name}{target}")
+    } else {
+        format!("https://{name}:{port}{target}")
+    };
+    let location = HeaderValue::try_from(location)
+        .map_err(|_| ProxyError::BadRequest("invalid host for a redirect"))?;
+    let mut response = Response::new(ResponseBody::empty());
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
 }
 
 /// Refuses requests whose framing the HTTP parser accepted but a proxy must not pass on.
@@ -235,14 +262,18 @@ fn check_framing(request: &Request<Incoming>) -> Result<(), ProxyError> {
         // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400.
         return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
     }
+    // RFC 9112 §3.2: a Host with an invalid value is a 400 too; so is userinfo in the target.
     if let Some(host) = request.headers().get(header::HOST)
-        && (host.is_empty()
-            || host
-                .as_bytes()
-                .iter()
-                .any(|b| b.is_ascii_whitespace() || *b == b'/' || *b == b'@'))
+        && !is_valid_host(host.as_bytes())
     {
         return Err(ProxyError::BadRequest("invalid Host header"));
+    }
+    if let Some(authority) = request.uri().authority()
+        && !is_valid_host(authority.as_str().as_bytes())
+    {
+        return Err(ProxyError::BadRequest(
+            "invalid authority in the request target",
+        ));
     }
     if request.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest(
@@ -335,6 +366,13 @@ fn build_upstream_request(
     let headers = upstream.headers_mut();
     *headers = parts.headers;
     headers::remove_hop_by_hop(headers);
+    if let Some(name) = &conn.subject_header {
+        // Only a certificate verified by this listener may speak through this header.
+        headers.remove(name);
+        if let Some(subject) = &conn.client_subject {
+            headers.insert(name.clone(), subject.clone());
+        }
+    }
     // hyper answers `Expect: 100-continue` itself when the body is first read; the backend
     // must not wait for a second `100 Continue`.
     headers.remove(header::EXPECT);
@@ -456,6 +494,7 @@ async fn forward(
 
 fn rewrite_response(
     generation: &Generation,
+    conn: &ConnInfo,
     route: &Route,
     exchange: &Exchange,
     mut response: Response<ResponseBody>,
@@ -472,6 +511,11 @@ fn rewrite_response(
     }
     route.response_edits.apply(headers);
     headers.insert(X_REQUEST_ID.clone(), exchange.request_id.clone());
+    if conn.proto == "https"
+        && let Some(hsts) = &route.hsts
+    {
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     if generation.forwarded.via {
         headers::add_via(headers);
     }

@@ -21,6 +21,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::observe::access_log::AccessLog;
@@ -227,6 +228,9 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, serving: Serving)
         proto: "http",
         activity: activity.clone(),
         drain,
+        subject_header: None,
+        client_subject: None,
+        redirect_https: None,
     });
     let service = service_fn(move |request| {
         let state = state.clone();
@@ -239,8 +243,11 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, serving: Serving)
     let io = TokioIo::new(TrackedIo::new(stream, activity.clone()));
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
-    let mut closing = false;
+    // Once asked to close, a connection with nothing in flight gets `header_timeout` to do so: an
+    // HTTP/2 client that never acknowledges the GOAWAY's PING would otherwise keep it forever.
+    let mut close_by: Option<Instant> = None;
     loop {
+        let closing = close_by.is_some();
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(error) = result {
@@ -256,16 +263,23 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, serving: Serving)
                 Expired::Idle => {
                     tracing::trace!(client = %peer, "client idle timeout");
                     conn.as_mut().graceful_shutdown();
-                    closing = true;
+                    close_by = Some(Instant::now() + header_timeout);
                 }
             },
+            _ = tokio::time::sleep_until(close_by.unwrap_or_else(Instant::now)), if closing => {
+                if activity.in_flight() == 0 {
+                    tracing::debug!(client = %peer, "connection did not close when asked; closing it");
+                    break;
+                }
+                close_by = Some(Instant::now() + header_timeout);
+            }
             changed = phase.changed() => {
                 let now = *phase.borrow();
                 match (changed, now) {
                     (Err(_), _) | (_, Phase::Closing) => break,
                     (_, Phase::Draining) if !closing => {
                         conn.as_mut().graceful_shutdown();
-                        closing = true;
+                        close_by = Some(Instant::now() + header_timeout);
                     }
                     _ => {}
                 }
