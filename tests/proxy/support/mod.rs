@@ -306,3 +306,395 @@ pub async fn dead_address() -> SocketAddr {
     drop(listener);
     addr
 }
+
+/// One HTTP/1.x response read off a raw connection by [`RawConn`].
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    /// Status code.
+    pub status: u16,
+    /// Header fields in order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body, de-chunked when it was chunked.
+    pub body: Vec<u8>,
+    /// True when the body was sent with `Transfer-Encoding: chunked`.
+    pub chunked: bool,
+    /// Trailer fields of a chunked body, names lower-cased.
+    pub trailers: Vec<(String, String)>,
+}
+
+impl RawResponse {
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// True when header `name` is present.
+    pub fn has(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+
+    /// The first value of trailer field `name`.
+    pub fn trailer(&self, name: &str) -> Option<&str> {
+        self.trailers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A raw HTTP/1.1 client connection that reads one response at a time, following the message
+/// framing (so a stray body byte on a keep-alive connection breaks the next response).
+pub struct RawConn {
+    stream: tokio::io::BufReader<TcpStream>,
+}
+
+impl RawConn {
+    /// Connects to `addr`.
+    pub async fn connect(addr: SocketAddr) -> RawConn {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        RawConn {
+            stream: tokio::io::BufReader::new(stream),
+        }
+    }
+
+    /// Writes `bytes` as they are.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.get_mut().write_all(bytes).await.expect("write");
+    }
+
+    /// Reads one response (an interim 1xx included) to a request that was not `HEAD`.
+    pub async fn response(&mut self) -> RawResponse {
+        self.read(false).await
+    }
+
+    /// Reads one response to a `HEAD` request: never a body, whatever the headers say.
+    pub async fn head_response(&mut self) -> RawResponse {
+        self.read(true).await
+    }
+
+    /// True when the peer closes the connection within `limit` with no further bytes.
+    pub async fn closed_within(&mut self, limit: Duration) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(
+            tokio::time::timeout(limit, self.stream.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+
+    async fn read(&mut self, head: bool) -> RawResponse {
+        tokio::time::timeout(Duration::from_secs(20), self.read_inner(head))
+            .await
+            .expect("a complete response within 20 s")
+    }
+
+    async fn line(&mut self) -> String {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = Vec::new();
+        self.stream
+            .read_until(b'\n', &mut line)
+            .await
+            .expect("read line");
+        assert!(
+            line.ends_with(b"\r\n"),
+            "connection ended inside a line: {:?}",
+            String::from_utf8_lossy(&line)
+        );
+        line.truncate(line.len() - 2);
+        String::from_utf8(line).expect("line is UTF-8")
+    }
+
+    async fn fields(&mut self) -> Vec<(String, String)> {
+        let mut fields = Vec::new();
+        loop {
+            let line = self.line().await;
+            if line.is_empty() {
+                return fields;
+            }
+            let (name, value) = line
+                .split_once(':')
+                .unwrap_or_else(|| panic!("malformed field line {line:?}"));
+            fields.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+    }
+
+    async fn read_inner(&mut self, head: bool) -> RawResponse {
+        let status_line = self.line().await;
+        let mut parts = status_line.splitn(3, ' ');
+        let version = parts.next().unwrap_or_default();
+        assert!(
+            version.starts_with("HTTP/1."),
+            "not a status line: {status_line:?}"
+        );
+        let status: u16 = parts
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status code in {status_line:?}"));
+        let headers = self.fields().await;
+        let mut response = RawResponse {
+            status,
+            headers,
+            body: Vec::new(),
+            chunked: false,
+            trailers: Vec::new(),
+        };
+        if head || status < 200 || status == 204 || status == 304 {
+            return response;
+        }
+        let chunked = response
+            .header("transfer-encoding")
+            .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
+        if chunked {
+            response.chunked = true;
+            loop {
+                let size_line = self.line().await;
+                let size_text = size_line.split(';').next().unwrap_or_default().trim();
+                let size = usize::from_str_radix(size_text, 16)
+                    .unwrap_or_else(|_| panic!("bad chunk size line {size_line:?}"));
+                if size == 0 {
+                    response.trailers = self.fields().await;
+                    break;
+                }
+                let start = response.body.len();
+                response.body.resize(start + size, 0);
+                self.stream
+                    .read_exact(&mut response.body[start..])
+                    .await
+                    .expect("chunk data");
+                assert_eq!(self.line().await, "", "chunk data not followed by CRLF");
+            }
+        } else if let Some(length) = response.header("content-length") {
+            let length: usize = length.parse().expect("numeric content-length");
+            response.body.resize(length, 0);
+            self.stream
+                .read_exact(&mut response.body)
+                .await
+                .expect("body of content-length");
+        } else {
+            self.stream
+                .read_to_end(&mut response.body)
+                .await
+                .expect("body until close");
+        }
+        response
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the error, timeout, shutdown, malformed-input, routing and access-log tests.
+// ---------------------------------------------------------------------------------------------
+
+/// A fresh directory under the system temp dir, removed (best effort) when dropped.
+pub struct TempDir {
+    /// The directory.
+    pub path: std::path::PathBuf,
+}
+
+impl TempDir {
+    /// Creates `gatehouse-test-{tag}-{pid}-{n}` in the temp dir.
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "gatehouse-test-{tag}-{}-{n}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+
+    /// A path inside the directory.
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A loopback port that was free a moment ago (bound, then released).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// Reads from `stream` until the peer closes it; `Some(everything read)` if that happens within
+/// `limit`, `None` if the connection is still open then.
+pub async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&out).into_owned()),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Reads one `Content-Length`-framed HTTP/1.1 response from `stream` (head and body), waiting at
+/// most `limit` in all; returns what was read (possibly incomplete if the time ran out).
+pub async fn read_one_response(stream: &mut TcpStream, limit: Duration) -> String {
+    let mut out: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if out.len() >= end + 4 + length {
+                break;
+            }
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) | Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The value of header `name` in the first response of raw HTTP/1.1 text (case-insensitive name).
+pub fn header_of(raw: &str, name: &str) -> Option<String> {
+    let head = raw.split("\r\n\r\n").next()?;
+    head.lines().skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
+}
+
+/// The real `gatehouse` binary, started with `run -c FILE` on a free loopback port.
+pub struct BinaryProxy {
+    child: std::process::Child,
+    /// The listener address.
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<Vec<String>>>,
+    _dir: TempDir,
+}
+
+impl BinaryProxy {
+    /// Starts the binary with the config `config(listen_address)` and waits until it listens.
+    /// Retries on a fresh port if the one picked was taken in the meantime.
+    pub async fn start(config: impl Fn(SocketAddr) -> String) -> BinaryProxy {
+        let mut last_log = Vec::new();
+        for _attempt in 0..3 {
+            let dir = TempDir::new("bin");
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+            let path = dir.join("gatehouse.toml");
+            std::fs::write(&path, config(addr)).expect("write config");
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+                .arg("run")
+                .arg("-c")
+                .arg(&path)
+                .env_remove("RUST_LOG")
+                .env("NO_COLOR", "1")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn gatehouse");
+            let stderr = Arc::new(Mutex::new(Vec::new()));
+            if let Some(pipe) = child.stderr.take() {
+                let lines = stderr.clone();
+                std::thread::spawn(move || {
+                    use std::io::BufRead;
+                    for line in std::io::BufReader::new(pipe).lines() {
+                        let Ok(line) = line else { break };
+                        lines.lock().expect("stderr lock").push(line);
+                    }
+                });
+            }
+            let mut proxy = BinaryProxy {
+                child,
+                addr,
+                stderr,
+                _dir: dir,
+            };
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if proxy.stderr().iter().any(|l| l.contains("listening")) {
+                    return proxy;
+                }
+                if let Ok(Some(_)) = proxy.child.try_wait() {
+                    // Give the reader thread a moment to collect the last lines.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    last_log = proxy.stderr();
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    panic!(
+                        "gatehouse did not start listening:\n{}",
+                        proxy.stderr().join("\n")
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!(
+            "gatehouse failed to start three times:\n{}",
+            last_log.join("\n")
+        );
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The stderr lines so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().expect("stderr lock").clone()
+    }
+
+    /// Sends SIGTERM to the process.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for BinaryProxy {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
