@@ -324,11 +324,17 @@ impl<'de> Deserialize<'de> for TlsSetting {
                 if v == "self-signed" {
                     Ok(TlsSetting(ListenerTls::self_signed()))
                 } else {
-                    Err(E::custom(format!("unknown TLS mode {v:?}; write \"self-signed\" or a table")))
+                    Err(E::custom(format!(
+                        "unknown TLS mode {v:?}; write \"self-signed\" or a table"
+                    )))
                 }
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<TlsSetting, A::Error> {
-                ListenerTls::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(TlsSetting)
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<TlsSetting, A::Error> {
+                ListenerTls::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(TlsSetting)
             }
         }
         deserializer.deserialize_any(Setting)
@@ -350,7 +356,10 @@ impl<'de> Deserialize<'de> for UpstreamTlsSetting {
             fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<UpstreamTlsSetting, E> {
                 Ok(UpstreamTlsSetting(v.then(UpstreamTls::default)))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<UpstreamTlsSetting, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<UpstreamTlsSetting, A::Error> {
                 UpstreamTls::deserialize(serde::de::value::MapAccessDeserializer::new(map))
                     .map(|tls| UpstreamTlsSetting(Some(tls)))
             }

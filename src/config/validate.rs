@@ -129,7 +129,10 @@ fn check_listeners(config: &Config, problems: &mut Problems) {
                 problems.at(tls, message);
             }
             if listener.redirect_https {
-                problems.at(tls, "redirect_https belongs on a plain HTTP listener, not on a TLS one");
+                problems.at(
+                    tls,
+                    "redirect_https belongs on a plain HTTP listener, not on a TLS one",
+                );
             }
         }
     }

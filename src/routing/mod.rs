@@ -251,6 +251,47 @@ fn precedence(entry: &Entry, route: &RouteMatch) -> Precedence {
     )
 }
 
+/// True if `host` is a valid `Host` value or request authority without userinfo (RFC 9110 §7.2,
+/// RFC 3986 §3.2.2): a name or IPv4 address of URI characters, or a bracketed IPv6 literal,
+/// then an optional `:port` of at most 65535. Whitespace, `/`, `@`, non-ASCII and control
+/// bytes are all refused.
+pub fn is_valid_host(host: &[u8]) -> bool {
+    let (name, rest) = if let Some(literal) = host.strip_prefix(b"[") {
+        let Some(end) = literal.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let address = &literal[..end];
+        if address.is_empty()
+            || !address
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return false;
+        }
+        (None, &literal[end + 1..])
+    } else {
+        let colon = host.iter().position(|&b| b == b':').unwrap_or(host.len());
+        (Some(&host[..colon]), &host[colon..])
+    };
+    if let Some(name) = name
+        && (name.is_empty()
+            || !name
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b)))
+    {
+        return false;
+    }
+    match rest {
+        [] => true,
+        [b':', digits @ ..] => {
+            digits.iter().all(u8::is_ascii_digit)
+                && (digits.is_empty()
+                    || std::str::from_utf8(digits).is_ok_and(|d| d.parse::<u16>().is_ok()))
+        }
+        _ => false,
+    }
+}
+
 /// Lower-cases a host and drops its port and trailing dot, borrowing when nothing changes.
 pub fn normalize_host(host: &str) -> Cow<'_, str> {
     let without_port = if host.starts_with('[') {
@@ -462,6 +503,50 @@ mod tests {
         assert_eq!(lookup(&table, "a.test", "GET", "/x"), Some("first"));
         assert_eq!(lookup(&table, "a.test", "GET", "/y"), None);
         assert_eq!(lookup(&table, "b.test", "GET", "/x"), None);
+    }
+
+    #[test]
+    fn host_values_are_validated() {
+        for good in [
+            "example.com",
+            "Example.COM:8080",
+            "a_b.internal",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8080",
+            "[2001:db8::1]",
+            "a.test:",
+            "a.test.",
+        ] {
+            assert!(
+                is_valid_host(good.as_bytes()),
+                "{good:?} should be accepted"
+            );
+        }
+        for bad in [
+            "",
+            ":80",
+            "a.test:abc",
+            "a.test:99999",
+            "a.test:+1",
+            "a.test:80:80",
+            "::1",
+            "[::1",
+            "[::1]x",
+            "[]",
+            "[zz::1]",
+            "user@a.test",
+            "a.test/x",
+            "a test",
+            "a.test\t",
+            "a.test, b.test",
+            "a\"b",
+            "\u{e9}.test",
+        ] {
+            assert!(!is_valid_host(bad.as_bytes()), "{bad:?} should be refused");
+        }
+        assert!(!is_valid_host(b"\xff\xfe"));
     }
 
     #[test]

@@ -5,11 +5,15 @@
 //! requests, so one cannot have a short header timeout (slowloris) and a long idle timeout at
 //! once. This module keeps the two apart: the idle clock runs while no request is in flight and
 //! no byte of a new one has arrived; the header clock starts at that first byte.
+//!
+//! On an HTTP/2 connection bytes between requests are mostly control frames (PING, SETTINGS,
+//! WINDOW_UPDATE), not the start of a request head, so once the connection preface is recognised
+//! only the idle clock applies.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,8 +39,13 @@ pub struct ConnActivity {
     idle_since: AtomicU64,
     /// Milliseconds since `epoch`, plus one, when the first byte of a new request arrived; 0 if none.
     head_started: AtomicU64,
+    /// The connection began with the HTTP/2 preface: there is no header clock.
+    http2: AtomicBool,
     changed: Notify,
 }
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl Default for ConnActivity {
     fn default() -> Self {
@@ -52,6 +61,7 @@ impl ConnActivity {
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
             changed: Notify::new(),
         }
     }
@@ -77,11 +87,19 @@ impl ConnActivity {
     fn bytes_read(&self) {
         if self.in_flight.load(Ordering::Relaxed) == 0
             && self.head_started.load(Ordering::Relaxed) == 0
+            && !self.http2.load(Ordering::Relaxed)
         {
             self.head_started
                 .store(self.now_ms() + 1, Ordering::Relaxed);
             self.changed.notify_one();
         }
+    }
+
+    /// Marks the connection as HTTP/2: from now on only the idle clock applies.
+    fn http2_recognised(&self) {
+        self.http2.store(true, Ordering::Relaxed);
+        self.head_started.store(0, Ordering::Relaxed);
+        self.changed.notify_one();
     }
 
     /// Resolves when a timeout runs out. Cancel-safe: it can be dropped and called again.
@@ -137,12 +155,35 @@ impl Drop for InFlight {
 pub struct TrackedIo<T> {
     inner: T,
     activity: Arc<ConnActivity>,
+    /// Bytes of the HTTP/2 preface matched so far; `None` once it is known whether it was sent.
+    preface: Option<usize>,
 }
 
 impl<T> TrackedIo<T> {
     /// Wraps `inner`, reporting reads to `activity`.
     pub fn new(inner: T, activity: Arc<ConnActivity>) -> Self {
-        TrackedIo { inner, activity }
+        TrackedIo {
+            inner,
+            activity,
+            preface: Some(0),
+        }
+    }
+
+    /// Follows the first bytes of the connection to tell whether it speaks HTTP/2.
+    fn check_preface(&mut self, read: &[u8]) {
+        let Some(matched) = self.preface else {
+            return;
+        };
+        let expected = &H2_PREFACE[matched..];
+        let n = read.len().min(expected.len());
+        self.preface = if read[..n] != expected[..n] {
+            None
+        } else if matched + n == H2_PREFACE.len() {
+            self.activity.http2_recognised();
+            None
+        } else {
+            Some(matched + n)
+        };
     }
 }
 
@@ -156,6 +197,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.activity.bytes_read();
+            if self.preface.is_some() {
+                let read = &buf.filled()[before..];
+                self.check_preface(read);
+            }
         }
         result
     }
@@ -230,6 +275,33 @@ mod tests {
         drop(request);
         assert_eq!(watcher.await.unwrap(), Expired::Idle);
         assert_eq!(finished_at.elapsed(), IDLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_connections_have_no_header_clock_once_the_preface_is_read() {
+        let activity = Arc::new(ConnActivity::new());
+        let mut io = TrackedIo::new((), activity.clone());
+        // The preface may arrive in pieces.
+        activity.bytes_read();
+        io.check_preface(&H2_PREFACE[..5]);
+        assert_ne!(activity.head_started.load(Ordering::Relaxed), 0);
+        io.check_preface(&H2_PREFACE[5..]);
+        assert_eq!(activity.head_started.load(Ordering::Relaxed), 0);
+        // A stray control frame between requests does not start the header clock.
+        activity.bytes_read();
+        let start = Instant::now();
+        assert_eq!(activity.expired(HEADER, IDLE).await, Expired::Idle);
+        assert_eq!(start.elapsed(), IDLE);
+    }
+
+    #[test]
+    fn an_http1_request_with_a_pri_method_is_not_http2() {
+        let activity = Arc::new(ConnActivity::new());
+        let mut io = TrackedIo::new((), activity.clone());
+        io.check_preface(b"PRI / HTTP/1.1\r\n");
+        assert!(io.preface.is_none());
+        io.check_preface(&H2_PREFACE[14..]);
+        assert!(!activity.http2.load(Ordering::Relaxed));
     }
 
     #[tokio::test(start_paused = true)]

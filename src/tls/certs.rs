@@ -24,7 +24,8 @@ pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 /// Reads a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("cannot read private key {}: {e}", path.display()))
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| format!("cannot read private key {}: {e}", path.display()))
 }
 
 /// Loads a certificate chain and its key and checks that they belong together.
@@ -34,7 +35,10 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
     certified(chain, key).map_err(|e| format!("{}: {e}", cert.display()))
 }
 
-fn certified(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<Arc<CertifiedKey>, String> {
+fn certified(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<CertifiedKey>, String> {
     let signing = provider()
         .key_provider
         .load_private_key(key)
@@ -61,7 +65,11 @@ pub fn dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
         }
     }
     if names.is_empty()
-        && let Some(cn) = parsed.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok())
+        && let Some(cn) = parsed
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
     {
         names.push(cn.to_ascii_lowercase());
     }
@@ -76,10 +84,12 @@ pub fn subject(cert: &CertificateDer<'_>) -> Option<String> {
 
 /// A self-signed certificate for `names`, made now.
 pub fn self_signed(names: &[String]) -> Result<Arc<CertifiedKey>, String> {
-    let generated =
-        rcgen::generate_simple_self_signed(names.to_vec()).map_err(|e| format!("cannot generate a certificate: {e}"))?;
+    let generated = rcgen::generate_simple_self_signed(names.to_vec())
+        .map_err(|e| format!("cannot generate a certificate: {e}"))?;
     let chain = vec![generated.cert.der().clone()];
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(generated.signing_key.serialize_der()));
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        generated.signing_key.serialize_der(),
+    ));
     certified(chain, key)
 }
 
@@ -95,7 +105,11 @@ mod tests {
 
     #[test]
     fn missing_and_garbage_files_are_clear_errors() {
-        let error = load_pair(Path::new("/nonexistent/cert.pem"), Path::new("/nonexistent/key.pem")).unwrap_err();
+        let error = load_pair(
+            Path::new("/nonexistent/cert.pem"),
+            Path::new("/nonexistent/key.pem"),
+        )
+        .unwrap_err();
         assert!(error.contains("/nonexistent/cert.pem"), "{error}");
         let dir = std::env::temp_dir().join(format!("gh-certs-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -86,11 +86,16 @@ impl TlsTerminator {
             _ => vec![b"http/1.1".to_vec()],
         };
         // Session resumption: stateless tickets (rotating keys) and the default session cache.
-        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
+        config.ticketer =
+            rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
         let subject_header = match &spec.client_ca {
             Some(_) => Some(
-                HeaderName::from_bytes(spec.client_subject_header.as_bytes())
-                    .map_err(|_| format!("client_subject_header {:?} is not a header name", spec.client_subject_header))?,
+                HeaderName::from_bytes(spec.client_subject_header.as_bytes()).map_err(|_| {
+                    format!(
+                        "client_subject_header {:?} is not a header name",
+                        spec.client_subject_header
+                    )
+                })?,
             ),
             None => None,
         };
@@ -105,8 +110,16 @@ impl TlsTerminator {
     }
 
     /// Runs the server side of a handshake, bounded by the handshake timeout.
-    pub async fn accept(&self, stream: TcpStream) -> Result<(TlsStream<TcpStream>, Handshake), String> {
-        let result = match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(stream)).await {
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+    ) -> Result<(TlsStream<TcpStream>, Handshake), String> {
+        let result = match tokio::time::timeout(
+            self.handshake_timeout,
+            self.acceptor.accept(stream),
+        )
+        .await
+        {
             Err(_) => Err("TLS handshake timed out".to_owned()),
             Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
             Ok(Ok(stream)) => Ok(stream),

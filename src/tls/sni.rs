@@ -28,11 +28,16 @@ impl CertTable {
     pub fn new(certificates: &[Arc<CertifiedKey>], unknown_sni: UnknownSni) -> Self {
         let mut table = CertTable::default();
         for key in certificates {
-            let Some(leaf) = key.cert.first() else { continue };
+            let Some(leaf) = key.cert.first() else {
+                continue;
+            };
             for name in dns_names(leaf) {
                 match name.strip_prefix('*') {
                     Some(suffix) if suffix.starts_with('.') => {
-                        table.wildcard.entry(suffix.to_owned()).or_insert_with(|| key.clone());
+                        table
+                            .wildcard
+                            .entry(suffix.to_owned())
+                            .or_insert_with(|| key.clone());
                     }
                     _ => {
                         table.exact.entry(name).or_insert_with(|| key.clone());
@@ -103,10 +108,22 @@ mod tests {
         let apex = names(&["example.test", "www.example.test"]);
         let wild = names(&["*.example.test"]);
         let table = CertTable::new(&[wild.clone(), apex.clone()], UnknownSni::Refuse);
-        assert!(Arc::ptr_eq(&table.lookup(Some("www.example.test")).unwrap(), &apex));
-        assert!(Arc::ptr_eq(&table.lookup(Some("example.test")).unwrap(), &apex));
-        assert!(Arc::ptr_eq(&table.lookup(Some("shop.example.test")).unwrap(), &wild));
-        assert!(table.lookup(Some("a.b.example.test")).is_none(), "one label only");
+        assert!(Arc::ptr_eq(
+            &table.lookup(Some("www.example.test")).unwrap(),
+            &apex
+        ));
+        assert!(Arc::ptr_eq(
+            &table.lookup(Some("example.test")).unwrap(),
+            &apex
+        ));
+        assert!(Arc::ptr_eq(
+            &table.lookup(Some("shop.example.test")).unwrap(),
+            &wild
+        ));
+        assert!(
+            table.lookup(Some("a.b.example.test")).is_none(),
+            "one label only"
+        );
         assert!(table.lookup(Some("other.test")).is_none());
         assert!(table.lookup(None).is_none());
     }
@@ -117,6 +134,9 @@ mod tests {
         let second = names(&["second.test"]);
         let table = CertTable::new(&[first.clone(), second], UnknownSni::First);
         assert!(Arc::ptr_eq(&table.lookup(None).unwrap(), &first));
-        assert!(Arc::ptr_eq(&table.lookup(Some("nobody.test")).unwrap(), &first));
+        assert!(Arc::ptr_eq(
+            &table.lookup(Some("nobody.test")).unwrap(),
+            &first
+        ));
     }
 }

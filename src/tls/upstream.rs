@@ -25,7 +25,10 @@ pub fn client_config(spec: &UpstreamTls, alpn: &[&[u8]]) -> Result<ClientConfig,
     };
     let mut config = match (&spec.client_cert, &spec.client_key) {
         (Some(cert), Some(key)) => builder
-            .with_client_auth_cert(certs::load_chain(cert.as_ref())?, certs::load_key(key.as_ref())?)
+            .with_client_auth_cert(
+                certs::load_chain(cert.as_ref())?,
+                certs::load_key(key.as_ref())?,
+            )
             .map_err(|e| format!("client certificate {cert}: {e}"))?,
         (None, None) => builder.with_no_client_auth(),
         _ => return Err("client_cert and client_key go together".to_owned()),
@@ -48,7 +51,9 @@ fn roots(ca: Option<&str>) -> Result<RootCertStore, String> {
             let found = rustls_native_certs::load_native_certs();
             let (added, _) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
-                return Err("no system CA certificates found; set `ca` on the pool's tls".to_owned());
+                return Err(
+                    "no system CA certificates found; set `ca` on the pool's tls".to_owned(),
+                );
             }
         }
     }
@@ -77,7 +82,12 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &provider().signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -86,10 +96,17 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider().signature_verification_algorithms.supported_schemes()
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -43,17 +43,26 @@ impl CertificateWatcher {
         }
         let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<()>();
         let watched = files.clone();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event
-                && event.paths.iter().any(|p| watched.contains(p) || p.parent().is_some_and(|d| watched.iter().any(|f| f.parent() == Some(d))))
-            {
-                let _ = sender.send(());
-            }
-        })
-        .map_err(|e| format!("cannot watch certificate files: {e}"))?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if let Ok(event) = event
+                    && event.paths.iter().any(|p| {
+                        watched.contains(p)
+                            || p.parent()
+                                .is_some_and(|d| watched.iter().any(|f| f.parent() == Some(d)))
+                    })
+                {
+                    let _ = sender.send(());
+                }
+            })
+            .map_err(|e| format!("cannot watch certificate files: {e}"))?;
         let directories: HashSet<PathBuf> = files
             .iter()
-            .map(|f| f.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")))
+            .map(|f| {
+                f.parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("."))
+            })
             .collect();
         for directory in &directories {
             watcher
@@ -79,7 +88,9 @@ impl CertificateWatcher {
 pub fn reload_all(terminators: &[Arc<TlsTerminator>]) {
     for terminator in terminators {
         match terminator.reload() {
-            Ok(()) => tracing::info!(files = ?terminator.watched_files(), "TLS certificates reloaded"),
+            Ok(()) => {
+                tracing::info!(files = ?terminator.watched_files(), "TLS certificates reloaded")
+            }
             Err(error) => {
                 tracing::error!(%error, "TLS certificate reload failed; the previous certificates stay in use")
             }

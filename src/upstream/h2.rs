@@ -30,7 +30,8 @@ impl TlsTarget {
         let config = crate::tls::upstream::client_config(spec, &[b"h2"])?;
         let server_name = match &spec.server_name {
             Some(name) => Some(
-                rustls_pki_types::ServerName::try_from(name.clone()).map_err(|e| format!("server_name {name:?}: {e}"))?,
+                rustls_pki_types::ServerName::try_from(name.clone())
+                    .map_err(|e| format!("server_name {name:?}: {e}"))?,
             ),
             None => None,
         };
@@ -126,31 +127,43 @@ impl H2Connections {
             };
         let _ = stream.set_nodelay(true);
         let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder.timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(30));
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30));
         let handshake_failed = |e: hyper::Error| UpstreamError::Connect {
             timed_out: false,
             cause: format!("h2 handshake with {address}: {e}"),
         };
         let sender = match &self.tls {
             None => {
-                let (sender, connection) = builder.handshake(TokioIo::new(stream)).await.map_err(handshake_failed)?;
+                let (sender, connection) = builder
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(handshake_failed)?;
                 tokio::spawn(drive(connection));
                 sender
             }
             Some(tls) => {
                 let name = match &tls.server_name {
                     Some(name) => name.clone(),
-                    None => rustls_pki_types::ServerName::try_from(backend.authority.host().trim_matches(['[', ']']).to_owned())
-                        .map_err(|e| UpstreamError::Connect {
-                            timed_out: false,
-                            cause: format!("backend host is not a TLS server name: {e}"),
-                        })?,
+                    None => rustls_pki_types::ServerName::try_from(
+                        backend.authority.host().trim_matches(['[', ']']).to_owned(),
+                    )
+                    .map_err(|e| UpstreamError::Connect {
+                        timed_out: false,
+                        cause: format!("backend host is not a TLS server name: {e}"),
+                    })?,
                 };
-                let stream = tls.connector.connect(name, stream).await.map_err(|e| UpstreamError::Connect {
-                    timed_out: false,
-                    cause: format!("TLS handshake with {address}: {e}"),
+                let stream = tls.connector.connect(name, stream).await.map_err(|e| {
+                    UpstreamError::Connect {
+                        timed_out: false,
+                        cause: format!("TLS handshake with {address}: {e}"),
+                    }
                 })?;
-                let (sender, connection) = builder.handshake(TokioIo::new(stream)).await.map_err(handshake_failed)?;
+                let (sender, connection) = builder
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(handshake_failed)?;
                 tokio::spawn(drive(connection));
                 sender
             }

@@ -121,9 +121,11 @@ impl UpstreamPool {
         let idle_timeout = config.idle_timeout.unwrap_or(timeouts.upstream_idle).0;
         let tls = config.tls.as_ref().and_then(|t| t.get_ref().0.clone());
         let transport = match (config.protocol, &tls) {
-            (UpstreamProtocol::Http1, None) => {
-                Transport::Http1(Box::new(build_client(config, connect_timeout, idle_timeout)))
-            }
+            (UpstreamProtocol::Http1, None) => Transport::Http1(Box::new(build_client(
+                config,
+                connect_timeout,
+                idle_timeout,
+            ))),
             (UpstreamProtocol::Http1, Some(spec)) => {
                 let tls_config = crate::tls::upstream::client_config(spec, &[b"http/1.1"])?;
                 let builder = hyper_rustls::HttpsConnectorBuilder::new()
@@ -133,12 +135,18 @@ impl UpstreamPool {
                     Some(name) => {
                         let name = rustls_pki_types::ServerName::try_from(name.clone())
                             .map_err(|e| format!("server_name {name:?}: {e}"))?;
-                        builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+                        builder.with_server_name_resolver(
+                            hyper_rustls::FixedServerNameResolver::new(name),
+                        )
                     }
                     None => builder,
                 };
-                let connector = builder.enable_http1().wrap_connector(http_connector(connect_timeout));
-                Transport::Https1(Box::new(client_builder(config, idle_timeout).build(connector)))
+                let connector = builder
+                    .enable_http1()
+                    .wrap_connector(http_connector(connect_timeout));
+                Transport::Https1(Box::new(
+                    client_builder(config, idle_timeout).build(connector),
+                ))
             }
             (UpstreamProtocol::H2c, tls) => {
                 let tls = match tls {
@@ -239,7 +247,10 @@ fn http_connector(connect_timeout: Duration) -> HttpConnector {
     connector
 }
 
-fn client_builder(config: &PoolConfig, idle_timeout: Duration) -> hyper_util::client::legacy::Builder {
+fn client_builder(
+    config: &PoolConfig,
+    idle_timeout: Duration,
+) -> hyper_util::client::legacy::Builder {
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_timer(TokioTimer::new())
@@ -251,7 +262,11 @@ fn client_builder(config: &PoolConfig, idle_timeout: Duration) -> hyper_util::cl
     builder
 }
 
-fn build_client(config: &PoolConfig, connect_timeout: Duration, idle_timeout: Duration) -> UpstreamClient {
+fn build_client(
+    config: &PoolConfig,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+) -> UpstreamClient {
     client_builder(config, idle_timeout).build(http_connector(connect_timeout))
 }
 

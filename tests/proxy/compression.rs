@@ -327,8 +327,17 @@ async fn vary_is_merged_and_strong_etags_become_weak() {
         .await
         .unwrap();
     assert!(uncompressed.headers().get("content-encoding").is_none());
-    let vary: Vec<&str> = uncompressed.headers().get_all("vary").iter().map(|v| v.to_str().unwrap()).collect();
-    assert_eq!(vary, ["Origin", "Accept-Encoding"], "the identity variant varies too");
+    let vary: Vec<&str> = uncompressed
+        .headers()
+        .get_all("vary")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(
+        vary,
+        ["Origin", "Accept-Encoding"],
+        "the identity variant varies too"
+    );
     assert_eq!(
         uncompressed.headers()["etag"],
         "\"abc\"",

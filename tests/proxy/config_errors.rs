@@ -49,15 +49,22 @@ fn assert_error(name: &str, text: &str, line: usize, column: usize, key: &str, f
     assert!(!ok, "{name}: config should be refused; stderr:\n{stderr}");
     let expected = format!("{}:{line}:{column}: error in `{key}`: ", path.display());
     let found = stderr.lines().find(|l| l.starts_with(&expected));
-    let line_text = found.unwrap_or_else(|| panic!("{name}: no line starting with {expected:?} in:\n{stderr}"));
-    assert!(line_text.contains(fragment), "{name}: {line_text:?} should mention {fragment:?}");
+    let line_text =
+        found.unwrap_or_else(|| panic!("{name}: no line starting with {expected:?} in:\n{stderr}"));
+    assert!(
+        line_text.contains(fragment),
+        "{name}: {line_text:?} should mention {fragment:?}"
+    );
 }
 
 #[test]
 fn a_valid_config_passes_with_a_summary() {
     let (ok, stdout, stderr, _) = check("valid", VALID);
     assert!(ok, "valid config refused:\n{stderr}");
-    assert!(stdout.contains("OK (1 listener(s), 1 pool(s), 1 route(s))"), "{stdout}");
+    assert!(
+        stdout.contains("OK (1 listener(s), 1 pool(s), 1 route(s))"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -65,19 +72,36 @@ fn toml_syntax_errors_are_located() {
     let text = VALID.replace("name = \"api\"", "name = \"api");
     let (ok, _, stderr, path) = check("syntax", &text);
     assert!(!ok);
-    assert!(stderr.starts_with(&format!("{}:13:12:", path.display())), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{}:13:12:", path.display())),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn unknown_keys_are_refused_with_their_path() {
     let text = VALID.replace("pool = \"app\"\n", "pool = \"app\"\nretries = 3\n");
-    assert_error("unknown", &text, 17, 1, "route[0].retries", "unknown field `retries`");
+    assert_error(
+        "unknown",
+        &text,
+        17,
+        1,
+        "route[0].retries",
+        "unknown field `retries`",
+    );
 }
 
 #[test]
 fn unknown_keys_in_nested_tables_are_refused() {
     let text = VALID.replace("upstream_header = \"5s\"", "upstream_headers = \"5s\"");
-    assert_error("nested", &text, 17, 14, "route[0].timeouts.upstream_headers", "unknown field");
+    assert_error(
+        "nested",
+        &text,
+        17,
+        14,
+        "route[0].timeouts.upstream_headers",
+        "unknown field",
+    );
 }
 
 #[test]
@@ -89,7 +113,14 @@ fn wrong_types_are_refused() {
 #[test]
 fn bad_durations_and_sizes_are_refused() {
     let text = VALID.replace("\"10s\"", "\"ten seconds\"");
-    assert_error("duration", &text, 2, 16, "server.grace_period", "invalid duration");
+    assert_error(
+        "duration",
+        &text,
+        2,
+        16,
+        "server.grace_period",
+        "invalid duration",
+    );
     let text = VALID.replace("\"10MiB\"", "\"10 parsecs\"");
     assert_error("size", &text, 3, 12, "server.max_body", "invalid size");
 }
@@ -97,7 +128,14 @@ fn bad_durations_and_sizes_are_refused() {
 #[test]
 fn references_to_undefined_pools_are_refused() {
     let text = VALID.replace("pool = \"app\"", "pool = \"ap\"");
-    assert_error("pool-ref", &text, 16, 8, "route[0].pool", "pool \"ap\" is not defined (defined pools: app)");
+    assert_error(
+        "pool-ref",
+        &text,
+        16,
+        8,
+        "route[0].pool",
+        "pool \"ap\" is not defined (defined pools: app)",
+    );
 }
 
 #[test]
@@ -105,27 +143,71 @@ fn duplicate_names_are_refused() {
     let text = format!("{VALID}\n[[route]]\nname = \"api\"\npool = \"app\"\n");
     assert_error("dup-route", &text, 20, 8, "route[1].name", "used twice");
     let text = format!("{VALID}\n[[listener]]\nname = \"public\"\naddress = \"127.0.0.1:8081\"\n");
-    assert_error("dup-listener", &text, 20, 8, "listener[1].name", "used twice");
-    let (ok, _, stderr, _) = check("dup-pool", &format!("{VALID}\n[pool.app]\nbackends = [\"127.0.0.1:1\"]\n"));
-    assert!(!ok && stderr.contains(":19:7: error in `pool.app`: duplicate key"), "{stderr}");
+    assert_error(
+        "dup-listener",
+        &text,
+        20,
+        8,
+        "listener[1].name",
+        "used twice",
+    );
+    let (ok, _, stderr, _) = check(
+        "dup-pool",
+        &format!("{VALID}\n[pool.app]\nbackends = [\"127.0.0.1:1\"]\n"),
+    );
+    assert!(
+        !ok && stderr.contains(":19:7: error in `pool.app`: duplicate key"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn unparsable_addresses_are_refused() {
     let text = VALID.replace("\"127.0.0.1:8080\"", "\"127.0.0.1\"");
-    assert_error("listen-addr", &text, 7, 11, "listener[0].address", "not a socket address");
+    assert_error(
+        "listen-addr",
+        &text,
+        7,
+        11,
+        "listener[0].address",
+        "not a socket address",
+    );
     let text = VALID.replace("\"localhost:9002\"", "\"http://localhost:9002\"");
-    assert_error("backend-addr", &text, 10, 31, "pool.app.backends[1]", "not a backend address");
+    assert_error(
+        "backend-addr",
+        &text,
+        10,
+        31,
+        "pool.app.backends[1]",
+        "not a backend address",
+    );
 }
 
 #[test]
 fn bad_patterns_and_headers_are_refused() {
     let text = VALID.replace("path_prefix = \"/v1/\"", "path_regex = \"^/v1/(\"");
-    assert_error("regex", &text, 15, 14, "route[0].path_regex", "invalid regular expression");
+    assert_error(
+        "regex",
+        &text,
+        15,
+        14,
+        "route[0].path_regex",
+        "invalid regular expression",
+    );
     let text = VALID.replace("\"*.api.example.com\"", "\"api.*.com\"");
     assert_error("host", &text, 14, 8, "route[0].host", "not a host pattern");
-    let text = VALID.replace("pool = \"app\"\n", "pool = \"app\"\nrequest_headers = { set = { \"bad header\" = \"x\" } }\n");
-    assert_error("header", &text, 17, 44, "route[0].request_headers.set.bad header", "not a valid header name");
+    let text = VALID.replace(
+        "pool = \"app\"\n",
+        "pool = \"app\"\nrequest_headers = { set = { \"bad header\" = \"x\" } }\n",
+    );
+    assert_error(
+        "header",
+        &text,
+        17,
+        44,
+        "route[0].request_headers.set.bad header",
+        "not a valid header name",
+    );
 }
 
 #[test]
@@ -135,7 +217,10 @@ fn every_error_is_reported_not_only_the_first() {
         .replace("pool = \"app\"", "pool = \"missing\"");
     let (ok, _, stderr, _) = check("many", &text);
     assert!(!ok);
-    let errors = stderr.lines().filter(|l| l.contains(": error in `")).count();
+    let errors = stderr
+        .lines()
+        .filter(|l| l.contains(": error in `"))
+        .count();
     assert_eq!(errors, 2, "{stderr}");
     assert!(stderr.contains("2 error(s)"), "{stderr}");
 }
@@ -155,7 +240,10 @@ fn a_missing_file_is_a_clear_error() {
         .expect("run");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("/nonexistent/gatehouse.toml: error: cannot read config file"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/gatehouse.toml: error: cannot read config file"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -171,5 +259,8 @@ fn run_refuses_a_broken_config_and_does_not_start() {
         .expect("run");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("route[0].pool") && stderr.contains("not starting"), "{stderr}");
+    assert!(
+        stderr.contains("route[0].pool") && stderr.contains("not starting"),
+        "{stderr}"
+    );
 }

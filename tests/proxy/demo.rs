@@ -37,8 +37,14 @@ async fn the_demo_serves_the_routes_its_readme_shows() {
         .await
         .expect("demo prints its banner")
         .expect("reader");
-    assert!(printed.iter().any(|l| l.starts_with("[[listener]]")), "config printed: {printed:?}");
-    assert!(printed.iter().any(|l| l.starts_with("curl ")), "curl commands printed");
+    assert!(
+        printed.iter().any(|l| l.starts_with("[[listener]]")),
+        "config printed: {printed:?}"
+    );
+    assert!(
+        printed.iter().any(|l| l.starts_with("curl ")),
+        "curl commands printed"
+    );
 
     let base = format!("http://127.0.0.1:{port}");
     let client = client();
@@ -48,7 +54,11 @@ async fn the_demo_serves_the_routes_its_readme_shows() {
 
     let mut api_origins = Vec::new();
     for _ in 0..2 {
-        let api = client.get(format!("{base}/api/users?id=7")).send().await.expect("GET /api");
+        let api = client
+            .get(format!("{base}/api/users?id=7"))
+            .send()
+            .await
+            .expect("GET /api");
         assert_eq!(api.headers()["x-served-by-route"], "api");
         let body = api.text().await.unwrap();
         assert!(body.contains("GET /users?id=7"), "prefix stripped: {body}");
@@ -63,9 +73,18 @@ async fn the_demo_serves_the_routes_its_readme_shows() {
         .send()
         .await
         .expect("wildcard host");
-    assert!(shop.text().await.unwrap().contains("host: shop.example.test"));
+    assert!(
+        shop.text()
+            .await
+            .unwrap()
+            .contains("host: shop.example.test")
+    );
 
-    let h2 = h2_client().get(format!("{base}/api/x")).send().await.expect("h2");
+    let h2 = h2_client()
+        .get(format!("{base}/api/x"))
+        .send()
+        .await
+        .expect("h2");
     assert_eq!(h2.version(), reqwest::Version::HTTP_2);
     assert_eq!(h2.status(), 200);
 

@@ -1,1 +1,359 @@
-//! (tests to come)
+//! Client header (slowloris) and idle timeouts, which must not cut requests in flight, and the
+//! upstream idle timeout of pooled backend connections. (Upstream connect and response-header
+//! timeouts are in `errors.rs`.)
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// Far above every configured timeout here; only a bound for liveness.
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// For the header-timeout tests: far above the configured 300 ms, yet well below the 10 s
+/// default, so the tests fail if the configured value were not applied.
+const HEADER_LIMIT: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
+    let origin = Origin::echo().await;
+    let proxy = Proxy::start(&single_pool_config(
+        &[origin.addr],
+        "[timeouts]\nclient_header = \"300ms\"\n",
+    ))
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: a.test\r\nX-Partial: ")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut stream, HEADER_LIMIT).await,
+        "a half-sent request head must not hold the connection open"
+    );
+    assert_eq!(origin.count(), 0);
+    let response = client().get(proxy.url("/after")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_head_byte_by_byte_is_disconnected() {
+    let origin = Origin::echo().await;
+    let proxy = Proxy::start(&single_pool_config(
+        &[origin.addr],
+        "[timeouts]\nclient_header = \"300ms\"\n",
+    ))
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    // Keep sending a header byte every 100 ms: activity alone must not extend the deadline.
+    let trickle = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if stream.write_all(b"X").await.is_err() {
+                return true;
+            }
+        }
+    };
+    let cut = tokio::time::timeout(HEADER_LIMIT, trickle).await;
+    assert_eq!(cut, Ok(true), "the trickling client was not disconnected");
+    assert_eq!(origin.count(), 0);
+}
+
+#[tokio::test]
+async fn the_header_clock_starts_at_the_first_byte_not_at_connect() {
+    // A short header timeout with the default (long) idle timeout: a connection that has sent
+    // nothing is idle, not slow, and stays open well past the header timeout.
+    let origin = Origin::echo().await;
+    let proxy = Proxy::start(&single_pool_config(
+        &[origin.addr],
+        "[timeouts]\nclient_header = \"300ms\"\n",
+    ))
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    assert!(
+        !closed_within(&mut stream, Duration::from_millis(1500)).await,
+        "an idle connection was closed by the header timeout"
+    );
+    stream
+        .write_all(b"GET /late HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let response = read_one_response(&mut stream, LIMIT).await;
+    assert_eq!(status_of(&response), 200, "{response}");
+    assert!(response.ends_with("/late"), "{response}");
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let origin = Origin::echo().await;
+    let proxy = Proxy::start(&single_pool_config(
+        &[origin.addr],
+        "[timeouts]\nclient_idle = \"300ms\"\n",
+    ))
+    .await;
+
+    // A connection that never sends a request.
+    let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
+    assert!(
+        closed_within(&mut silent, LIMIT).await,
+        "a connection without requests must be closed"
+    );
+
+    // A keep-alive connection after one request.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /one HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let seen = read_until_closed(&mut stream, LIMIT)
+        .await
+        .expect("the idle keep-alive connection must be closed");
+    assert_eq!(status_of(&seen), 200, "{seen}");
+    assert!(seen.ends_with("/one"), "exactly one response: {seen}");
+}
+
+#[tokio::test]
+async fn a_request_longer_than_the_idle_timeout_is_not_cut() {
+    let origin = Origin::start(|_request| async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        text(200, "slow but fine")
+    })
+    .await;
+    let proxy = Proxy::start(&single_pool_config(
+        &[origin.addr],
+        "[timeouts]\nclient_idle = \"300ms\"\nclient_header = \"300ms\"\n",
+    ))
+    .await;
+    let response = client().get(proxy.url("/slow")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "slow but fine");
+
+    // Same over a raw keep-alive connection: the response arrives, then the idle clock runs.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let seen = read_until_closed(&mut stream, LIMIT)
+        .await
+        .expect("closed once idle after the response");
+    assert_eq!(status_of(&seen), 200, "{seen}");
+    assert!(seen.ends_with("slow but fine"), "{seen}");
+}
+
+#[tokio::test]
+async fn a_slow_response_body_is_not_cut_by_the_idle_timeout() {
+    let origin = Origin::start(|_request| async {
+        let chunks = futures_util::stream::unfold(0u8, |n| async move {
+            if n == 3 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let frame = http_body::Frame::data(bytes::Bytes::from(format!("chunk{n};")));
+            Some((
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(frame),
+                n + 1,
+            ))
+        });
+        let body = http_body_util::StreamBody::new(chunks);
+        http::Response::new(http_body_util::BodyExt::boxed(body))
+    })
+    .await;
+    let proxy = Proxy::start(&single_pool_config(
+        &[origin.addr],
+        "[timeouts]\nclient_idle = \"300ms\"\n",
+    ))
+    .await;
+    let response = client().get(proxy.url("/stream")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.text().await.unwrap(),
+        "chunk0;chunk1;chunk2;",
+        "the body streamed to the end"
+    );
+}
+
+#[tokio::test]
+async fn idle_pooled_upstream_connections_are_closed() {
+    let origin = Origin::echo().await;
+    let proxy = Proxy::start(&single_pool_config(
+        &[origin.addr],
+        "[timeouts]\nupstream_idle = \"300ms\"\n",
+    ))
+    .await;
+    let response = client().get(proxy.url("/pooled")).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "/pooled");
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 1);
+    assert!(
+        eventually(LIMIT, || origin.closed.load(Ordering::SeqCst) == 1).await,
+        "the pooled connection to the origin was not closed when idle"
+    );
+    // A new request opens a new connection.
+    let response = client().get(proxy.url("/again")).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "/again");
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn pooled_upstream_connections_stay_open_under_the_default_idle_timeout() {
+    // The counterpart of the test above, so it cannot pass by closing every connection at once.
+    let origin = Origin::echo().await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let response = client().get(proxy.url("/kept")).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "/kept");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(origin.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        origin.closed.load(Ordering::SeqCst),
+        0,
+        "with upstream_idle at its default (60 s) the connection stays pooled"
+    );
+}
+
+/// A minimal HTTP/2 client speaking raw frames, for what real clients do not let a test control
+/// (which frames are sent, and which are left unanswered).
+struct RawH2 {
+    stream: TcpStream,
+}
+
+/// One frame: type, flags, stream id, payload.
+type Frame = (u8, u8, u32, Vec<u8>);
+
+impl RawH2 {
+    /// Connects and sends the preface and an empty SETTINGS frame (the server's SETTINGS are
+    /// never acknowledged; the h2 server does not insist).
+    async fn connect(addr: std::net::SocketAddr) -> RawH2 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+        stream.write_all(&hello).await.unwrap();
+        RawH2 { stream }
+    }
+
+    /// Sends `GET http://a.test{path}` on stream `id` with END_STREAM.
+    async fn get(&mut self, id: u32, path: &str) {
+        // HPACK: :method GET, :scheme http (static 2, 6), then :path and :authority as
+        // literals without indexing (name indexes 4 and 1).
+        let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+        block.extend_from_slice(path.as_bytes());
+        block.extend_from_slice(&[0x01, 6]);
+        block.extend_from_slice(b"a.test");
+        let mut frame = vec![0, 0, block.len() as u8, 0x1, 0x5];
+        frame.extend_from_slice(&id.to_be_bytes());
+        frame.extend_from_slice(&block);
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    /// Sends a PING (not an ack).
+    async fn ping(&mut self) {
+        let mut frame = vec![0, 0, 8, 0x6, 0, 0, 0, 0, 0];
+        frame.extend_from_slice(b"pingpong");
+        self.stream.write_all(&frame).await.unwrap();
+    }
+
+    /// Reads frames until `done` holds for one (returned last), the connection ends or `limit`
+    /// passes.
+    async fn read_until(&mut self, limit: Duration, done: impl Fn(&Frame) -> bool) -> Vec<Frame> {
+        use tokio::io::AsyncReadExt;
+        let mut frames = Vec::new();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let mut head = [0u8; 9];
+            if !matches!(
+                tokio::time::timeout_at(deadline, self.stream.read_exact(&mut head)).await,
+                Ok(Ok(_))
+            ) {
+                return frames;
+            }
+            let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; length];
+            if !matches!(
+                tokio::time::timeout_at(deadline, self.stream.read_exact(&mut payload)).await,
+                Ok(Ok(_))
+            ) {
+                return frames;
+            }
+            let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let frame = (head[3], head[4], id, payload);
+            let finished = done(&frame);
+            frames.push(frame);
+            if finished {
+                return frames;
+            }
+        }
+    }
+
+    /// Reads the body of the response on stream `id` (DATA frames up to END_STREAM).
+    async fn body(&mut self, id: u32) -> String {
+        let frames = self
+            .read_until(LIMIT, |f| {
+                f.2 == id && f.1 & 0x1 == 0x1 && matches!(f.0, 0x0 | 0x1)
+            })
+            .await;
+        let last = frames.last().expect("a response");
+        assert!(
+            last.2 == id && last.1 & 0x1 == 0x1,
+            "the response on stream {id} did not finish: {frames:?}"
+        );
+        frames
+            .iter()
+            .filter(|f| f.0 == 0x0 && f.2 == id)
+            .map(|f| String::from_utf8_lossy(&f.3).into_owned())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn h2_control_frames_between_requests_do_not_count_as_a_slow_request_head() {
+    // A PING (or WINDOW_UPDATE, SETTINGS) on an otherwise idle HTTP/2 connection is not the
+    // start of a request head: the connection is idle, not slow, and must not be cut by
+    // the header timeout.
+    let origin = Origin::echo().await;
+    let proxy = Proxy::start(&single_pool_config(
+        &[origin.addr],
+        "[timeouts]\nclient_header = \"300ms\"\n",
+    ))
+    .await;
+    let mut h2 = RawH2::connect(proxy.addr).await;
+    h2.get(1, "/first").await;
+    assert_eq!(h2.body(1).await, "/first");
+    h2.ping().await;
+    let frames = h2.read_until(LIMIT, |f| f.0 == 0x6 && f.1 & 1 == 1).await;
+    assert!(
+        frames.last().is_some_and(|f| f.0 == 0x6),
+        "the PING is acked: {frames:?}"
+    );
+    // Well past the header timeout, far below the idle timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    h2.get(3, "/second").await;
+    assert_eq!(h2.body(3).await, "/second");
+    assert_eq!(origin.count(), 2);
+}
+
+#[tokio::test]
+async fn an_idle_h2_connection_that_ignores_goaway_is_closed_anyway() {
+    // Once idle, the proxy sends GOAWAY and a PING, and h2 waits for the PING's ack before it
+    // closes. A client that never acks must not keep the connection open forever.
+    let origin = Origin::echo().await;
+    let proxy = Proxy::start(&single_pool_config(
+        &[origin.addr],
+        "[timeouts]\nclient_idle = \"300ms\"\nclient_header = \"300ms\"\n",
+    ))
+    .await;
+    let mut h2 = RawH2::connect(proxy.addr).await;
+    h2.get(1, "/only").await;
+    assert_eq!(h2.body(1).await, "/only");
+    let frames = h2.read_until(LIMIT, |f| f.0 == 0x7).await;
+    assert!(
+        frames.last().is_some_and(|f| f.0 == 0x7),
+        "a GOAWAY once idle: {frames:?}"
+    );
+    assert!(
+        closed_within(&mut h2.stream, LIMIT).await,
+        "the connection must be closed even if the client ignores the shutdown"
+    );
+}
