@@ -36,6 +36,35 @@ impl fmt::Display for BodyTooLarge {
 
 impl StdError for BodyTooLarge {}
 
+/// The client's request body could not be read (a malformed chunk, a truncated upload, bytes a
+/// decoder cannot decode): the client's fault, answered with 400, never blamed on the backend.
+#[derive(Debug)]
+pub struct ClientBodyError(pub String);
+
+impl fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request body could not be read: {}", self.0)
+    }
+}
+
+impl StdError for ClientBodyError {}
+
+/// Whether `error` or any of its causes is one of ours about the client's body: `Some(true)` for
+/// [`BodyTooLarge`], `Some(false)` for [`ClientBodyError`], `None` otherwise.
+pub fn client_body_fault(error: &(dyn StdError + 'static)) -> Option<bool> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<BodyTooLarge>() {
+            return Some(true);
+        }
+        if e.is::<ClientBodyError>() {
+            return Some(false);
+        }
+        current = e.source();
+    }
+    None
+}
+
 pin_project! {
     /// A client request body on its way to a backend, with an optional size cap.
     pub struct RequestBody {
@@ -144,7 +173,9 @@ impl Body for RequestBody {
                 }
                 Some(Ok(frame))
             }
-            Poll::Ready(Some(Err(e))) => Some(Err(e)),
+            Poll::Ready(Some(Err(e))) => {
+                Some(Err(Box::new(ClientBodyError(e.to_string())) as BoxError))
+            }
             Poll::Ready(None) => None,
             Poll::Pending => return Poll::Pending,
         };

@@ -15,6 +15,8 @@ use crate::body::ResponseBody;
 pub enum ProxyError {
     /// The request is malformed in a way the HTTP parser let through.
     BadRequest(&'static str),
+    /// The client's request body could not be read or decoded.
+    ClientBody(String),
     /// No route matches.
     NoRoute,
     /// The request body is over the route's cap.
@@ -35,7 +37,7 @@ impl ProxyError {
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
@@ -52,6 +54,7 @@ impl ProxyError {
     pub fn cause(&self) -> String {
         match self {
             ProxyError::BadRequest(why) => format!("bad request: {why}"),
+            ProxyError::ClientBody(cause) => format!("bad request body: {cause}"),
             ProxyError::NoRoute => "no route matches".to_owned(),
             ProxyError::BodyTooLarge => "request body over the route's max_body".to_owned(),
             ProxyError::NoBackend => "pool has no backend available".to_owned(),
@@ -158,6 +161,7 @@ mod tests {
     fn every_error_maps_to_its_status() {
         let cases = [
             (ProxyError::BadRequest("x"), 400),
+            (ProxyError::ClientBody("truncated".into()), 400),
             (ProxyError::NoRoute, 404),
             (ProxyError::BodyTooLarge, 413),
             (ProxyError::NoBackend, 503),

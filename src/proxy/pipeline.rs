@@ -67,7 +67,10 @@ pub async fn handle(
             }
             let mut response =
                 error_response(error.status(), &exchange.request_id, &accept_headers);
-            if matches!(error, ProxyError::BadRequest(_) | ProxyError::BodyTooLarge) {
+            if matches!(
+                error,
+                ProxyError::BadRequest(_) | ProxyError::ClientBody(_) | ProxyError::BodyTooLarge
+            ) {
                 // The rest of this request's bytes were not read; the connection cannot be reused.
                 response
                     .headers_mut()
@@ -487,6 +490,10 @@ async fn forward(
                 } => ProxyError::UpstreamConnectTimeout(cause),
                 UpstreamError::Connect { cause, .. } => ProxyError::UpstreamConnect(cause),
                 UpstreamError::Failed(cause) => ProxyError::UpstreamFailed(cause),
+                UpstreamError::ClientBody {
+                    too_large: true, ..
+                } => ProxyError::BodyTooLarge,
+                UpstreamError::ClientBody { cause, .. } => ProxyError::ClientBody(cause),
             })
         }
     }

@@ -83,7 +83,13 @@ impl H2Connections {
         sender
             .send_request(request)
             .await
-            .map_err(|e| UpstreamError::Failed(super::error_chain(&e)))
+            .map_err(|e| match crate::body::client_body_fault(&e) {
+                Some(too_large) => UpstreamError::ClientBody {
+                    too_large,
+                    cause: super::error_chain(&e),
+                },
+                None => UpstreamError::Failed(super::error_chain(&e)),
+            })
     }
 
     async fn forget(&self, backend: &Backend) {

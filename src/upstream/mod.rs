@@ -61,6 +61,14 @@ pub enum UpstreamError {
     },
     /// The connection failed after the request was sent, or the response was invalid.
     Failed(String),
+    /// The client's request body failed (unreadable, or over its cap when `too_large`); the
+    /// backend is not at fault.
+    ClientBody {
+        /// The body grew over its cap.
+        too_large: bool,
+        /// The cause, for the log.
+        cause: String,
+    },
 }
 
 /// The HTTP client of a pool whose backends speak TLS.
@@ -201,6 +209,9 @@ impl UpstreamPool {
 
 fn classify(error: hyper_util::client::legacy::Error) -> UpstreamError {
     let cause = error_chain(&error);
+    if let Some(too_large) = crate::body::client_body_fault(&error) {
+        return UpstreamError::ClientBody { too_large, cause };
+    }
     if error.is_connect() {
         UpstreamError::Connect {
             timed_out: is_timeout(&error),

@@ -24,7 +24,17 @@ async fn refused(addr: SocketAddr, request: &[u8]) -> String {
 
 /// A normal request on a new connection still works.
 async fn still_serving(proxy: &Proxy, origin: &Origin) {
-    let before = origin.count();
+    // Count only health checks: an aborted earlier request may still reach the origin late.
+    let healthy = || {
+        origin
+            .seen
+            .lock()
+            .expect("seen lock")
+            .iter()
+            .filter(|seen| seen.uri.path() == "/healthy")
+            .count()
+    };
+    let before = healthy();
     let answer = raw_exchange(
         proxy.addr,
         b"GET /healthy HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
@@ -32,8 +42,7 @@ async fn still_serving(proxy: &Proxy, origin: &Origin) {
     )
     .await;
     assert_eq!(status_of(&answer), 200, "{answer}");
-    assert_eq!(origin.count(), before + 1);
-    assert_eq!(origin.last().uri.path(), "/healthy");
+    assert_eq!(healthy(), before + 1);
 }
 
 async fn setup() -> (Origin, Proxy) {
@@ -395,7 +404,6 @@ async fn an_unread_body_of_a_refused_request_is_never_parsed_as_a_request() {
 }
 
 #[tokio::test]
-#[ignore = "known bug: a client body error is reported as 502 from the upstream (src/upstream and src/body are not this suite's to change)"]
 async fn an_invalid_chunked_body_is_the_clients_fault_not_the_upstreams() {
     let origin = Origin::start(|request| async move {
         let body = http_body_util::BodyExt::collect(request.into_body()).await;
