@@ -19,12 +19,12 @@ use tokio::net::TcpListener;
 use crate::{config, server};
 
 /// Runs the demo until Ctrl-C.
-pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn run(listen: SocketAddr, tls_listen: SocketAddr) -> anyhow::Result<()> {
     let mut origins = Vec::new();
     for name in ["origin-1", "origin-2", "origin-3"] {
         origins.push(start_origin(name).await?);
     }
-    let text = demo_config(listen, &origins);
+    let text = demo_config(listen, tls_listen, &origins);
     let config = config::parse(Path::new("<demo>"), &text).map_err(|e| anyhow::anyhow!("{e}"))?;
     let proxy = server::start(&config).await.with_context(|| {
         format!(
@@ -32,6 +32,10 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         )
     })?;
     let addr = proxy.local_addr();
+    let tls_port = proxy
+        .local_addrs()
+        .get(1)
+        .map_or(tls_listen.port(), |(_, a)| a.port());
     println!("# Gatehouse demo: three origins on loopback, the proxy on http://{addr}\n");
     println!("# The generated configuration (save it as gatehouse.toml and `gatehouse run` it):\n");
     println!("{text}");
@@ -43,6 +47,9 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     println!("curl -i -H 'Host: shop.example.test' http://{addr}/   # wildcard host route");
     println!("curl -i --http2-prior-knowledge http://{addr}/api/x    # HTTP/2 (h2c) to the proxy");
     println!(
+        "curl -ik https://localhost:{tls_port}/api/x          # HTTPS, self-signed certificate (-k accepts it)"
+    );
+    println!(
         "curl -i http://{addr}/nowhere -H 'Host: unknown.test' -H 'Accept: application/json'  # still routed: the web route is the default"
     );
     println!("\n# Ctrl-C stops the demo.");
@@ -53,11 +60,15 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn demo_config(listen: SocketAddr, origins: &[SocketAddr]) -> String {
+fn demo_config(listen: SocketAddr, tls_listen: SocketAddr, origins: &[SocketAddr]) -> String {
     let mut text = String::new();
     let _ = writeln!(
         text,
         "[[listener]]\nname = \"public\"\naddress = \"{listen}\"\n"
+    );
+    let _ = writeln!(
+        text,
+        "[[listener]]\nname = \"public-tls\"\naddress = \"{tls_listen}\"\ntls = \"self-signed\"   # a certificate for localhost, made at start-up\n"
     );
     let _ = writeln!(text, "[access_log]\nformat = \"text\"   # or \"json\"\n");
     let _ = writeln!(
@@ -143,8 +154,13 @@ mod tests {
         let origins: Vec<SocketAddr> = (1..=3)
             .map(|p| SocketAddr::from(([127, 0, 0, 1], 9000 + p)))
             .collect();
-        let text = demo_config("127.0.0.1:8080".parse().unwrap(), &origins);
+        let text = demo_config(
+            "127.0.0.1:8080".parse().unwrap(),
+            "127.0.0.1:8443".parse().unwrap(),
+            &origins,
+        );
         let config = config::parse(Path::new("<demo>"), &text).expect("demo config is valid");
         assert_eq!(config.routes.len(), 3);
+        assert!(config.listeners[1].tls.is_some());
     }
 }

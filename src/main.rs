@@ -40,6 +40,10 @@ enum Command {
         /// Where the demo proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Where the demo's HTTPS listener (self-signed certificate) listens; by default the
+        /// `--listen` port plus 363 (8080 → 8443).
+        #[arg(long)]
+        tls_listen: Option<SocketAddr>,
     },
 }
 
@@ -59,9 +63,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Demo { listen } => {
+        Command::Demo { listen, tls_listen } => {
             logging::init(&Default::default());
-            with_runtime(0, demo::run(listen))
+            let tls_listen = tls_listen.unwrap_or_else(|| {
+                SocketAddr::new(listen.ip(), listen.port().checked_add(363).unwrap_or(0))
+            });
+            with_runtime(0, demo::run(listen, tls_listen))
         }
     }
 }
@@ -91,7 +98,16 @@ fn serve(config: Config) -> ExitCode {
     let workers = config.server.workers;
     with_runtime(workers, async move {
         let server = server::start(&config).await?;
-        wait_for_signal().await;
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = wait_for_signal() => break,
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading TLS certificates");
+                    server.reload_certificates();
+                }
+            }
+        }
         tracing::info!(grace = ?config.server.grace_period.0, "shutting down: finishing in-flight requests");
         tokio::select! {
             drained = server.shutdown() => {

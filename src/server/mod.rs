@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::observe::access_log::AccessLog;
 use crate::proxy::{ConnInfo, ProxyState, pipeline};
 use crate::runtime::{Generation, ListenerSpec};
+use crate::tls::{CertificateWatcher, TlsTerminator};
 use activity::{ConnActivity, Expired, TrackedIo};
 
 /// Held by anything graceful shutdown must wait for; see the module comment.
@@ -50,6 +51,8 @@ pub struct RunningServer {
     own_token: Option<DrainToken>,
     accept_tasks: Vec<JoinHandle<()>>,
     grace: Duration,
+    terminators: Vec<Arc<TlsTerminator>>,
+    _certificate_watcher: Option<CertificateWatcher>,
 }
 
 impl RunningServer {
@@ -66,6 +69,20 @@ impl RunningServer {
     /// The shared proxy state (current generation, access log).
     pub fn state(&self) -> &Arc<ProxyState> {
         &self.state
+    }
+
+    /// Re-reads every TLS listener's certificate files (as on SIGHUP); a listener whose new
+    /// files are bad keeps its current certificates.
+    pub fn reload_certificates(&self) {
+        crate::tls::reload_all(&self.terminators);
+    }
+
+    /// TLS handshakes that failed or timed out, over all listeners.
+    pub fn tls_handshake_failures(&self) -> u64 {
+        self.terminators
+            .iter()
+            .map(|t| t.handshake_failures())
+            .sum()
     }
 
     /// Stops accepting, lets in-flight requests finish for up to the grace period, then closes
@@ -112,7 +129,18 @@ pub async fn start_generation(
 
     let mut addresses = Vec::new();
     let mut accept_tasks = Vec::new();
+    let mut terminators = Vec::new();
     for spec in &listeners {
+        let tls = match &spec.tls {
+            Some(tls) => {
+                let terminator = TlsTerminator::new(tls, spec.http1, spec.http2)
+                    .map_err(|e| anyhow::anyhow!("listener {}: {e}", spec.name))?;
+                let terminator = Arc::new(terminator);
+                terminators.push(terminator.clone());
+                Some(terminator)
+            }
+            None => None,
+        };
         let listener = bind(spec.address)
             .with_context(|| format!("binding listener {} on {}", spec.name, spec.address))?;
         let bound = listener.local_addr()?;
@@ -125,8 +153,15 @@ pub async fn start_generation(
             drain: own_token.clone(),
             header_timeout,
             idle_timeout,
+            tls,
+            redirect_https: spec.redirect_https,
         };
-        tracing::info!(listener = %spec.name, address = %bound, "listening");
+        let scheme = if serving.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(listener = %spec.name, address = %bound, scheme, "listening");
         accept_tasks.push(tokio::spawn(accept_loop(listener, serving)));
     }
     Ok(RunningServer {
@@ -137,6 +172,9 @@ pub async fn start_generation(
         own_token: Some(own_token),
         accept_tasks,
         grace,
+        _certificate_watcher: CertificateWatcher::start(terminators.clone())
+            .map_err(|e| anyhow::anyhow!(e))?,
+        terminators,
     })
 }
 
@@ -191,6 +229,8 @@ struct Serving {
     drain: DrainToken,
     header_timeout: Duration,
     idle_timeout: Duration,
+    tls: Option<Arc<TlsTerminator>>,
+    redirect_https: Option<u16>,
 }
 
 async fn accept_loop(listener: TcpListener, serving: Serving) {
@@ -213,7 +253,40 @@ async fn accept_loop(listener: TcpListener, serving: Serving) {
     }
 }
 
+/// What the TLS handshake (if any) established for a connection.
+struct Secured {
+    proto: &'static str,
+    subject_header: Option<http::HeaderName>,
+    client_subject: Option<http::HeaderValue>,
+}
+
 async fn serve_connection(stream: TcpStream, peer: SocketAddr, serving: Serving) {
+    let Some(tls) = serving.tls.clone() else {
+        let plain = Secured {
+            proto: "http",
+            subject_header: None,
+            client_subject: None,
+        };
+        return serve_http(stream, peer, serving, plain).await;
+    };
+    match tls.accept(stream).await {
+        Ok((stream, handshake)) => {
+            let secured = Secured {
+                proto: "https",
+                subject_header: tls.subject_header.clone(),
+                client_subject: handshake.client_subject,
+            };
+            serve_http(stream, peer, serving, secured).await;
+        }
+        // Scanners and clients with no common protocol do this all day: not worth more than debug.
+        Err(error) => tracing::debug!(client = %peer, %error, "TLS handshake failed"),
+    }
+}
+
+async fn serve_http<IO>(stream: IO, peer: SocketAddr, serving: Serving, secured: Secured)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let Serving {
         state,
         builder,
@@ -221,16 +294,18 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, serving: Serving)
         drain,
         header_timeout,
         idle_timeout,
+        tls: _,
+        redirect_https,
     } = serving;
     let activity = Arc::new(ConnActivity::new());
     let info = Arc::new(ConnInfo {
         peer,
-        proto: "http",
+        proto: secured.proto,
         activity: activity.clone(),
         drain,
-        subject_header: None,
-        client_subject: None,
-        redirect_https: None,
+        subject_header: secured.subject_header,
+        client_subject: secured.client_subject,
+        redirect_https,
     });
     let service = service_fn(move |request| {
         let state = state.clone();

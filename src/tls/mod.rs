@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-pub use watch::CertificateWatcher;
+pub use watch::{CertificateWatcher, reload_all};
 
 use crate::config::{ClientAuth, ListenerTls};
 use sni::{CertTable, SniResolver};

@@ -135,7 +135,8 @@ impl UpstreamPool {
                 idle_timeout,
             ))),
             (UpstreamProtocol::Http1, Some(spec)) => {
-                let tls_config = crate::tls::upstream::client_config(spec, &[b"http/1.1"])?;
+                // hyper-rustls sets ALPN itself and panics if the config already has some.
+                let tls_config = crate::tls::upstream::client_config(spec, &[])?;
                 let builder = hyper_rustls::HttpsConnectorBuilder::new()
                     .with_tls_config(tls_config)
                     .https_only();
