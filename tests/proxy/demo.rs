@@ -9,12 +9,16 @@ use crate::support::*;
 
 #[tokio::test]
 async fn the_demo_serves_the_routes_its_readme_shows() {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe port");
-        probe.local_addr().expect("addr").port()
-    };
+    let port = free_port();
+    let tls_port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--tls-listen",
+            &format!("127.0.0.1:{tls_port}"),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -87,6 +91,22 @@ async fn the_demo_serves_the_routes_its_readme_shows() {
         .expect("h2");
     assert_eq!(h2.version(), reqwest::Version::HTTP_2);
     assert_eq!(h2.status(), 200);
+
+    // The HTTPS listener with its self-signed certificate, as the README's curl -k does.
+    let https = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sSk", &format!("https://localhost:{tls_port}/api/x")])
+            .output()
+            .expect("curl runs")
+    })
+    .await
+    .expect("curl task");
+    let body = String::from_utf8_lossy(&https.stdout);
+    assert!(body.contains("x-forwarded-proto: https"), "HTTPS through the demo: {body}");
+    assert!(
+        printed.iter().any(|l| l.contains(&format!("https://localhost:{tls_port}"))),
+        "the HTTPS curl line names the real port"
+    );
 
     let _ = child.kill();
     let _ = child.wait();
