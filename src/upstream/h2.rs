@@ -141,14 +141,7 @@ impl H2Connections {
             cause: format!("h2 handshake with {address}: {e}"),
         };
         let sender = match &self.tls {
-            None => {
-                let (sender, connection) = builder
-                    .handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(handshake_failed)?;
-                tokio::spawn(drive(connection));
-                sender
-            }
+            None => start(&builder, stream).await.map_err(handshake_failed)?,
             Some(tls) => {
                 let name = match &tls.server_name {
                     Some(name) => name.clone(),
@@ -166,12 +159,7 @@ impl H2Connections {
                         cause: format!("TLS handshake with {address}: {e}"),
                     }
                 })?;
-                let (sender, connection) = builder
-                    .handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(handshake_failed)?;
-                tokio::spawn(drive(connection));
-                sender
+                start(&builder, stream).await.map_err(handshake_failed)?
             }
         };
         *slot = Some(sender.clone());
@@ -179,8 +167,19 @@ impl H2Connections {
     }
 }
 
-async fn drive<F: std::future::Future<Output = Result<(), hyper::Error>>>(connection: F) {
-    if let Err(error) = connection.await {
-        tracing::debug!(%error, "upstream h2 connection ended with an error");
-    }
+/// Runs the HTTP/2 handshake over `io` and drives the connection in a task of its own.
+async fn start<IO>(
+    builder: &http2::Builder<TokioExecutor>,
+    io: IO,
+) -> Result<SendRequest<RequestBody>, hyper::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = builder.handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "upstream h2 connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
