@@ -79,7 +79,72 @@ pub fn dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
 /// The subject of a certificate as an RFC 4514 string (`CN=client,O=Example`).
 pub fn subject(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    Some(parsed.subject().to_string())
+    Some(rfc4514(parsed.subject()))
+}
+
+/// RFC 4514 §2: the RDNs from the last to the first, joined by `,`; the attributes of a
+/// multi-valued RDN joined by `+`; the short names of §3 for the types that have one, with the
+/// value as escaped text; anything else as `dotted.oid=#hex` of the DER value. Characters outside
+/// printable ASCII are escaped as `\XX` too, so the result is always a valid header value and one
+/// certificate's value can never pose as another attribute.
+fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
+    use x509_parser::asn1_rs::ToDer;
+    let rdns: Vec<String> = name
+        .iter()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attribute| {
+                    let oid = attribute.attr_type().to_id_string();
+                    match (short_name(&oid), attribute.as_str()) {
+                        (Some(short), Ok(value)) => format!("{short}={}", escape_value(value)),
+                        _ => {
+                            let der = attribute.attr_value().to_der_vec().unwrap_or_default();
+                            let hex: String = der.iter().map(|b| format!("{b:02x}")).collect();
+                            format!("{oid}=#{hex}")
+                        }
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
+}
+
+/// The attribute type names of RFC 4514 §3.
+fn short_name(oid: &str) -> Option<&'static str> {
+    Some(match oid {
+        "2.5.4.3" => "CN",
+        "2.5.4.7" => "L",
+        "2.5.4.8" => "ST",
+        "2.5.4.10" => "O",
+        "2.5.4.11" => "OU",
+        "2.5.4.6" => "C",
+        "2.5.4.9" => "STREET",
+        "0.9.2342.19200300.100.1.25" => "DC",
+        "0.9.2342.19200300.100.1.1" => "UID",
+        _ => return None,
+    })
+}
+
+/// RFC 4514 §2.4 escaping of an attribute value.
+fn escape_value(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = String::with_capacity(value.len());
+    for (i, &byte) in bytes.iter().enumerate() {
+        let special = matches!(byte, b'"' | b'+' | b',' | b';' | b'<' | b'>' | b'\\')
+            || (i == 0 && matches!(byte, b' ' | b'#'))
+            || (i == bytes.len() - 1 && byte == b' ');
+        if special {
+            out.push('\\');
+            out.push(byte as char);
+        } else if byte.is_ascii_graphic() || byte == b' ' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("\\{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// A self-signed certificate for `names`, made now.
@@ -101,6 +166,57 @@ mod tests {
     fn self_signed_certificates_serve_their_names() {
         let key = self_signed(&["example.test".to_owned(), "*.example.test".to_owned()]).unwrap();
         assert_eq!(dns_names(&key.cert[0]), ["example.test", "*.example.test"]);
+    }
+
+    #[test]
+    fn subjects_are_rfc_4514_strings() {
+        let make = |attributes: &[(rcgen::DnType, &str)]| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            for (kind, value) in attributes {
+                params.distinguished_name.push(kind.clone(), *value);
+            }
+            let key = rcgen::KeyPair::generate().unwrap();
+            params.self_signed(&key).unwrap().der().clone()
+        };
+        use rcgen::DnType::*;
+        assert_eq!(
+            subject(&make(&[(CommonName, "client")])).unwrap(),
+            "CN=client"
+        );
+        assert_eq!(
+            subject(&make(&[
+                (CountryName, "DE"),
+                (OrganizationName, "Example"),
+                (OrganizationalUnitName, "Ops"),
+                (CommonName, "client"),
+            ]))
+            .unwrap(),
+            "CN=client,OU=Ops,O=Example,C=DE"
+        );
+        assert_eq!(
+            subject(&make(&[
+                (OrganizationName, "Example"),
+                (CommonName, "mallory,O=Admins"),
+            ]))
+            .unwrap(),
+            "CN=mallory\\,O=Admins,O=Example"
+        );
+        assert_eq!(
+            subject(&make(&[(CommonName, " #a+b;c<d>e\"q\\r\n ")])).unwrap(),
+            "CN=\\ #a\\+b\\;c\\<d\\>e\\\"q\\\\r\\0A\\ "
+        );
+        assert_eq!(
+            subject(&make(&[(CommonName, "Jörg")])).unwrap(),
+            "CN=J\\C3\\B6rg"
+        );
+        assert_eq!(subject(&make(&[(CommonName, "#x#")])).unwrap(), "CN=\\#x#");
+        // A type without an RFC 4514 name: dotted OID and the DER value in hex.
+        let custom = rcgen::DnType::CustomDnType(vec![1, 2, 3, 4]);
+        assert_eq!(
+            subject(&make(&[(custom, "x"), (CommonName, "c")])).unwrap(),
+            "CN=c,1.2.3.4=#0c0178"
+        );
     }
 
     #[test]

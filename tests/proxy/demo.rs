@@ -102,9 +102,14 @@ async fn the_demo_serves_the_routes_its_readme_shows() {
     .await
     .expect("curl task");
     let body = String::from_utf8_lossy(&https.stdout);
-    assert!(body.contains("x-forwarded-proto: https"), "HTTPS through the demo: {body}");
     assert!(
-        printed.iter().any(|l| l.contains(&format!("https://localhost:{tls_port}"))),
+        body.contains("x-forwarded-proto: https"),
+        "HTTPS through the demo: {body}"
+    );
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains(&format!("https://localhost:{tls_port}"))),
         "the HTTPS curl line names the real port"
     );
 

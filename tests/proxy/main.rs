@@ -15,4 +15,5 @@ mod semantics;
 mod shutdown;
 mod streaming;
 mod timeouts;
+mod tls;
 mod websocket;

@@ -698,3 +698,4 @@ impl Drop for BinaryProxy {
         }
     }
 }
+pub mod tls;

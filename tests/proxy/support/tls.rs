@@ -93,9 +93,10 @@ impl TestCa {
         let owned: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(owned).expect("server params");
         params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().copied().unwrap_or("server"));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("server"),
+        );
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
@@ -507,7 +508,7 @@ pub struct TlsSeen {
     pub sni: Option<String>,
     /// Protocol agreed by ALPN.
     pub alpn: Option<Vec<u8>>,
-    /// Subject of the client certificate the proxy presented (x509-parser's rendering).
+    /// The client certificate the proxy presented, if any.
     pub client_cert: Option<CertificateDer<'static>>,
     /// HTTP version of the request.
     pub version: Version,
@@ -570,11 +571,9 @@ impl TlsOrigin {
                     };
                     let (acceptor, seen, failed) = (acceptor.clone(), seen.clone(), failed.clone());
                     tokio::spawn(async move {
-                        let accepted = tokio::time::timeout(
-                            Duration::from_secs(20),
-                            acceptor.accept(tcp),
-                        )
-                        .await;
+                        let accepted =
+                            tokio::time::timeout(Duration::from_secs(20), acceptor.accept(tcp))
+                                .await;
                         let Ok(Ok(stream)) = accepted else {
                             failed.fetch_add(1, Ordering::SeqCst);
                             return;
