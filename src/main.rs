@@ -97,8 +97,9 @@ fn serve(config: Config) -> ExitCode {
     logging::init(&config.log);
     let workers = config.server.workers;
     with_runtime(workers, async move {
-        let server = server::start(&config).await?;
+        // Installed before the listeners open, so a SIGHUP right after start cannot kill us.
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let server = server::start(&config).await?;
         loop {
             tokio::select! {
                 _ = wait_for_signal() => break,

@@ -101,7 +101,8 @@ fn check_listeners(config: &Config, problems: &mut Problems) {
     for listener in &config.listeners {
         match listener.address.get_ref().parse::<SocketAddr>() {
             Ok(addr) => {
-                if addresses.insert(addr, ()).is_some() {
+                // Port 0 asks the kernel for any free port: such listeners never clash.
+                if addr.port() != 0 && addresses.insert(addr, ()).is_some() {
                     problems.at(&listener.address, format!("address {addr} is used by two listeners"));
                 }
             }

@@ -369,8 +369,11 @@ fn build_upstream_request(
     let headers = upstream.headers_mut();
     *headers = parts.headers;
     headers::remove_hop_by_hop(headers);
+    // Only a certificate verified by a listener may speak through these headers.
+    for name in &generation.subject_headers {
+        headers.remove(name);
+    }
     if let Some(name) = &conn.subject_header {
-        // Only a certificate verified by this listener may speak through this header.
         headers.remove(name);
         if let Some(subject) = &conn.client_subject {
             headers.insert(name.clone(), subject.clone());

@@ -95,6 +95,9 @@ pub struct Generation {
     pub forwarded: ForwardedSettings,
     /// Access log settings.
     pub access_log: AccessLogSettings,
+    /// Client-certificate subject headers of the mutual-TLS listeners. Removed from every
+    /// client request on every listener, so no client can forge one through another listener.
+    pub subject_headers: Vec<HeaderName>,
 }
 
 impl Generation {
@@ -133,8 +136,22 @@ impl Generation {
             timeouts: config.timeouts.clone(),
             forwarded: config.forwarded.clone(),
             access_log: config.access_log.clone(),
+            subject_headers: subject_headers(config),
         })
     }
+}
+
+fn subject_headers(config: &Config) -> Vec<HeaderName> {
+    let mut names: Vec<HeaderName> = config
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref())
+        .map(|tls| &tls.get_ref().0)
+        .filter(|tls| tls.client_ca.is_some())
+        .filter_map(|tls| HeaderName::from_bytes(tls.client_subject_header.as_bytes()).ok())
+        .collect();
+    names.dedup();
+    names
 }
 
 fn compile_listener(listener: &ListenerConfig) -> anyhow::Result<ListenerSpec> {

@@ -135,7 +135,8 @@ impl UpstreamPool {
                 idle_timeout,
             ))),
             (UpstreamProtocol::Http1, Some(spec)) => {
-                // hyper-rustls sets ALPN itself and panics if the config already has some.
+                // hyper-rustls decides ALPN itself (none for HTTP/1.1 only) and panics if the
+                // config already lists protocols.
                 let tls_config = crate::tls::upstream::client_config(spec, &[])?;
                 let builder = hyper_rustls::HttpsConnectorBuilder::new()
                     .with_tls_config(tls_config)

@@ -1200,3 +1200,38 @@ fn check_reports_missing_certificate_files_at_the_listener_tls_key() {
         "{line:?}"
     );
 }
+
+#[tokio::test]
+async fn a_subject_header_cannot_be_forged_through_a_plain_listener() {
+    let dir = TempDir::new("tls-subject-forgery");
+    let ca = TestCa::new("Gatehouse Test CA");
+    let entry = cert_entry(&ca.server(&["app.example.test"]).write(&dir, "app"));
+    let ca_file = ca.write(&dir, "ca");
+    let origin = Origin::echo().await;
+    // The mutual-TLS listener first, then a plain one on the same config.
+    let config = format!(
+        "{}\n[[listener]]\naddress = \"127.0.0.1:0\"\n",
+        tls_listener_config(
+            &format!(
+                "{{ certificates = [{entry}], client_ca = {} }}",
+                toml_path(&ca_file)
+            ),
+            &[origin.addr],
+            "",
+        )
+    );
+    let proxy = Proxy::start(&config).await;
+    let plain = proxy.server.as_ref().expect("running").local_addrs()[1].1;
+    let response = client()
+        .get(format!("http://{plain}/forged"))
+        .header("x-client-subject", "CN=admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(origin.last().uri.path(), "/forged");
+    assert!(
+        subjects(&origin, "x-client-subject").is_empty(),
+        "a client-sent subject header never reaches the backend"
+    );
+}
