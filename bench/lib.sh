@@ -1,0 +1,415 @@
+# Shared by bench/run.sh and bench/profile.sh: knobs, process bookkeeping (every process started
+# is recorded by PID and stopped on exit), /proc readings, rendering the configs, starting the
+# origins and the proxies, and generating load. Sourced, not run.
+# shellcheck shell=bash
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(dirname "$BENCH_DIR")
+
+if [[ ${BENCH_QUICK:-0} == 1 ]]; then
+    : "${BENCH_DURATION:=2}" "${BENCH_WARMUP_REQUESTS:=2000}" "${BENCH_ROUNDS:=1}" "${BENCH_IDLE_CONNS:=1000}"
+fi
+DURATION=${BENCH_DURATION:-8}
+WARMUP_REQUESTS=${BENCH_WARMUP_REQUESTS:-20000}
+# Our processes (origins, proxies, load generators) run at this nice level, so that other work on
+# the machine (compilers, tests) gets the left-over CPU instead of distorting the measurement.
+# Needs root; BENCH_NICE=0 turns it off.
+if [[ $EUID -eq 0 ]]; then NICE=${BENCH_NICE:--20}; else NICE=${BENCH_NICE:-0}; fi
+ROUNDS=${BENCH_ROUNDS:-3}
+IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
+IDLE_ROUNDS=${BENCH_IDLE_ROUNDS:-$ROUNDS}
+SCENARIOS=${BENCH_SCENARIOS:-1 2 3 4 7}
+TARGETS=${BENCH_TARGETS:-direct nginx haproxy gatehouse}
+CONNECTIONS=${BENCH_CONNECTIONS:-64}
+H2_CONNECTIONS=16
+H2_STREAMS=4
+PROXY_CPU=${BENCH_PROXY_CPU:-0}
+LOAD_CPU=${BENCH_LOAD_CPU:-1}
+PORT_BASE=${BENCH_PORT_BASE:-18000}
+
+ORIGIN_PORT_1=$((PORT_BASE + 101))
+ORIGIN_PORT_2=$((PORT_BASE + 102))
+ORIGIN_PORT_3=$((PORT_BASE + 103))
+ORIGIN_H2C_PORT=$((PORT_BASE + 104))
+ORIGIN_STATUS_PORT=$((PORT_BASE + 109))
+NGINX_H1_PORT=$((PORT_BASE + 201))
+NGINX_H2_PORT=$((PORT_BASE + 202))
+HAPROXY_H1_PORT=$((PORT_BASE + 301))
+HAPROXY_H2_PORT=$((PORT_BASE + 302))
+GATEHOUSE_PORT=$((PORT_BASE + 401))
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+for number in "$DURATION" "$WARMUP_REQUESTS" "${NICE#-}" "$ROUNDS" "$IDLE_CONNS" "$IDLE_ROUNDS" "$CONNECTIONS" \
+    "$PROXY_CPU" "$LOAD_CPU" "$PORT_BASE"; do
+    [[ $number =~ ^[0-9]+$ ]] || die "knob value '$number' is not a whole number"
+done
+((DURATION >= 1 && ROUNDS >= 1)) || die "BENCH_DURATION and BENCH_ROUNDS must be at least 1"
+read -r -a TARGET_LIST <<<"$TARGETS"
+read -r -a SCENARIO_LIST <<<"$SCENARIOS"
+for target in "${TARGET_LIST[@]}"; do
+    case $target in direct | nginx | haproxy | gatehouse) ;; *) die "unknown target '$target'" ;; esac
+done
+has_target() {
+    local t
+    for t in "${TARGET_LIST[@]}"; do [[ $t == "$1" ]] && return 0; done
+    return 1
+}
+has_scenario() {
+    local s
+    for s in "${SCENARIO_LIST[@]}"; do [[ $s == "$1" ]] && return 0; done
+    return 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Process bookkeeping and cleanup
+
+PIDS=()      # every process started here (and nginx workers); all stopped on exit
+START_WAIT_SECONDS=10
+# Command prefix for the proxies (bench/profile.sh runs them under valgrind).
+TARGET_WRAPPER=()
+RUN_DIR=""
+declare -A MAIN_PID=()
+
+is_alive() {
+    local stat
+    [[ -r /proc/$1/stat ]] || return 1
+    stat=$(<"/proc/$1/stat") 2>/dev/null || return 1
+    stat=${stat##*) }
+    [[ ${stat:0:1} != Z ]]
+}
+
+# stop_pids PID...: SIGTERM, up to 5 s grace, then SIGKILL; reaps those that are our children.
+stop_pids() {
+    local pid i alive=() still=()
+    for pid in "$@"; do
+        if is_alive "$pid"; then
+            kill -TERM "$pid" 2>/dev/null || true
+            alive+=("$pid")
+        fi
+    done
+    for ((i = 0; i < 50 && ${#alive[@]} > 0; i++)); do
+        sleep 0.1
+        still=()
+        for pid in "${alive[@]}"; do
+            if is_alive "$pid"; then still+=("$pid"); fi
+        done
+        alive=("${still[@]}")
+    done
+    for pid in "${alive[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+}
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    if ((${#PIDS[@]})); then
+        log "stopping ${#PIDS[@]} process(es) started by this run"
+        stop_pids "${PIDS[@]}"
+    fi
+    if [[ -n $RUN_DIR && -d $RUN_DIR ]]; then
+        if [[ ${BENCH_KEEP:-0} == 1 ]]; then
+            log "run directory kept: $RUN_DIR"
+        else
+            rm -rf "$RUN_DIR"
+        fi
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# cpu_prefix CPU: sets PREFIX to the command prefix that pins a command to CPU at our nice level.
+# nice and taskset exec the command, so a background job started with it has the command's PID.
+PREFIX=()
+cpu_prefix() {
+    PREFIX=(taskset -c "$1")
+    if [[ $NICE != 0 ]]; then PREFIX=(nice -n "$NICE" "${PREFIX[@]}"); fi
+}
+
+# on_cpu CPU CMD...: runs CMD in the foreground, pinned to CPU, at our nice level.
+on_cpu() {
+    cpu_prefix "$1"
+    shift
+    "${PREFIX[@]}" "$@"
+}
+
+STARTED_PID=""
+# start_bg NAME CPU CMD...: runs CMD pinned to CPU in the background, output to logs/NAME.log.
+# (Never background a shell function here: $! would be a subshell, not the command.)
+start_bg() {
+    local name=$1
+    cpu_prefix "$2"
+    shift 2
+    "${PREFIX[@]}" "$@" >"$RUN_DIR/logs/$name.log" 2>&1 &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+}
+
+# True when something listens on 127.0.0.1:PORT (read from /proc: no connection is opened, so
+# the origins' accept counters stay exact).
+listening() {
+    local hex
+    hex=$(printf '%04X' "$1")
+    grep -Eq "^ *[0-9]+: 0100007F:$hex [0-9A-F]{8}:[0-9A-F]{4} 0A " /proc/net/tcp
+}
+
+wait_listening() {
+    local name=$1 pid=$2 port i
+    shift 2
+    for port in "$@"; do
+        for ((i = 0; i < START_WAIT_SECONDS * 10; i++)); do
+            is_alive "$pid" || {
+                tail -n 20 "$RUN_DIR/logs/$name.log" >&2 || true
+                die "$name exited during start-up (log above)"
+            }
+            listening "$port" && break
+            sleep 0.1
+        done
+        listening "$port" || die "$name is not listening on 127.0.0.1:$port after $START_WAIT_SECONDS s"
+    done
+}
+
+children_of() { pgrep -P "$1" || true; }
+
+# target_pids TARGET: the proxy's processes (nginx: master and workers); nothing for direct.
+target_pids() {
+    [[ $1 == direct ]] && return 0
+    local pid=${MAIN_PID[$1]}
+    echo "$pid"
+    children_of "$pid"
+}
+
+# ---------------------------------------------------------------------------------------------
+# /proc readings
+
+# Sum of utime+stime (clock ticks) over PIDs.
+cpu_ticks() {
+    local pid stat total=0 fields
+    for pid in "$@"; do
+        stat=$(<"/proc/$pid/stat")
+        read -r -a fields <<<"${stat##*) }"
+        total=$((total + fields[11] + fields[12]))
+    done
+    echo "$total"
+}
+
+# status_kib FIELD PID...: sum of a /proc/PID/status field in KiB (VmRSS, VmHWM).
+status_kib() {
+    local field=$1 pid total=0 value
+    shift
+    for pid in "$@"; do
+        value=$(awk -v f="$field:" '$1 == f { print $2 }' "/proc/$pid/status")
+        total=$((total + ${value:-0}))
+    done
+    echo "$total"
+}
+
+# Resets VmHWM to the current RSS, so the peak is the peak of the next measurement.
+reset_hwm() {
+    local pid
+    for pid in "$@"; do echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true; done
+}
+
+# "busy total" clock ticks of the proxy CPU, from /proc/stat.
+proxy_cpu_ticks() {
+    awk -v c="cpu$PROXY_CPU" '$1 == c { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6 }' /proc/stat
+}
+
+# "accepts requests" of the origin nginx (stub_status; the probe itself is one accept).
+origin_counters() {
+    local reply
+    reply=$(curl -sS --max-time 5 "http://127.0.0.1:$ORIGIN_STATUS_PORT/status") ||
+        die "cannot read the origin's stub_status"
+    awk '/^ *[0-9]+ +[0-9]+ +[0-9]+ *$/ { print $1, $3 }' <<<"$reply"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Tools, build, configs
+
+ensure_tools() {
+    local missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v h2load >/dev/null || missing+=(nghttp2-client)
+    [[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null || missing+=(nginx)
+    [[ -x /usr/sbin/haproxy ]] || command -v haproxy >/dev/null || missing+=(haproxy)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v taskset >/dev/null || missing+=(util-linux)
+    command -v pgrep >/dev/null || missing+=(procps)
+    command -v python3 >/dev/null || missing+=(python3)
+    if ((${#missing[@]})); then
+        [[ $EUID -eq 0 ]] || die "missing packages: ${missing[*]} (run as root, or install them)"
+        log "installing from Debian: ${missing[*]}"
+        # Installing nginx/haproxy may start their system services on a systemd host; this
+        # harness never uses, stops or reconfigures those.
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2
+    fi
+    NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
+    HAPROXY_BIN=$(command -v haproxy || echo /usr/sbin/haproxy)
+}
+
+build_gatehouse() {
+    if [[ -n ${GATEHOUSE_BIN:-} ]]; then
+        [[ -x $GATEHOUSE_BIN ]] || die "GATEHOUSE_BIN=$GATEHOUSE_BIN is not executable"
+        return
+    fi
+    command -v cargo >/dev/null || die "cargo not found (or set GATEHOUSE_BIN)"
+    log "building Gatehouse (cargo build --release; a no-op when up to date)"
+    (cd "$REPO_DIR" && cargo build --release --bin gatehouse >&2)
+    GATEHOUSE_BIN=$REPO_DIR/target/release/gatehouse
+}
+
+render() {
+    sed -e "s|@RUN@|$RUN_DIR|g" \
+        -e "s|@NOFILE@|$NOFILE|g" \
+        -e "s|@HAPROXY_MAXCONN@|$((IDLE_CONNS + 500))|g" \
+        -e "s|@ORIGIN_PORT_1@|$ORIGIN_PORT_1|g" \
+        -e "s|@ORIGIN_PORT_2@|$ORIGIN_PORT_2|g" \
+        -e "s|@ORIGIN_PORT_3@|$ORIGIN_PORT_3|g" \
+        -e "s|@ORIGIN_H2C_PORT@|$ORIGIN_H2C_PORT|g" \
+        -e "s|@ORIGIN_STATUS_PORT@|$ORIGIN_STATUS_PORT|g" \
+        -e "s|@NGINX_H1_PORT@|$NGINX_H1_PORT|g" \
+        -e "s|@NGINX_H2_PORT@|$NGINX_H2_PORT|g" \
+        -e "s|@HAPROXY_H1_PORT@|$HAPROXY_H1_PORT|g" \
+        -e "s|@HAPROXY_H2_PORT@|$HAPROXY_H2_PORT|g" \
+        -e "s|@GATEHOUSE_PORT@|$GATEHOUSE_PORT|g" \
+        "$BENCH_DIR/configs/$1" >"$RUN_DIR/$1"
+}
+
+prepare_run_dir() {
+    RUN_DIR=$(mktemp -d /tmp/gatehouse-bench.XXXXXX)
+    # nginx workers may run as an unprivileged user: they must read the bodies and temp paths.
+    chmod 755 "$RUN_DIR"
+    mkdir -p "$RUN_DIR/logs" "$RUN_DIR/tmp" "$RUN_DIR/www"
+    head -c 1024 /dev/zero | tr '\0' 'a' >"$RUN_DIR/www/1k"
+    head -c 102400 /dev/zero | tr '\0' 'b' >"$RUN_DIR/www/100k"
+    chmod -R a+rX "$RUN_DIR"
+    local config
+    for config in origin-nginx.conf nginx-proxy.conf haproxy.cfg gatehouse.toml; do
+        render "$config"
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# Starting and stopping the servers
+
+start_origin() {
+    start_bg origin "$LOAD_CPU" "$NGINX_BIN" -p "$RUN_DIR/" -c "$RUN_DIR/origin-nginx.conf" \
+        -e "$RUN_DIR/logs/origin-error.log"
+    MAIN_PID[origin]=$STARTED_PID
+    wait_listening origin "$STARTED_PID" "$ORIGIN_PORT_1" "$ORIGIN_PORT_2" "$ORIGIN_PORT_3" \
+        "$ORIGIN_H2C_PORT" "$ORIGIN_STATUS_PORT"
+    local worker
+    for worker in $(children_of "$STARTED_PID"); do PIDS+=("$worker"); done
+}
+
+start_target() {
+    local target=$1 worker
+    case $target in
+    direct) return 0 ;;
+    nginx)
+        start_bg nginx "$PROXY_CPU" "${TARGET_WRAPPER[@]}" "$NGINX_BIN" -p "$RUN_DIR/" -c "$RUN_DIR/nginx-proxy.conf" \
+            -e "$RUN_DIR/logs/nginx-proxy-error.log"
+        wait_listening nginx "$STARTED_PID" "$NGINX_H1_PORT" "$NGINX_H2_PORT"
+        ;;
+    haproxy)
+        start_bg haproxy "$PROXY_CPU" "${TARGET_WRAPPER[@]}" "$HAPROXY_BIN" -db -f "$RUN_DIR/haproxy.cfg"
+        wait_listening haproxy "$STARTED_PID" "$HAPROXY_H1_PORT" "$HAPROXY_H2_PORT"
+        ;;
+    gatehouse)
+        start_bg gatehouse "$PROXY_CPU" "${TARGET_WRAPPER[@]}" "$GATEHOUSE_BIN" run -c "$RUN_DIR/gatehouse.toml"
+        wait_listening gatehouse "$STARTED_PID" "$GATEHOUSE_PORT"
+        ;;
+    esac
+    MAIN_PID[$target]=$STARTED_PID
+    for worker in $(children_of "$STARTED_PID"); do PIDS+=("$worker"); done
+}
+
+stop_target() {
+    local target=$1 pids
+    [[ $target == direct ]] && return 0
+    mapfile -t pids < <(target_pids "$target")
+    stop_pids "${pids[@]}"
+}
+
+# target_port TARGET SCENARIO
+target_port() {
+    local h2=0
+    [[ $2 == 4 ]] && h2=1
+    case $1 in
+    direct) ((h2)) && echo "$ORIGIN_H2C_PORT" || echo "$ORIGIN_PORT_1" ;;
+    nginx) ((h2)) && echo "$NGINX_H2_PORT" || echo "$NGINX_H1_PORT" ;;
+    haproxy) ((h2)) && echo "$HAPROXY_H2_PORT" || echo "$HAPROXY_H1_PORT" ;;
+    gatehouse) echo "$GATEHOUSE_PORT" ;;
+    esac
+}
+
+# Every target answers 200 with the exact body over HTTP/1.1 and h2c before anything is measured.
+sanity_check() {
+    local target port h2port got
+    for target in "${TARGET_LIST[@]}"; do
+        port=$(target_port "$target" 1)
+        got=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code} %{size_download}' \
+            "http://127.0.0.1:$port/1k") || die "$target: request failed"
+        [[ $got == "200 1024" ]] || die "$target: /1k answered '$got', expected '200 1024'"
+        got=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code} %{size_download}' \
+            "http://127.0.0.1:$port/100k") || die "$target: request failed"
+        [[ $got == "200 102400" ]] || die "$target: /100k answered '$got', expected '200 102400'"
+        h2port=$(target_port "$target" 4)
+        got=$(h2load -n 1 -c 1 "http://127.0.0.1:$h2port/1k" 2>&1) || die "$target: h2load failed"
+        grep -q '1 succeeded' <<<"$got" || die "$target: h2c request failed: $got"
+    done
+    log "sanity check passed: every target serves /1k and /100k over HTTP/1.1 and /1k over h2c"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Load generation and measurement
+
+# run_load SCENARIO URL SECONDS: prints one JSON object (requests, duration, latencies, errors).
+run_load() {
+    local scenario=$1 url=$2 seconds=$3 out="$RUN_DIR/logs/load.out"
+    case $scenario in
+    1 | 2)
+        on_cpu "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${seconds}s" --timeout 10s \
+            -s "$BENCH_DIR/tools/wrk_json.lua" "$url" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
+        ;;
+    3)
+        on_cpu "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${seconds}s" --timeout 10s \
+            -H "Connection: close" -s "$BENCH_DIR/tools/wrk_json.lua" "$url" >"$out" 2>&1 ||
+            die "wrk failed: $(cat "$out")"
+        ;;
+    4)
+        rm -f "$RUN_DIR/h2load-requests.log"
+        on_cpu "$LOAD_CPU" h2load -t1 -c"$H2_CONNECTIONS" -m"$H2_STREAMS" -D "$seconds" \
+            --log-file="$RUN_DIR/h2load-requests.log" "$url" >"$out" 2>&1 || die "h2load failed: $(cat "$out")"
+        python3 "$BENCH_DIR/tools/parse_h2load.py" "$out" "$RUN_DIR/h2load-requests.log"
+        rm -f "$RUN_DIR/h2load-requests.log"
+        return
+        ;;
+    esac
+    grep '^WRK_JSON ' "$out" | cut -c10- || die "wrk printed no result: $(cat "$out")"
+}
+
+# run_warmup SCENARIO URL: a fixed number of requests that all complete before the client closes
+# (h2load -n), so no upstream connection is cut mid-response at the end of the warm-up and the
+# measured run starts with the proxies' upstream pools full: what it counts as "upstream
+# connections opened" is then the proxy's own doing. (wrk stops with requests in flight.)
+run_warmup() {
+    local scenario=$1 url=$2 requests=$WARMUP_REQUESTS out="$RUN_DIR/logs/warmup.out" args=()
+    ((requests > 0)) || return 0
+    if [[ $scenario == 2 ]]; then requests=$((requests / 4)); fi
+    if [[ $scenario == 4 ]]; then
+        args=(-c"$H2_CONNECTIONS" -m"$H2_STREAMS")
+    else
+        args=(--h1 -c"$CONNECTIONS")
+    fi
+    ((requests >= 64)) || requests=64
+    on_cpu "$LOAD_CPU" timeout 120 h2load -t1 -n "$requests" "${args[@]}" "$url" >"$out" 2>&1 ||
+        die "warm-up failed: $(tail -n 5 "$out")"
+}
+
+scenario_path() { if [[ $1 == 2 ]]; then echo /100k; else echo /1k; fi; }
