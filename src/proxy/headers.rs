@@ -40,42 +40,64 @@ pub fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
 /// `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `Transfer-Encoding`,
 /// `Upgrade`, and `TE` except its `trailers` token (RFC 9110 §7.6.1, §10.1.4).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-        headers.remove(header::CONNECTION);
-    }
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            t.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    for name in [
+    // One pass over the names first: most messages carry none of these or only `Connection`,
+    // and a removal costs a hash lookup each (this runs twice per request).
+    const FIXED: [&HeaderName; 6] = [
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
         &header::PROXY_AUTHENTICATE,
         &header::PROXY_AUTHORIZATION,
         &header::TRANSFER_ENCODING,
         &header::UPGRADE,
-        &header::TE,
-    ] {
-        headers.remove(name);
+    ];
+    let mut connection = false;
+    let mut te = false;
+    let mut fixed = false;
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if name == header::TE {
+            te = true;
+        } else if FIXED.contains(&name) {
+            fixed = true;
+        }
     }
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    if connection {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            // `close` names no header and `keep-alive` is removed below anyway.
+            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    if fixed {
+        for name in FIXED {
+            headers.remove(name);
+        }
+    }
+    if te {
+        let trailers = headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| {
+                t.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+        headers.remove(header::TE);
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
     }
 }
 
@@ -84,6 +106,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 pub struct ClientFacts<'a> {
     /// The address of the client's end of the TCP connection.
     pub ip: IpAddr,
+    /// The same address as text, formatted once per connection.
+    pub ip_text: &'a HeaderValue,
     /// `"http"` or `"https"`.
     pub proto: &'static str,
     /// The host the client asked for, if any.
@@ -97,13 +121,17 @@ pub fn add_forwarding(
     client: ClientFacts<'_>,
 ) {
     if settings.x_forwarded_for {
-        let ip = client.ip.to_string();
-        let combined = match joined(headers, &X_FORWARDED_FOR) {
-            Some(prior) => format!("{prior}, {ip}"),
-            None => ip,
-        };
-        if let Ok(value) = HeaderValue::try_from(combined) {
-            headers.insert(X_FORWARDED_FOR.clone(), value);
+        match joined(headers, &X_FORWARDED_FOR) {
+            Some(prior) => {
+                let ip = client.ip_text.to_str().unwrap_or("");
+                if let Ok(value) = HeaderValue::try_from(format!("{prior}, {ip}")) {
+                    headers.insert(X_FORWARDED_FOR.clone(), value);
+                }
+            }
+            // The common case costs no formatting and no allocation.
+            None => {
+                headers.insert(X_FORWARDED_FOR.clone(), client.ip_text.clone());
+            }
         }
     }
     if settings.x_forwarded_proto {
@@ -293,8 +321,12 @@ mod tests {
     }
 
     fn client<'a>(ip: &str, host: Option<&'a HeaderValue>) -> ClientFacts<'a> {
+        let ip: IpAddr = ip.parse().unwrap();
+        let text: &'static HeaderValue =
+            Box::leak(Box::new(HeaderValue::from_str(&ip.to_string()).unwrap()));
         ClientFacts {
-            ip: ip.parse().unwrap(),
+            ip_text: text,
+            ip,
             proto: "http",
             host,
         }

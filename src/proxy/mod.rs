@@ -49,6 +49,8 @@ impl ProxyState {
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client's IP as a header value (for `X-Forwarded-For`), formatted once.
+    pub peer_ip: http::HeaderValue,
     /// `"http"` (and `"https"` once TLS lands).
     pub proto: &'static str,
     /// In-flight tracking for the connection's timeouts.

@@ -387,6 +387,7 @@ fn build_upstream_request(
         &generation.forwarded,
         ClientFacts {
             ip: conn.peer.ip(),
+            ip_text: &conn.peer_ip,
             proto: conn.proto,
             host: client_host.as_ref(),
         },
@@ -418,6 +419,31 @@ fn build_upstream_request(
         headers.insert(header::UPGRADE, protocol.clone());
     }
     Ok(upstream)
+}
+
+/// Sends a request whose body is still to stream. The backend has the header timeout to answer
+/// once the body is all sent; while it streams, the clock restarts each time a piece of it
+/// moves, so a long upload is not cut off but a stalled one is.
+async fn forward_streaming(
+    route: &Route,
+    backend: &Backend,
+    mut request: Request<RequestBody>,
+) -> Option<Result<Response<Incoming>, UpstreamError>> {
+    let mut body_progress = request.body_mut().progress();
+    let timeout = route.upstream_header_timeout;
+    let sent = route.pool.send(backend, request);
+    tokio::pin!(sent);
+    loop {
+        tokio::select! {
+            result = &mut sent => break Some(result),
+            moved = body_progress.changed() => {
+                if moved.is_err() {
+                    break tokio::time::timeout(timeout, &mut sent).await.ok();
+                }
+            }
+            () = tokio::time::sleep(timeout) => break None,
+        }
+    }
 }
 
 /// Applies `strip_prefix` then `add_prefix` to the path; the query is kept as is.
@@ -457,26 +483,17 @@ fn rewrite_path(route: &Route, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
 async fn forward(
     route: &Route,
     backend: &Backend,
-    mut request: Request<RequestBody>,
+    request: Request<RequestBody>,
     limit_flag: Option<&AtomicBool>,
 ) -> Result<Response<Incoming>, ProxyError> {
-    let mut body_progress = request.body_mut().progress();
-    let sent = route.pool.send(backend, request);
-    tokio::pin!(sent);
     let timeout = route.upstream_header_timeout;
-    // The backend has `timeout` to answer once the request body is all sent; while the body is
-    // still streaming, the clock restarts each time a piece of it moves, so a long upload is not
-    // cut off but a stalled one is.
-    let outcome = loop {
-        tokio::select! {
-            result = &mut sent => break Some(result),
-            moved = body_progress.changed() => {
-                if moved.is_err() {
-                    break tokio::time::timeout(timeout, &mut sent).await.ok();
-                }
-            }
-            () = tokio::time::sleep(timeout) => break None,
-        }
+    let outcome = if http_body::Body::is_end_stream(request.body()) {
+        // No body (most GETs): one timer, armed once.
+        tokio::time::timeout(timeout, route.pool.send(backend, request))
+            .await
+            .ok()
+    } else {
+        forward_streaming(route, backend, request).await
     };
     match outcome {
         None => Err(ProxyError::UpstreamTimeout),

@@ -300,6 +300,9 @@ where
     let activity = Arc::new(ConnActivity::new());
     let info = Arc::new(ConnInfo {
         peer,
+        // An IP address is always a valid header value.
+        peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
         proto: secured.proto,
         activity: activity.clone(),
         drain,
