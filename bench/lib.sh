@@ -17,7 +17,7 @@ if [[ $EUID -eq 0 ]]; then NICE=${BENCH_NICE:--20}; else NICE=${BENCH_NICE:-0}; 
 ROUNDS=${BENCH_ROUNDS:-3}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
 IDLE_ROUNDS=${BENCH_IDLE_ROUNDS:-$ROUNDS}
-SCENARIOS=${BENCH_SCENARIOS:-1 2 3 4 7}
+SCENARIOS=${BENCH_SCENARIOS:-1 2 3 4 5 7}
 TARGETS=${BENCH_TARGETS:-direct nginx haproxy gatehouse}
 CONNECTIONS=${BENCH_CONNECTIONS:-64}
 H2_CONNECTIONS=16
@@ -36,6 +36,10 @@ NGINX_H2_PORT=$((PORT_BASE + 202))
 HAPROXY_H1_PORT=$((PORT_BASE + 301))
 HAPROXY_H2_PORT=$((PORT_BASE + 302))
 GATEHOUSE_PORT=$((PORT_BASE + 401))
+# Scenario 5: HTTPS listeners, all with the same certificate (generated per run).
+NGINX_TLS_PORT=$((PORT_BASE + 203))
+HAPROXY_TLS_PORT=$((PORT_BASE + 303))
+GATEHOUSE_TLS_PORT=$((PORT_BASE + 402))
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -50,6 +54,18 @@ done
 ((DURATION >= 1 && ROUNDS >= 1)) || die "BENCH_DURATION and BENCH_ROUNDS must be at least 1"
 read -r -a TARGET_LIST <<<"$TARGETS"
 read -r -a SCENARIO_LIST <<<"$SCENARIOS"
+# Scenario 5 has two parts, 5a (HTTPS keep-alive) and 5b (a new TLS connection per request);
+# "5" means both.
+expanded=()
+for scenario in "${SCENARIO_LIST[@]}"; do
+    case $scenario in
+    5) expanded+=(5a 5b) ;;
+    1 | 2 | 3 | 4 | 5a | 5b | 6 | 7) expanded+=("$scenario") ;;
+    *) die "unknown scenario '$scenario' (1 2 3 4 5 5a 5b 6 7)" ;;
+    esac
+done
+SCENARIO_LIST=("${expanded[@]}")
+unset expanded scenario
 for target in "${TARGET_LIST[@]}"; do
     case $target in direct | nginx | haproxy | gatehouse) ;; *) die "unknown target '$target'" ;; esac
 done
@@ -73,6 +89,7 @@ START_WAIT_SECONDS=10
 TARGET_WRAPPER=()
 RUN_DIR=""
 declare -A MAIN_PID=()
+declare -A TLS_DETAILS=() # scenario 5: "cipher, key exchange" each proxy negotiated with OpenSSL
 
 is_alive() {
     local stat
@@ -240,6 +257,7 @@ ensure_tools() {
     command -v taskset >/dev/null || missing+=(util-linux)
     command -v pgrep >/dev/null || missing+=(procps)
     command -v python3 >/dev/null || missing+=(python3)
+    command -v openssl >/dev/null || missing+=(openssl)
     if ((${#missing[@]})); then
         [[ $EUID -eq 0 ]] || die "missing packages: ${missing[*]} (run as root, or install them)"
         log "installing from Debian: ${missing[*]}"
@@ -277,6 +295,9 @@ render() {
         -e "s|@HAPROXY_H1_PORT@|$HAPROXY_H1_PORT|g" \
         -e "s|@HAPROXY_H2_PORT@|$HAPROXY_H2_PORT|g" \
         -e "s|@GATEHOUSE_PORT@|$GATEHOUSE_PORT|g" \
+        -e "s|@NGINX_TLS_PORT@|$NGINX_TLS_PORT|g" \
+        -e "s|@HAPROXY_TLS_PORT@|$HAPROXY_TLS_PORT|g" \
+        -e "s|@GATEHOUSE_TLS_PORT@|$GATEHOUSE_TLS_PORT|g" \
         "$BENCH_DIR/configs/$1" >"$RUN_DIR/$1"
 }
 
@@ -288,6 +309,16 @@ prepare_run_dir() {
     head -c 1024 /dev/zero | tr '\0' 'a' >"$RUN_DIR/www/1k"
     head -c 102400 /dev/zero | tr '\0' 'b' >"$RUN_DIR/www/100k"
     chmod -R a+rX "$RUN_DIR"
+    # Scenario 5: one self-signed ECDSA P-256 certificate for 127.0.0.1/localhost, used by every
+    # proxy (HAProxy wants certificate and key in one PEM file).
+    mkdir -p "$RUN_DIR/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+        -keyout "$RUN_DIR/tls/key.pem" -out "$RUN_DIR/tls/cert.pem" >"$RUN_DIR/logs/openssl.log" 2>&1 ||
+        die "openssl could not generate the certificate: $(cat "$RUN_DIR/logs/openssl.log")"
+    cat "$RUN_DIR/tls/cert.pem" "$RUN_DIR/tls/key.pem" >"$RUN_DIR/tls/haproxy.pem"
+    chmod 700 "$RUN_DIR/tls"
+    chmod 600 "$RUN_DIR/tls/key.pem" "$RUN_DIR/tls/haproxy.pem"
     local config
     for config in origin-nginx.conf nginx-proxy.conf haproxy.cfg gatehouse.toml; do
         render "$config"
@@ -314,15 +345,15 @@ start_target() {
     nginx)
         start_bg nginx "$PROXY_CPU" "${TARGET_WRAPPER[@]}" "$NGINX_BIN" -p "$RUN_DIR/" -c "$RUN_DIR/nginx-proxy.conf" \
             -e "$RUN_DIR/logs/nginx-proxy-error.log"
-        wait_listening nginx "$STARTED_PID" "$NGINX_H1_PORT" "$NGINX_H2_PORT"
+        wait_listening nginx "$STARTED_PID" "$NGINX_H1_PORT" "$NGINX_H2_PORT" "$NGINX_TLS_PORT"
         ;;
     haproxy)
         start_bg haproxy "$PROXY_CPU" "${TARGET_WRAPPER[@]}" "$HAPROXY_BIN" -db -f "$RUN_DIR/haproxy.cfg"
-        wait_listening haproxy "$STARTED_PID" "$HAPROXY_H1_PORT" "$HAPROXY_H2_PORT"
+        wait_listening haproxy "$STARTED_PID" "$HAPROXY_H1_PORT" "$HAPROXY_H2_PORT" "$HAPROXY_TLS_PORT"
         ;;
     gatehouse)
         start_bg gatehouse "$PROXY_CPU" "${TARGET_WRAPPER[@]}" "$GATEHOUSE_BIN" run -c "$RUN_DIR/gatehouse.toml"
-        wait_listening gatehouse "$STARTED_PID" "$GATEHOUSE_PORT"
+        wait_listening gatehouse "$STARTED_PID" "$GATEHOUSE_PORT" "$GATEHOUSE_TLS_PORT"
         ;;
     esac
     MAIN_PID[$target]=$STARTED_PID
@@ -336,10 +367,18 @@ stop_target() {
     stop_pids "${pids[@]}"
 }
 
-# target_port TARGET SCENARIO
+# target_port TARGET SCENARIO: prints nothing for direct in scenario 5 (the origins have no TLS).
 target_port() {
     local h2=0
     [[ $2 == 4 ]] && h2=1
+    if [[ $2 == 5* ]]; then
+        case $1 in
+        nginx) echo "$NGINX_TLS_PORT" ;;
+        haproxy) echo "$HAPROXY_TLS_PORT" ;;
+        gatehouse) echo "$GATEHOUSE_TLS_PORT" ;;
+        esac
+        return 0
+    fi
     case $1 in
     direct) ((h2)) && echo "$ORIGIN_H2C_PORT" || echo "$ORIGIN_PORT_1" ;;
     nginx) ((h2)) && echo "$NGINX_H2_PORT" || echo "$NGINX_H1_PORT" ;;
@@ -364,6 +403,40 @@ sanity_check() {
         grep -q '1 succeeded' <<<"$got" || die "$target: h2c request failed: $got"
     done
     log "sanity check passed: every target serves /1k and /100k over HTTP/1.1 and /1k over h2c"
+    if has_scenario 5a || has_scenario 5b; then sanity_check_tls; fi
+}
+
+# Scenario 5: every proxy serves /1k over HTTPS with the run's certificate (verified, as
+# 127.0.0.1 and as localhost), negotiates TLS 1.3, and resumes a session from its ticket.
+sanity_check_tls() {
+    local target port got sess="$RUN_DIR/tls/session.pem" out="$RUN_DIR/logs/s_client.log"
+    for target in "${TARGET_LIST[@]}"; do
+        [[ $target == direct ]] && continue
+        port=$(target_port "$target" 5a)
+        got=$(curl -sS --max-time 5 --cacert "$RUN_DIR/tls/cert.pem" --http1.1 -o /dev/null \
+            -w '%{http_code} %{size_download}' "https://127.0.0.1:$port/1k") ||
+            die "$target: HTTPS request failed"
+        [[ $got == "200 1024" ]] || die "$target: https /1k answered '$got', expected '200 1024'"
+        curl -sS --max-time 5 --cacert "$RUN_DIR/tls/cert.pem" --resolve "localhost:$port:127.0.0.1" \
+            -o /dev/null "https://localhost:$port/1k" || die "$target: HTTPS to localhost failed"
+        # A first connection that saves the session (ticket), a second that offers it.
+        rm -f "$sess"
+        openssl s_client -connect "127.0.0.1:$port" -servername localhost -CAfile "$RUN_DIR/tls/cert.pem" \
+            -sess_out "$sess" -ign_eof >"$out" 2>&1 <<<$'GET /1k HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' ||
+            die "$target: openssl s_client failed: $(tail -n 5 "$out")"
+        grep -q 'Protocol *: TLSv1.3' "$out" || die "$target: TLS 1.3 not negotiated: $(grep -i protocol "$out")"
+        grep -q 'Verify return code: 0 (ok)' "$out" || die "$target: certificate not verified: $(grep -i verify "$out")"
+        # shellcheck disable=SC2034 # read by run.sh (meta.tsv)
+        TLS_DETAILS[$target]="$(awk '/^New, TLSv1.3, Cipher is/ { print $NF; exit }' "$out")$(
+            awk -F': ' '/^Server Temp Key/ { print ", " $2; exit }' "$out")"
+        [[ -s $sess ]] || die "$target: no TLS session ticket received"
+        openssl s_client -connect "127.0.0.1:$port" -servername localhost -CAfile "$RUN_DIR/tls/cert.pem" \
+            -sess_in "$sess" -ign_eof >"$out" 2>&1 <<<$'GET /1k HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' ||
+            die "$target: openssl s_client (resumption) failed: $(tail -n 5 "$out")"
+        grep -q '^Reused, TLSv1.3' "$out" || die "$target: the session ticket was not accepted (no resumption)"
+    done
+    rm -f "$sess"
+    log "TLS sanity check passed: every proxy serves /1k over HTTPS with TLS 1.3 and resumes sessions"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -373,11 +446,11 @@ sanity_check() {
 run_load() {
     local scenario=$1 url=$2 seconds=$3 out="$RUN_DIR/logs/load.out"
     case $scenario in
-    1 | 2)
+    1 | 2 | 5a)
         on_cpu "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${seconds}s" --timeout 10s \
             -s "$BENCH_DIR/tools/wrk_json.lua" "$url" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
         ;;
-    3)
+    3 | 5b)
         on_cpu "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${seconds}s" --timeout 10s \
             -H "Connection: close" -s "$BENCH_DIR/tools/wrk_json.lua" "$url" >"$out" 2>&1 ||
             die "wrk failed: $(cat "$out")"

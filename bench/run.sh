@@ -16,13 +16,14 @@
 #   BENCH_ROUNDS=3           rounds; each round runs every target once in every scenario
 #   BENCH_IDLE_CONNS=10000   connections held open in scenario 7 (capped by the open-file limit)
 #   BENCH_IDLE_ROUNDS=       rounds of scenario 7 (default: BENCH_ROUNDS)
-#   BENCH_SCENARIOS="1 2 3 4 7"
+#   BENCH_SCENARIOS="1 2 3 4 5 7"  (5 = 5a and 5b, HTTPS; they can be chosen alone too)
 #   BENCH_TARGETS="direct nginx haproxy gatehouse"
-#   BENCH_CONNECTIONS=64     client connections in scenarios 1-3
+#   BENCH_CONNECTIONS=64     client connections in scenarios 1-3 and 5
 #   BENCH_PROXY_CPU=0        CPU the proxy under test is pinned to
 #   BENCH_LOAD_CPU=1         CPU the origins and the load generator are pinned to
 #   BENCH_PORT_BASE=18000    ports used: BASE+101..109 origins, +201/+202 nginx, +301/+302
-#                            HAProxy, +401 Gatehouse (all on 127.0.0.1)
+#                            HAProxy, +401 Gatehouse; HTTPS (scenario 5): +203 nginx, +303
+#                            HAProxy, +402 Gatehouse (all on 127.0.0.1)
 #   GATEHOUSE_BIN=PATH       benchmark this binary instead of building target/release/gatehouse
 #   BENCH_KEEP=1             keep the temp run directory (rendered configs, logs, raw data)
 #
@@ -36,8 +37,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 measure_http() {
     local scenario=$1 target=$2 round=$3 url pids=() json
     local accepts0 requests0 accepts1 requests1 cpu_before cpu_after busy0 total0 busy1 total1
-    local hwm=0 cpu_delta=0
-    url="http://127.0.0.1:$(target_port "$target" "$scenario")$(scenario_path "$scenario")"
+    local hwm=0 cpu_delta=0 scheme=http id=$scenario
+    if [[ $scenario == 5* ]]; then
+        scheme=https
+        id="\"$scenario\""
+    fi
+    url="$scheme://127.0.0.1:$(target_port "$target" "$scenario")$(scenario_path "$scenario")"
     mapfile -t pids < <(target_pids "$target")
     run_warmup "$scenario" "$url"
 
@@ -56,7 +61,7 @@ measure_http() {
     fi
     read -r accepts1 requests1 < <(origin_counters)
 
-    json="${json%\}},\"scenario\":$scenario,\"target\":\"$target\",\"round\":$round"
+    json="${json%\}},\"scenario\":$id,\"target\":\"$target\",\"round\":$round"
     json+=",\"proxy_cpu_ticks\":$cpu_delta,\"clk_tck\":$CLK_TCK,\"proxy_hwm_kib\":$hwm"
     json+=",\"upstream_opened\":$((accepts1 - accepts0 - 1))"
     json+=",\"origin_requests\":$((requests1 - requests0 - 1))"
@@ -115,16 +120,12 @@ measure_idle() {
         "$failed failed, $still still open at the end)"
 }
 
-# Scenario 5 (HTTPS: TLS termination, resumed and full handshakes) -- PLACEHOLDER until Gatehouse
-# terminates TLS. Scenario 6 (cache hits) -- PLACEHOLDER until the cache lands. Both get their
-# rows in the report as "not measured yet"; add a case to run_load and target_port when they land.
+# Scenario 6 (cache hits) -- PLACEHOLDER until the cache lands: its section in the report says
+# "not measured yet"; add a case to run_load and target_port when it lands.
 placeholder_scenarios() {
-    local scenario
-    for scenario in 5 6; do
-        if has_scenario "$scenario"; then
-            log "scenario $scenario is a placeholder (HTTPS needs TLS, 6 needs the cache): skipped"
-        fi
-    done
+    if has_scenario 6; then
+        log "scenario 6 is a placeholder (it needs the cache): skipped"
+    fi
 }
 
 write_meta() {
@@ -158,7 +159,8 @@ main() {
     local port
     for port in "$ORIGIN_PORT_1" "$ORIGIN_PORT_2" "$ORIGIN_PORT_3" "$ORIGIN_H2C_PORT" \
         "$ORIGIN_STATUS_PORT" "$NGINX_H1_PORT" "$NGINX_H2_PORT" "$HAPROXY_H1_PORT" \
-        "$HAPROXY_H2_PORT" "$GATEHOUSE_PORT"; do
+        "$HAPROXY_H2_PORT" "$GATEHOUSE_PORT" "$NGINX_TLS_PORT" "$HAPROXY_TLS_PORT" \
+        "$GATEHOUSE_TLS_PORT"; do
         if listening "$port"; then die "port $port is in use (set BENCH_PORT_BASE)"; fi
     done
 
@@ -167,6 +169,7 @@ main() {
     for scenario in "${SCENARIO_LIST[@]}"; do
         case $scenario in
         1 | 2 | 3 | 4) http_runs=$((http_runs + ROUNDS * ${#TARGET_LIST[@]})) ;;
+        5a | 5b) http_runs=$((http_runs + ROUNDS * (${#TARGET_LIST[@]} - $(has_target direct && echo 1 || echo 0)))) ;;
         7) idle_runs=$((IDLE_ROUNDS * (${#TARGET_LIST[@]} - $(has_target direct && echo 1 || echo 0)))) ;;
         esac
     done
@@ -187,6 +190,7 @@ main() {
     write_meta nginx "$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')"
     write_meta haproxy "$("$HAPROXY_BIN" -v 2>&1 | head -n 1 | awk '{print $3}')"
     write_meta wrk "$(wrk -v 2>&1 | head -n 1 | awk '{print $2}')"
+    write_meta openssl "$(openssl version 2>&1 | awk '{print $2}')"
     write_meta h2load "$(h2load --version 2>&1 | head -n 1 | awk '{print $NF}')"
     write_meta kernel "$(uname -r)"
     write_meta cpu "$(nproc) x $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
@@ -197,13 +201,16 @@ main() {
     start_origin
     for target in "${TARGET_LIST[@]}"; do start_target "$target"; done
     sanity_check
+    for target in "${!TLS_DETAILS[@]}"; do write_meta "tls_$target" "${TLS_DETAILS[$target]}"; done
     placeholder_scenarios
 
     for ((round = 1; round <= ROUNDS; round++)); do
         for scenario in "${SCENARIO_LIST[@]}"; do
-            case $scenario in 1 | 2 | 3 | 4) ;; *) continue ;; esac
+            case $scenario in 1 | 2 | 3 | 4 | 5a | 5b) ;; *) continue ;; esac
             log "round $round/$ROUNDS, scenario $scenario"
             for target in "${TARGET_LIST[@]}"; do
+                # The origins speak no TLS: no direct-to-origin baseline for HTTPS.
+                [[ $scenario == 5* && $target == direct ]] && continue
                 measure_http "$scenario" "$target" "$round"
             done
         done

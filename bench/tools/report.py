@@ -11,15 +11,19 @@ import json
 import statistics
 import sys
 
+# Keys are strings: scenario 5 has two parts, "5a" and "5b" (older .jsonl files have numbers).
 SCENARIOS = {
-    1: "HTTP/1.1 keep-alive, 1 KiB body, 64 connections (wrk)",
-    2: "HTTP/1.1 keep-alive, 100 KiB body, 64 connections (wrk)",
-    3: "a new TCP connection per request (`Connection: close`), 1 KiB, 64 connections (wrk)",
-    4: "HTTP/2 h2c from the client, 1 KiB, 16 connections x 4 streams (h2load)",
+    "1": "HTTP/1.1 keep-alive, 1 KiB body, 64 connections (wrk)",
+    "2": "HTTP/1.1 keep-alive, 100 KiB body, 64 connections (wrk)",
+    "3": "a new TCP connection per request (`Connection: close`), 1 KiB, 64 connections (wrk)",
+    "4": "HTTP/2 h2c from the client, 1 KiB, 16 connections x 4 streams (h2load)",
+    "5a": "HTTPS (TLS 1.3) keep-alive, HTTP/1.1, 1 KiB, 64 connections (wrk)",
+    "5b": "HTTPS (TLS 1.3), a new TLS connection per request (`Connection: close`; wrk resumes "
+    "the session from the proxy's ticket), 1 KiB, 64 connections (wrk)",
 }
 NAMES = {"direct": "direct to origin", "nginx": "nginx", "haproxy": "HAProxy", "gatehouse": "Gatehouse"}
 ORDER = ["direct", "nginx", "haproxy", "gatehouse"]
-REUSE_SCENARIOS = {1, 2, 4}
+REUSE_SCENARIOS = {"1", "2", "4", "5a"}
 
 
 def med(values):
@@ -72,6 +76,8 @@ class Row:
 
 def main():
     records = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8") if line.strip()]
+    for r in records:
+        r["scenario"] = str(r["scenario"])
     meta = {}
     for line in open(sys.argv[2], encoding="utf-8"):
         key, _, value = line.rstrip("\n").partition("\t")
@@ -91,6 +97,13 @@ def main():
         f"wrk {meta.get('wrk', '?')}, h2load {meta.get('h2load', '?')}"
     )
     say(f"- Run: {meta.get('knobs', '?')}; took {meta.get('elapsed', '?')}")
+    tls = [f"{NAMES[t]} {meta['tls_' + t]}" for t in ORDER if meta.get("tls_" + t)]
+    if tls:
+        say(
+            "- Scenario 5: one self-signed ECDSA P-256 certificate for every proxy; negotiated with "
+            f"OpenSSL {meta.get('openssl', '?')} (TLS 1.3, cipher, key exchange): " + "; ".join(tls)
+            + ". No direct-to-origin row: the origins speak no TLS."
+        )
     say("- Each proxy has one worker pinned to the proxy CPU; origins and load generator share the other.")
     say("- Figures are medians over rounds; `xnginx`/`xHAProxy` divide by that proxy's median.")
     say(
@@ -108,7 +121,7 @@ def main():
 
     idle = {}
     for target in ORDER:
-        selected = [r for r in records if r["scenario"] == 7 and r["target"] == target]
+        selected = [r for r in records if r["scenario"] == "7" and r["target"] == target]
         if selected:
             idle[target] = selected
 
@@ -126,7 +139,7 @@ def main():
         say(
             "| scenario | req/s xnginx (>= 1.20) | req/s xHAProxy (>= 1.00) "
             "| p99 / better of nginx, HAProxy (<= 1.00) | CPU/req xnginx (<= 0.80) "
-            "| upstream reuse (> 99.9 % in 1, 2, 4) |"
+            "| upstream reuse (> 99.9 % in 1, 2, 4, 5a) |"
         )
         say("|---|---|---|---|---|---|")
         for scenario in SCENARIOS:
@@ -203,10 +216,6 @@ def main():
             )
         say("")
 
-    say("## Scenario 5: HTTPS (TLS termination)")
-    say("")
-    say("Placeholder: not measured until Gatehouse terminates TLS.")
-    say("")
     say("## Scenario 6: cache hits")
     say("")
     say("Placeholder: not measured until the cache lands.")
