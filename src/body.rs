@@ -76,6 +76,50 @@ pin_project! {
         progress: Option<watch::Sender<()>>,
         // Set instead of `inner` when the body is decoded on its way (it owns the source).
         decoded: Option<Box<CodecBody>>,
+        // Set instead of `inner` for a body held in memory so it can be sent again.
+        buffered: Option<Bytes>,
+        // Set instead of `inner` for a body shared between attempts until one reads it.
+        slot: Option<BodySlot>,
+        // The body taken out of `slot` by the first poll.
+        taken: Option<Pin<Box<RequestBody>>>,
+    }
+}
+
+/// A request body handed from one attempt to the next until an attempt starts reading it.
+///
+/// A request that fails to connect never had its body read, so it can be retried on another
+/// backend even when the body is too large to hold in memory; once an attempt has read from
+/// the body, it is gone and later attempts get nothing.
+#[derive(Clone)]
+pub struct BodySlot(Arc<std::sync::Mutex<Option<RequestBody>>>);
+
+impl BodySlot {
+    /// A slot holding `body`.
+    pub fn new(body: RequestBody) -> Self {
+        BodySlot(Arc::new(std::sync::Mutex::new(Some(body))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<RequestBody>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A body for the next attempt, or `None` when an earlier attempt already read it.
+    pub fn attempt(&self) -> Option<RequestBody> {
+        self.lock().is_some().then(|| {
+            let mut body = RequestBody::empty();
+            body.slot = Some(self.clone());
+            body
+        })
+    }
+
+    /// Whether the body is still there for another attempt.
+    pub fn is_available(&self) -> bool {
+        self.lock().is_some()
+    }
+
+    /// Progress of the body in the slot (see [`RequestBody::progress`]).
+    pub fn progress(&self) -> Option<watch::Receiver<()>> {
+        self.lock().as_mut().map(RequestBody::progress)
     }
 }
 
@@ -89,6 +133,9 @@ impl RequestBody {
             exceeded: None,
             progress: None,
             decoded: None,
+            buffered: None,
+            slot: None,
+            taken: None,
         }
     }
 
@@ -101,6 +148,9 @@ impl RequestBody {
             exceeded: None,
             progress: None,
             decoded: None,
+            buffered: None,
+            slot: None,
+            taken: None,
         }
     }
 
@@ -114,6 +164,9 @@ impl RequestBody {
             exceeded: Some(flag),
             progress: None,
             decoded: None,
+            buffered: None,
+            slot: None,
+            taken: None,
         }
     }
 
@@ -128,7 +181,17 @@ impl RequestBody {
             exceeded: Some(flag),
             progress: None,
             decoded: Some(Box::new(body)),
+            buffered: None,
+            slot: None,
+            taken: None,
         }
+    }
+
+    /// A body held in memory, which can be sent any number of times.
+    pub fn buffered(data: Bytes) -> Self {
+        let mut body = RequestBody::empty();
+        body.buffered = Some(data);
+        body
     }
 
     /// A receiver that sees a change each time a data frame passes, and is closed once the
@@ -151,6 +214,25 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        if let Some(slot) = this.slot.take() {
+            // The first poll takes the body out of the slot for good.
+            let Some(body) = slot.lock().take() else {
+                return Poll::Ready(None);
+            };
+            *this.decoded = None;
+            this.inner.set(None);
+            *this.slot = None;
+            let mut owned = Box::pin(body);
+            let polled = owned.as_mut().poll_frame(cx);
+            *this.taken = Some(owned);
+            return polled;
+        }
+        if let Some(taken) = this.taken.as_mut() {
+            return taken.as_mut().poll_frame(cx);
+        }
+        if this.buffered.is_some() {
+            return Poll::Ready(this.buffered.take().map(|data| Ok(Frame::data(data))));
+        }
         let raw = if let Some(decoded) = this.decoded.as_deref_mut() {
             Pin::new(decoded).poll_frame(cx)
         } else if let Some(inner) = this.inner.as_mut().as_pin_mut() {
@@ -194,6 +276,15 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if let Some(slot) = &self.slot {
+            return slot.lock().as_ref().is_none_or(Body::is_end_stream);
+        }
+        if let Some(taken) = &self.taken {
+            return taken.is_end_stream();
+        }
+        if let Some(data) = &self.buffered {
+            return data.is_empty();
+        }
         match &self.decoded {
             Some(decoded) => decoded.is_end_stream(),
             None => self.inner.as_ref().is_none_or(Body::is_end_stream),
@@ -201,6 +292,18 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(slot) = &self.slot {
+            return slot
+                .lock()
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
+        }
+        if let Some(taken) = &self.taken {
+            return taken.size_hint();
+        }
+        if let Some(data) = &self.buffered {
+            return SizeHint::with_exact(data.len() as u64);
+        }
         if self.decoded.is_some() {
             return SizeHint::default();
         }

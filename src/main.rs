@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => match config::load(&config) {
-            Ok(parsed) => serve(parsed),
+            Ok(parsed) => serve(parsed, config),
             Err(errors) => {
                 eprintln!("{errors}");
                 eprintln!(
@@ -93,7 +93,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config, path: std::path::PathBuf) -> ExitCode {
     logging::init(&config.log);
     let workers = config.server.workers;
     with_runtime(workers, async move {
@@ -104,7 +104,14 @@ fn serve(config: Config) -> ExitCode {
             tokio::select! {
                 _ = wait_for_signal() => break,
                 _ = hangup.recv() => {
-                    tracing::info!("SIGHUP: reloading TLS certificates");
+                    tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration and TLS certificates");
+                    match config::load(&path) {
+                        Ok(new_config) => match server.reload(&new_config).await {
+                            Ok(()) => tracing::info!("configuration reloaded"),
+                            Err(error) => tracing::error!("reload failed; the previous configuration stays in force: {error:#}"),
+                        },
+                        Err(errors) => tracing::error!("reload refused; the previous configuration stays in force:\n{errors}"),
+                    }
                     server.reload_certificates();
                 }
             }

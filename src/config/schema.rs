@@ -83,6 +83,9 @@ pub struct Timeouts {
     pub client_header: HumanDuration,
     /// Time a client connection may stay open with no request in flight.
     pub client_idle: HumanDuration,
+    /// Longest pause between two pieces of a request body the proxy reads before forwarding
+    /// (small bodies held for retries); past it the client gets 408.
+    pub client_body: HumanDuration,
     /// Time to establish a TCP connection to a backend.
     pub upstream_connect: HumanDuration,
     /// Time a backend has to send its response head once the request is sent.
@@ -96,6 +99,7 @@ impl Default for Timeouts {
         Self {
             client_header: HumanDuration::secs(10),
             client_idle: HumanDuration::secs(60),
+            client_body: HumanDuration::secs(60),
             upstream_connect: HumanDuration::secs(5),
             upstream_header: HumanDuration::secs(60),
             upstream_idle: HumanDuration::secs(60),
@@ -425,14 +429,32 @@ fn yes() -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
-    /// Backend addresses as `HOST:PORT`.
-    pub backends: Spanned<Vec<Spanned<String>>>,
+    /// Backends: `"HOST:PORT"` or `{ address = "HOST:PORT", weight = N, backup = true }`.
+    pub backends: Spanned<Vec<Spanned<BackendEntry>>>,
     /// Protocol spoken to the backends.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     /// How a backend is chosen for each request.
     #[serde(default)]
     pub balance: BalancePolicy,
+    /// What `balance = "hash"` hashes: `client_ip`, `path`, `uri`, `header:NAME` or
+    /// `cookie:NAME`.
+    pub hash_key: Option<Spanned<String>>,
+    /// Cookie-based session affinity on top of the balancing policy.
+    pub sticky: Option<Spanned<StickySettings>>,
+    /// A backend that becomes available again ramps its weight up over this long.
+    pub slow_start: Option<HumanDuration>,
+    /// Most requests in flight to one backend (each holds one HTTP/1.1 connection); unset means
+    /// no limit.
+    pub max_connections: Option<Spanned<usize>>,
+    /// With `max_connections`: most requests that may wait for a busy backend; beyond it, 503.
+    pub max_pending: Option<Spanned<usize>>,
+    /// Active health checks.
+    pub health_check: Option<Spanned<HealthCheckSettings>>,
+    /// Passive health checks: eject backends that keep failing real requests.
+    pub outlier: Option<Spanned<OutlierSettings>>,
+    /// Retries of failed requests on other backends.
+    pub retry: Option<Spanned<RetrySettings>>,
     /// Overrides `timeouts.upstream_connect` for this pool.
     pub connect_timeout: Option<HumanDuration>,
     /// Overrides `timeouts.upstream_idle` for this pool.
@@ -446,6 +468,79 @@ pub struct PoolConfig {
 
 fn default_max_idle() -> usize {
     256
+}
+
+impl PoolConfig {
+    /// The `outlier` settings, defaults filled in.
+    pub fn outlier(&self) -> OutlierSettings {
+        self.outlier
+            .as_ref()
+            .map(|o| o.get_ref().clone())
+            .unwrap_or_default()
+    }
+
+    /// The `retry` settings, defaults filled in.
+    pub fn retry(&self) -> RetrySettings {
+        self.retry
+            .as_ref()
+            .map(|r| r.get_ref().clone())
+            .unwrap_or_default()
+    }
+}
+
+/// One entry of a pool's `backends` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendEntry {
+    /// `HOST:PORT`.
+    pub address: String,
+    /// Relative share of the traffic (default 1).
+    pub weight: u32,
+    /// Used only while no primary backend is available.
+    pub backup: bool,
+}
+
+impl<'de> Deserialize<'de> for BackendEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Detailed {
+            address: String,
+            #[serde(default = "one")]
+            weight: u32,
+            #[serde(default)]
+            backup: bool,
+        }
+        fn one() -> u32 {
+            1
+        }
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = BackendEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"HOST:PORT\" or a table { address = \"HOST:PORT\", weight = N, backup = BOOL }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BackendEntry, E> {
+                Ok(BackendEntry {
+                    address: v.to_owned(),
+                    weight: 1,
+                    backup: false,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<BackendEntry, A::Error> {
+                let detailed =
+                    Detailed::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(BackendEntry {
+                    address: detailed.address,
+                    weight: detailed.weight,
+                    backup: detailed.backup,
+                })
+            }
+        }
+        deserializer.deserialize_any(Entry)
+    }
 }
 
 /// Protocol spoken to a pool's backends.
@@ -463,9 +558,162 @@ pub enum UpstreamProtocol {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BalancePolicy {
-    /// Each backend in turn.
+    /// Smooth weighted round robin (nginx's algorithm).
     #[default]
     RoundRobin,
+    /// The backend with the fewest requests in flight relative to its weight.
+    LeastRequests,
+    /// Power of two random choices over peak-EWMA latency times load.
+    PeakEwma,
+    /// Consistent hashing (Ketama ring) on `hash_key`.
+    Hash,
+    /// Uniformly at random, weighted.
+    Random,
+}
+
+/// `[pool.NAME.sticky]`: session affinity through a signed cookie.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickySettings {
+    /// Cookie name.
+    #[serde(default = "default_sticky_cookie")]
+    pub cookie: String,
+    /// Key the cookie value is derived from (HMAC-SHA256); unset means a random key per
+    /// process, so sessions do not survive a restart or move between instances.
+    pub secret: Option<String>,
+    /// Cookie lifetime; unset means a session cookie.
+    pub max_age: Option<HumanDuration>,
+}
+
+fn default_sticky_cookie() -> String {
+    "gatehouse_sticky".to_owned()
+}
+
+/// Kind of active health check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    /// An HTTP request whose status (and optionally body) must match.
+    #[default]
+    Http,
+    /// A TCP connect.
+    Tcp,
+}
+
+/// `[pool.NAME.health_check]`: active health checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSettings {
+    /// `http` or `tcp`.
+    #[serde(default)]
+    pub kind: HealthCheckKind,
+    /// Path requested by HTTP checks.
+    #[serde(default = "default_check_path")]
+    pub path: Spanned<String>,
+    /// Method of HTTP checks.
+    #[serde(default = "default_check_method")]
+    pub method: Spanned<String>,
+    /// `Host` of HTTP checks; unset means the backend's address.
+    pub host: Option<Spanned<String>>,
+    /// Statuses that mean healthy: `"200-399"`, `"200"`, or a comma list of both.
+    #[serde(default = "default_expect_status")]
+    pub expect_status: Spanned<String>,
+    /// Text the response body must contain (first 64 KiB).
+    pub body_contains: Option<String>,
+    /// Time between checks of one backend.
+    #[serde(default = "default_check_interval")]
+    pub interval: HumanDuration,
+    /// Time a check may take.
+    #[serde(default = "default_check_timeout")]
+    pub timeout: HumanDuration,
+    /// Consecutive passes that bring a down backend up.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+fn default_check_path() -> Spanned<String> {
+    Spanned::new(0..0, "/".to_owned())
+}
+fn default_check_method() -> Spanned<String> {
+    Spanned::new(0..0, "GET".to_owned())
+}
+fn default_expect_status() -> Spanned<String> {
+    Spanned::new(0..0, "200-399".to_owned())
+}
+fn default_check_interval() -> HumanDuration {
+    HumanDuration::secs(5)
+}
+fn default_check_timeout() -> HumanDuration {
+    HumanDuration::secs(2)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+
+/// `[pool.NAME.outlier]`: passive health checks (outlier detection).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierSettings {
+    /// Consecutive failed requests that eject a backend; `0` turns ejection off.
+    pub consecutive_failures: u32,
+    /// Backend response statuses that count as failures (connect errors, resets and timeouts
+    /// always do).
+    pub failure_statuses: Vec<u16>,
+    /// First ejection's length; each repeat ejection doubles it.
+    pub ejection_time: HumanDuration,
+    /// Longest ejection.
+    pub max_ejection_time: HumanDuration,
+    /// Most of the pool (in percent) that may be ejected at once; one backend always may.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierSettings {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            failure_statuses: vec![502, 503, 504],
+            ejection_time: HumanDuration::secs(10),
+            max_ejection_time: HumanDuration::secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// `[pool.NAME.retry]`: trying a failed request again on another backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Most tries of one request, the first included; `1` turns retries off.
+    pub tries: u32,
+    /// Backend response statuses that make an idempotent request be tried elsewhere.
+    pub statuses: Vec<u16>,
+    /// Also retry non-idempotent methods after a failure once the request was sent.
+    pub non_idempotent: bool,
+    /// Retries may add at most this percentage to the requests sent (plus the minimum below).
+    pub budget_percent: u32,
+    /// Retries always allowed per second, whatever the budget.
+    pub min_retries_per_second: u32,
+    /// Request bodies with a declared length up to this are held so they can be sent again.
+    pub buffer_body: ByteSize,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            tries: 3,
+            statuses: vec![502, 503, 504],
+            non_idempotent: false,
+            budget_percent: 20,
+            min_retries_per_second: 10,
+            buffer_body: ByteSize::kib(64),
+        }
+    }
 }
 
 /// One string or a list of strings (`host = "a.test"` or `host = ["a.test", "b.test"]`).

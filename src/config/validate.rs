@@ -140,13 +140,110 @@ fn check_listeners(config: &Config, problems: &mut Problems) {
 }
 
 fn check_pools(config: &Config, problems: &mut Problems) {
-    for pool in config.pools.values() {
-        if pool.backends.get_ref().is_empty() {
+    for (name, pool) in &config.pools {
+        let entries = pool.backends.get_ref();
+        if entries.is_empty() {
             problems.at(&pool.backends, "a pool needs at least one backend");
+        } else if entries.iter().all(|e| e.get_ref().backup) {
+            problems.at(
+                &pool.backends,
+                "every backend is a backup; at least one must be a primary",
+            );
         }
-        for backend in pool.backends.get_ref() {
-            if let Err(message) = parse_backend_address(backend.get_ref()) {
-                problems.at(backend, message);
+        let mut seen: HashMap<String, ()> = HashMap::new();
+        for entry in entries {
+            let backend = entry.get_ref();
+            match parse_backend_address(&backend.address) {
+                Ok(authority) => {
+                    if seen.insert(authority.as_str().to_owned(), ()).is_some() {
+                        problems.at(
+                            entry,
+                            format!("backend {} is listed twice in pool {name:?}", authority),
+                        );
+                    }
+                }
+                Err(message) => problems.at(entry, message),
+            }
+            if !(1..=10_000).contains(&backend.weight) {
+                problems.at(entry, "weight must be 1 to 10000");
+            }
+        }
+        match (&pool.hash_key, pool.balance) {
+            (Some(key), crate::config::BalancePolicy::Hash) => {
+                if let Err(message) = crate::upstream::HashKey::parse(key.get_ref()) {
+                    problems.at(key, message);
+                }
+            }
+            (Some(key), _) => problems.at(key, "hash_key needs balance = \"hash\""),
+            _ => {}
+        }
+        if let Some(sticky) = &pool.sticky {
+            let settings = sticky.get_ref();
+            if settings.cookie.is_empty()
+                || !settings
+                    .cookie
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            {
+                problems.at(
+                    sticky,
+                    format!("{:?} is not a valid cookie name", settings.cookie),
+                );
+            }
+            if settings.secret.as_deref() == Some("") {
+                problems.at(
+                    sticky,
+                    "sticky.secret is empty; leave it out for a random one",
+                );
+            }
+        }
+        if let Some(max) = &pool.max_connections
+            && *max.get_ref() == 0
+        {
+            problems.at(
+                max,
+                "max_connections must be at least 1; leave it out for no limit",
+            );
+        }
+        if let Some(pending) = &pool.max_pending
+            && pool.max_connections.is_none()
+        {
+            problems.at(pending, "max_pending needs max_connections");
+        }
+        if let Some(check) = &pool.health_check
+            && let Err(message) = crate::upstream::health::check_settings(check.get_ref())
+        {
+            problems.at(check, message);
+        }
+        if let Some(outlier) = &pool.outlier {
+            let settings = outlier.get_ref();
+            if settings.max_ejected_percent > 100 {
+                problems.at(outlier, "outlier.max_ejected_percent must be 0 to 100");
+            }
+            if settings
+                .failure_statuses
+                .iter()
+                .any(|s| !(100..=599).contains(s))
+            {
+                problems.at(
+                    outlier,
+                    "outlier.failure_statuses must be HTTP statuses (100-599)",
+                );
+            }
+            if settings.ejection_time.0 > settings.max_ejection_time.0 {
+                problems.at(
+                    outlier,
+                    "outlier.ejection_time is longer than max_ejection_time",
+                );
+            }
+        }
+        if let Some(retry) = &pool.retry {
+            let settings = retry.get_ref();
+            if !(1..=10).contains(&settings.tries) {
+                problems.at(retry, "retry.tries must be 1 to 10 (1 means no retries)");
+            }
+            if settings.statuses.iter().any(|s| !(100..=599).contains(s)) {
+                problems.at(retry, "retry.statuses must be HTTP statuses (100-599)");
             }
         }
         if let Some(tls) = &pool.tls

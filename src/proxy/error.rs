@@ -17,12 +17,16 @@ pub enum ProxyError {
     BadRequest(&'static str),
     /// The client's request body could not be read or decoded.
     ClientBody(String),
+    /// The client paused too long while sending a body the proxy reads before forwarding.
+    ClientBodyTimeout,
     /// No route matches.
     NoRoute,
     /// The request body is over the route's cap.
     BodyTooLarge,
     /// The pool has no backend to offer.
     NoBackend,
+    /// Every backend is at its connection limit and the pool's queue is full.
+    Overloaded,
     /// The backend could not be connected to.
     UpstreamConnect(String),
     /// The backend did not accept the connection within the connect timeout.
@@ -38,9 +42,10 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoBackend | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamFailed(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -55,9 +60,13 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(why) => format!("bad request: {why}"),
             ProxyError::ClientBody(cause) => format!("bad request body: {cause}"),
+            ProxyError::ClientBodyTimeout => "client stopped sending its request body".to_owned(),
             ProxyError::NoRoute => "no route matches".to_owned(),
             ProxyError::BodyTooLarge => "request body over the route's max_body".to_owned(),
             ProxyError::NoBackend => "pool has no backend available".to_owned(),
+            ProxyError::Overloaded => {
+                "every backend is at max_connections and the queue is full".to_owned()
+            }
             ProxyError::UpstreamConnect(e) => format!("upstream connect failed: {e}"),
             ProxyError::UpstreamConnectTimeout(e) => format!("upstream connect timed out: {e}"),
             ProxyError::UpstreamFailed(e) => format!("upstream request failed: {e}"),

@@ -15,6 +15,7 @@ use crate::observe::access_log::AccessLog;
 use crate::runtime::Generation;
 use crate::server::DrainToken;
 use crate::server::activity::ConnActivity;
+use crate::upstream::BackendRegistry;
 
 /// State shared by every connection: the current generation and the access log.
 #[derive(Debug)]
@@ -22,14 +23,17 @@ pub struct ProxyState {
     generation: ArcSwap<Generation>,
     /// Where access log lines go.
     pub access_log: AccessLog,
+    /// Backend state shared by every generation.
+    pub registry: BackendRegistry,
 }
 
 impl ProxyState {
     /// State serving `generation`.
-    pub fn new(generation: Generation, access_log: AccessLog) -> Self {
+    pub fn new(generation: Generation, access_log: AccessLog, registry: BackendRegistry) -> Self {
         ProxyState {
             generation: ArcSwap::from_pointee(generation),
             access_log,
+            registry,
         }
     }
 

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Uri};
@@ -25,13 +25,18 @@ use crate::observe::access_log::AccessRecord;
 use crate::routing::{RequestFacts, is_valid_host};
 use crate::runtime::{Generation, HostRewrite, Route};
 use crate::server::activity::InFlight;
-use crate::upstream::{Backend, UpstreamError};
+use crate::upstream::retry::AttemptFailure;
+use crate::upstream::{Backend, BackendLease, Outcome, SelectError, SelectionKey, UpstreamError};
 
 /// What the pipeline learned about a request, for the log line.
 struct Exchange {
     request_id: HeaderValue,
     route: Option<Arc<str>>,
     upstream: Option<String>,
+    /// The backend serving the request, counted in flight until the response ends.
+    lease: Option<BackendLease>,
+    /// A sticky-session cookie to set on the response.
+    set_cookie: Option<HeaderValue>,
 }
 
 /// Serves one request: forwards it to a backend, or answers with an error page.
@@ -47,6 +52,8 @@ pub async fn handle(
         request_id: headers::request_id(request.headers()),
         route: None,
         upstream: None,
+        lease: None,
+        set_cookie: None,
     };
     // Kept for the log line and the error page; the request itself moves on to the backend.
     let log_parts = state
@@ -69,7 +76,10 @@ pub async fn handle(
                 error_response(error.status(), &exchange.request_id, &accept_headers);
             if matches!(
                 error,
-                ProxyError::BadRequest(_) | ProxyError::ClientBody(_) | ProxyError::BodyTooLarge
+                ProxyError::BadRequest(_)
+                    | ProxyError::ClientBody(_)
+                    | ProxyError::ClientBodyTimeout
+                    | ProxyError::BodyTooLarge
             ) {
                 // The rest of this request's bytes were not read; the connection cannot be reused.
                 response
@@ -98,6 +108,7 @@ pub async fn handle(
     response.body_mut().observe(Box::new(Completion {
         record,
         _in_flight: in_flight,
+        _lease: exchange.lease.take(),
     }));
     response
 }
@@ -106,6 +117,7 @@ pub async fn handle(
 struct Completion {
     record: Option<AccessRecord>,
     _in_flight: InFlight,
+    _lease: Option<BackendLease>,
 }
 
 impl crate::body::BodyObserver for Completion {
@@ -193,8 +205,6 @@ async fn proxy(
         (Some(_), None) => Some(Arc::new(AtomicBool::new(false))),
         (_, flag) => flag,
     };
-    let backend = route.pool.pick().ok_or(ProxyError::NoBackend)?;
-    exchange.upstream = Some(backend.authority.as_str().to_owned());
 
     let upgrade = headers::upgrade_requested(request.headers())
         .filter(|_| request.version() == Version::HTTP_11);
@@ -203,19 +213,24 @@ async fn proxy(
         .compression
         .as_ref()
         .map(|_| compress::RequestFacts::of(request.method(), request.headers()));
-    let upstream_request = build_upstream_request(
-        generation,
+    let key = route
+        .pool
+        .selection_key(request.uri(), request.headers(), conn.peer.ip());
+    let (head, body) = client_head(generation, conn, &route, request)?;
+    let body = body_source(generation, &route, body, limit_flag.clone(), decoding).await?;
+
+    let (response, lease) = forward_with_retries(
         conn,
         exchange,
         &route,
-        backend,
-        request,
+        key,
+        head,
+        body,
         upgrade.as_ref(),
-        limit_flag.clone(),
-        decoding,
-    )?;
-
-    let response = forward(&route, backend, upstream_request, limit_flag.as_deref()).await?;
+        limit_flag.as_deref(),
+    )
+    .await?;
+    exchange.lease = Some(lease);
     let response = match client_upgrade {
         Some(client_upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             upgrade::splice(response, client_upgrade, conn.drain.clone())?
@@ -327,48 +342,27 @@ fn check_body_size(
     Ok(Some(Arc::new(AtomicBool::new(false))))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build_upstream_request(
+/// The client's request head, cleaned of what must not reach a backend and given the
+/// forwarding headers, ready to be aimed at a backend by [`aim`] once per attempt.
+struct ClientHead {
+    method: Method,
+    path_and_query: PathAndQuery,
+    /// The host the client asked for.
+    client_host: Option<HeaderValue>,
+    headers: http::HeaderMap,
+}
+
+fn client_head(
     generation: &Generation,
     conn: &ConnInfo,
-    exchange: &Exchange,
     route: &Route,
-    backend: &Backend,
     request: Request<Incoming>,
-    upgrade: Option<&HeaderValue>,
-    limit_flag: Option<Arc<AtomicBool>>,
-    decoding: Option<(compress::Encoding, compress::RequestDecoding)>,
-) -> Result<Request<RequestBody>, ProxyError> {
+) -> Result<(ClientHead, Incoming), ProxyError> {
     let client_host = request_host(&request).and_then(|h| HeaderValue::from_str(h).ok());
     let path_and_query = rewrite_path(route, request.uri())?;
-    let uri = Uri::builder()
-        .scheme(route.pool.scheme())
-        .authority(backend.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
-
-    let (mut parts, body) = request.into_parts();
-    let body = match (decoding, route.max_body, limit_flag) {
-        (Some((encoding, decoding)), _, Some(flag)) => {
-            let codec = compress::Codec::decoder(encoding)
-                .map_err(|_| ProxyError::BadRequest("cannot decode the request body"))?;
-            // The backend gets the decoded bytes: no coding, length unknown until the end.
-            parts.headers.remove(header::CONTENT_ENCODING);
-            parts.headers.remove(header::CONTENT_LENGTH);
-            let decoder = compress::CodecBody::new(codec, Vec::new(), Some(body));
-            RequestBody::decoded(decoder, decoding.max_decoded, flag)
-        }
-        (_, Some(limit), Some(flag)) => RequestBody::limited(body, limit, flag),
-        _ => RequestBody::new(body),
-    };
-    let mut upstream = Request::new(body);
-    *upstream.method_mut() = parts.method;
-    *upstream.uri_mut() = uri;
-    *upstream.version_mut() = Version::HTTP_11;
-    let headers = upstream.headers_mut();
-    *headers = parts.headers;
-    headers::remove_hop_by_hop(headers);
+    let (parts, body) = request.into_parts();
+    let mut headers = parts.headers;
+    headers::remove_hop_by_hop(&mut headers);
     // Only a certificate verified by a listener may speak through these headers.
     for name in &generation.subject_headers {
         headers.remove(name);
@@ -383,7 +377,7 @@ fn build_upstream_request(
     // must not wait for a second `100 Continue`.
     headers.remove(header::EXPECT);
     headers::add_forwarding(
-        headers,
+        &mut headers,
         &generation.forwarded,
         ClientFacts {
             ip: conn.peer.ip(),
@@ -392,8 +386,254 @@ fn build_upstream_request(
             host: client_host.as_ref(),
         },
     );
+    Ok((
+        ClientHead {
+            method: parts.method,
+            path_and_query,
+            client_host,
+            headers,
+        },
+        body,
+    ))
+}
+
+/// Where each attempt's request body comes from.
+enum BodySource {
+    /// Sent once; no retry after the first attempt has it.
+    Once(Option<RequestBody>),
+    /// No body: any number of attempts.
+    Empty,
+    /// Held in memory: any number of attempts.
+    Buffered(bytes::Bytes),
+    /// Handed on until an attempt reads it.
+    Slot(crate::body::BodySlot),
+}
+
+impl BodySource {
+    fn next(&mut self) -> Option<RequestBody> {
+        match self {
+            BodySource::Once(body) => body.take(),
+            BodySource::Empty => Some(RequestBody::empty()),
+            BodySource::Buffered(data) => Some(RequestBody::buffered(data.clone())),
+            BodySource::Slot(slot) => slot.attempt(),
+        }
+    }
+
+    fn is_available(&self) -> bool {
+        match self {
+            BodySource::Once(body) => body.is_some(),
+            BodySource::Empty | BodySource::Buffered(_) => true,
+            BodySource::Slot(slot) => slot.is_available(),
+        }
+    }
+}
+
+/// Decides how the body travels: streamed once when the pool does not retry, held in memory when
+/// it is small and declared (so any failure can be retried), or handed between attempts until
+/// one reads it (so a connect failure can still be retried).
+async fn body_source(
+    generation: &Generation,
+    route: &Route,
+    body: Incoming,
+    limit_flag: Option<Arc<AtomicBool>>,
+    decoding: Option<(compress::Encoding, compress::RequestDecoding)>,
+) -> Result<BodySource, ProxyError> {
+    let retries = route.pool.retry.tries > 1;
+    if http_body::Body::is_end_stream(&body) && decoding.is_none() {
+        return Ok(if retries {
+            BodySource::Empty
+        } else {
+            BodySource::Once(Some(RequestBody::new(body)))
+        });
+    }
+    let declared = http_body::Body::size_hint(&body).exact();
+    if retries && decoding.is_none() && declared.is_some_and(|n| n <= route.pool.retry.buffer_body)
+    {
+        let read = read_whole_body(body, generation.timeouts.client_body.0).await?;
+        return Ok(BodySource::Buffered(read));
+    }
+    let body = match (decoding, route.max_body, limit_flag) {
+        (Some((encoding, decoding)), _, Some(flag)) => {
+            let codec = compress::Codec::decoder(encoding)
+                .map_err(|_| ProxyError::BadRequest("cannot decode the request body"))?;
+            let decoder = compress::CodecBody::new(codec, Vec::new(), Some(body));
+            RequestBody::decoded(decoder, decoding.max_decoded, flag)
+        }
+        (_, Some(limit), Some(flag)) => RequestBody::limited(body, limit, flag),
+        _ => RequestBody::new(body),
+    };
+    Ok(if retries {
+        BodySource::Slot(crate::body::BodySlot::new(body))
+    } else {
+        BodySource::Once(Some(body))
+    })
+}
+
+/// Reads a (small, declared) body whole, allowing at most `pause` between two pieces of it.
+async fn read_whole_body(mut body: Incoming, pause: Duration) -> Result<bytes::Bytes, ProxyError> {
+    use http_body_util::BodyExt;
+    let mut data = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout(pause, body.frame()).await {
+            Err(_) => return Err(ProxyError::ClientBodyTimeout),
+            Ok(None) => return Ok(data.freeze()),
+            Ok(Some(Err(e))) => return Err(ProxyError::ClientBody(e.to_string())),
+            Ok(Some(Ok(frame))) => {
+                if let Some(chunk) = frame.data_ref() {
+                    data.extend_from_slice(chunk);
+                }
+            }
+        }
+    }
+}
+
+/// Sends the request to a backend of the route's pool, and to others while the pool's retry
+/// policy allows: connect failures always, other failures for requests that may be repeated.
+/// Each outcome feeds the pool's passive health checks and latency estimates.
+#[allow(clippy::too_many_arguments)]
+async fn forward_with_retries(
+    conn: &ConnInfo,
+    exchange: &mut Exchange,
+    route: &Route,
+    key: SelectionKey,
+    mut head: ClientHead,
+    mut body: BodySource,
+    upgrade: Option<&HeaderValue>,
+    limit_flag: Option<&AtomicBool>,
+) -> Result<(Response<Incoming>, BackendLease), ProxyError> {
+    let pool = &route.pool;
+    pool.retry.on_request(tokio::time::Instant::now());
+    let decoded =
+        head.headers.contains_key(header::CONTENT_ENCODING) && route.request_decoding.is_some();
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_error = None;
+    for attempt in 1..=pool.retry.tries {
+        let lease = match pool.select(key, &tried).await {
+            Ok(lease) => lease,
+            Err(SelectError::Overloaded) => return Err(ProxyError::Overloaded),
+            Err(SelectError::NoBackend) => break,
+        };
+        let Some(backend) = pool.backend(lease.index) else {
+            break;
+        };
+        let Some(attempt_body) = body.next() else {
+            break;
+        };
+        exchange.upstream = Some(backend.authority.as_str().to_owned());
+        let last_try = attempt == pool.retry.tries;
+        let headers = if last_try {
+            std::mem::take(&mut head.headers)
+        } else {
+            head.headers.clone()
+        };
+        let request = aim(
+            &head,
+            headers,
+            route,
+            backend,
+            attempt_body,
+            decoded,
+            upgrade,
+            exchange,
+        )?;
+        let sent_at = tokio::time::Instant::now();
+        match forward(route, backend, request, limit_flag).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                backend
+                    .state
+                    .observe_latency(sent_at.elapsed(), tokio::time::Instant::now());
+                let failed = pool.is_failure_status(status);
+                pool.record_outcome(
+                    lease.index,
+                    if failed {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success
+                    },
+                );
+                if pool.retry.retries_status(status)
+                    && pool.retry.should_retry(
+                        attempt,
+                        AttemptFailure::Status(status),
+                        &head.method,
+                        body.is_available(),
+                        tokio::time::Instant::now(),
+                    )
+                {
+                    tracing::debug!(pool = %pool.name, backend = %backend.authority, status, attempt, "retrying on another backend");
+                    tried.push(lease.index);
+                    continue;
+                }
+                if let Some(sticky) = &pool.sticky
+                    && key.sticky != Some(lease.index)
+                {
+                    exchange.set_cookie = sticky.set_cookie(lease.index, conn.proto == "https");
+                }
+                return Ok((response, lease));
+            }
+            Err(error) => {
+                let failure = match &error {
+                    ProxyError::UpstreamConnect(_) | ProxyError::UpstreamConnectTimeout(_) => {
+                        AttemptFailure::Connect
+                    }
+                    ProxyError::UpstreamFailed(_) | ProxyError::UpstreamTimeout => {
+                        AttemptFailure::AfterSend
+                    }
+                    // The client's fault: nothing to retry, nothing against the backend.
+                    _ => return Err(error),
+                };
+                pool.record_outcome(lease.index, Outcome::Failure);
+                if pool.retry.should_retry(
+                    attempt,
+                    failure,
+                    &head.method,
+                    body.is_available(),
+                    tokio::time::Instant::now(),
+                ) {
+                    tracing::debug!(pool = %pool.name, backend = %backend.authority, cause = %error.cause(), attempt, "retrying on another backend");
+                    tried.push(lease.index);
+                    last_error = Some(error);
+                    continue;
+                }
+                return Err(error);
+            }
+        }
+    }
+    Err(last_error.unwrap_or(ProxyError::NoBackend))
+}
+
+/// The request for one attempt: the client head aimed at `backend`.
+#[allow(clippy::too_many_arguments)]
+fn aim(
+    head: &ClientHead,
+    headers: http::HeaderMap,
+    route: &Route,
+    backend: &Backend,
+    body: RequestBody,
+    decoded: bool,
+    upgrade: Option<&HeaderValue>,
+    exchange: &Exchange,
+) -> Result<Request<RequestBody>, ProxyError> {
+    let uri = Uri::builder()
+        .scheme(route.pool.scheme())
+        .authority(backend.authority.clone())
+        .path_and_query(head.path_and_query.clone())
+        .build()
+        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+    let mut upstream = Request::new(body);
+    *upstream.method_mut() = head.method.clone();
+    *upstream.uri_mut() = uri;
+    *upstream.version_mut() = Version::HTTP_11;
+    *upstream.headers_mut() = headers;
+    let headers = upstream.headers_mut();
+    if decoded {
+        // The backend gets the decoded bytes: no coding, length unknown until the end.
+        headers.remove(header::CONTENT_ENCODING);
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let host = match &route.host {
-        HostRewrite::Preserve => client_host,
+        HostRewrite::Preserve => head.client_host.clone(),
         HostRewrite::Backend => HeaderValue::from_str(backend.authority.as_str()).ok(),
         HostRewrite::Fixed(value) => Some(value.clone()),
     };
@@ -537,6 +777,9 @@ fn rewrite_response(
         headers.insert(header::UPGRADE, protocol);
     }
     route.response_edits.apply(headers);
+    if let Some(cookie) = &exchange.set_cookie {
+        headers.append(header::SET_COOKIE, cookie.clone());
+    }
     headers.insert(X_REQUEST_ID.clone(), exchange.request_id.clone());
     if conn.proto == "https"
         && let Some(hsts) = &route.hsts

@@ -19,7 +19,7 @@ use crate::config::{
 };
 use crate::proxy::headers::HeaderEdits;
 use crate::routing::{HostPattern, PathMatcher, RouteMatch, RouteTable};
-use crate::upstream::UpstreamPool;
+use crate::upstream::{BackendRegistry, UpstreamPool};
 
 /// What the `Host` header sent to the backend is.
 #[derive(Debug, Clone)]
@@ -98,6 +98,8 @@ pub struct Generation {
     /// Client-certificate subject headers of the mutual-TLS listeners. Removed from every
     /// client request on every listener, so no client can forge one through another listener.
     pub subject_headers: Vec<HeaderName>,
+    /// The active health checks of this generation's pools, stopped with it.
+    health_tasks: std::sync::Mutex<Vec<crate::upstream::health::HealthTasks>>,
 }
 
 impl Generation {
@@ -105,9 +107,15 @@ impl Generation {
     ///
     /// Errors here mean validation missed something; they are reported, never panicked on.
     pub fn compile(config: &Config) -> anyhow::Result<Generation> {
+        Self::compile_with(config, &BackendRegistry::new())
+    }
+
+    /// Compiles a config, taking backend state from `registry`: a backend that the previous
+    /// generation had in the same pool keeps its health, ejection and latency.
+    pub fn compile_with(config: &Config, registry: &BackendRegistry) -> anyhow::Result<Generation> {
         let mut pools = HashMap::new();
         for (name, pool) in &config.pools {
-            let compiled = UpstreamPool::new(name, pool, &config.timeouts)
+            let compiled = UpstreamPool::with_registry(name, pool, &config.timeouts, registry)
                 .map_err(|e| anyhow!(e))
                 .with_context(|| format!("pool {name:?}"))?;
             pools.insert(name.clone(), Arc::new(compiled));
@@ -137,7 +145,32 @@ impl Generation {
             forwarded: config.forwarded.clone(),
             access_log: config.access_log.clone(),
             subject_headers: subject_headers(config),
+            health_tasks: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Starts the active health checks of every pool that has them, and returns once each
+    /// backend not checked before has had its first check, so no traffic goes to a backend that
+    /// is down at start. Needs a Tokio runtime.
+    pub async fn start_health_checks(&self) {
+        let starts = self.pools.values().filter_map(|pool| {
+            let check = pool.health_check.clone()?;
+            let backends = pool
+                .backends
+                .iter()
+                .map(|b| (b.authority.clone(), b.state.clone()))
+                .collect();
+            Some(crate::upstream::health::start(
+                pool.name.clone(),
+                check,
+                backends,
+            ))
+        });
+        let tasks = futures_util::future::join_all(starts).await;
+        self.health_tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(tasks);
     }
 }
 

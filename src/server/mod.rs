@@ -71,6 +71,23 @@ impl RunningServer {
         &self.state
     }
 
+    /// Replaces the routes and pools with those of `config`. Backends that stay in the same
+    /// pool keep their state (health, ejection, latency); requests in flight finish on the
+    /// generation they started with. Listener changes need a restart for now: they are
+    /// reported and otherwise ignored.
+    pub async fn reload(&self, config: &Config) -> anyhow::Result<()> {
+        let generation = Generation::compile_with(config, &self.state.registry)?;
+        let current = self.state.generation();
+        if !same_listeners(&current.listeners, &generation.listeners) {
+            tracing::warn!(
+                "listener changes take effect at the next restart; routes and pools are reloaded"
+            );
+        }
+        generation.start_health_checks().await;
+        self.state.swap(generation);
+        Ok(())
+    }
+
     /// Re-reads every TLS listener's certificate files (as on SIGHUP); a listener whose new
     /// files are bad keeps its current certificates.
     pub fn reload_certificates(&self) {
@@ -105,24 +122,30 @@ impl RunningServer {
     }
 }
 
-/// Compiles `config`, opens the access log, binds every listener and starts serving.
+/// Compiles `config`, opens the access log, runs the first health checks, binds every listener
+/// and starts serving.
 pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
-    let generation = Generation::compile(config)?;
+    let registry = crate::upstream::BackendRegistry::new();
+    let generation = Generation::compile_with(config, &registry)?;
     let access_log = AccessLog::open(&config.access_log).context("opening the access log")?;
-    start_generation(generation, access_log).await
+    start_generation(generation, access_log, registry).await
 }
 
-/// Binds the listeners of `generation` and starts serving it.
+/// Binds the listeners of `generation` and starts serving it; `registry` holds the backend
+/// state the generation was compiled with.
 pub async fn start_generation(
     generation: Generation,
     access_log: AccessLog,
+    registry: crate::upstream::BackendRegistry,
 ) -> anyhow::Result<RunningServer> {
+    // No traffic before each checked backend has had its first check.
+    generation.start_health_checks().await;
     let listeners = generation.listeners.clone();
     let grace = generation.server.grace_period.0;
     let header_timeout = generation.timeouts.client_header.0;
     let idle_timeout = generation.timeouts.client_idle.0;
     let settings = generation.server.clone();
-    let state = Arc::new(ProxyState::new(generation, access_log));
+    let state = Arc::new(ProxyState::new(generation, access_log, registry));
     let (phase, _) = watch::channel(Phase::Running);
     let (token_sender, drained) = mpsc::channel(1);
     let own_token = DrainToken(token_sender);
@@ -176,6 +199,17 @@ pub async fn start_generation(
             .map_err(|e| anyhow::anyhow!(e))?,
         terminators,
     })
+}
+
+fn same_listeners(a: &[ListenerSpec], b: &[ListenerSpec]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.address == y.address
+                && x.http1 == y.http1
+                && x.http2 == y.http2
+                && x.redirect_https == y.redirect_https
+                && x.tls.is_some() == y.tls.is_some()
+        })
 }
 
 /// Binds with a large backlog and `SO_REUSEADDR`, so a restart does not wait for TIME_WAIT.

@@ -1,14 +1,21 @@
-//! Upstream pools: the backends behind a name, how one is chosen, and the pooled client that talks
-//! to them.
+//! Upstream pools: the backends behind a name, how one is chosen for a request, and the pooled
+//! client that talks to them.
 //!
-//! Selection sits behind the [`Balancer`] trait so the policies of the load-balancing work plug in
-//! without touching the proxy pipeline. Each pool owns one keep-alive client; the client keeps a
+//! Choosing is two steps: the pool filters its backends down to the eligible ones (health,
+//! ejection, drain, circuit breaking, backends already tried, backup tier), then the pool's
+//! [`Balancer`] picks among them. Each pool owns one keep-alive client; the client keeps a
 //! separate idle-connection list per backend address.
 
-mod balance;
+pub mod balance;
 mod h2;
+pub mod health;
+pub mod retry;
+pub mod state;
+pub mod sticky;
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -18,10 +25,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-pub use balance::{Balancer, RoundRobin};
+pub use balance::{Balancer, Candidate};
+pub use state::{Availability, BackendRegistry, BackendState, Outcome};
 
 use crate::body::RequestBody;
-use crate::config::{PoolConfig, Timeouts, UpstreamProtocol};
+use crate::config::{BalancePolicy, PoolConfig, Timeouts, UpstreamProtocol};
+use balance::{HashRing, LeastRequests, PeakEwmaBalancer, SmoothRoundRobin, WeightedRandom};
+use retry::RetryPolicy;
+use state::EjectionPolicy;
+use sticky::StickyCookie;
 
 /// Parses a backend address `HOST:PORT` (a name, an IPv4 address or a bracketed IPv6 address).
 pub fn parse_backend_address(text: &str) -> Result<Authority, String> {
@@ -47,6 +59,82 @@ pub struct Backend {
     pub index: usize,
     /// `host:port` to connect to.
     pub authority: Authority,
+    /// Configured share of the traffic.
+    pub weight: u32,
+    /// Used only while no primary backend is available.
+    pub backup: bool,
+    /// What is known about it at run time (shared across config reloads).
+    pub state: Arc<BackendState>,
+}
+
+/// What `balance = "hash"` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's IP address.
+    ClientIp,
+    /// The request path.
+    Path,
+    /// The path and query.
+    Uri,
+    /// A request header's value.
+    Header(http::HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+}
+
+impl HashKey {
+    /// Parses `client_ip`, `path`, `uri`, `header:NAME` or `cookie:NAME`.
+    pub fn parse(text: &str) -> Result<HashKey, String> {
+        let complaint = || {
+            format!(
+                "{text:?} is not a hash key; use client_ip, path, uri, header:NAME or cookie:NAME"
+            )
+        };
+        match text {
+            "client_ip" => Ok(HashKey::ClientIp),
+            "path" => Ok(HashKey::Path),
+            "uri" => Ok(HashKey::Uri),
+            _ => match text.split_once(':') {
+                Some(("header", name)) => http::HeaderName::from_bytes(name.as_bytes())
+                    .map(HashKey::Header)
+                    .map_err(|_| complaint()),
+                Some(("cookie", name)) if !name.is_empty() => Ok(HashKey::Cookie(name.to_owned())),
+                _ => Err(complaint()),
+            },
+        }
+    }
+}
+
+/// What the pool needs to know about a request to choose its backend.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SelectionKey {
+    /// Hash of the request's hash key, for `balance = "hash"`.
+    pub hash: Option<u64>,
+    /// The backend the sticky cookie names.
+    pub sticky: Option<usize>,
+}
+
+/// Why no backend could be chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelectError {
+    /// The pool has no backend left to try.
+    NoBackend,
+    /// Every eligible backend is at `max_connections` and the queue is full (or the wait ran out).
+    Overloaded,
+}
+
+/// A chosen backend, counted in flight until dropped.
+#[derive(Debug)]
+pub struct BackendLease {
+    state: Arc<BackendState>,
+    /// Index of the backend in its pool.
+    pub index: usize,
+}
+
+impl Drop for BackendLease {
+    fn drop(&mut self) {
+        self.state.release();
+    }
 }
 
 /// Why a request to a backend failed.
@@ -95,6 +183,24 @@ pub struct UpstreamPool {
     pub backends: Vec<Backend>,
     /// Chooses a backend per request.
     pub balancer: Box<dyn Balancer>,
+    /// The policy's name, for the admin view.
+    pub policy: BalancePolicy,
+    /// What the hash policy hashes.
+    pub hash_key: Option<HashKey>,
+    /// Session affinity.
+    pub sticky: Option<StickyCookie>,
+    slow_start: Option<Duration>,
+    max_connections: Option<u32>,
+    max_pending: u32,
+    pending: AtomicU32,
+    queue_wait: Duration,
+    ejection: EjectionPolicy,
+    failure_statuses: Vec<u16>,
+    max_ejected_percent: u32,
+    /// Retry rules and budget.
+    pub retry: RetryPolicy,
+    /// Active health checks, when configured.
+    pub health_check: Option<Arc<health::HealthCheck>>,
     transport: Transport,
     /// HTTP version spoken to the backends.
     pub protocol: UpstreamProtocol,
@@ -111,15 +217,33 @@ impl std::fmt::Debug for UpstreamPool {
 }
 
 impl UpstreamPool {
-    /// Builds a pool from its (validated) config.
+    /// Builds a pool from its (validated) config, with fresh backend state.
     pub fn new(name: &str, config: &PoolConfig, timeouts: &Timeouts) -> Result<Self, String> {
+        Self::with_registry(name, config, timeouts, &BackendRegistry::new())
+    }
+
+    /// Builds a pool from its (validated) config, taking each backend's state from `registry`
+    /// so an unchanged backend keeps its health, ejection and latency across a reload.
+    pub fn with_registry(
+        name: &str,
+        config: &PoolConfig,
+        timeouts: &Timeouts,
+        registry: &BackendRegistry,
+    ) -> Result<Self, String> {
         let backends = config
             .backends
             .get_ref()
             .iter()
             .enumerate()
-            .map(|(index, b)| {
-                parse_backend_address(b.get_ref()).map(|authority| Backend { index, authority })
+            .map(|(index, entry)| {
+                let entry = entry.get_ref();
+                parse_backend_address(&entry.address).map(|authority| Backend {
+                    index,
+                    state: registry.state_for(name, authority.as_str()),
+                    authority,
+                    weight: entry.weight,
+                    backup: entry.backup,
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let connect_timeout = config
@@ -166,9 +290,67 @@ impl UpstreamPool {
                 Transport::H2c(h2::H2Connections::new(backends.len(), connect_timeout, tls))
             }
         };
+        let balancer: Box<dyn Balancer> = match config.balance {
+            BalancePolicy::RoundRobin => Box::new(SmoothRoundRobin::new(backends.len())),
+            BalancePolicy::LeastRequests => Box::new(LeastRequests::new()),
+            BalancePolicy::PeakEwma => Box::new(PeakEwmaBalancer::new()),
+            BalancePolicy::Random => Box::new(WeightedRandom::new()),
+            BalancePolicy::Hash => Box::new(HashRing::new(
+                &backends
+                    .iter()
+                    .map(|b| (b.authority.as_str().to_owned(), b.weight))
+                    .collect::<Vec<_>>(),
+            )),
+        };
+        let hash_key = match (config.balance, &config.hash_key) {
+            (BalancePolicy::Hash, Some(key)) => Some(HashKey::parse(key.get_ref())?),
+            (BalancePolicy::Hash, None) => Some(HashKey::ClientIp),
+            _ => None,
+        };
+        let sticky = config.sticky.as_ref().map(|s| {
+            let s = s.get_ref();
+            let addresses: Vec<&str> = backends.iter().map(|b| b.authority.as_str()).collect();
+            StickyCookie::new(
+                &s.cookie,
+                s.secret.as_deref(),
+                s.max_age.map(|d| d.0),
+                name,
+                &addresses,
+            )
+        });
+        let health_check = config
+            .health_check
+            .as_ref()
+            .map(|h| health::HealthCheck::new(h.get_ref(), tls.as_ref(), config.protocol))
+            .transpose()?
+            .map(Arc::new);
+        let outlier = config.outlier();
         Ok(UpstreamPool {
             name: Arc::from(name),
-            balancer: Box::new(RoundRobin::new()),
+            balancer,
+            policy: config.balance,
+            hash_key,
+            sticky,
+            slow_start: config.slow_start.map(|d| d.0),
+            max_connections: config
+                .max_connections
+                .as_ref()
+                .map(|n| u32::try_from(*n.get_ref()).unwrap_or(u32::MAX)),
+            max_pending: config
+                .max_pending
+                .as_ref()
+                .map_or(0, |n| u32::try_from(*n.get_ref()).unwrap_or(u32::MAX)),
+            pending: AtomicU32::new(0),
+            queue_wait: connect_timeout,
+            ejection: EjectionPolicy {
+                consecutive_failures: outlier.consecutive_failures,
+                base: outlier.ejection_time.0,
+                max: outlier.max_ejection_time.0,
+            },
+            failure_statuses: outlier.failure_statuses,
+            max_ejected_percent: outlier.max_ejected_percent,
+            retry: RetryPolicy::new(&config.retry(), tokio::time::Instant::now()),
+            health_check,
             transport,
             protocol: config.protocol,
             backends,
@@ -201,11 +383,208 @@ impl UpstreamPool {
         }
     }
 
-    /// The backend for the next request, or `None` when the pool has none to offer.
-    pub fn pick(&self) -> Option<&Backend> {
-        self.balancer
-            .pick(&self.backends)
-            .and_then(|i| self.backends.get(i))
+    /// The selection key of a request: its hash key and sticky backend.
+    pub fn selection_key(
+        &self,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        client: IpAddr,
+    ) -> SelectionKey {
+        let hash = self.hash_key.as_ref().and_then(|key| {
+            let hashed = |bytes: &[u8]| Some(HashRing::key_hash(bytes));
+            match key {
+                HashKey::ClientIp => match client {
+                    IpAddr::V4(ip) => hashed(&ip.octets()),
+                    IpAddr::V6(ip) => hashed(&ip.octets()),
+                },
+                HashKey::Path => hashed(uri.path().as_bytes()),
+                HashKey::Uri => hashed(
+                    uri.path_and_query()
+                        .map_or("/", |pq| pq.as_str())
+                        .as_bytes(),
+                ),
+                HashKey::Header(name) => headers.get(name).and_then(|v| hashed(v.as_bytes())),
+                HashKey::Cookie(name) => {
+                    sticky::cookie_value(headers, name).and_then(|v| hashed(v.as_bytes()))
+                }
+            }
+        });
+        let sticky = self.sticky.as_ref().and_then(|s| s.backend_of(headers));
+        SelectionKey { hash, sticky }
+    }
+
+    /// Chooses a backend for a request, leaving out the backends in `tried`, and counts the
+    /// request in flight on it. A saturated pool makes the request wait (up to the connect
+    /// timeout) for a free slot when its queue has room.
+    pub async fn select(
+        &self,
+        key: SelectionKey,
+        tried: &[usize],
+    ) -> Result<BackendLease, SelectError> {
+        let deadline = tokio::time::Instant::now() + self.queue_wait;
+        let mut queued = None;
+        loop {
+            let now = tokio::time::Instant::now();
+            match self.try_select(key, tried, now) {
+                Choice::Leased(lease) => return Ok(lease),
+                Choice::Nothing => return Err(SelectError::NoBackend),
+                Choice::Saturated(waiting_on) => {
+                    if queued.is_none() {
+                        if self.max_pending == 0
+                            || self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending
+                        {
+                            if self.max_pending != 0 {
+                                self.pending.fetch_sub(1, Ordering::AcqRel);
+                            }
+                            return Err(SelectError::Overloaded);
+                        }
+                        queued = Some(PendingSlot(&self.pending));
+                    }
+                    let Some(backend) = self.backends.get(waiting_on) else {
+                        return Err(SelectError::Overloaded);
+                    };
+                    let released = backend.state.released.notified();
+                    if tokio::time::timeout_at(deadline, released).await.is_err() {
+                        return Err(SelectError::Overloaded);
+                    }
+                }
+            }
+        }
+    }
+
+    fn try_select(&self, key: SelectionKey, tried: &[usize], now: tokio::time::Instant) -> Choice {
+        let limit = self.max_connections;
+        if let Some(index) = key.sticky
+            && !tried.contains(&index)
+            && let Some(backend) = self.backends.get(index)
+            && backend.state.availability(now) == Availability::Available
+            && backend.state.try_acquire(limit)
+        {
+            return Choice::Leased(Self::lease(backend));
+        }
+        let mut candidates: Vec<Candidate> = Vec::with_capacity(self.backends.len());
+        let mut saturated: Option<(usize, u32)> = None;
+        for backup in [false, true] {
+            for backend in self.backends.iter().filter(|b| b.backup == backup) {
+                if tried.contains(&backend.index)
+                    || backend.state.availability(now) != Availability::Available
+                {
+                    continue;
+                }
+                let in_flight = backend.state.in_flight();
+                if limit.is_some_and(|limit| in_flight >= limit) {
+                    if saturated.is_none_or(|(_, load)| in_flight < load) {
+                        saturated = Some((backend.index, in_flight));
+                    }
+                    continue;
+                }
+                candidates.push(self.candidate(backend, in_flight, now));
+            }
+            if !candidates.is_empty() || saturated.is_some() {
+                break;
+            }
+        }
+        if candidates.is_empty() && saturated.is_none() {
+            // Every backend is down or ejected. Rather than fail every request, try them anyway
+            // (as nginx does when all its servers are marked failed): a check may be wrong, and a
+            // request that fails costs no more than a 503.
+            candidates = self
+                .backends
+                .iter()
+                .filter(|b| !tried.contains(&b.index) && !b.state.is_draining())
+                .map(|b| self.candidate(b, b.state.in_flight(), now))
+                .collect();
+        }
+        // Another request may take the last slot between the count and the acquire: pick again.
+        for _ in 0..3 {
+            let Some(index) = self.balancer.pick(&candidates, key.hash) else {
+                break;
+            };
+            let Some(backend) = self.backends.get(index) else {
+                break;
+            };
+            if backend.state.try_acquire(limit) {
+                return Choice::Leased(Self::lease(backend));
+            }
+            candidates.retain(|c| c.index != index);
+            saturated.get_or_insert((index, 0));
+        }
+        match saturated {
+            Some((index, _)) => Choice::Saturated(index),
+            None => Choice::Nothing,
+        }
+    }
+
+    fn candidate(&self, backend: &Backend, in_flight: u32, now: tokio::time::Instant) -> Candidate {
+        let factor = backend.state.slow_start_factor(self.slow_start, now);
+        Candidate {
+            index: backend.index,
+            weight: (f64::from(backend.weight) * factor).max(f64::MIN_POSITIVE),
+            in_flight,
+            latency_ns: backend.state.latency_ns(now),
+        }
+    }
+
+    fn lease(backend: &Backend) -> BackendLease {
+        BackendLease {
+            state: backend.state.clone(),
+            index: backend.index,
+        }
+    }
+
+    /// The backend at `index`.
+    pub fn backend(&self, index: usize) -> Option<&Backend> {
+        self.backends.get(index)
+    }
+
+    /// Whether a backend's response status counts as a failure for passive health checks.
+    pub fn is_failure_status(&self, status: u16) -> bool {
+        self.failure_statuses.contains(&status)
+    }
+
+    /// Records the outcome of a request to backend `index` for passive health checks, ejecting
+    /// the backend when it has failed too often in a row (within the pool's ejection cap).
+    pub fn record_outcome(&self, index: usize, outcome: Outcome) {
+        let Some(backend) = self.backends.get(index) else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        let may_eject = outcome == Outcome::Failure && {
+            let ejected = self
+                .backends
+                .iter()
+                .filter(|b| b.state.is_ejected(now))
+                .count();
+            let cap = (self.backends.len() * self.max_ejected_percent as usize / 100).max(1);
+            ejected < cap
+        };
+        if let Some(length) = backend
+            .state
+            .record_outcome(outcome, &self.ejection, may_eject, now)
+        {
+            tracing::warn!(
+                pool = %self.name,
+                backend = %backend.authority,
+                seconds = length.as_secs_f64(),
+                "backend ejected after consecutive failures"
+            );
+        }
+    }
+}
+
+enum Choice {
+    Leased(BackendLease),
+    /// Nothing free; the index of the least loaded saturated backend to wait on.
+    Saturated(usize),
+    Nothing,
+}
+
+/// A place in a pool's queue of requests waiting for a saturated backend.
+struct PendingSlot<'a>(&'a AtomicU32);
+
+impl Drop for PendingSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -284,8 +284,9 @@ async fn two_host_headers_are_400() {
 }
 
 #[tokio::test]
-async fn a_truncated_body_never_reaches_the_origin_as_complete() {
-    // The client declares 10 bytes, sends 3 and stops sending.
+async fn a_truncated_streamed_body_never_reaches_the_origin_as_complete() {
+    // The client declares 100,000 bytes (over the 64 KiB the proxy holds for retries, so the
+    // body streams), sends 3 and stops sending.
     let outcomes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let origin = {
         let outcomes = outcomes.clone();
@@ -306,7 +307,7 @@ async fn a_truncated_body_never_reaches_the_origin_as_complete() {
     let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream
-        .write_all(b"POST /cut HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\nabc")
+        .write_all(b"POST /cut HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100000\r\n\r\nabc")
         .await
         .unwrap();
     stream.shutdown().await.unwrap();
@@ -319,6 +320,26 @@ async fn a_truncated_body_never_reaches_the_origin_as_complete() {
         "the origin's request ended"
     );
     assert_eq!(*outcomes.lock().unwrap(), ["incomplete"]);
+    still_serving(&proxy, &origin).await;
+}
+
+#[tokio::test]
+async fn a_truncated_small_body_is_refused_before_any_backend_sees_it() {
+    // Small declared bodies are read whole before forwarding (so they can be retried): one that
+    // ends early is the client's fault, answered 400, and no backend hears of it.
+    let origin = Origin::echo().await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"POST /cut HTTP/1.1\r\nHost: a.test\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let answer = read_until_closed(&mut stream, WAIT)
+        .await
+        .expect("the proxy ends the connection");
+    assert_eq!(status_of(&answer), 400, "{answer}");
+    assert_eq!(origin.count(), 0);
     still_serving(&proxy, &origin).await;
 }
 

@@ -495,8 +495,9 @@ async fn a_stalled_upload_still_ends_with_a_gateway_timeout() {
     let (origin, received) = mirror_origin().await;
     let proxy = Proxy::start(&single_pool_config(&[origin.addr], SHORT_HEADER_TIMEOUT)).await;
     let mut conn = RawConn::connect(proxy.addr).await;
+    // Declared larger than the 64 KiB the proxy holds for retries, so the body streams.
     conn.send(
-        b"POST /stall HTTP/1.1\r\nHost: example.test\r\nContent-Length: 1000\r\n\r\n0123456789",
+        b"POST /stall HTTP/1.1\r\nHost: example.test\r\nContent-Length: 100000\r\n\r\n0123456789",
     )
     .await;
     // No more bytes: the exchange must still end rather than hang.

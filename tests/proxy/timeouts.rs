@@ -357,3 +357,24 @@ async fn an_idle_h2_connection_that_ignores_goaway_is_closed_anyway() {
         "the connection must be closed even if the client ignores the shutdown"
     );
 }
+
+#[tokio::test]
+async fn a_client_stalling_a_small_body_gets_408_and_no_backend_hears_of_it() {
+    // Small declared bodies are read whole before forwarding (so a failed attempt can be
+    // retried); a pause longer than `client_body` is the client's fault.
+    let origin = Origin::echo().await;
+    let proxy = Proxy::start(&single_pool_config(
+        &[origin.addr],
+        "[timeouts]\nclient_body = \"300ms\"\n",
+    ))
+    .await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(b"POST /stall HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await;
+    let response = conn.response().await;
+    assert_eq!(response.status, 408, "{:?}", response.headers);
+    assert_eq!(response.header("connection"), Some("close"));
+    assert_eq!(origin.count(), 0);
+    let response = client().get(proxy.url("/after")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}

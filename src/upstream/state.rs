@@ -1,0 +1,487 @@
+//! What Gatehouse knows about one backend while it runs: requests in flight, latency, active
+//! health, passive ejection, drain. It lives in a [`BackendRegistry`] keyed by pool and address,
+//! so a config reload that keeps a backend keeps what was learned about it.
+//!
+//! Decisions about health (rise/fall, ejection, back-off) are plain methods that take the time
+//! as an argument, so they are unit-tested on explicit instants.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::balance::PeakEwma;
+
+/// How long a latency sample keeps its weight in the peak-EWMA estimate (linkerd's default).
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// Live state of one backend.
+#[derive(Debug)]
+pub struct BackendState {
+    in_flight: AtomicU32,
+    draining: AtomicBool,
+    /// Woken when a request finishes, for requests queued on a saturated backend.
+    pub(crate) released: Notify,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    latency: PeakEwma,
+    /// Active health: `None` before the first check (or without checks).
+    checked_up: Option<bool>,
+    passes: u32,
+    failures_in_row: u32,
+    /// Passive: consecutive failed requests.
+    request_failures: u32,
+    ejected_until: Option<Instant>,
+    /// Ejections since the back-off last reset.
+    ejections: u32,
+    /// When the backend last became available again (for slow start).
+    available_since: Option<Instant>,
+}
+
+/// Whether a backend may be sent new requests, and why not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    /// It may.
+    Available,
+    /// Active health checks failed.
+    Down,
+    /// Passive health checks ejected it until the given time.
+    Ejected,
+    /// An operator drained it.
+    Draining,
+}
+
+/// What became of a request sent to a backend, for passive health checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response that does not count as a failure.
+    Success,
+    /// A connect error, reset, timeout or a failure status.
+    Failure,
+}
+
+impl BackendState {
+    fn new() -> Self {
+        BackendState {
+            in_flight: AtomicU32::new(0),
+            draining: AtomicBool::new(false),
+            released: Notify::new(),
+            inner: Mutex::new(Inner {
+                latency: PeakEwma::new(EWMA_DECAY),
+                checked_up: None,
+                passes: 0,
+                failures_in_row: 0,
+                request_failures: 0,
+                ejected_until: None,
+                ejections: 0,
+                available_since: None,
+            }),
+        }
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        // The state stays consistent field by field; a panic elsewhere must not stop balancing.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more request in flight unless that would exceed `limit`.
+    pub fn try_acquire(&self, limit: Option<u32>) -> bool {
+        let previous = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        match limit {
+            Some(limit) if previous >= limit => {
+                self.release();
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Counts a request as finished.
+    pub fn release(&self) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.released.notify_one();
+    }
+
+    /// Whether an operator drained the backend.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Drains (no new requests) or undrains the backend.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    /// Whether the backend may take new requests at `now`.
+    pub fn availability(&self, now: Instant) -> Availability {
+        if self.is_draining() {
+            return Availability::Draining;
+        }
+        let inner = self.inner();
+        if inner.checked_up == Some(false) {
+            return Availability::Down;
+        }
+        match inner.ejected_until {
+            Some(until) if until > now => Availability::Ejected,
+            _ => Availability::Available,
+        }
+    }
+
+    /// Latency estimate in nanoseconds at `now`.
+    pub fn latency_ns(&self, now: Instant) -> f64 {
+        self.inner().latency.estimate_ns(now)
+    }
+
+    /// Records the time a backend took to send its response head.
+    pub fn observe_latency(&self, rtt: Duration, now: Instant) {
+        self.inner().latency.observe(rtt, now);
+    }
+
+    /// The share of its weight the backend gets at `now` while it slow-starts: from 10 % right
+    /// after it became available to 100 % after `window`.
+    pub fn slow_start_factor(&self, window: Option<Duration>, now: Instant) -> f64 {
+        let (Some(window), Some(since)) = (window, self.inner().available_since) else {
+            return 1.0;
+        };
+        let elapsed = now.saturating_duration_since(since);
+        if elapsed >= window || window.is_zero() {
+            return 1.0;
+        }
+        (0.1 + 0.9 * elapsed.as_secs_f64() / window.as_secs_f64()).clamp(0.1, 1.0)
+    }
+
+    /// Applies one active health check result; returns the new up/down state when it changed.
+    pub fn record_check(&self, passed: bool, rise: u32, fall: u32, now: Instant) -> Option<bool> {
+        let mut inner = self.inner();
+        let before = inner.checked_up;
+        if passed {
+            inner.failures_in_row = 0;
+            inner.passes = inner.passes.saturating_add(1);
+        } else {
+            inner.passes = 0;
+            inner.failures_in_row = inner.failures_in_row.saturating_add(1);
+        }
+        let after = match before {
+            // The first check decides at once: traffic must not wait for `rise` checks at start.
+            None => passed,
+            Some(false) => inner.passes >= rise.max(1),
+            Some(true) => inner.failures_in_row < fall.max(1),
+        };
+        inner.checked_up = Some(after);
+        if after && before == Some(false) {
+            inner.available_since = Some(now);
+            inner.request_failures = 0;
+        }
+        (before != Some(after)).then_some(after)
+    }
+
+    /// Whether the active health check has run at least once.
+    pub fn checked(&self) -> bool {
+        self.inner().checked_up.is_some()
+    }
+
+    /// Records a request's outcome for passive health checking. Returns the ejection length when
+    /// this outcome ejects the backend; `may_eject` says whether the pool's ejection cap allows
+    /// one more.
+    pub fn record_outcome(
+        &self,
+        outcome: Outcome,
+        policy: &EjectionPolicy,
+        may_eject: bool,
+        now: Instant,
+    ) -> Option<Duration> {
+        let mut inner = self.inner();
+        if let Some(until) = inner.ejected_until
+            && until <= now
+        {
+            // The ejection is over: the backend counts as available again from its end.
+            inner.ejected_until = None;
+            inner.available_since = Some(until);
+        }
+        match outcome {
+            Outcome::Success => {
+                inner.request_failures = 0;
+                // A backend that stayed in service for the longest ejection earns a fresh start.
+                if inner.ejections > 0
+                    && inner
+                        .available_since
+                        .is_some_and(|since| now.saturating_duration_since(since) >= policy.max)
+                {
+                    inner.ejections = 0;
+                }
+                None
+            }
+            Outcome::Failure => {
+                inner.request_failures = inner.request_failures.saturating_add(1);
+                let eject = policy.consecutive_failures > 0
+                    && inner.request_failures >= policy.consecutive_failures
+                    && inner.ejected_until.is_none()
+                    && may_eject;
+                if !eject {
+                    return None;
+                }
+                let length = policy.ejection_length(inner.ejections);
+                inner.ejections = inner.ejections.saturating_add(1);
+                inner.ejected_until = Some(now + length);
+                inner.request_failures = 0;
+                Some(length)
+            }
+        }
+    }
+
+    /// Whether passive health checks hold the backend out at `now`.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.inner().ejected_until.is_some_and(|until| until > now)
+    }
+
+    /// A snapshot for the admin view.
+    pub fn snapshot(&self, now: Instant) -> BackendSnapshot {
+        let inner = self.inner();
+        BackendSnapshot {
+            in_flight: self.in_flight(),
+            draining: self.is_draining(),
+            health_checked: inner.checked_up,
+            ejected_for: inner
+                .ejected_until
+                .filter(|until| *until > now)
+                .map(|until| until - now),
+            ejections: inner.ejections,
+            latency_ms: inner.latency.estimate_ns(now) / 1e6,
+        }
+    }
+}
+
+/// When and for how long passive health checks eject a backend.
+#[derive(Debug, Clone)]
+pub struct EjectionPolicy {
+    /// Consecutive failures that eject; 0 never ejects.
+    pub consecutive_failures: u32,
+    /// First ejection's length.
+    pub base: Duration,
+    /// Longest ejection.
+    pub max: Duration,
+}
+
+impl EjectionPolicy {
+    /// Length of an ejection after `previous` ones: doubles each time, up to the maximum.
+    pub fn ejection_length(&self, previous: u32) -> Duration {
+        let factor = 1u32.checked_shl(previous.min(20)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// A backend's state as the admin view shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackendSnapshot {
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// Drained by an operator.
+    pub draining: bool,
+    /// Active health: `None` without checks (or before the first).
+    pub health_checked: Option<bool>,
+    /// Time left of the current ejection.
+    pub ejected_for: Option<Duration>,
+    /// Ejections since the back-off last reset.
+    pub ejections: u32,
+    /// Peak-EWMA latency in milliseconds.
+    pub latency_ms: f64,
+}
+
+/// Backend states by pool name and address, shared by every generation.
+///
+/// Holds weak references: a backend's state lives as long as some generation's pool uses it,
+/// and is picked up again by the next generation that names the same backend in the same pool.
+#[derive(Debug, Default)]
+pub struct BackendRegistry {
+    states: Mutex<HashMap<(String, String), Weak<BackendState>>>,
+}
+
+impl BackendRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The state of `address` in `pool`: the existing one if a live generation uses it, else new.
+    pub fn state_for(&self, pool: &str, address: &str) -> Arc<BackendState> {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        states.retain(|_, state| state.strong_count() > 0);
+        let key = (pool.to_owned(), address.to_owned());
+        if let Some(state) = states.get(&key).and_then(Weak::upgrade) {
+            return state;
+        }
+        let state = Arc::new(BackendState::new());
+        states.insert(key, Arc::downgrade(&state));
+        state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> EjectionPolicy {
+        EjectionPolicy {
+            consecutive_failures: 3,
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn the_first_check_decides_then_rise_and_fall_apply() {
+        let state = BackendState::new();
+        let now = Instant::now();
+        assert_eq!(state.availability(now), Availability::Available);
+        assert_eq!(state.record_check(false, 2, 3, now), Some(false));
+        assert_eq!(state.availability(now), Availability::Down);
+        assert_eq!(state.record_check(true, 2, 3, now), None);
+        assert_eq!(state.record_check(true, 2, 3, now), Some(true));
+        assert_eq!(state.record_check(false, 2, 3, now), None);
+        assert_eq!(state.record_check(false, 2, 3, now), None);
+        assert_eq!(state.record_check(true, 2, 3, now), None);
+        for _ in 0..2 {
+            assert_eq!(state.record_check(false, 2, 3, now), None);
+        }
+        assert_eq!(state.record_check(false, 2, 3, now), Some(false));
+    }
+
+    #[test]
+    fn consecutive_failures_eject_with_a_doubling_back_off() {
+        let state = BackendState::new();
+        let policy = policy();
+        let mut now = Instant::now();
+        assert_eq!(
+            state.record_outcome(Outcome::Failure, &policy, true, now),
+            None
+        );
+        assert_eq!(
+            state.record_outcome(Outcome::Success, &policy, true, now),
+            None
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                state.record_outcome(Outcome::Failure, &policy, true, now),
+                None
+            );
+        }
+        assert_eq!(
+            state.record_outcome(Outcome::Failure, &policy, true, now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(state.availability(now), Availability::Ejected);
+        now += Duration::from_secs(11);
+        assert_eq!(state.availability(now), Availability::Available);
+        for _ in 0..2 {
+            state.record_outcome(Outcome::Failure, &policy, true, now);
+        }
+        assert_eq!(
+            state.record_outcome(Outcome::Failure, &policy, true, now),
+            Some(Duration::from_secs(20))
+        );
+        now += Duration::from_secs(21);
+        for _ in 0..5 {
+            for _ in 0..2 {
+                state.record_outcome(Outcome::Failure, &policy, true, now);
+            }
+            let length = state
+                .record_outcome(Outcome::Failure, &policy, true, now)
+                .expect("ejected");
+            assert!(length <= Duration::from_secs(60));
+            now += length + Duration::from_secs(1);
+        }
+    }
+
+    #[test]
+    fn the_back_off_resets_after_a_long_healthy_stretch() {
+        let state = BackendState::new();
+        let policy = policy();
+        let mut now = Instant::now();
+        for _ in 0..3 {
+            state.record_outcome(Outcome::Failure, &policy, true, now);
+        }
+        now += Duration::from_secs(75);
+        assert_eq!(
+            state.record_outcome(Outcome::Success, &policy, true, now),
+            None
+        );
+        for _ in 0..2 {
+            state.record_outcome(Outcome::Failure, &policy, true, now);
+        }
+        assert_eq!(
+            state.record_outcome(Outcome::Failure, &policy, true, now),
+            Some(Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn the_pool_cap_can_forbid_an_ejection() {
+        let state = BackendState::new();
+        let now = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(
+                state.record_outcome(Outcome::Failure, &policy(), false, now),
+                None
+            );
+        }
+        assert_eq!(state.availability(now), Availability::Available);
+    }
+
+    #[test]
+    fn drained_backends_are_unavailable_and_the_limit_holds() {
+        let state = BackendState::new();
+        state.set_draining(true);
+        assert_eq!(state.availability(Instant::now()), Availability::Draining);
+        assert!(state.try_acquire(Some(1)));
+        assert!(!state.try_acquire(Some(1)));
+        assert_eq!(state.in_flight(), 1);
+        state.release();
+        state.release();
+        assert_eq!(state.in_flight(), 0);
+    }
+
+    #[test]
+    fn slow_start_ramps_from_a_tenth_to_full_weight() {
+        let state = BackendState::new();
+        let now = Instant::now();
+        state.record_check(false, 1, 1, now);
+        state.record_check(true, 1, 1, now);
+        let window = Some(Duration::from_secs(10));
+        assert!((state.slow_start_factor(window, now) - 0.1).abs() < 1e-9);
+        let half = state.slow_start_factor(window, now + Duration::from_secs(5));
+        assert!((half - 0.55).abs() < 1e-9);
+        assert_eq!(
+            state.slow_start_factor(window, now + Duration::from_secs(10)),
+            1.0
+        );
+        assert_eq!(state.slow_start_factor(None, now), 1.0);
+    }
+
+    #[test]
+    fn the_registry_hands_back_live_state_and_forgets_dropped_state() {
+        let registry = BackendRegistry::new();
+        let a = registry.state_for("app", "127.0.0.1:1");
+        a.set_draining(true);
+        let again = registry.state_for("app", "127.0.0.1:1");
+        assert!(Arc::ptr_eq(&a, &again));
+        assert!(!Arc::ptr_eq(
+            &a,
+            &registry.state_for("other", "127.0.0.1:1")
+        ));
+        drop((a, again));
+        assert!(!registry.state_for("app", "127.0.0.1:1").is_draining());
+    }
+}
