@@ -216,7 +216,8 @@ async fn proxy(
     let key = route
         .pool
         .selection_key(request.uri(), request.headers(), conn.peer.ip());
-    let (head, body) = client_head(generation, conn, &route, request)?;
+    let (mut head, body) = client_head(generation, conn, &route, request)?;
+    head.decoded = decoding.is_some();
     let body = body_source(generation, &route, body, limit_flag.clone(), decoding).await?;
 
     let (response, lease) = forward_with_retries(
@@ -350,6 +351,8 @@ struct ClientHead {
     /// The host the client asked for.
     client_host: Option<HeaderValue>,
     headers: http::HeaderMap,
+    /// The body is decoded on its way: the backend gets no coding and no length.
+    decoded: bool,
 }
 
 fn client_head(
@@ -392,6 +395,7 @@ fn client_head(
             path_and_query,
             client_host,
             headers,
+            decoded: false,
         },
         body,
     ))
@@ -503,8 +507,6 @@ async fn forward_with_retries(
 ) -> Result<(Response<Incoming>, BackendLease), ProxyError> {
     let pool = &route.pool;
     pool.retry.on_request(tokio::time::Instant::now());
-    let decoded =
-        head.headers.contains_key(header::CONTENT_ENCODING) && route.request_decoding.is_some();
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error = None;
     for attempt in 1..=pool.retry.tries {
@@ -532,7 +534,6 @@ async fn forward_with_retries(
             route,
             backend,
             attempt_body,
-            decoded,
             upgrade,
             exchange,
         )?;
@@ -604,14 +605,12 @@ async fn forward_with_retries(
 }
 
 /// The request for one attempt: the client head aimed at `backend`.
-#[allow(clippy::too_many_arguments)]
 fn aim(
     head: &ClientHead,
     headers: http::HeaderMap,
     route: &Route,
     backend: &Backend,
     body: RequestBody,
-    decoded: bool,
     upgrade: Option<&HeaderValue>,
     exchange: &Exchange,
 ) -> Result<Request<RequestBody>, ProxyError> {
@@ -627,7 +626,7 @@ fn aim(
     *upstream.version_mut() = Version::HTTP_11;
     *upstream.headers_mut() = headers;
     let headers = upstream.headers_mut();
-    if decoded {
+    if head.decoded {
         // The backend gets the decoded bytes: no coding, length unknown until the end.
         headers.remove(header::CONTENT_ENCODING);
         headers.remove(header::CONTENT_LENGTH);

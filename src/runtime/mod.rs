@@ -149,6 +149,13 @@ impl Generation {
         })
     }
 
+    /// Every pool's backends with their live state, by pool name (the admin view).
+    pub fn pool_snapshots(&self) -> Vec<crate::upstream::PoolSnapshot> {
+        let mut pools: Vec<_> = self.pools.values().map(|p| p.snapshot()).collect();
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        pools
+    }
+
     /// Starts the active health checks of every pool that has them, and returns once each
     /// backend not checked before has had its first check, so no traffic goes to a backend that
     /// is down at start. Needs a Tokio runtime.

@@ -572,6 +572,60 @@ impl UpstreamPool {
     }
 }
 
+/// A pool as the admin view shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolSnapshot {
+    /// Pool name.
+    pub name: String,
+    /// Balancing policy.
+    pub balance: String,
+    /// Each backend, in config order.
+    pub backends: Vec<BackendView>,
+}
+
+/// One backend in the admin view.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackendView {
+    /// `host:port`.
+    pub address: String,
+    /// Configured weight.
+    pub weight: u32,
+    /// A backup backend.
+    pub backup: bool,
+    /// `available`, `down`, `ejected` or `draining`.
+    pub status: &'static str,
+    /// Live state.
+    #[serde(flatten)]
+    pub state: state::BackendSnapshot,
+}
+
+impl UpstreamPool {
+    /// The pool's backends with their health, load, latency and ejection state.
+    pub fn snapshot(&self) -> PoolSnapshot {
+        let now = tokio::time::Instant::now();
+        PoolSnapshot {
+            name: self.name.to_string(),
+            balance: format!("{:?}", self.policy),
+            backends: self
+                .backends
+                .iter()
+                .map(|b| BackendView {
+                    address: b.authority.to_string(),
+                    weight: b.weight,
+                    backup: b.backup,
+                    status: match b.state.availability(now) {
+                        Availability::Available => "available",
+                        Availability::Down => "down",
+                        Availability::Ejected => "ejected",
+                        Availability::Draining => "draining",
+                    },
+                    state: b.state.snapshot(now),
+                })
+                .collect(),
+        }
+    }
+}
+
 enum Choice {
     Leased(BackendLease),
     /// Nothing free; the index of the least loaded saturated backend to wait on.
@@ -665,6 +719,190 @@ fn build_client(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pool(toml_text: &str) -> UpstreamPool {
+        pool_in(toml_text, &BackendRegistry::new())
+    }
+
+    fn pool_in(toml_text: &str, registry: &BackendRegistry) -> UpstreamPool {
+        let config: PoolConfig = toml::from_str(toml_text).expect("pool config");
+        UpstreamPool::with_registry("app", &config, &Timeouts::default(), registry).expect("pool")
+    }
+
+    async fn pick(pool: &UpstreamPool, key: SelectionKey, tried: &[usize]) -> Option<usize> {
+        pool.select(key, tried).await.ok().map(|lease| lease.index)
+    }
+
+    fn mark_down(pool: &UpstreamPool, index: usize) {
+        let state = &pool.backends[index].state;
+        state.record_check(false, 1, 1, tokio::time::Instant::now());
+    }
+
+    const THREE: &str =
+        r#"backends = ["127.0.0.1:1", "127.0.0.1:2", { address = "127.0.0.1:3", backup = true }]"#;
+
+    #[tokio::test]
+    async fn backups_serve_only_while_no_primary_is_available() {
+        let pool = pool(THREE);
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(pick(&pool, SelectionKey::default(), &[]).await);
+        }
+        assert!(seen.iter().all(|s| matches!(s, Some(0 | 1))), "{seen:?}");
+        mark_down(&pool, 0);
+        assert_eq!(pick(&pool, SelectionKey::default(), &[]).await, Some(1));
+        mark_down(&pool, 1);
+        assert_eq!(pick(&pool, SelectionKey::default(), &[]).await, Some(2));
+    }
+
+    #[tokio::test]
+    async fn with_every_backend_down_the_pool_still_tries_them() {
+        let pool = pool(THREE);
+        for i in 0..3 {
+            mark_down(&pool, i);
+        }
+        assert!(pick(&pool, SelectionKey::default(), &[]).await.is_some());
+        pool.backends[0].state.set_draining(true);
+        assert_eq!(pick(&pool, SelectionKey::default(), &[1, 2]).await, None);
+    }
+
+    #[tokio::test]
+    async fn tried_backends_are_left_out_until_none_is_left() {
+        let pool = pool(THREE);
+        assert_eq!(pick(&pool, SelectionKey::default(), &[0]).await, Some(1));
+        assert_eq!(pick(&pool, SelectionKey::default(), &[0, 1]).await, Some(2));
+        assert_eq!(
+            pool.select(SelectionKey::default(), &[0, 1, 2]).await.err(),
+            Some(SelectError::NoBackend)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_sticky_key_wins_while_its_backend_is_available() {
+        let pool = pool(&format!("{THREE}\nsticky = {{ secret = \"k\" }}"));
+        let key = SelectionKey {
+            hash: None,
+            sticky: Some(1),
+        };
+        for _ in 0..5 {
+            assert_eq!(pick(&pool, key, &[]).await, Some(1));
+        }
+        mark_down(&pool, 1);
+        assert_eq!(pick(&pool, key, &[]).await, Some(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_backend_refuses_at_once_or_queues_when_allowed() {
+        let pool = pool(
+            r#"backends = ["127.0.0.1:1"]
+max_connections = 1"#,
+        );
+        let held = pool
+            .select(SelectionKey::default(), &[])
+            .await
+            .expect("first");
+        assert_eq!(
+            pool.select(SelectionKey::default(), &[]).await.err(),
+            Some(SelectError::Overloaded)
+        );
+        drop(held);
+        let queued = Arc::new(pool_in(
+            r#"backends = ["127.0.0.1:1"]
+max_connections = 1
+max_pending = 1"#,
+            &BackendRegistry::new(),
+        ));
+        let held = queued
+            .select(SelectionKey::default(), &[])
+            .await
+            .expect("first");
+        let waiter = {
+            let queued = queued.clone();
+            tokio::spawn(async move { queued.select(SelectionKey::default(), &[]).await.is_ok() })
+        };
+        tokio::task::yield_now().await;
+        // The queue (one place) is taken by the waiter: a third request is refused.
+        assert_eq!(
+            queued.select(SelectionKey::default(), &[]).await.err(),
+            Some(SelectError::Overloaded)
+        );
+        drop(held);
+        assert!(waiter.await.expect("waiter"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queued_request_gives_up_after_the_connect_timeout() {
+        let pool = Arc::new(pool(
+            r#"backends = ["127.0.0.1:1"]
+max_connections = 1
+max_pending = 4
+connect_timeout = "1s""#,
+        ));
+        let _held = pool
+            .select(SelectionKey::default(), &[])
+            .await
+            .expect("first");
+        assert_eq!(
+            pool.select(SelectionKey::default(), &[]).await.err(),
+            Some(SelectError::Overloaded)
+        );
+    }
+
+    #[tokio::test]
+    async fn at_most_the_configured_share_of_a_pool_is_ejected() {
+        let pool = pool(
+            r#"backends = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]
+outlier = { consecutive_failures = 1, max_ejected_percent = 50 }"#,
+        );
+        for i in 0..4 {
+            pool.record_outcome(i, Outcome::Failure);
+        }
+        let now = tokio::time::Instant::now();
+        let ejected = pool
+            .backends
+            .iter()
+            .filter(|b| b.state.is_ejected(now))
+            .count();
+        assert_eq!(ejected, 2);
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_the_state_of_unchanged_backends() {
+        let registry = BackendRegistry::new();
+        let before = pool_in(r#"backends = ["127.0.0.1:1", "127.0.0.1:2"]"#, &registry);
+        mark_down(&before, 1);
+        let after = pool_in(r#"backends = ["127.0.0.1:2", "127.0.0.1:3"]"#, &registry);
+        assert_eq!(
+            after.backends[0]
+                .state
+                .availability(tokio::time::Instant::now()),
+            Availability::Down
+        );
+        assert!(Arc::ptr_eq(
+            &before.backends[1].state,
+            &after.backends[0].state
+        ));
+        assert!(!after.backends[1].state.checked());
+        let snapshot = after.snapshot();
+        assert_eq!(snapshot.backends[0].status, "down");
+        assert_eq!(snapshot.backends[1].status, "available");
+    }
+
+    #[test]
+    fn hash_keys_parse() {
+        assert_eq!(HashKey::parse("client_ip"), Ok(HashKey::ClientIp));
+        assert_eq!(
+            HashKey::parse("header:X-User"),
+            Ok(HashKey::Header(http::HeaderName::from_static("x-user")))
+        );
+        assert_eq!(
+            HashKey::parse("cookie:sid"),
+            Ok(HashKey::Cookie("sid".into()))
+        );
+        for bad in ["", "ip", "header:", "cookie:", "header:a b"] {
+            assert!(HashKey::parse(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn backend_addresses_need_a_host_and_a_port() {

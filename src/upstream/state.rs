@@ -130,13 +130,19 @@ impl BackendState {
         if self.is_draining() {
             return Availability::Draining;
         }
-        let inner = self.inner();
+        let mut inner = self.inner();
         if inner.checked_up == Some(false) {
             return Availability::Down;
         }
         match inner.ejected_until {
             Some(until) if until > now => Availability::Ejected,
-            _ => Availability::Available,
+            Some(until) => {
+                // The ejection is over: slow start counts from its end.
+                inner.ejected_until = None;
+                inner.available_since = Some(until);
+                Availability::Available
+            }
+            None => Availability::Available,
         }
     }
 
@@ -254,10 +260,10 @@ impl BackendState {
             in_flight: self.in_flight(),
             draining: self.is_draining(),
             health_checked: inner.checked_up,
-            ejected_for: inner
+            ejected_for_seconds: inner
                 .ejected_until
                 .filter(|until| *until > now)
-                .map(|until| until - now),
+                .map(|until| (until - now).as_secs_f64()),
             ejections: inner.ejections,
             latency_ms: inner.latency.estimate_ns(now) / 1e6,
         }
@@ -292,8 +298,8 @@ pub struct BackendSnapshot {
     pub draining: bool,
     /// Active health: `None` without checks (or before the first).
     pub health_checked: Option<bool>,
-    /// Time left of the current ejection.
-    pub ejected_for: Option<Duration>,
+    /// Time left of the current ejection, in seconds.
+    pub ejected_for_seconds: Option<f64>,
     /// Ejections since the back-off last reset.
     pub ejections: u32,
     /// Peak-EWMA latency in milliseconds.
