@@ -82,6 +82,8 @@ pin_project! {
         slot: Option<BodySlot>,
         // The body taken out of `slot` by the first poll.
         taken: Option<Pin<Box<RequestBody>>>,
+        // Counts the bytes that pass, for metrics.
+        counter: Option<metrics::Counter>,
     }
 }
 
@@ -136,6 +138,7 @@ impl RequestBody {
             buffered: None,
             slot: None,
             taken: None,
+            counter: None,
         }
     }
 
@@ -151,6 +154,7 @@ impl RequestBody {
             buffered: None,
             slot: None,
             taken: None,
+            counter: None,
         }
     }
 
@@ -167,6 +171,7 @@ impl RequestBody {
             buffered: None,
             slot: None,
             taken: None,
+            counter: None,
         }
     }
 
@@ -184,7 +189,14 @@ impl RequestBody {
             buffered: None,
             slot: None,
             taken: None,
+            counter: None,
         }
+    }
+
+    /// Counts the bytes that pass through `counter`.
+    pub fn counting(mut self, counter: metrics::Counter) -> Self {
+        self.counter = Some(counter);
+        self
     }
 
     /// A body held in memory, which can be sent any number of times.
@@ -216,9 +228,13 @@ impl Body for RequestBody {
         let mut this = self.project();
         if let Some(slot) = this.slot.take() {
             // The first poll takes the body out of the slot for good.
-            let Some(body) = slot.lock().take() else {
+            let Some(mut body) = slot.lock().take() else {
                 return Poll::Ready(None);
             };
+            // Whoever watches this attempt's progress now watches the body itself.
+            if let Some(progress) = this.progress.take() {
+                body.progress = Some(progress);
+            }
             *this.decoded = None;
             this.inner.set(None);
             *this.slot = None;
@@ -246,6 +262,9 @@ impl Body for RequestBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     *this.seen += data.len() as u64;
+                    if let Some(counter) = this.counter {
+                        counter.increment(data.len() as u64);
+                    }
                     if *this.seen > *this.limit {
                         if let Some(flag) = this.exceeded {
                             flag.store(true, Ordering::Relaxed);

@@ -571,6 +571,19 @@ pub enum BalancePolicy {
     Random,
 }
 
+impl BalancePolicy {
+    /// The policy's name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BalancePolicy::RoundRobin => "round_robin",
+            BalancePolicy::LeastRequests => "least_requests",
+            BalancePolicy::PeakEwma => "peak_ewma",
+            BalancePolicy::Hash => "hash",
+            BalancePolicy::Random => "random",
+        }
+    }
+}
+
 /// `[pool.NAME.sticky]`: session affinity through a signed cookie.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -579,7 +592,8 @@ pub struct StickySettings {
     #[serde(default = "default_sticky_cookie")]
     pub cookie: String,
     /// Key the cookie value is derived from (HMAC-SHA256); unset means a random key per
-    /// process, so sessions do not survive a restart or move between instances.
+    /// process (kept across reloads), so sessions do not survive a restart or move between
+    /// instances.
     pub secret: Option<String>,
     /// Cookie lifetime; unset means a session cookie.
     pub max_age: Option<HumanDuration>,

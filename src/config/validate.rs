@@ -190,6 +190,12 @@ fn check_pools(config: &Config, problems: &mut Problems) {
                     format!("{:?} is not a valid cookie name", settings.cookie),
                 );
             }
+            if settings.max_age.is_some_and(|age| age.0.is_zero()) {
+                problems.at(
+                    sticky,
+                    "sticky.max_age must be more than 0s; leave it out for a session cookie",
+                );
+            }
             if settings.secret.as_deref() == Some("") {
                 problems.at(
                     sticky,
@@ -244,6 +250,9 @@ fn check_pools(config: &Config, problems: &mut Problems) {
             }
             if settings.statuses.iter().any(|s| !(100..=599).contains(s)) {
                 problems.at(retry, "retry.statuses must be HTTP statuses (100-599)");
+            }
+            if settings.budget_percent > 1000 {
+                problems.at(retry, "retry.budget_percent must be 0 to 1000");
             }
         }
         if let Some(tls) = &pool.tls

@@ -1,4 +1,5 @@
-//! What operators see: diagnostic logging and the access log.
+//! What operators see: diagnostic logging, the access log and metrics.
 
 pub mod access_log;
 pub mod logging;
+pub mod metrics;

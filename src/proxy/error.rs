@@ -35,6 +35,8 @@ pub enum ProxyError {
     UpstreamFailed(String),
     /// The backend did not send its response head in time.
     UpstreamTimeout,
+    /// A streamed request body stopped moving for the whole upstream header timeout.
+    UploadStalled,
 }
 
 impl ProxyError {
@@ -49,9 +51,9 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamFailed(_) => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::UpstreamTimeout | ProxyError::UpstreamConnectTimeout(_) => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            ProxyError::UpstreamTimeout
+            | ProxyError::UploadStalled
+            | ProxyError::UpstreamConnectTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -71,6 +73,9 @@ impl ProxyError {
             ProxyError::UpstreamConnectTimeout(e) => format!("upstream connect timed out: {e}"),
             ProxyError::UpstreamFailed(e) => format!("upstream request failed: {e}"),
             ProxyError::UpstreamTimeout => "upstream response header timeout".to_owned(),
+            ProxyError::UploadStalled => {
+                "request body stopped moving for the upstream header timeout".to_owned()
+            }
         }
     }
 

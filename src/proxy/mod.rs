@@ -12,6 +12,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::{Metrics, RouteMetrics};
 use crate::runtime::Generation;
 use crate::server::DrainToken;
 use crate::server::activity::ConnActivity;
@@ -25,15 +26,22 @@ pub struct ProxyState {
     pub access_log: AccessLog,
     /// Backend state shared by every generation.
     pub registry: BackendRegistry,
+    /// The server's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Metrics of requests that matched no route.
+    pub unrouted: Arc<RouteMetrics>,
 }
 
 impl ProxyState {
     /// State serving `generation`.
     pub fn new(generation: Generation, access_log: AccessLog, registry: BackendRegistry) -> Self {
+        let metrics = Arc::new(Metrics::new());
         ProxyState {
             generation: ArcSwap::from_pointee(generation),
             access_log,
             registry,
+            unrouted: Arc::new(metrics.route("-")),
+            metrics,
         }
     }
 

@@ -37,6 +37,8 @@ struct Exchange {
     lease: Option<BackendLease>,
     /// A sticky-session cookie to set on the response.
     set_cookie: Option<HeaderValue>,
+    /// The route the request matched.
+    matched: Option<Arc<Route>>,
 }
 
 /// Serves one request: forwards it to a backend, or answers with an error page.
@@ -54,6 +56,7 @@ pub async fn handle(
         upstream: None,
         lease: None,
         set_cookie: None,
+        matched: None,
     };
     // Kept for the log line and the error page; the request itself moves on to the backend.
     let log_parts = state
@@ -63,7 +66,8 @@ pub async fn handle(
     let accept = request.headers().get(header::ACCEPT).cloned();
     let uri = request.uri().clone();
 
-    let result = proxy(&generation, conn, &mut exchange, request).await;
+    let method = request.method().clone();
+    let result = proxy(&generation, &state.metrics, conn, &mut exchange, request).await;
     let mut response = match result {
         Ok(response) => response,
         Err(error) => {
@@ -90,6 +94,14 @@ pub async fn handle(
         }
     };
     let status = response.status();
+    let route_metrics = match &exchange.matched {
+        Some(route) => route
+            .metrics
+            .get_or_init(|| Arc::new(state.metrics.route(&route.name)))
+            .clone(),
+        None => state.unrouted.clone(),
+    };
+    route_metrics.count(&state.metrics, &method, status);
     let record = log_parts.map(|parts| AccessRecord {
         log: state.access_log.clone(),
         started,
@@ -107,6 +119,8 @@ pub async fn handle(
     });
     response.body_mut().observe(Box::new(Completion {
         record,
+        started,
+        metrics: route_metrics,
         _in_flight: in_flight,
         _lease: exchange.lease.take(),
     }));
@@ -116,12 +130,18 @@ pub async fn handle(
 /// Finishes the access-log record and the in-flight count when the response body ends.
 struct Completion {
     record: Option<AccessRecord>,
+    started: Instant,
+    metrics: Arc<crate::observe::metrics::RouteMetrics>,
     _in_flight: InFlight,
     _lease: Option<BackendLease>,
 }
 
 impl crate::body::BodyObserver for Completion {
     fn finished(&mut self, bytes: u64, complete: bool) {
+        self.metrics
+            .duration
+            .record(self.started.elapsed().as_secs_f64());
+        self.metrics.response_bytes.increment(bytes);
         if let Some(record) = &mut self.record {
             record.finished(bytes, complete);
         }
@@ -186,6 +206,7 @@ fn request_host<B>(request: &Request<B>) -> Option<&str> {
 
 async fn proxy(
     generation: &Generation,
+    metrics: &crate::observe::metrics::Metrics,
     conn: &ConnInfo,
     exchange: &mut Exchange,
     mut request: Request<Incoming>,
@@ -196,6 +217,7 @@ async fn proxy(
     }
     let route = route_for(generation, &request)?;
     exchange.route = Some(route.name.clone());
+    exchange.matched = Some(route.clone());
     let limit_flag = check_body_size(&route, &request)?;
     let decoding = route
         .request_decoding
@@ -218,9 +240,23 @@ async fn proxy(
         .selection_key(request.uri(), request.headers(), conn.peer.ip());
     let (mut head, body) = client_head(generation, conn, &route, request)?;
     head.decoded = decoding.is_some();
-    let body = body_source(generation, &route, body, limit_flag.clone(), decoding).await?;
+    let request_bytes = route
+        .metrics
+        .get_or_init(|| Arc::new(metrics.route(&route.name)))
+        .request_bytes
+        .clone();
+    let body = body_source(
+        generation,
+        &route,
+        body,
+        limit_flag.clone(),
+        decoding,
+        request_bytes,
+    )
+    .await?;
 
     let (response, lease) = forward_with_retries(
+        metrics,
         conn,
         exchange,
         &route,
@@ -231,10 +267,10 @@ async fn proxy(
         limit_flag.as_deref(),
     )
     .await?;
-    exchange.lease = Some(lease);
+    let mut lease = Some(lease);
     let response = match client_upgrade {
         Some(client_upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            upgrade::splice(response, client_upgrade, conn.drain.clone())?
+            upgrade::splice(response, client_upgrade, conn.drain.clone(), lease.take())?
         }
         _ => match (&route.compression, compression) {
             (Some(policy), Some(facts)) => {
@@ -244,6 +280,8 @@ async fn proxy(
             _ => response.map(ResponseBody::upstream),
         },
     };
+    // Held until the response body ends (a tunnel holds its own).
+    exchange.lease = lease;
     Ok(rewrite_response(
         generation, conn, &route, exchange, response,
     ))
@@ -441,6 +479,7 @@ async fn body_source(
     body: Incoming,
     limit_flag: Option<Arc<AtomicBool>>,
     decoding: Option<(compress::Encoding, compress::RequestDecoding)>,
+    bytes: metrics::Counter,
 ) -> Result<BodySource, ProxyError> {
     let retries = route.pool.retry.tries > 1;
     if http_body::Body::is_end_stream(&body) && decoding.is_none() {
@@ -454,6 +493,7 @@ async fn body_source(
     if retries && decoding.is_none() && declared.is_some_and(|n| n <= route.pool.retry.buffer_body)
     {
         let read = read_whole_body(body, generation.timeouts.client_body.0).await?;
+        bytes.increment(read.len() as u64);
         return Ok(BodySource::Buffered(read));
     }
     let body = match (decoding, route.max_body, limit_flag) {
@@ -465,7 +505,8 @@ async fn body_source(
         }
         (_, Some(limit), Some(flag)) => RequestBody::limited(body, limit, flag),
         _ => RequestBody::new(body),
-    };
+    }
+    .counting(bytes);
     Ok(if retries {
         BodySource::Slot(crate::body::BodySlot::new(body))
     } else {
@@ -496,6 +537,7 @@ async fn read_whole_body(mut body: Incoming, pause: Duration) -> Result<bytes::B
 /// Each outcome feeds the pool's passive health checks and latency estimates.
 #[allow(clippy::too_many_arguments)]
 async fn forward_with_retries(
+    metrics: &crate::observe::metrics::Metrics,
     conn: &ConnInfo,
     exchange: &mut Exchange,
     route: &Route,
@@ -509,11 +551,15 @@ async fn forward_with_retries(
     pool.retry.on_request(tokio::time::Instant::now());
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error = None;
+    // A response with a retried status, kept in case no other backend does better.
+    let mut fallback: Option<(Response<Incoming>, BackendLease)> = None;
     for attempt in 1..=pool.retry.tries {
         let lease = match pool.select(key, &tried).await {
             Ok(lease) => lease,
-            Err(SelectError::Overloaded) => return Err(ProxyError::Overloaded),
-            Err(SelectError::NoBackend) => break,
+            Err(SelectError::Overloaded) if fallback.is_none() => {
+                return Err(ProxyError::Overloaded);
+            }
+            Err(_) => break,
         };
         let Some(backend) = pool.backend(lease.index) else {
             break;
@@ -521,6 +567,16 @@ async fn forward_with_retries(
         let Some(attempt_body) = body.next() else {
             break;
         };
+        if attempt > 1 {
+            pool.retries
+                .get_or_init(|| {
+                    metrics.counter("gatehouse_upstream_retries_total", &[("pool", &pool.name)])
+                })
+                .increment(1);
+        }
+        let backend_metrics = backend
+            .metrics
+            .get_or_init(|| metrics.backend(&pool.name, backend.authority.as_str()));
         exchange.upstream = Some(backend.authority.as_str().to_owned());
         let last_try = attempt == pool.retry.tries;
         let headers = if last_try {
@@ -538,13 +594,20 @@ async fn forward_with_retries(
             exchange,
         )?;
         let sent_at = tokio::time::Instant::now();
+        // Retrying spends budget: only worth it when some backend is left to try.
+        let another_left = pool.backends.len() > tried.len() + 1;
         match forward(route, backend, request, limit_flag).await {
             Ok(response) => {
                 let status = response.status().as_u16();
-                backend
-                    .state
-                    .observe_latency(sent_at.elapsed(), tokio::time::Instant::now());
+                let elapsed = sent_at.elapsed();
+                backend_metrics.response_time.record(elapsed.as_secs_f64());
                 let failed = pool.is_failure_status(status);
+                if !failed {
+                    // A backend that fails fast must not look fast to the latency balancer.
+                    backend
+                        .state
+                        .observe_latency(elapsed, tokio::time::Instant::now());
+                }
                 pool.record_outcome(
                     lease.index,
                     if failed {
@@ -553,7 +616,8 @@ async fn forward_with_retries(
                         Outcome::Success
                     },
                 );
-                if pool.retry.retries_status(status)
+                if another_left
+                    && pool.retry.retries_status(status)
                     && pool.retry.should_retry(
                         attempt,
                         AttemptFailure::Status(status),
@@ -564,6 +628,7 @@ async fn forward_with_retries(
                 {
                     tracing::debug!(pool = %pool.name, backend = %backend.authority, status, attempt, "retrying on another backend");
                     tried.push(lease.index);
+                    fallback = Some((response, lease));
                     continue;
                 }
                 if let Some(sticky) = &pool.sticky
@@ -576,32 +641,43 @@ async fn forward_with_retries(
             Err(error) => {
                 let failure = match &error {
                     ProxyError::UpstreamConnect(_) | ProxyError::UpstreamConnectTimeout(_) => {
+                        backend_metrics.connect_errors.increment(1);
                         AttemptFailure::Connect
                     }
                     ProxyError::UpstreamFailed(_) | ProxyError::UpstreamTimeout => {
                         AttemptFailure::AfterSend
                     }
-                    // The client's fault: nothing to retry, nothing against the backend.
+                    // The client's fault (or not clearly the backend's): nothing to retry,
+                    // nothing held against the backend.
                     _ => return Err(error),
                 };
                 pool.record_outcome(lease.index, Outcome::Failure);
-                if pool.retry.should_retry(
-                    attempt,
-                    failure,
-                    &head.method,
-                    body.is_available(),
-                    tokio::time::Instant::now(),
-                ) {
+                if another_left
+                    && pool.retry.should_retry(
+                        attempt,
+                        failure,
+                        &head.method,
+                        body.is_available(),
+                        tokio::time::Instant::now(),
+                    )
+                {
                     tracing::debug!(pool = %pool.name, backend = %backend.authority, cause = %error.cause(), attempt, "retrying on another backend");
                     tried.push(lease.index);
                     last_error = Some(error);
                     continue;
                 }
-                return Err(error);
+                return match fallback {
+                    Some(answer) => Ok(answer),
+                    None => Err(error),
+                };
             }
         }
     }
-    Err(last_error.unwrap_or(ProxyError::NoBackend))
+    match (fallback, last_error) {
+        (Some(answer), _) => Ok(answer),
+        (None, Some(error)) => Err(error),
+        (None, None) => Err(ProxyError::NoBackend),
+    }
 }
 
 /// The request for one attempt: the client head aimed at `backend`.
@@ -660,6 +736,16 @@ fn aim(
     Ok(upstream)
 }
 
+/// How a send ended when it did not end with the backend's answer or error.
+enum Sent {
+    Answered(Result<Response<Incoming>, UpstreamError>),
+    /// The backend sent no response head in time after the whole body was sent.
+    TimedOut,
+    /// The body stopped moving for the whole timeout: the client stalled (or the backend
+    /// stopped reading). Not counted against the backend, never retried.
+    UploadStalled,
+}
+
 /// Sends a request whose body is still to stream. The backend has the header timeout to answer
 /// once the body is all sent; while it streams, the clock restarts each time a piece of it
 /// moves, so a long upload is not cut off but a stalled one is.
@@ -667,26 +753,70 @@ async fn forward_streaming(
     route: &Route,
     backend: &Backend,
     mut request: Request<RequestBody>,
-) -> Option<Result<Response<Incoming>, UpstreamError>> {
+) -> Sent {
     let mut body_progress = request.body_mut().progress();
     let timeout = route.upstream_header_timeout;
     let sent = route.pool.send(backend, request);
     tokio::pin!(sent);
     loop {
         tokio::select! {
-            result = &mut sent => break Some(result),
+            result = &mut sent => break Sent::Answered(result),
             moved = body_progress.changed() => {
                 if moved.is_err() {
-                    break tokio::time::timeout(timeout, &mut sent).await.ok();
+                    break match tokio::time::timeout(timeout, &mut sent).await {
+                        Ok(result) => Sent::Answered(result),
+                        Err(_) => Sent::TimedOut,
+                    };
                 }
             }
-            () = tokio::time::sleep(timeout) => break None,
+            () = tokio::time::sleep(timeout) => break Sent::UploadStalled,
+        }
+    }
+}
+
+async fn forward(
+    route: &Route,
+    backend: &Backend,
+    request: Request<RequestBody>,
+    limit_flag: Option<&AtomicBool>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let timeout = route.upstream_header_timeout;
+    let outcome = if http_body::Body::is_end_stream(request.body()) {
+        // No body (most GETs): one timer, armed once.
+        match tokio::time::timeout(timeout, route.pool.send(backend, request)).await {
+            Ok(result) => Sent::Answered(result),
+            Err(_) => Sent::TimedOut,
+        }
+    } else {
+        forward_streaming(route, backend, request).await
+    };
+    match outcome {
+        Sent::TimedOut => Err(ProxyError::UpstreamTimeout),
+        Sent::UploadStalled => Err(ProxyError::UploadStalled),
+        Sent::Answered(Ok(response)) => Ok(response),
+        Sent::Answered(Err(error)) => {
+            if limit_flag.is_some_and(|f| f.load(Ordering::Relaxed)) {
+                return Err(ProxyError::BodyTooLarge);
+            }
+            Err(match error {
+                // As nginx does: a backend that cannot be reached in time is a gateway timeout.
+                UpstreamError::Connect {
+                    timed_out: true,
+                    cause,
+                } => ProxyError::UpstreamConnectTimeout(cause),
+                UpstreamError::Connect { cause, .. } => ProxyError::UpstreamConnect(cause),
+                UpstreamError::Failed(cause) => ProxyError::UpstreamFailed(cause),
+                UpstreamError::ClientBody {
+                    too_large: true, ..
+                } => ProxyError::BodyTooLarge,
+                UpstreamError::ClientBody { cause, .. } => ProxyError::ClientBody(cause),
+            })
         }
     }
 }
 
 /// Applies `strip_prefix` then `add_prefix` to the path; the query is kept as is.
-fn rewrite_path(route: &Route, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
+pub(crate) fn rewrite_path(route: &Route, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
     let original = uri
         .path_and_query()
         .cloned()
@@ -717,45 +847,6 @@ fn rewrite_path(route: &Route, uri: &Uri) -> Result<PathAndQuery, ProxyError> {
     }
     PathAndQuery::try_from(rewritten)
         .map_err(|_| ProxyError::BadRequest("rewritten path is invalid"))
-}
-
-async fn forward(
-    route: &Route,
-    backend: &Backend,
-    request: Request<RequestBody>,
-    limit_flag: Option<&AtomicBool>,
-) -> Result<Response<Incoming>, ProxyError> {
-    let timeout = route.upstream_header_timeout;
-    let outcome = if http_body::Body::is_end_stream(request.body()) {
-        // No body (most GETs): one timer, armed once.
-        tokio::time::timeout(timeout, route.pool.send(backend, request))
-            .await
-            .ok()
-    } else {
-        forward_streaming(route, backend, request).await
-    };
-    match outcome {
-        None => Err(ProxyError::UpstreamTimeout),
-        Some(Ok(response)) => Ok(response),
-        Some(Err(error)) => {
-            if limit_flag.is_some_and(|f| f.load(Ordering::Relaxed)) {
-                return Err(ProxyError::BodyTooLarge);
-            }
-            Err(match error {
-                // As nginx does: a backend that cannot be reached in time is a gateway timeout.
-                UpstreamError::Connect {
-                    timed_out: true,
-                    cause,
-                } => ProxyError::UpstreamConnectTimeout(cause),
-                UpstreamError::Connect { cause, .. } => ProxyError::UpstreamConnect(cause),
-                UpstreamError::Failed(cause) => ProxyError::UpstreamFailed(cause),
-                UpstreamError::ClientBody {
-                    too_large: true, ..
-                } => ProxyError::BodyTooLarge,
-                UpstreamError::ClientBody { cause, .. } => ProxyError::ClientBody(cause),
-            })
-        }
-    }
 }
 
 fn rewrite_response(
@@ -816,6 +907,7 @@ mod tests {
             hsts: None,
             compression: None,
             request_decoding: None,
+            metrics: std::sync::OnceLock::new(),
         }
     }
 

@@ -10,19 +10,23 @@ use hyper_util::rt::TokioIo;
 use super::error::ProxyError;
 use crate::body::ResponseBody;
 use crate::server::DrainToken;
+use crate::upstream::BackendLease;
 
 /// Turns the backend's 101 response into the client's, and splices the two upgraded
 /// connections together in a task of their own.
 ///
-/// The task holds `drain`, so graceful shutdown waits for open tunnels up to its grace period.
+/// The task holds `drain`, so graceful shutdown waits for open tunnels up to its grace period,
+/// and `lease`, so the tunnel counts as a request in flight to its backend while it is open.
 pub fn splice(
     mut response: Response<Incoming>,
     client_upgrade: OnUpgrade,
     drain: DrainToken,
+    lease: Option<BackendLease>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let upstream_upgrade = hyper::upgrade::on(&mut response);
     tokio::spawn(async move {
         let _drain = drain;
+        let _lease = lease;
         let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok(pair) => pair,
             Err(error) => {

@@ -59,6 +59,8 @@ pub struct Route {
     pub compression: Option<Arc<CompressionPolicy>>,
     /// Request body decoding, when on for this route.
     pub request_decoding: Option<RequestDecoding>,
+    /// Metric handles, registered on the route's first request.
+    pub metrics: std::sync::OnceLock<Arc<crate::observe::metrics::RouteMetrics>>,
 }
 
 /// A listener as configured.
@@ -294,6 +296,7 @@ fn compile_route(
             .then_some(RequestDecoding {
                 max_decoded: config.compression.max_decompressed_request.0,
             }),
+        metrics: std::sync::OnceLock::new(),
     };
     Ok((matcher, Arc::new(compiled)))
 }

@@ -65,6 +65,8 @@ pub struct Backend {
     pub backup: bool,
     /// What is known about it at run time (shared across config reloads).
     pub state: Arc<BackendState>,
+    /// Metric handles, registered on first use.
+    pub metrics: std::sync::OnceLock<crate::observe::metrics::BackendMetrics>,
 }
 
 /// What `balance = "hash"` hashes.
@@ -127,6 +129,7 @@ pub enum SelectError {
 #[derive(Debug)]
 pub struct BackendLease {
     state: Arc<BackendState>,
+    released: Arc<tokio::sync::Notify>,
     /// Index of the backend in its pool.
     pub index: usize,
 }
@@ -134,6 +137,7 @@ pub struct BackendLease {
 impl Drop for BackendLease {
     fn drop(&mut self) {
         self.state.release();
+        self.released.notify_one();
     }
 }
 
@@ -193,12 +197,16 @@ pub struct UpstreamPool {
     max_connections: Option<u32>,
     max_pending: u32,
     pending: AtomicU32,
+    /// Woken when a request to any of the pool's backends finishes, for queued requests.
+    released: Arc<tokio::sync::Notify>,
     queue_wait: Duration,
     ejection: EjectionPolicy,
     failure_statuses: Vec<u16>,
     max_ejected_percent: u32,
     /// Retry rules and budget.
     pub retry: RetryPolicy,
+    /// Counter of retries, registered on first use.
+    pub retries: std::sync::OnceLock<metrics::Counter>,
     /// Active health checks, when configured.
     pub health_check: Option<Arc<health::HealthCheck>>,
     transport: Transport,
@@ -243,6 +251,7 @@ impl UpstreamPool {
                     authority,
                     weight: entry.weight,
                     backup: entry.backup,
+                    metrics: std::sync::OnceLock::new(),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -313,6 +322,7 @@ impl UpstreamPool {
             StickyCookie::new(
                 &s.cookie,
                 s.secret.as_deref(),
+                registry.sticky_secret(),
                 s.max_age.map(|d| d.0),
                 name,
                 &addresses,
@@ -324,6 +334,12 @@ impl UpstreamPool {
             .map(|h| health::HealthCheck::new(h.get_ref(), tls.as_ref(), config.protocol))
             .transpose()?
             .map(Arc::new);
+        if config.health_check.is_none() {
+            // Checks removed by a reload: their last verdict must not hold a backend down.
+            for backend in &backends {
+                backend.state.clear_check();
+            }
+        }
         let outlier = config.outlier();
         Ok(UpstreamPool {
             name: Arc::from(name),
@@ -341,6 +357,7 @@ impl UpstreamPool {
                 .as_ref()
                 .map_or(0, |n| u32::try_from(*n.get_ref()).unwrap_or(u32::MAX)),
             pending: AtomicU32::new(0),
+            released: Arc::new(tokio::sync::Notify::new()),
             queue_wait: connect_timeout,
             ejection: EjectionPolicy {
                 consecutive_failures: outlier.consecutive_failures,
@@ -350,6 +367,7 @@ impl UpstreamPool {
             failure_statuses: outlier.failure_statuses,
             max_ejected_percent: outlier.max_ejected_percent,
             retry: RetryPolicy::new(&config.retry(), tokio::time::Instant::now()),
+            retries: std::sync::OnceLock::new(),
             health_check,
             transport,
             protocol: config.protocol,
@@ -428,7 +446,7 @@ impl UpstreamPool {
             match self.try_select(key, tried, now) {
                 Choice::Leased(lease) => return Ok(lease),
                 Choice::Nothing => return Err(SelectError::NoBackend),
-                Choice::Saturated(waiting_on) => {
+                Choice::Saturated => {
                     if queued.is_none() {
                         if self.max_pending == 0
                             || self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending
@@ -440,10 +458,7 @@ impl UpstreamPool {
                         }
                         queued = Some(PendingSlot(&self.pending));
                     }
-                    let Some(backend) = self.backends.get(waiting_on) else {
-                        return Err(SelectError::Overloaded);
-                    };
-                    let released = backend.state.released.notified();
+                    let released = self.released.notified();
                     if tokio::time::timeout_at(deadline, released).await.is_err() {
                         return Err(SelectError::Overloaded);
                     }
@@ -458,9 +473,11 @@ impl UpstreamPool {
             && !tried.contains(&index)
             && let Some(backend) = self.backends.get(index)
             && backend.state.availability(now) == Availability::Available
+            // A session parked on a backup moves back once a primary is available.
+            && (!backend.backup || !self.any_primary_available(now))
             && backend.state.try_acquire(limit)
         {
-            return Choice::Leased(Self::lease(backend));
+            return Choice::Leased(self.lease(backend));
         }
         let mut candidates: Vec<Candidate> = Vec::with_capacity(self.backends.len());
         let mut saturated: Option<(usize, u32)> = None;
@@ -504,15 +521,22 @@ impl UpstreamPool {
                 break;
             };
             if backend.state.try_acquire(limit) {
-                return Choice::Leased(Self::lease(backend));
+                return Choice::Leased(self.lease(backend));
             }
             candidates.retain(|c| c.index != index);
             saturated.get_or_insert((index, 0));
         }
-        match saturated {
-            Some((index, _)) => Choice::Saturated(index),
-            None => Choice::Nothing,
+        if saturated.is_some() {
+            Choice::Saturated
+        } else {
+            Choice::Nothing
         }
+    }
+
+    fn any_primary_available(&self, now: tokio::time::Instant) -> bool {
+        self.backends
+            .iter()
+            .any(|b| !b.backup && b.state.availability(now) == Availability::Available)
     }
 
     fn candidate(&self, backend: &Backend, in_flight: u32, now: tokio::time::Instant) -> Candidate {
@@ -525,9 +549,10 @@ impl UpstreamPool {
         }
     }
 
-    fn lease(backend: &Backend) -> BackendLease {
+    fn lease(&self, backend: &Backend) -> BackendLease {
         BackendLease {
             state: backend.state.clone(),
+            released: self.released.clone(),
             index: backend.index,
         }
     }
@@ -605,7 +630,7 @@ impl UpstreamPool {
         let now = tokio::time::Instant::now();
         PoolSnapshot {
             name: self.name.to_string(),
-            balance: format!("{:?}", self.policy),
+            balance: self.policy.as_str().to_owned(),
             backends: self
                 .backends
                 .iter()
@@ -628,8 +653,8 @@ impl UpstreamPool {
 
 enum Choice {
     Leased(BackendLease),
-    /// Nothing free; the index of the least loaded saturated backend to wait on.
-    Saturated(usize),
+    /// Nothing free right now, but some backend will be when a request finishes.
+    Saturated,
     Nothing,
 }
 
@@ -869,9 +894,17 @@ outlier = { consecutive_failures = 1, max_ejected_percent = 50 }"#,
     #[tokio::test]
     async fn a_reload_keeps_the_state_of_unchanged_backends() {
         let registry = BackendRegistry::new();
-        let before = pool_in(r#"backends = ["127.0.0.1:1", "127.0.0.1:2"]"#, &registry);
+        let before = pool_in(
+            r#"backends = ["127.0.0.1:1", "127.0.0.1:2"]
+health_check = { path = "/" }"#,
+            &registry,
+        );
         mark_down(&before, 1);
-        let after = pool_in(r#"backends = ["127.0.0.1:2", "127.0.0.1:3"]"#, &registry);
+        let after = pool_in(
+            r#"backends = ["127.0.0.1:2", "127.0.0.1:3"]
+health_check = { path = "/health" }"#,
+            &registry,
+        );
         assert_eq!(
             after.backends[0]
                 .state
@@ -886,6 +919,9 @@ outlier = { consecutive_failures = 1, max_ejected_percent = 50 }"#,
         let snapshot = after.snapshot();
         assert_eq!(snapshot.backends[0].status, "down");
         assert_eq!(snapshot.backends[1].status, "available");
+        // Checks removed: their verdict goes with them.
+        let unchecked = pool_in(r#"backends = ["127.0.0.1:2"]"#, &registry);
+        assert_eq!(unchecked.snapshot().backends[0].status, "available");
     }
 
     #[test]

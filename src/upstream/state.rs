@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::balance::PeakEwma;
@@ -22,9 +21,8 @@ const EWMA_DECAY: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct BackendState {
     in_flight: AtomicU32,
+    ejections_total: std::sync::atomic::AtomicU64,
     draining: AtomicBool,
-    /// Woken when a request finishes, for requests queued on a saturated backend.
-    pub(crate) released: Notify,
     inner: Mutex<Inner>,
 }
 
@@ -70,8 +68,8 @@ impl BackendState {
     fn new() -> Self {
         BackendState {
             in_flight: AtomicU32::new(0),
+            ejections_total: std::sync::atomic::AtomicU64::new(0),
             draining: AtomicBool::new(false),
-            released: Notify::new(),
             inner: Mutex::new(Inner {
                 latency: PeakEwma::new(EWMA_DECAY),
                 checked_up: None,
@@ -112,7 +110,6 @@ impl BackendState {
         let _ = self
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        self.released.notify_one();
     }
 
     /// Whether an operator drained the backend.
@@ -194,6 +191,14 @@ impl BackendState {
         (before != Some(after)).then_some(after)
     }
 
+    /// Forgets the active health verdict (the pool's checks were removed).
+    pub fn clear_check(&self) {
+        let mut inner = self.inner();
+        inner.checked_up = None;
+        inner.passes = 0;
+        inner.failures_in_row = 0;
+    }
+
     /// Whether the active health check has run at least once.
     pub fn checked(&self) -> bool {
         self.inner().checked_up.is_some()
@@ -240,12 +245,18 @@ impl BackendState {
                     return None;
                 }
                 let length = policy.ejection_length(inner.ejections);
+                self.ejections_total.fetch_add(1, Ordering::Relaxed);
                 inner.ejections = inner.ejections.saturating_add(1);
                 inner.ejected_until = Some(now + length);
                 inner.request_failures = 0;
                 Some(length)
             }
         }
+    }
+
+    /// Ejections since the process started.
+    pub fn ejections_total(&self) -> u64 {
+        self.ejections_total.load(Ordering::Relaxed)
     }
 
     /// Whether passive health checks hold the backend out at `now`.
@@ -310,15 +321,31 @@ pub struct BackendSnapshot {
 ///
 /// Holds weak references: a backend's state lives as long as some generation's pool uses it,
 /// and is picked up again by the next generation that names the same backend in the same pool.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BackendRegistry {
     states: Mutex<HashMap<(String, String), Weak<BackendState>>>,
+    sticky_secret: [u8; 32],
+}
+
+impl Default for BackendRegistry {
+    fn default() -> Self {
+        BackendRegistry {
+            states: Mutex::new(HashMap::new()),
+            sticky_secret: std::array::from_fn(|_| fastrand::u8(..)),
+        }
+    }
 }
 
 impl BackendRegistry {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The key of sticky cookies for pools that set no `secret`: random, but the same for the
+    /// whole process, so reloads keep sessions where they are.
+    pub fn sticky_secret(&self) -> &[u8] {
+        &self.sticky_secret
     }
 
     /// The state of `address` in `pool`: the existing one if a live generation uses it, else new.

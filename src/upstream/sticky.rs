@@ -18,20 +18,19 @@ pub struct StickyCookie {
 }
 
 impl StickyCookie {
-    /// Derives each backend's cookie value from `secret` (a random one when `None`).
+    /// Derives each backend's cookie value from `secret`, or from `fallback_key` when the pool
+    /// sets none.
     pub fn new(
         name: &str,
         secret: Option<&str>,
+        fallback_key: &[u8],
         max_age: Option<std::time::Duration>,
         pool: &str,
         addresses: &[&str],
     ) -> Self {
         let key = match secret {
             Some(secret) => hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()),
-            None => {
-                let random: [u8; 32] = std::array::from_fn(|_| fastrand::u8(..));
-                hmac::Key::new(hmac::HMAC_SHA256, &random)
-            }
+            None => hmac::Key::new(hmac::HMAC_SHA256, fallback_key),
         };
         let tokens = addresses
             .iter()
@@ -99,8 +98,14 @@ mod tests {
 
     #[test]
     fn a_set_cookie_leads_back_to_its_backend_without_naming_it() {
-        let sticky =
-            StickyCookie::new("s", Some("k"), None, "app", &["10.0.0.1:80", "10.0.0.2:80"]);
+        let sticky = StickyCookie::new(
+            "s",
+            Some("k"),
+            b"",
+            None,
+            "app",
+            &["10.0.0.1:80", "10.0.0.2:80"],
+        );
         for backend in 0..2 {
             let set = sticky.set_cookie(backend, false).unwrap();
             let set = set.to_str().unwrap();
@@ -117,9 +122,9 @@ mod tests {
 
     #[test]
     fn values_depend_on_the_secret_and_are_stable_for_it() {
-        let a = StickyCookie::new("s", Some("k1"), None, "app", &["h:1"]);
-        let b = StickyCookie::new("s", Some("k1"), None, "app", &["h:1"]);
-        let c = StickyCookie::new("s", Some("k2"), None, "app", &["h:1"]);
+        let a = StickyCookie::new("s", Some("k1"), b"", None, "app", &["h:1"]);
+        let b = StickyCookie::new("s", Some("k1"), b"", None, "app", &["h:1"]);
+        let c = StickyCookie::new("s", Some("k2"), b"", None, "app", &["h:1"]);
         assert_eq!(a.tokens, b.tokens);
         assert_ne!(a.tokens, c.tokens);
     }
@@ -129,6 +134,7 @@ mod tests {
         let s = StickyCookie::new(
             "s",
             None,
+            b"random",
             Some(std::time::Duration::from_secs(60)),
             "p",
             &["h:1"],
