@@ -93,8 +93,9 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
             message,
         }
     };
-    let config: Config = toml::from_str(text)
+    let mut config: Config = toml::from_str(text)
         .map_err(|e| ConfigErrors(vec![located(e.span(), e.message().trim().to_owned())]))?;
+    config.source = Some(text.to_owned());
     let problems = validate::validate(&config);
     if problems.is_empty() {
         Ok(config)

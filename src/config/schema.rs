@@ -42,6 +42,22 @@ pub struct Config {
     /// Routing rules (`[[route]]`), matched by specificity (see `docs/configuration.md`).
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// The admin listener: metrics, API and dashboard.
+    pub admin: Option<Spanned<AdminSettings>>,
+    /// The text the config was parsed from (for the admin API's view of the config in force).
+    #[serde(skip)]
+    pub source: Option<String>,
+}
+
+/// `[admin]`: the admin listener (metrics, API, dashboard).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// `IP:PORT` to bind; loopback unless a `token` is set.
+    pub address: String,
+    /// Bearer token every admin request must carry (`Authorization: Bearer TOKEN`, or
+    /// `?token=TOKEN` for the dashboard page).
+    pub token: Option<String>,
 }
 
 /// `[server]`: settings for the whole process.
@@ -165,15 +181,18 @@ pub enum LogFormat {
 }
 
 /// `[access_log]`: one line per request.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessLogSettings {
     /// Write access log lines at all.
     pub enabled: bool,
     /// `"text"` (combined-like) or `"json"`.
     pub format: LogFormat,
-    /// `"-"` for stdout, or a file path (appended to).
+    /// `"-"` for stdout, or a file path (appended to; reopened on SIGUSR1 for log rotation).
     pub path: String,
+    /// Share of successful requests logged, 0.0 to 1.0; responses with status 400 and above are
+    /// always logged.
+    pub sample: f64,
 }
 
 impl Default for AccessLogSettings {
@@ -182,6 +201,7 @@ impl Default for AccessLogSettings {
             enabled: true,
             format: LogFormat::Text,
             path: "-".to_owned(),
+            sample: 1.0,
         }
     }
 }
@@ -259,7 +279,7 @@ fn https_port() -> u16 {
 }
 
 /// TLS settings of a listener.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTls {
     /// Certificate chains and keys (PEM); the names each serves come from its SANs.
@@ -390,7 +410,7 @@ pub struct UpstreamTls {
 }
 
 /// A certificate chain and its private key, as PEM files.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateFiles {
     /// The certificate chain, leaf first.

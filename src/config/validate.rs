@@ -49,6 +49,40 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             message: "server.max_header_bytes must be at least 8KiB".to_owned(),
         });
     }
+    if !(0.0..=1.0).contains(&config.access_log.sample) {
+        problems.0.push(Problem {
+            span: None,
+            message: "access_log.sample must be 0.0 to 1.0".to_owned(),
+        });
+    }
+    if let Some(admin) = &config.admin {
+        match admin.get_ref().address.parse::<SocketAddr>() {
+            Ok(addr) if !addr.ip().is_loopback() && admin.get_ref().token.is_none() => {
+                problems.at(admin, "an admin listener off loopback needs a `token`")
+            }
+            Ok(addr)
+                if config.listeners.iter().any(|l| {
+                    l.address.get_ref().parse::<SocketAddr>().ok() == Some(addr) && addr.port() != 0
+                }) =>
+            {
+                problems.at(
+                    admin,
+                    format!("admin address {addr} is also a listener's address"),
+                )
+            }
+            Ok(_) => {}
+            Err(_) => problems.at(
+                admin,
+                format!(
+                    "{:?} is not a socket address; write IP:PORT, e.g. \"127.0.0.1:9901\"",
+                    admin.get_ref().address
+                ),
+            ),
+        }
+        if admin.get_ref().token.as_deref() == Some("") {
+            problems.at(admin, "admin.token is empty");
+        }
+    }
     check_compression(config, &mut problems);
     check_listeners(config, &mut problems);
     check_pools(config, &mut problems);

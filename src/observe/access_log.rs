@@ -20,12 +20,20 @@ use crate::config::{AccessLogSettings, LogFormat};
 
 const QUEUE_LINES: usize = 16_384;
 
+/// What the writer thread is asked to do.
+enum Entry {
+    Line(String),
+    /// Reopen the file (after log rotation moved it away).
+    Reopen,
+}
+
 /// Where access log lines go.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AccessLog {
-    sender: Option<SyncSender<String>>,
+    sender: Option<SyncSender<Entry>>,
     format: LogFormat,
     dropped: Arc<AtomicU64>,
+    settings: AccessLogSettings,
 }
 
 impl AccessLog {
@@ -35,6 +43,32 @@ impl AccessLog {
             sender: None,
             format: LogFormat::Text,
             dropped: Arc::new(AtomicU64::new(0)),
+            settings: AccessLogSettings {
+                enabled: false,
+                ..AccessLogSettings::default()
+            },
+        }
+    }
+
+    /// The settings the log was opened with.
+    pub fn settings(&self) -> &AccessLogSettings {
+        &self.settings
+    }
+
+    /// Whether a response with `status` is logged: errors always, others as sampled.
+    pub fn wants(&self, status: StatusCode) -> bool {
+        self.sender.is_some()
+            && (status.as_u16() >= 400
+                || self.settings.sample >= 1.0
+                || fastrand::f64() < self.settings.sample)
+    }
+
+    /// Asks the writer to reopen its file (SIGUSR1, after log rotation); a no-op for stdout.
+    pub fn reopen(&self) {
+        if let Some(sender) = &self.sender
+            && sender.try_send(Entry::Reopen).is_err()
+        {
+            tracing::warn!("access log queue full; the log file was not reopened");
         }
     }
 
@@ -43,24 +77,17 @@ impl AccessLog {
         if !settings.enabled {
             return Ok(Self::disabled());
         }
-        let out: Box<dyn Write + Send> = if settings.path == "-" {
-            Box::new(std::io::stdout())
-        } else {
-            Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&settings.path)?,
-            )
-        };
+        let path = (settings.path != "-").then(|| std::path::PathBuf::from(&settings.path));
+        let out = open_output(path.as_deref())?;
         let (sender, receiver) = mpsc::sync_channel(QUEUE_LINES);
         std::thread::Builder::new()
             .name("access-log".to_owned())
-            .spawn(move || write_lines(receiver, out))?;
+            .spawn(move || write_lines(receiver, out, path))?;
         Ok(AccessLog {
             sender: Some(sender),
             format: settings.format,
             dropped: Arc::new(AtomicU64::new(0)),
+            settings: settings.clone(),
         })
     }
 
@@ -76,20 +103,44 @@ impl AccessLog {
 
     fn send(&self, line: String) {
         if let Some(sender) = &self.sender
-            && let Err(TrySendError::Full(_)) = sender.try_send(line)
+            && let Err(TrySendError::Full(_)) = sender.try_send(Entry::Line(line))
         {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-fn write_lines(receiver: Receiver<String>, out: Box<dyn Write + Send>) {
+fn open_output(path: Option<&std::path::Path>) -> std::io::Result<Box<dyn Write + Send>> {
+    Ok(match path {
+        None => Box::new(std::io::stdout()),
+        Some(path) => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
+    })
+}
+
+fn write_lines(
+    receiver: Receiver<Entry>,
+    out: Box<dyn Write + Send>,
+    path: Option<std::path::PathBuf>,
+) {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
-    while let Ok(line) = receiver.recv() {
-        let _ = out.write_all(line.as_bytes());
+    while let Ok(entry) = receiver.recv() {
+        let mut next = Some(entry);
         // Drain what is queued before flushing, so a burst costs one write.
-        while let Ok(line) = receiver.try_recv() {
-            let _ = out.write_all(line.as_bytes());
+        while let Some(entry) = next {
+            match entry {
+                Entry::Line(line) => {
+                    let _ = out.write_all(line.as_bytes());
+                }
+                Entry::Reopen => {
+                    let _ = out.flush();
+                    match open_output(path.as_deref()) {
+                        Ok(reopened) => out = BufWriter::with_capacity(64 * 1024, reopened),
+                        // Keep writing to the old file rather than lose lines.
+                        Err(error) => eprintln!("gatehouse: cannot reopen the access log: {error}"),
+                    }
+                }
+            }
+            next = receiver.try_recv().ok();
         }
         let _ = out.flush();
     }
@@ -99,7 +150,7 @@ fn write_lines(receiver: Receiver<String>, out: Box<dyn Write + Send>) {
 #[derive(Debug)]
 pub struct AccessRecord {
     /// The log to write to.
-    pub log: AccessLog,
+    pub log: Arc<AccessLog>,
     /// When the request head was received.
     pub started: Instant,
     /// Client address.
@@ -226,11 +277,12 @@ mod tests {
 
     fn record(format: LogFormat) -> AccessRecord {
         AccessRecord {
-            log: AccessLog {
+            log: Arc::new(AccessLog {
                 sender: None,
                 format,
                 dropped: Arc::new(AtomicU64::new(0)),
-            },
+                settings: AccessLogSettings::default(),
+            }),
             started: Instant::now(),
             client: "192.0.2.7:5555".parse().unwrap(),
             method: Method::GET,

@@ -22,8 +22,7 @@ use crate::upstream::BackendRegistry;
 #[derive(Debug)]
 pub struct ProxyState {
     generation: ArcSwap<Generation>,
-    /// Where access log lines go.
-    pub access_log: AccessLog,
+    access_log: ArcSwap<AccessLog>,
     /// Backend state shared by every generation.
     pub registry: BackendRegistry,
     /// The server's metrics.
@@ -38,7 +37,7 @@ impl ProxyState {
         let metrics = Arc::new(Metrics::new());
         ProxyState {
             generation: ArcSwap::from_pointee(generation),
-            access_log,
+            access_log: ArcSwap::from_pointee(access_log),
             registry,
             unrouted: Arc::new(metrics.route("-")),
             metrics,
@@ -48,6 +47,17 @@ impl ProxyState {
     /// The generation new requests run against.
     pub fn generation(&self) -> Arc<Generation> {
         self.generation.load_full()
+    }
+
+    /// Where access log lines go.
+    pub fn access_log(&self) -> Arc<AccessLog> {
+        self.access_log.load_full()
+    }
+
+    /// Replaces the access log (a reload changed its settings); lines of requests in flight go
+    /// to the old one, whose writer ends once they are written.
+    pub fn set_access_log(&self, log: AccessLog) {
+        self.access_log.store(Arc::new(log));
     }
 
     /// Makes `generation` the one new requests run against; requests in flight keep theirs.

@@ -59,10 +59,8 @@ pub async fn handle(
         matched: None,
     };
     // Kept for the log line and the error page; the request itself moves on to the backend.
-    let log_parts = state
-        .access_log
-        .is_enabled()
-        .then(|| LogParts::of(&request));
+    let access_log = state.access_log();
+    let log_parts = access_log.is_enabled().then(|| LogParts::of(&request));
     let accept = request.headers().get(header::ACCEPT).cloned();
     let uri = request.uri().clone();
 
@@ -102,21 +100,23 @@ pub async fn handle(
         None => state.unrouted.clone(),
     };
     route_metrics.count(&state.metrics, &method, status);
-    let record = log_parts.map(|parts| AccessRecord {
-        log: state.access_log.clone(),
-        started,
-        client: conn.peer,
-        method: parts.method,
-        host: parts.host,
-        target: parts.target,
-        version: parts.version,
-        status,
-        route: exchange.route.clone().unwrap_or_else(|| Arc::from("-")),
-        upstream: exchange.upstream.take().unwrap_or_else(|| "-".to_owned()),
-        request_id: exchange.request_id.clone(),
-        referer: parts.referer,
-        user_agent: parts.user_agent,
-    });
+    let record = log_parts
+        .filter(|_| access_log.wants(status))
+        .map(|parts| AccessRecord {
+            log: access_log,
+            started,
+            client: conn.peer,
+            method: parts.method,
+            host: parts.host,
+            target: parts.target,
+            version: parts.version,
+            status,
+            route: exchange.route.clone().unwrap_or_else(|| Arc::from("-")),
+            upstream: exchange.upstream.take().unwrap_or_else(|| "-".to_owned()),
+            request_id: exchange.request_id.clone(),
+            referer: parts.referer,
+            user_agent: parts.user_agent,
+        });
     response.body_mut().observe(Box::new(Completion {
         record,
         started,

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -41,80 +42,157 @@ enum Phase {
     Closing,
 }
 
-/// A started proxy: its bound addresses and the means to stop it.
+/// A started proxy: its listeners, the admin listener, and the means to reload and stop it.
 #[derive(Debug)]
 pub struct RunningServer {
-    addresses: Vec<(Arc<str>, SocketAddr)>,
-    state: Arc<ProxyState>,
+    control: Arc<Control>,
     phase: watch::Sender<Phase>,
     drained: mpsc::Receiver<()>,
     own_token: Option<DrainToken>,
-    accept_tasks: Vec<JoinHandle<()>>,
-    grace: Duration,
-    terminators: Vec<Arc<TlsTerminator>>,
-    _certificate_watcher: Option<CertificateWatcher>,
+    admin: Option<crate::observe::admin::AdminServer>,
+    upkeep: JoinHandle<()>,
+}
+
+/// What reloads and the admin API act on: the proxy state and the open listeners.
+#[derive(Debug)]
+pub struct Control {
+    /// The shared proxy state.
+    pub state: Arc<ProxyState>,
+    listeners: tokio::sync::Mutex<Listeners>,
+    /// The file the config was loaded from, for reloads; `None` when started from text.
+    pub config_path: Option<std::path::PathBuf>,
+    /// The config text in force.
+    source: std::sync::Mutex<Option<String>>,
+    /// Settings of the config in force that only a restart changes.
+    restart_only: std::sync::Mutex<RestartOnly>,
+    grace: std::sync::Mutex<Duration>,
+    phase: watch::Receiver<Phase>,
+    /// When the server started.
+    pub started: std::time::Instant,
+    last_reload: std::sync::Mutex<Option<ReloadReport>>,
+}
+
+/// Settings a reload cannot change.
+#[derive(Debug, Clone, PartialEq)]
+struct RestartOnly {
+    workers: usize,
+    log: String,
+    admin: Option<crate::config::AdminSettings>,
+}
+
+impl RestartOnly {
+    fn of(config: &Config) -> Self {
+        RestartOnly {
+            workers: config.server.workers,
+            log: format!("{:?}", config.log),
+            admin: config.admin.as_ref().map(|a| a.get_ref().clone()),
+        }
+    }
+}
+
+/// The outcome of the last reload, for the admin API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadReport {
+    /// Whether the new config is in force.
+    pub ok: bool,
+    /// Why not, when it is not.
+    pub error: Option<String>,
+    /// Unix time of the attempt.
+    pub at_unix: u64,
+}
+
+#[derive(Debug, Default)]
+struct Listeners {
+    active: Vec<ActiveListener>,
+    /// Handed to each new accept loop; taken away at shutdown.
+    drain: Option<DrainToken>,
+    watcher: Option<CertificateWatcher>,
+}
+
+#[derive(Debug)]
+struct ActiveListener {
+    spec: ListenerSpec,
+    bound: SocketAddr,
+    serving: Arc<ArcSwap<Serving>>,
+    task: JoinHandle<()>,
+}
+
+impl Listeners {
+    fn terminators(&self) -> Vec<Arc<TlsTerminator>> {
+        self.active
+            .iter()
+            .filter_map(|l| l.serving.load().tls.clone())
+            .collect()
+    }
 }
 
 impl RunningServer {
     /// The address the first listener is bound to (with the real port if it asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addresses[0].1
+        self.local_addrs()
+            .first()
+            .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |(_, addr)| *addr)
     }
 
     /// Every listener's name and bound address, in config order.
-    pub fn local_addrs(&self) -> &[(Arc<str>, SocketAddr)] {
-        &self.addresses
+    pub fn local_addrs(&self) -> Vec<(Arc<str>, SocketAddr)> {
+        self.control.local_addrs()
     }
 
-    /// The shared proxy state (current generation, access log).
+    /// The admin listener's address, when there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
+    }
+
+    /// The shared proxy state (current generation, access log, metrics).
     pub fn state(&self) -> &Arc<ProxyState> {
-        &self.state
+        &self.control.state
     }
 
-    /// Replaces the routes and pools with those of `config`. Backends that stay in the same
-    /// pool keep their state (health, ejection, latency); requests in flight finish on the
-    /// generation they started with. Listener changes need a restart for now: they are
-    /// reported and otherwise ignored.
+    /// The control handle reloads and the admin API use.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    /// Applies `config` without a restart; see [`Control::reload`].
     pub async fn reload(&self, config: &Config) -> anyhow::Result<()> {
-        let generation = Generation::compile_with(config, &self.state.registry)?;
-        let current = self.state.generation();
-        if !same_listeners(&current.listeners, &generation.listeners) {
-            tracing::warn!(
-                "listener changes take effect at the next restart; routes and pools are reloaded"
-            );
-        }
-        generation.start_health_checks().await;
-        self.state.swap(generation);
-        Ok(())
+        self.control.reload(config).await
     }
 
     /// Re-reads every TLS listener's certificate files (as on SIGHUP); a listener whose new
     /// files are bad keeps its current certificates.
     pub fn reload_certificates(&self) {
-        crate::tls::reload_all(&self.terminators);
+        self.control.reload_certificates();
     }
 
     /// TLS handshakes that failed or timed out, over all listeners.
     pub fn tls_handshake_failures(&self) -> u64 {
-        self.terminators
-            .iter()
-            .map(|t| t.handshake_failures())
-            .sum()
+        self.control.tls_handshake_failures()
     }
 
     /// Stops accepting, lets in-flight requests finish for up to the grace period, then closes
     /// what is left. Returns true if everything finished within the grace period.
     pub async fn shutdown(mut self) -> bool {
         let _ = self.phase.send(Phase::Draining);
-        for task in self.accept_tasks.drain(..) {
-            let _ = task.await;
+        if let Some(admin) = self.admin.take() {
+            admin.stop();
         }
+        let grace = *self.control.grace.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut listeners = self.control.listeners.lock().await;
+            listeners.drain = None;
+            listeners.watcher = None;
+            for listener in listeners.active.drain(..) {
+                let _ = listener.task.await;
+            }
+        }
+        self.upkeep.abort();
         self.own_token = None;
-        let drained = tokio::time::timeout(self.grace, self.drained.recv())
+        let drained = tokio::time::timeout(grace, self.drained.recv())
             .await
             .is_ok();
         if !drained {
-            tracing::warn!(grace = ?self.grace, "grace period over; closing remaining connections");
+            tracing::warn!(?grace, "grace period over; closing remaining connections");
             let _ = self.phase.send(Phase::Closing);
             let _ = tokio::time::timeout(Duration::from_secs(2), self.drained.recv()).await;
         }
@@ -122,94 +200,370 @@ impl RunningServer {
     }
 }
 
+impl Control {
+    /// Every listener's name and bound address, in config order.
+    pub fn local_addrs(&self) -> Vec<(Arc<str>, SocketAddr)> {
+        match self.listeners.try_lock() {
+            Ok(listeners) => listeners
+                .active
+                .iter()
+                .map(|l| (l.spec.name.clone(), l.bound))
+                .collect(),
+            // A reload is changing them right now: report what the generation says.
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Applies `config` without a restart. Everything is built and bound first; if any of it
+    /// fails, nothing changes and the error is returned. Then listeners that stay keep their
+    /// sockets (their settings are swapped for new connections), new ones open, removed ones
+    /// close (their connections finish), backends that stay in a pool keep their state, and
+    /// new requests run on the new routes while requests in flight finish on the old ones.
+    pub async fn reload(&self, config: &Config) -> anyhow::Result<()> {
+        let result = self.reload_inner(config).await;
+        let report = ReloadReport {
+            ok: result.is_ok(),
+            error: result.as_ref().err().map(|e| format!("{e:#}")),
+            at_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        let metrics = &self.state.metrics;
+        metrics
+            .counter(
+                "gatehouse_reloads_total",
+                &[("result", if report.ok { "success" } else { "failure" })],
+            )
+            .increment(1);
+        metrics
+            .gauge("gatehouse_last_reload_success", &[])
+            .set(if report.ok { 1.0 } else { 0.0 });
+        metrics
+            .gauge("gatehouse_last_reload_timestamp_seconds", &[])
+            .set(report.at_unix as f64);
+        *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+        result
+    }
+
+    /// Re-reads the config file and applies it (SIGHUP and the admin API).
+    pub async fn reload_from_file(&self) -> anyhow::Result<()> {
+        let Some(path) = &self.config_path else {
+            anyhow::bail!("the server was not started from a config file");
+        };
+        match crate::config::load(path) {
+            Ok(config) => self.reload(&config).await,
+            Err(errors) => {
+                let error = anyhow::anyhow!("{errors}");
+                // Counted and reported like any other failed reload.
+                self.reload_failed(&error);
+                Err(error)
+            }
+        }
+    }
+
+    fn reload_failed(&self, error: &anyhow::Error) {
+        let at_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let metrics = &self.state.metrics;
+        metrics
+            .counter("gatehouse_reloads_total", &[("result", "failure")])
+            .increment(1);
+        metrics.gauge("gatehouse_last_reload_success", &[]).set(0.0);
+        metrics
+            .gauge("gatehouse_last_reload_timestamp_seconds", &[])
+            .set(at_unix as f64);
+        *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(ReloadReport {
+            ok: false,
+            error: Some(format!("{error:#}")),
+            at_unix,
+        });
+    }
+
+    /// The outcome of the last reload, if there was one.
+    pub fn last_reload(&self) -> Option<ReloadReport> {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The config text in force, if the server was started from text.
+    pub fn source(&self) -> Option<String> {
+        self.source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    async fn reload_inner(&self, config: &Config) -> anyhow::Result<()> {
+        let generation = Generation::compile_with(config, &self.state.registry)?;
+        let restart_only = RestartOnly::of(config);
+        {
+            let current = self.restart_only.lock().unwrap_or_else(|e| e.into_inner());
+            if *current != restart_only {
+                tracing::warn!(
+                    "changes to server.workers, [log] and [admin] take effect at the next restart"
+                );
+            }
+        }
+        let access_log = if *self.state.access_log().settings() == config.access_log {
+            None
+        } else {
+            Some(AccessLog::open(&config.access_log).context("opening the access log")?)
+        };
+        let mut listeners = self.listeners.lock().await;
+        let Some(drain) = listeners.drain.clone() else {
+            anyhow::bail!("the server is shutting down");
+        };
+        // Match each new listener to an open one with the same name and address.
+        let mut kept: Vec<Option<usize>> = Vec::with_capacity(generation.listeners.len());
+        let mut taken = vec![false; listeners.active.len()];
+        for spec in &generation.listeners {
+            let found = listeners.active.iter().enumerate().position(|(i, open)| {
+                !taken[i] && open.spec.name == spec.name && open.spec.address == spec.address
+            });
+            if let Some(i) = found {
+                taken[i] = true;
+            }
+            kept.push(found);
+        }
+        // Build every new listener's settings and bind every new socket before changing anything.
+        let mut prepared = Vec::with_capacity(generation.listeners.len());
+        for (spec, kept) in generation.listeners.iter().zip(&kept) {
+            let old_tls = kept
+                .and_then(|i| listeners.active.get(i))
+                .filter(|open| open.spec.tls == spec.tls)
+                .and_then(|open| open.serving.load().tls.clone());
+            let serving =
+                serving_for(spec, &generation, &self.state, &self.phase, &drain, old_tls)?;
+            let socket = match kept {
+                Some(_) => None,
+                None => Some(bind(spec.address).with_context(|| {
+                    format!("binding listener {} on {}", spec.name, spec.address)
+                })?),
+            };
+            prepared.push((spec.clone(), serving, socket));
+        }
+        generation.start_health_checks().await;
+
+        // Nothing can fail from here on.
+        let mut old: Vec<Option<ActiveListener>> = listeners.active.drain(..).map(Some).collect();
+        let mut active = Vec::with_capacity(prepared.len());
+        for ((spec, serving, socket), kept) in prepared.into_iter().zip(kept) {
+            match (
+                kept.and_then(|i| old.get_mut(i).and_then(Option::take)),
+                socket,
+            ) {
+                (Some(open), _) => {
+                    open.serving.store(Arc::new(serving));
+                    active.push(ActiveListener { spec, ..open });
+                }
+                (None, Some(socket)) => active.push(spawn_listener(spec, socket, serving)?),
+                (None, None) => {}
+            }
+        }
+        for closed in old.into_iter().flatten() {
+            tracing::info!(listener = %closed.spec.name, address = %closed.bound, "listener closed by reload");
+            closed.task.abort();
+        }
+        listeners.active = active;
+        listeners.watcher = CertificateWatcher::start(listeners.terminators())
+            .map_err(|e| anyhow::anyhow!(e))
+            .unwrap_or_else(|error| {
+                tracing::error!(%error, "cannot watch certificate files; reload with SIGHUP");
+                None
+            });
+        drop(listeners);
+        if let Some(access_log) = access_log {
+            self.state.set_access_log(access_log);
+        }
+        *self.grace.lock().unwrap_or_else(|e| e.into_inner()) = config.server.grace_period.0;
+        *self.source.lock().unwrap_or_else(|e| e.into_inner()) = config.source.clone();
+        self.state.swap(generation);
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+
+    /// Re-reads every TLS listener's certificate files.
+    pub fn reload_certificates(&self) {
+        if let Ok(listeners) = self.listeners.try_lock() {
+            crate::tls::reload_all(&listeners.terminators());
+        }
+    }
+
+    /// TLS handshakes that failed or timed out, over all open listeners.
+    pub fn tls_handshake_failures(&self) -> u64 {
+        self.listeners.try_lock().map_or(0, |listeners| {
+            listeners
+                .terminators()
+                .iter()
+                .map(|t| t.handshake_failures())
+                .sum()
+        })
+    }
+
+    /// Copies values that live elsewhere (backend health and load, TLS failures) into the
+    /// metrics, then renders them.
+    pub fn render_metrics(&self) -> String {
+        let metrics = &self.state.metrics;
+        let generation = self.state.generation();
+        let now = tokio::time::Instant::now();
+        for pool in generation.pools.values() {
+            for backend in &pool.backends {
+                let labels = [
+                    ("pool", &*pool.name),
+                    ("backend", backend.authority.as_str()),
+                ];
+                let up =
+                    backend.state.availability(now) == crate::upstream::Availability::Available;
+                metrics
+                    .gauge("gatehouse_backend_up", &labels)
+                    .set(if up { 1.0 } else { 0.0 });
+                metrics
+                    .gauge("gatehouse_backend_in_flight", &labels)
+                    .set(f64::from(backend.state.in_flight()));
+                metrics
+                    .counter("gatehouse_backend_ejections_total", &labels)
+                    .absolute(backend.state.ejections_total());
+            }
+        }
+        metrics
+            .counter("gatehouse_tls_handshake_failures_total", &[])
+            .absolute(self.tls_handshake_failures());
+        metrics.render()
+    }
+}
+
 /// Compiles `config`, opens the access log, runs the first health checks, binds every listener
-/// and starts serving.
+/// (and the admin listener) and starts serving.
 pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
+    start_with_path(config, None).await
+}
+
+/// As [`start`], remembering the file `config` came from so SIGHUP and the admin API can reload
+/// it.
+pub async fn start_with_path(
+    config: &Config,
+    config_path: Option<std::path::PathBuf>,
+) -> anyhow::Result<RunningServer> {
     let registry = crate::upstream::BackendRegistry::new();
     let generation = Generation::compile_with(config, &registry)?;
     let access_log = AccessLog::open(&config.access_log).context("opening the access log")?;
-    start_generation(generation, access_log, registry).await
-}
-
-/// Binds the listeners of `generation` and starts serving it; `registry` holds the backend
-/// state the generation was compiled with.
-pub async fn start_generation(
-    generation: Generation,
-    access_log: AccessLog,
-    registry: crate::upstream::BackendRegistry,
-) -> anyhow::Result<RunningServer> {
     // No traffic before each checked backend has had its first check.
     generation.start_health_checks().await;
-    let listeners = generation.listeners.clone();
     let grace = generation.server.grace_period.0;
-    let header_timeout = generation.timeouts.client_header.0;
-    let idle_timeout = generation.timeouts.client_idle.0;
-    let settings = generation.server.clone();
     let state = Arc::new(ProxyState::new(generation, access_log, registry));
-    let (phase, _) = watch::channel(Phase::Running);
+    let (phase, phase_receiver) = watch::channel(Phase::Running);
     let (token_sender, drained) = mpsc::channel(1);
     let own_token = DrainToken(token_sender);
 
-    let mut addresses = Vec::new();
-    let mut accept_tasks = Vec::new();
-    let mut terminators = Vec::new();
-    for spec in &listeners {
-        let tls = match &spec.tls {
-            Some(tls) => {
-                let terminator = TlsTerminator::new(tls, spec.http1, spec.http2)
-                    .map_err(|e| anyhow::anyhow!("listener {}: {e}", spec.name))?;
-                let terminator = Arc::new(terminator);
-                terminators.push(terminator.clone());
-                Some(terminator)
-            }
-            None => None,
-        };
-        let listener = bind(spec.address)
+    let generation = state.generation();
+    let mut active = Vec::new();
+    for spec in &generation.listeners {
+        let serving = serving_for(spec, &generation, &state, &phase_receiver, &own_token, None)?;
+        let socket = bind(spec.address)
             .with_context(|| format!("binding listener {} on {}", spec.name, spec.address))?;
-        let bound = listener.local_addr()?;
-        addresses.push((spec.name.clone(), bound));
-        let builder = Arc::new(http_builder(spec, &settings));
-        let serving = Serving {
-            state: state.clone(),
-            builder,
-            phase: phase.subscribe(),
-            drain: own_token.clone(),
-            header_timeout,
-            idle_timeout,
-            tls,
-            redirect_https: spec.redirect_https,
-        };
-        let scheme = if serving.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        tracing::info!(listener = %spec.name, address = %bound, scheme, "listening");
-        accept_tasks.push(tokio::spawn(accept_loop(listener, serving)));
+        active.push(spawn_listener(spec.clone(), socket, serving)?);
     }
+    let mut listeners = Listeners {
+        active,
+        drain: Some(own_token.clone()),
+        watcher: None,
+    };
+    listeners.watcher =
+        CertificateWatcher::start(listeners.terminators()).map_err(|e| anyhow::anyhow!(e))?;
+    let control = Arc::new(Control {
+        state: state.clone(),
+        listeners: tokio::sync::Mutex::new(listeners),
+        config_path,
+        source: std::sync::Mutex::new(config.source.clone()),
+        restart_only: std::sync::Mutex::new(RestartOnly::of(config)),
+        grace: std::sync::Mutex::new(grace),
+        phase: phase_receiver,
+        started: std::time::Instant::now(),
+        last_reload: std::sync::Mutex::new(None),
+    });
+    let admin = match &config.admin {
+        Some(settings) => Some(
+            crate::observe::admin::AdminServer::start(settings.get_ref(), control.clone())
+                .await
+                .context("starting the admin listener")?,
+        ),
+        None => None,
+    };
+    let upkeep = {
+        let metrics = state.metrics.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                ticks.tick().await;
+                metrics.run_upkeep();
+            }
+        })
+    };
     Ok(RunningServer {
-        addresses,
-        state,
+        control,
         phase,
         drained,
         own_token: Some(own_token),
-        accept_tasks,
-        grace,
-        _certificate_watcher: CertificateWatcher::start(terminators.clone())
-            .map_err(|e| anyhow::anyhow!(e))?,
-        terminators,
+        admin,
+        upkeep,
     })
 }
 
-fn same_listeners(a: &[ListenerSpec], b: &[ListenerSpec]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| {
-            x.address == y.address
-                && x.http1 == y.http1
-                && x.http2 == y.http2
-                && x.redirect_https == y.redirect_https
-                && x.tls.is_some() == y.tls.is_some()
-        })
+/// The settings a listener's new connections are served with.
+fn serving_for(
+    spec: &ListenerSpec,
+    generation: &Generation,
+    state: &Arc<ProxyState>,
+    phase: &watch::Receiver<Phase>,
+    drain: &DrainToken,
+    reuse_tls: Option<Arc<TlsTerminator>>,
+) -> anyhow::Result<Serving> {
+    let tls = match (&spec.tls, reuse_tls) {
+        (Some(_), Some(terminator)) => Some(terminator),
+        (Some(tls), None) => Some(Arc::new(
+            TlsTerminator::new(tls, spec.http1, spec.http2)
+                .map_err(|e| anyhow::anyhow!("listener {}: {e}", spec.name))?,
+        )),
+        (None, _) => None,
+    };
+    Ok(Serving {
+        state: state.clone(),
+        builder: Arc::new(http_builder(spec, &generation.server)),
+        phase: phase.clone(),
+        drain: drain.clone(),
+        header_timeout: generation.timeouts.client_header.0,
+        idle_timeout: generation.timeouts.client_idle.0,
+        tls,
+        redirect_https: spec.redirect_https,
+        connections: state
+            .metrics
+            .gauge("gatehouse_active_connections", &[("listener", &spec.name)]),
+    })
+}
+
+fn spawn_listener(
+    spec: ListenerSpec,
+    socket: TcpListener,
+    serving: Serving,
+) -> anyhow::Result<ActiveListener> {
+    let bound = socket.local_addr()?;
+    let scheme = if serving.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(listener = %spec.name, address = %bound, scheme, "listening");
+    let serving = Arc::new(ArcSwap::from_pointee(serving));
+    let task = tokio::spawn(accept_loop(socket, serving.clone()));
+    Ok(ActiveListener {
+        spec,
+        bound,
+        serving,
+        task,
+    })
 }
 
 /// Binds with a large backlog and `SO_REUSEADDR`, so a restart does not wait for TIME_WAIT.
@@ -265,16 +619,30 @@ struct Serving {
     idle_timeout: Duration,
     tls: Option<Arc<TlsTerminator>>,
     redirect_https: Option<u16>,
+    connections: metrics::Gauge,
 }
 
-async fn accept_loop(listener: TcpListener, serving: Serving) {
-    let mut phase = serving.phase.clone();
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving")
+            .field("header_timeout", &self.header_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Accepts connections until shutdown. The listener's settings are read per connection, so a
+/// reload changes them for new connections without touching the socket.
+async fn accept_loop(listener: TcpListener, serving: Arc<ArcSwap<Serving>>) {
+    let mut phase = serving.load().phase.clone();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve_connection(stream, peer, serving.clone()));
+                    let current = Serving::clone(&serving.load());
+                    tokio::spawn(serve_connection(stream, peer, current));
                 }
                 Err(error) => {
                     // Usually EMFILE/ENFILE: back off briefly instead of spinning on the error.
@@ -330,7 +698,10 @@ where
         idle_timeout,
         tls: _,
         redirect_https,
+        connections,
     } = serving;
+    connections.increment(1.0);
+    let _open = OpenConnection(connections);
     let activity = Arc::new(ConnActivity::new());
     let info = Arc::new(ConnInfo {
         peer,
@@ -397,6 +768,15 @@ where
                 }
             }
         }
+    }
+}
+
+/// Counts a client connection as open until dropped.
+struct OpenConnection(metrics::Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 

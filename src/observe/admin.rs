@@ -1,0 +1,288 @@
+//! The admin listener: Prometheus metrics, a JSON API (config in force, reload, pools and
+//! backends, drain, version) and the live dashboard, on a socket of its own (loopback unless a
+//! token guards it), so none of it is reachable through the proxy's listeners.
+//!
+//! The API is small and read-mostly; it is served by hyper directly rather than through the
+//! proxy pipeline, so admin requests never count in the proxy's own metrics.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::AdminSettings;
+use crate::server::Control;
+
+/// The dashboard page: self-contained HTML, CSS and JS.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Keys whose values the config view never shows.
+const SECRET_KEYS: [&str; 3] = ["secret", "token", "password"];
+
+/// A running admin listener.
+#[derive(Debug)]
+pub struct AdminServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Binds `settings.address` and serves the admin API for `control`.
+    pub async fn start(settings: &AdminSettings, control: Arc<Control>) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(&settings.address).await?;
+        let addr = listener.local_addr()?;
+        tracing::info!(address = %addr, "admin listener");
+        let token = settings.token.clone().map(Arc::<str>::from);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                };
+                let (control, token) = (control.clone(), token.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let (control, token) = (control.clone(), token.clone());
+                        async move {
+                            Ok::<_, Infallible>(answer(&control, token.as_deref(), request).await)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(AdminServer { addr, task })
+    }
+
+    /// Stops accepting admin connections.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+type AdminResponse = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> AdminResponse {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> AdminResponse {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_else(|_| "{}".to_owned());
+    text.push('\n');
+    reply(status, "application/json", text)
+}
+
+fn error(status: StatusCode, message: &str) -> AdminResponse {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+/// Whether the request carries the token (header or, for the browser, `?token=`).
+fn authorized(token: Option<&str>, request: &Request<Incoming>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let from_header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let from_query = request.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == "token")
+            .map(|(_, v)| v)
+    });
+    [from_header, from_query]
+        .into_iter()
+        .flatten()
+        .any(|given| same_secret(given.as_bytes(), token.as_bytes()))
+}
+
+/// Compares without stopping at the first difference, so response time says nothing about how
+/// much of a guess was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn answer(
+    control: &Control,
+    token: Option<&str>,
+    request: Request<Incoming>,
+) -> AdminResponse {
+    let path = request.uri().path().to_owned();
+    let method = request.method().clone();
+    // The page itself holds no data; it sends the token on its own requests.
+    if path == "/" && method == Method::GET {
+        return reply(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD);
+    }
+    if !authorized(token, &request) {
+        let mut response = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["metrics"]) => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            control.render_metrics(),
+        ),
+        (&Method::GET, ["api", "version"]) => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "uptime_seconds": control.started.elapsed().as_secs_f64(),
+                "last_reload": control.last_reload(),
+            }),
+        ),
+        (&Method::GET, ["api", "config"]) => match control.source() {
+            Some(text) => match toml::from_str::<toml::Table>(&text) {
+                Ok(mut table) => {
+                    redact(&mut table);
+                    json(
+                        StatusCode::OK,
+                        &serde_json::to_value(&table).unwrap_or_default(),
+                    )
+                }
+                Err(_) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the config in force cannot be shown",
+                ),
+            },
+            None => error(
+                StatusCode::NOT_FOUND,
+                "the server was not started from a config file",
+            ),
+        },
+        (&Method::POST, ["api", "reload"]) => match control.reload_from_file().await {
+            Ok(()) => json(StatusCode::OK, &serde_json::json!({ "ok": true })),
+            Err(e) => json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &serde_json::json!({ "ok": false, "error": format!("{e:#}") }),
+            ),
+        },
+        (&Method::GET, ["api", "pools"]) => json(
+            StatusCode::OK,
+            &serde_json::to_value(control.state.generation().pool_snapshots()).unwrap_or_default(),
+        ),
+        (
+            &Method::POST,
+            [
+                "api",
+                "pools",
+                pool,
+                "backends",
+                backend,
+                action @ ("drain" | "undrain"),
+            ],
+        ) => drain(control, pool, backend, *action == "drain"),
+        (&Method::POST, ["api", "cache", "purge"]) => error(
+            StatusCode::NOT_IMPLEMENTED,
+            "there is no cache to purge yet: the HTTP cache is not built",
+        ),
+        (_, ["metrics"] | ["api", ..]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
+    }
+}
+
+fn drain(control: &Control, pool: &str, backend: &str, draining: bool) -> AdminResponse {
+    let generation = control.state.generation();
+    let Some(found) = generation.pools.get(pool) else {
+        return error(StatusCode::NOT_FOUND, "no such pool");
+    };
+    let Some(target) = found
+        .backends
+        .iter()
+        .find(|b| b.authority.as_str() == backend)
+    else {
+        return error(StatusCode::NOT_FOUND, "no such backend in this pool");
+    };
+    target.state.set_draining(draining);
+    tracing::info!(
+        pool,
+        backend,
+        draining,
+        "backend drain changed by the admin API"
+    );
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "pool": pool, "backend": backend, "draining": draining }),
+    )
+}
+
+/// Replaces the values of secret-looking keys, at any depth.
+fn redact(table: &mut toml::Table) {
+    for (key, value) in table.iter_mut() {
+        let secret = SECRET_KEYS
+            .iter()
+            .any(|s| key == s || key.ends_with(&format!("_{s}")));
+        match value {
+            toml::Value::Table(inner) => redact(inner),
+            toml::Value::Array(items) => {
+                for item in items {
+                    if let toml::Value::Table(inner) = item {
+                        redact(inner);
+                    }
+                }
+            }
+            _ if secret => *value = toml::Value::String("[redacted]".to_owned()),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_at_any_depth() {
+        let mut table: toml::Table = toml::from_str(
+            r#"
+            [admin]
+            address = "127.0.0.1:1"
+            token = "t0p"
+            [pool.app.sticky]
+            secret = "s3cret"
+            [[listener]]
+            address = "0.0.0.0:443"
+            tls = { certificates = [{ cert = "c.pem", key = "k.pem" }] }
+            "#,
+        )
+        .unwrap();
+        redact(&mut table);
+        let text = serde_json::to_string(&table).unwrap();
+        assert!(!text.contains("t0p") && !text.contains("s3cret"), "{text}");
+        assert!(
+            text.contains("127.0.0.1:1") && text.contains("c.pem"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"ab", b"abc"));
+    }
+}
