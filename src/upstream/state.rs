@@ -187,6 +187,9 @@ impl BackendState {
         if after && before == Some(false) {
             inner.available_since = Some(now);
             inner.request_failures = 0;
+            // Coming back up by the active check ends an ejection the outage caused (as Envoy
+            // does): the check is the better witness that the backend works again.
+            inner.ejected_until = None;
         }
         (before != Some(after)).then_some(after)
     }
@@ -484,6 +487,24 @@ mod tests {
         state.release();
         state.release();
         assert_eq!(state.in_flight(), 0);
+    }
+
+    #[test]
+    fn an_active_check_bringing_a_backend_up_ends_its_ejection() {
+        let state = BackendState::new();
+        let now = Instant::now();
+        state.record_check(true, 1, 1, now);
+        for _ in 0..3 {
+            state.record_outcome(Outcome::Failure, &policy(), true, now);
+        }
+        assert_eq!(state.availability(now), Availability::Ejected);
+        // Passing checks while up do not lift it...
+        state.record_check(true, 1, 1, now);
+        assert_eq!(state.availability(now), Availability::Ejected);
+        // ...coming back up from down does.
+        state.record_check(false, 1, 1, now);
+        state.record_check(true, 1, 1, now);
+        assert_eq!(state.availability(now), Availability::Available);
     }
 
     #[test]

@@ -4,11 +4,13 @@
 mod support;
 
 mod access_log;
+mod balancing;
 mod basics;
 mod compression;
 mod config_errors;
 mod demo;
 mod errors;
+mod failover;
 mod malformed;
 mod routing;
 mod semantics;

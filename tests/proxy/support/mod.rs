@@ -699,3 +699,346 @@ impl Drop for BinaryProxy {
     }
 }
 pub mod tls;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the balancing and failover tests.
+// ---------------------------------------------------------------------------------------------
+
+pub use killable::{KillableOrigin, Load, Mode};
+
+mod killable {
+    use std::sync::atomic::{AtomicU8, AtomicU64};
+
+    use tokio::task::{JoinHandle, JoinSet};
+
+    use super::*;
+
+    /// What a [`KillableOrigin`] does with each request, switchable at run time.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Mode {
+        /// 200 with `x-origin: NAME`, `x-body-len: N` (bytes of request body read) and body NAME.
+        Ok,
+        /// 503 with `x-origin: NAME`.
+        Fail503,
+        /// Reads the request, then never answers.
+        Hang,
+    }
+
+    impl Mode {
+        fn to_u8(self) -> u8 {
+            match self {
+                Mode::Ok => 0,
+                Mode::Fail503 => 1,
+                Mode::Hang => 2,
+            }
+        }
+
+        fn from_u8(value: u8) -> Mode {
+            match value {
+                1 => Mode::Fail503,
+                2 => Mode::Hang,
+                _ => Mode::Ok,
+            }
+        }
+    }
+
+    struct Shared {
+        name: &'static str,
+        mode: AtomicU8,
+        delay_ms: AtomicU64,
+        seen: Arc<Mutex<Vec<Seen>>>,
+    }
+
+    struct Serving {
+        accept: JoinHandle<()>,
+        connections: Arc<Mutex<JoinSet<()>>>,
+    }
+
+    /// A named origin that can be killed (listener closed and every open connection aborted)
+    /// and restarted on the same address, and whose answers can be switched at run time.
+    /// Requests are recorded in `seen` across restarts, health checks included.
+    pub struct KillableOrigin {
+        /// Where it listens (the same after a restart).
+        pub addr: SocketAddr,
+        /// Its name, as sent in `x-origin` and the body.
+        pub name: &'static str,
+        /// Requests received, in order, over all lives of the origin.
+        pub seen: Arc<Mutex<Vec<Seen>>>,
+        shared: Arc<Shared>,
+        serving: Mutex<Option<Serving>>,
+    }
+
+    impl KillableOrigin {
+        /// Starts an origin called `name` on an ephemeral loopback port, in [`Mode::Ok`].
+        pub async fn start(name: &'static str) -> KillableOrigin {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+            let addr = listener.local_addr().expect("origin addr");
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let shared = Arc::new(Shared {
+                name,
+                mode: AtomicU8::new(Mode::Ok.to_u8()),
+                delay_ms: AtomicU64::new(0),
+                seen: seen.clone(),
+            });
+            let serving = serve(listener, shared.clone());
+            KillableOrigin {
+                addr,
+                name,
+                seen,
+                shared,
+                serving: Mutex::new(Some(serving)),
+            }
+        }
+
+        /// Switches what the origin does with requests that arrive from now on.
+        pub fn set_mode(&self, mode: Mode) {
+            self.shared.mode.store(mode.to_u8(), Ordering::SeqCst);
+        }
+
+        /// Delays every answer by `delay` (requests that arrive from now on).
+        pub fn set_delay(&self, delay: Duration) {
+            let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            self.shared.delay_ms.store(ms, Ordering::SeqCst);
+        }
+
+        /// Closes the listener and aborts every open connection; returns once all are closed,
+        /// so new connections are refused and pooled ones are dead.
+        pub async fn kill(&self) {
+            let serving = self
+                .serving
+                .lock()
+                .expect("serving lock")
+                .take()
+                .expect("origin is running");
+            serving.accept.abort();
+            let _ = serving.accept.await;
+            let mut connections =
+                std::mem::take(&mut *serving.connections.lock().expect("connections lock"));
+            connections.shutdown().await;
+        }
+
+        /// Listens on the same address again (retrying the bind for a few seconds).
+        pub async fn restart(&self) {
+            assert!(
+                self.serving.lock().expect("serving lock").is_none(),
+                "restart of a running origin"
+            );
+            let mut attempts = 0;
+            let listener = loop {
+                match TcpListener::bind(self.addr).await {
+                    Ok(listener) => break listener,
+                    Err(_) if attempts < 100 => {
+                        attempts += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("cannot listen on {} again: {e}", self.addr),
+                }
+            };
+            let serving = serve(listener, self.shared.clone());
+            *self.serving.lock().expect("serving lock") = Some(serving);
+        }
+
+        /// Requests seen whose path starts with `prefix`.
+        pub fn count_path(&self, prefix: &str) -> usize {
+            self.seen
+                .lock()
+                .expect("seen lock")
+                .iter()
+                .filter(|s| s.uri.path().starts_with(prefix))
+                .count()
+        }
+
+        /// Requests seen other than health checks (paths under `/health`).
+        pub fn traffic(&self) -> usize {
+            self.seen
+                .lock()
+                .expect("seen lock")
+                .iter()
+                .filter(|s| !s.uri.path().starts_with("/health"))
+                .count()
+        }
+
+        /// Requests seen with `method` (health checks included).
+        pub fn count_method(&self, method: &str) -> usize {
+            self.seen
+                .lock()
+                .expect("seen lock")
+                .iter()
+                .filter(|s| s.method.as_str() == method)
+                .count()
+        }
+    }
+
+    impl Drop for KillableOrigin {
+        fn drop(&mut self) {
+            if let Some(serving) = self.serving.lock().map(|mut s| s.take()).ok().flatten() {
+                serving.accept.abort();
+                // Dropping the set aborts every connection task once the accept task is gone.
+                if let Ok(mut connections) = serving.connections.lock() {
+                    connections.abort_all();
+                }
+            }
+        }
+    }
+
+    fn serve(listener: TcpListener, shared: Arc<Shared>) -> Serving {
+        let connections = Arc::new(Mutex::new(JoinSet::new()));
+        let accept = {
+            let connections = connections.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let shared = shared.clone();
+                    let mut set = connections.lock().expect("connections lock");
+                    while set.try_join_next().is_some() {}
+                    set.spawn(async move {
+                        let service = service_fn(move |request: Request<Incoming>| {
+                            let shared = shared.clone();
+                            async move { Ok::<_, Infallible>(answer(shared, request).await) }
+                        });
+                        let _ = auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            })
+        };
+        Serving {
+            accept,
+            connections,
+        }
+    }
+
+    async fn answer(shared: Arc<Shared>, request: Request<Incoming>) -> Response<OriginBody> {
+        shared.seen.lock().expect("seen lock").push(Seen {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+        });
+        let mode = Mode::from_u8(shared.mode.load(Ordering::SeqCst));
+        let delay = shared.delay_ms.load(Ordering::SeqCst);
+        let body_len = match request.into_body().collect().await {
+            Ok(body) => body.to_bytes().len(),
+            Err(_) => 0,
+        };
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let name = shared.name;
+        let mut response = match mode {
+            Mode::Hang => std::future::pending::<Response<OriginBody>>().await,
+            Mode::Fail503 => text(503, name),
+            Mode::Ok => text(200, name),
+        };
+        let headers = response.headers_mut();
+        headers.insert("x-origin", http::HeaderValue::from_static(name));
+        headers.insert("x-body-len", http::HeaderValue::from(body_len));
+        response
+    }
+
+    /// GET load from a few concurrent workers against `BASE/load/N`, counting every answer
+    /// that is not a complete 200 (and every client error) as a failure.
+    pub struct Load {
+        done: Arc<AtomicUsize>,
+        limit: Arc<AtomicUsize>,
+        failures: Arc<Mutex<Vec<String>>>,
+        workers: Vec<JoinHandle<()>>,
+    }
+
+    impl Load {
+        /// Starts `concurrency` workers that together send requests until `limit` were issued
+        /// (or [`Load::stop`]). Each request may take at most 15 s.
+        pub fn start(base_url: String, concurrency: usize, limit: usize) -> Load {
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(15))
+                .build()
+                .expect("client");
+            let issued = Arc::new(AtomicUsize::new(0));
+            let done = Arc::new(AtomicUsize::new(0));
+            let limit = Arc::new(AtomicUsize::new(limit));
+            let failures = Arc::new(Mutex::new(Vec::new()));
+            let workers = (0..concurrency)
+                .map(|_| {
+                    let (client, base_url) = (client.clone(), base_url.clone());
+                    let (issued, done, limit, failures) = (
+                        issued.clone(),
+                        done.clone(),
+                        limit.clone(),
+                        failures.clone(),
+                    );
+                    tokio::spawn(async move {
+                        loop {
+                            let n = issued.fetch_add(1, Ordering::SeqCst);
+                            if n >= limit.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            let failure =
+                                match client.get(format!("{base_url}/load/{n}")).send().await {
+                                    Ok(response) => {
+                                        let status = response.status().as_u16();
+                                        match response.bytes().await {
+                                            Ok(_) if status == 200 => None,
+                                            Ok(body) => Some(format!(
+                                                "request {n}: status {status}: {}",
+                                                String::from_utf8_lossy(&body)
+                                                    .chars()
+                                                    .take(200)
+                                                    .collect::<String>()
+                                            )),
+                                            Err(e) => Some(format!("request {n}: body: {e}")),
+                                        }
+                                    }
+                                    Err(e) => Some(format!("request {n}: {e}")),
+                                };
+                            if let Some(failure) = failure {
+                                failures.lock().expect("failures lock").push(failure);
+                            }
+                            done.fetch_add(1, Ordering::SeqCst);
+                        }
+                    })
+                })
+                .collect();
+            Load {
+                done,
+                limit,
+                failures,
+                workers,
+            }
+        }
+
+        /// Requests answered (or failed) so far.
+        pub fn done(&self) -> usize {
+            self.done.load(Ordering::SeqCst)
+        }
+
+        /// Waits until `n` requests have completed; panics after `limit`.
+        pub async fn wait_for(&self, n: usize, limit: Duration) {
+            let done = self.done.clone();
+            assert!(
+                eventually(limit, || done.load(Ordering::SeqCst) >= n).await,
+                "load: only {} of {n} requests completed within {limit:?}",
+                self.done()
+            );
+        }
+
+        /// Lets the workers finish the requests in flight and issue no more.
+        pub fn stop(&self) {
+            self.limit.store(0, Ordering::SeqCst);
+        }
+
+        /// Waits for the workers (after the limit was reached or [`Load::stop`]) and returns
+        /// the number of completed requests and the failures.
+        pub async fn finish(self) -> (usize, Vec<String>) {
+            for worker in self.workers {
+                worker.await.expect("load worker");
+            }
+            let failures = self.failures.lock().expect("failures lock").clone();
+            (self.done.load(Ordering::SeqCst), failures)
+        }
+    }
+}
