@@ -9,6 +9,7 @@ pub mod body;
 pub mod compress;
 pub mod config;
 pub mod demo;
+pub mod explain;
 pub mod observe;
 pub mod proxy;
 pub mod routing;

@@ -1,4 +1,4 @@
-//! The `gatehouse` command line: `run`, `check` and `demo`.
+//! The `gatehouse` command line: `run`, `check`, `demo` and `route` (explain a request).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +45,22 @@ enum Command {
         #[arg(long)]
         tls_listen: Option<SocketAddr>,
     },
+    /// Explain which route, pool, backends and policies a request would meet, without sending it.
+    Route {
+        /// The configuration file.
+        #[arg(short, long, default_value = "gatehouse.toml")]
+        config: PathBuf,
+        /// The request method, e.g. GET (case-sensitive, as on the wire).
+        method: String,
+        /// The request target: `http://host/path?query`, or `/path?query` with `-H "Host: ..."`.
+        url: String,
+        /// A request header, `"Name: value"`; repeat for more.
+        #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// The client's address, for `hash_key = "client_ip"`.
+        #[arg(long, default_value = "127.0.0.1")]
+        client_ip: std::net::IpAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +86,13 @@ fn main() -> ExitCode {
             });
             with_runtime(0, demo::run(listen, tls_listen))
         }
+        Command::Route {
+            config,
+            method,
+            url,
+            headers,
+            client_ip,
+        } => gatehouse::explain::command(&config, &method, &url, &headers, client_ip),
     }
 }
 
@@ -99,20 +122,26 @@ fn serve(config: Config, path: std::path::PathBuf) -> ExitCode {
     with_runtime(workers, async move {
         // Installed before the listeners open, so a SIGHUP right after start cannot kill us.
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        let server = server::start(&config).await?;
+        let mut rotate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+        let server = server::start_with_path(&config, Some(path.clone())).await?;
         loop {
             tokio::select! {
                 _ = wait_for_signal() => break,
                 _ = hangup.recv() => {
                     tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration and TLS certificates");
-                    match config::load(&path) {
-                        Ok(new_config) => match server.reload(&new_config).await {
-                            Ok(()) => tracing::info!("configuration reloaded"),
-                            Err(error) => tracing::error!("reload failed; the previous configuration stays in force: {error:#}"),
-                        },
-                        Err(errors) => tracing::error!("reload refused; the previous configuration stays in force:\n{errors}"),
-                    }
-                    server.reload_certificates();
+                    // In a task of its own, so a slow first health check cannot hold up SIGTERM.
+                    let control = server.control().clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = control.reload_from_file().await {
+                            tracing::error!("reload refused; the previous configuration stays in force: {error:#}");
+                        }
+                        control.reload_certificates();
+                    });
+                }
+                _ = rotate.recv() => {
+                    tracing::info!("SIGUSR1: reopening the access log");
+                    server.state().access_log().reopen();
                 }
             }
         }

@@ -55,7 +55,8 @@ impl HostPattern {
         })
     }
 
-    fn matches(&self, host: &str) -> bool {
+    /// True if `host` matches; `host` must be normalized first (see [`normalize_host`]).
+    pub fn matches(&self, host: &str) -> bool {
         match self {
             HostPattern::Exact(name) => name == host,
             HostPattern::Wildcard(suffix) => {
@@ -204,6 +205,14 @@ impl<T> RouteTable<T> {
             }
         }
         None
+    }
+
+    /// The conditions and value of the route at `index` in file order (as [`Self::route_for`]
+    /// returns it), for tools that explain a match.
+    pub fn route(&self, index: usize) -> Option<(&RouteMatch, &T)> {
+        self.routes
+            .get(index)
+            .map(|(conditions, value)| (conditions, value))
     }
 
     /// Number of routes in the table.

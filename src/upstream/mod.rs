@@ -483,11 +483,13 @@ impl UpstreamPool {
         let mut saturated: Option<(usize, u32)> = None;
         for backup in [false, true] {
             for backend in self.backends.iter().filter(|b| b.backup == backup) {
-                if tried.contains(&backend.index)
-                    || backend.state.availability(now) != Availability::Available
-                {
+                if tried.contains(&backend.index) {
                     continue;
                 }
+                let Some((latency_ns, factor)) = backend.state.eligibility(self.slow_start, now)
+                else {
+                    continue;
+                };
                 let in_flight = backend.state.in_flight();
                 if limit.is_some_and(|limit| in_flight >= limit) {
                     if saturated.is_none_or(|(_, load)| in_flight < load) {
@@ -495,7 +497,12 @@ impl UpstreamPool {
                     }
                     continue;
                 }
-                candidates.push(self.candidate(backend, in_flight, now));
+                candidates.push(Candidate {
+                    index: backend.index,
+                    weight: (f64::from(backend.weight) * factor).max(f64::MIN_POSITIVE),
+                    in_flight,
+                    latency_ns,
+                });
             }
             if !candidates.is_empty() || saturated.is_some() {
                 break;

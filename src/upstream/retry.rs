@@ -8,6 +8,7 @@
 //! every backend fails, retries do not triple the load on them.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::Method;
 use tokio::time::Instant;
@@ -113,13 +114,13 @@ struct RetryBudget {
     deposit: u64,
     /// Retries per second the floor allows.
     min_per_second: u64,
+    /// Thousandths of a retry earned by requests.
+    tokens: AtomicU64,
     state: Mutex<BudgetState>,
 }
 
 #[derive(Debug)]
 struct BudgetState {
-    /// Thousandths of a retry.
-    tokens: u64,
     /// Thousandths of a retry, from the floor.
     floor_tokens: u64,
     refilled: Instant,
@@ -137,8 +138,8 @@ impl RetryBudget {
             // Rounded to thousandths, then exact: 20 % is 200 per request.
             deposit: (ratio.clamp(0.0, 100.0) * RETRY as f64).round() as u64,
             min_per_second,
+            tokens: AtomicU64::new(0),
             state: Mutex::new(BudgetState {
-                tokens: 0,
                 floor_tokens: min_per_second * RETRY,
                 refilled: now,
             }),
@@ -150,9 +151,13 @@ impl RetryBudget {
     }
 
     fn deposit(&self, _now: Instant) {
+        // On every request: a lock-free add, capped.
         if self.deposit > 0 {
-            let mut state = self.state();
-            state.tokens = (state.tokens + self.deposit).min(MAX_SAVED);
+            let _ = self
+                .tokens
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tokens| {
+                    (tokens < MAX_SAVED).then(|| (tokens + self.deposit).min(MAX_SAVED))
+                });
         }
     }
 
@@ -168,8 +173,13 @@ impl RetryBudget {
                 .saturating_add(earned)
                 .min(self.min_per_second * RETRY);
         }
-        if state.tokens >= RETRY {
-            state.tokens -= RETRY;
+        let earned = self
+            .tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tokens| {
+                tokens.checked_sub(RETRY)
+            })
+            .is_ok();
+        if earned {
             true
         } else if state.floor_tokens >= RETRY {
             state.floor_tokens -= RETRY;

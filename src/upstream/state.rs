@@ -143,6 +143,28 @@ impl BackendState {
         }
     }
 
+    /// In one look (one lock): whether the backend is available at `now`, and if so its
+    /// latency estimate and slow-start factor, for the balancer.
+    pub fn eligibility(&self, window: Option<Duration>, now: Instant) -> Option<(f64, f64)> {
+        if self.is_draining() {
+            return None;
+        }
+        let mut inner = self.inner();
+        if inner.checked_up == Some(false) {
+            return None;
+        }
+        match inner.ejected_until {
+            Some(until) if until > now => return None,
+            Some(until) => {
+                inner.ejected_until = None;
+                inner.available_since = Some(until);
+            }
+            None => {}
+        }
+        let factor = slow_start(window, inner.available_since, now);
+        Some((inner.latency.estimate_ns(now), factor))
+    }
+
     /// Latency estimate in nanoseconds at `now`.
     pub fn latency_ns(&self, now: Instant) -> f64 {
         self.inner().latency.estimate_ns(now)
@@ -156,14 +178,7 @@ impl BackendState {
     /// The share of its weight the backend gets at `now` while it slow-starts: from 10 % right
     /// after it became available to 100 % after `window`.
     pub fn slow_start_factor(&self, window: Option<Duration>, now: Instant) -> f64 {
-        let (Some(window), Some(since)) = (window, self.inner().available_since) else {
-            return 1.0;
-        };
-        let elapsed = now.saturating_duration_since(since);
-        if elapsed >= window || window.is_zero() {
-            return 1.0;
-        }
-        (0.1 + 0.9 * elapsed.as_secs_f64() / window.as_secs_f64()).clamp(0.1, 1.0)
+        slow_start(window, self.inner().available_since, now)
     }
 
     /// Applies one active health check result; returns the new up/down state when it changed.
@@ -282,6 +297,17 @@ impl BackendState {
             latency_ms: inner.latency.estimate_ns(now) / 1e6,
         }
     }
+}
+
+fn slow_start(window: Option<Duration>, since: Option<Instant>, now: Instant) -> f64 {
+    let (Some(window), Some(since)) = (window, since) else {
+        return 1.0;
+    };
+    let elapsed = now.saturating_duration_since(since);
+    if elapsed >= window || window.is_zero() {
+        return 1.0;
+    }
+    (0.1 + 0.9 * elapsed.as_secs_f64() / window.as_secs_f64()).clamp(0.1, 1.0)
 }
 
 /// When and for how long passive health checks eject a backend.
