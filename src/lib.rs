@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod explain;
 pub mod observe;
+pub mod protect;
 pub mod proxy;
 pub mod routing;
 pub mod runtime;

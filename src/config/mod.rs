@@ -4,6 +4,7 @@
 //! known to compile, or [`ConfigErrors`] naming the file, line, column and key of each fault.
 
 mod keypath;
+mod protect;
 mod schema;
 pub mod units;
 mod validate;
@@ -12,6 +13,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+pub use protect::*;
 pub use schema::*;
 
 /// One problem in a config file.

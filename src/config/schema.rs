@@ -44,6 +44,9 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// The admin listener: metrics, API and dashboard.
     pub admin: Option<Spanned<AdminSettings>>,
+    /// Identity hiding, client identity and request strictness.
+    #[serde(default)]
+    pub security: super::protect::SecuritySettings,
     /// The text the config was parsed from (for the admin API's view of the config in force).
     #[serde(skip)]
     pub source: Option<String>,
@@ -272,6 +275,10 @@ pub struct ListenerConfig {
     /// Port used in HTTPS redirect URLs (omitted from the URL when 443).
     #[serde(default = "https_port")]
     pub https_port: u16,
+    /// Client addresses (CIDRs, or `"file:PATH"`) allowed to connect; others are closed at once.
+    pub allow: Option<Vec<Spanned<String>>>,
+    /// Client addresses whose connections are closed at once (checked before `allow`).
+    pub deny: Option<Vec<Spanned<String>>>,
 }
 
 fn https_port() -> u16 {
@@ -827,6 +834,16 @@ pub struct RouteConfig {
     pub compression: Option<bool>,
     /// Decode compressed request bodies; overrides `compression.decompress_requests`.
     pub decompress_requests: Option<bool>,
+    /// Client addresses (CIDRs, or `"file:PATH"` for a list in a file) allowed; others get 403.
+    pub allow: Option<Vec<Spanned<String>>>,
+    /// Client addresses refused with 403 (checked before `allow`).
+    pub deny: Option<Vec<Spanned<String>>>,
+    /// Methods this route serves; others get 405 (unlike `methods`, which only matches).
+    pub allow_methods: Option<Vec<Spanned<String>>>,
+    /// HTTP basic authentication.
+    pub basic_auth: Option<Spanned<super::protect::BasicAuthSettings>>,
+    /// Per-key request rate limit.
+    pub rate_limit: Option<Spanned<super::protect::RateLimitSettings>>,
 }
 
 /// `hsts = { ... }` on a route.

@@ -1,0 +1,4 @@
+//! Protection: what stands between hostile traffic and the backends — strict request checks,
+//! path normalisation, identity hiding, client identity behind trusted proxies, IP lists,
+//! method lists, basic auth and rate limits. Each submodule is pure policy; the pipeline calls
+//! them at its guard stages.
