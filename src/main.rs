@@ -145,7 +145,7 @@ fn serve(config: Config, path: std::path::PathBuf) -> ExitCode {
                 }
             }
         }
-        tracing::info!(grace = ?config.server.grace_period.0, "shutting down: finishing in-flight requests");
+        tracing::info!(grace = ?server.grace_period(), "shutting down: finishing in-flight requests");
         tokio::select! {
             drained = server.shutdown() => {
                 if drained {

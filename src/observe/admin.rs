@@ -24,8 +24,17 @@ use crate::server::Control;
 /// The dashboard page: self-contained HTML, CSS and JS.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// Keys whose values the config view never shows.
-const SECRET_KEYS: [&str; 3] = ["secret", "token", "password"];
+/// Keys whose values the config view never shows: secrets, and header values that carry
+/// credentials (in `request_headers.set` and the like).
+const SECRET_KEYS: [&str; 7] = [
+    "secret",
+    "token",
+    "password",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+];
 
 /// A running admin listener.
 #[derive(Debug)]
@@ -101,7 +110,9 @@ fn authorized(token: Option<&str>, request: &Request<Incoming>) -> bool {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     let from_query = request.uri().query().and_then(|q| {
         q.split('&')
             .filter_map(|pair| pair.split_once('='))
@@ -173,7 +184,11 @@ async fn answer(
             ),
         },
         (&Method::POST, ["api", "reload"]) => match control.reload_from_file().await {
-            Ok(()) => json(StatusCode::OK, &serde_json::json!({ "ok": true })),
+            Ok(()) => {
+                // As SIGHUP does: the certificate files are re-read too.
+                control.reload_certificates();
+                json(StatusCode::OK, &serde_json::json!({ "ok": true }))
+            }
             Err(e) => json(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 &serde_json::json!({ "ok": false, "error": format!("{e:#}") }),
@@ -198,9 +213,13 @@ async fn answer(
             StatusCode::NOT_IMPLEMENTED,
             "there is no cache to purge yet: the HTTP cache is not built",
         ),
-        (_, ["metrics"] | ["api", ..]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        }
+        (
+            _,
+            ["metrics"]
+            | ["api", "version" | "config" | "reload" | "pools"]
+            | ["api", "pools", _, "backends", _, "drain" | "undrain"]
+            | ["api", "cache", "purge"],
+        ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
     }
 }
@@ -233,11 +252,13 @@ fn drain(control: &Control, pool: &str, backend: &str, draining: bool) -> AdminR
 /// Replaces the values of secret-looking keys, at any depth.
 fn redact(table: &mut toml::Table) {
     for (key, value) in table.iter_mut() {
+        let key = key.to_ascii_lowercase();
         let secret = SECRET_KEYS
             .iter()
-            .any(|s| key == s || key.ends_with(&format!("_{s}")));
+            .any(|s| key == *s || key.ends_with(&format!("_{s}")));
         match value {
             toml::Value::Table(inner) => redact(inner),
+            _ if secret => *value = toml::Value::String("[redacted]".to_owned()),
             toml::Value::Array(items) => {
                 for item in items {
                     if let toml::Value::Table(inner) = item {
@@ -245,7 +266,6 @@ fn redact(table: &mut toml::Table) {
                     }
                 }
             }
-            _ if secret => *value = toml::Value::String("[redacted]".to_owned()),
             _ => {}
         }
     }
@@ -267,12 +287,16 @@ mod tests {
             [[listener]]
             address = "0.0.0.0:443"
             tls = { certificates = [{ cert = "c.pem", key = "k.pem" }] }
+            [[route]]
+            pool = "app"
+            request_headers = { set = { Authorization = "Bearer abc123" } }
             "#,
         )
         .unwrap();
         redact(&mut table);
         let text = serde_json::to_string(&table).unwrap();
         assert!(!text.contains("t0p") && !text.contains("s3cret"), "{text}");
+        assert!(!text.contains("abc123"), "{text}");
         assert!(
             text.contains("127.0.0.1:1") && text.contains("c.pem"),
             "{text}"

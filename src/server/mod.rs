@@ -70,6 +70,10 @@ pub struct Control {
     /// When the server started.
     pub started: std::time::Instant,
     last_reload: std::sync::Mutex<Option<ReloadReport>>,
+    /// Handshake failures of TLS terminators a reload replaced, so the total never goes back.
+    retired_tls_failures: std::sync::atomic::AtomicU64,
+    /// One reload at a time, from reading the file to the swap, so two cannot cross.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 /// Settings a reload cannot change.
@@ -115,6 +119,8 @@ struct ActiveListener {
     bound: SocketAddr,
     serving: Arc<ArcSwap<Serving>>,
     task: JoinHandle<()>,
+    /// Set when a reload removes the listener: its connections finish and close.
+    retired: watch::Sender<bool>,
 }
 
 impl Listeners {
@@ -152,6 +158,11 @@ impl RunningServer {
     /// The control handle reloads and the admin API use.
     pub fn control(&self) -> &Arc<Control> {
         &self.control
+    }
+
+    /// The grace period in force (a reload may have changed it).
+    pub fn grace_period(&self) -> Duration {
+        *self.control.grace.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Applies `config` without a restart; see [`Control::reload`].
@@ -220,6 +231,11 @@ impl Control {
     /// close (their connections finish), backends that stay in a pool keep their state, and
     /// new requests run on the new routes while requests in flight finish on the old ones.
     pub async fn reload(&self, config: &Config) -> anyhow::Result<()> {
+        let _one_at_a_time = self.reloading.lock().await;
+        self.reload_locked(config).await
+    }
+
+    async fn reload_locked(&self, config: &Config) -> anyhow::Result<()> {
         let result = self.reload_inner(config).await;
         let report = ReloadReport {
             ok: result.is_ok(),
@@ -250,8 +266,9 @@ impl Control {
         let Some(path) = &self.config_path else {
             anyhow::bail!("the server was not started from a config file");
         };
+        let _one_at_a_time = self.reloading.lock().await;
         match crate::config::load(path) {
-            Ok(config) => self.reload(&config).await,
+            Ok(config) => self.reload_locked(&config).await,
             Err(errors) => {
                 let error = anyhow::anyhow!("{errors}");
                 // Counted and reported like any other failed reload.
@@ -316,12 +333,15 @@ impl Control {
         let Some(drain) = listeners.drain.clone() else {
             anyhow::bail!("the server is shutting down");
         };
-        // Match each new listener to an open one with the same name and address.
+        // Match each new listener to an open one: same address (a renamed listener keeps its
+        // socket), or for port-0 listeners (any free port) same name and address.
         let mut kept: Vec<Option<usize>> = Vec::with_capacity(generation.listeners.len());
         let mut taken = vec![false; listeners.active.len()];
         for spec in &generation.listeners {
             let found = listeners.active.iter().enumerate().position(|(i, open)| {
-                !taken[i] && open.spec.name == spec.name && open.spec.address == spec.address
+                !taken[i]
+                    && open.spec.address == spec.address
+                    && (spec.address.port() != 0 || open.spec.name == spec.name)
             });
             if let Some(i) = found {
                 taken[i] = true;
@@ -333,7 +353,12 @@ impl Control {
         for (spec, kept) in generation.listeners.iter().zip(&kept) {
             let old_tls = kept
                 .and_then(|i| listeners.active.get(i))
-                .filter(|open| open.spec.tls == spec.tls)
+                // ALPN is fixed when a terminator is built: reuse it only for the same protocols.
+                .filter(|open| {
+                    open.spec.tls == spec.tls
+                        && open.spec.http1 == spec.http1
+                        && open.spec.http2 == spec.http2
+                })
                 .and_then(|open| open.serving.load().tls.clone());
             let serving =
                 serving_for(spec, &generation, &self.state, &self.phase, &drain, old_tls)?;
@@ -366,6 +391,17 @@ impl Control {
         for closed in old.into_iter().flatten() {
             tracing::info!(listener = %closed.spec.name, address = %closed.bound, "listener closed by reload");
             closed.task.abort();
+            // Its connections finish what they are doing and close, as at shutdown.
+            let _ = closed.retired.send(true);
+            self.retired_tls_failures.fetch_add(
+                closed
+                    .serving
+                    .load()
+                    .tls
+                    .as_ref()
+                    .map_or(0, |t| t.handshake_failures()),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
         listeners.active = active;
         listeners.watcher = CertificateWatcher::start(listeners.terminators())
@@ -394,13 +430,16 @@ impl Control {
 
     /// TLS handshakes that failed or timed out, over all open listeners.
     pub fn tls_handshake_failures(&self) -> u64 {
-        self.listeners.try_lock().map_or(0, |listeners| {
+        let live = self.listeners.try_lock().map_or(0, |listeners| {
             listeners
                 .terminators()
                 .iter()
                 .map(|t| t.handshake_failures())
                 .sum()
-        })
+        });
+        live + self
+            .retired_tls_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Copies values that live elsewhere (backend health and load, TLS failures) into the
@@ -431,6 +470,9 @@ impl Control {
         metrics
             .counter("gatehouse_tls_handshake_failures_total", &[])
             .absolute(self.tls_handshake_failures());
+        metrics
+            .counter("gatehouse_access_log_dropped_total", &[])
+            .absolute(self.state.access_log().dropped());
         metrics.render()
     }
 }
@@ -483,6 +525,8 @@ pub async fn start_with_path(
         phase: phase_receiver,
         started: std::time::Instant::now(),
         last_reload: std::sync::Mutex::new(None),
+        retired_tls_failures: std::sync::atomic::AtomicU64::new(0),
+        reloading: tokio::sync::Mutex::new(()),
     });
     let admin = match &config.admin {
         Some(settings) => Some(
@@ -556,13 +600,15 @@ fn spawn_listener(
         "http"
     };
     tracing::info!(listener = %spec.name, address = %bound, scheme, "listening");
+    let (retired, retired_receiver) = watch::channel(false);
     let serving = Arc::new(ArcSwap::from_pointee(serving));
-    let task = tokio::spawn(accept_loop(socket, serving.clone()));
+    let task = tokio::spawn(accept_loop(socket, serving.clone(), retired_receiver));
     Ok(ActiveListener {
         spec,
         bound,
         serving,
         task,
+        retired,
     })
 }
 
@@ -634,7 +680,11 @@ impl std::fmt::Debug for Serving {
 
 /// Accepts connections until shutdown. The listener's settings are read per connection, so a
 /// reload changes them for new connections without touching the socket.
-async fn accept_loop(listener: TcpListener, serving: Arc<ArcSwap<Serving>>) {
+async fn accept_loop(
+    listener: TcpListener,
+    serving: Arc<ArcSwap<Serving>>,
+    retired: watch::Receiver<bool>,
+) {
     let mut phase = serving.load().phase.clone();
     loop {
         tokio::select! {
@@ -642,7 +692,7 @@ async fn accept_loop(listener: TcpListener, serving: Arc<ArcSwap<Serving>>) {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let current = Serving::clone(&serving.load());
-                    tokio::spawn(serve_connection(stream, peer, current));
+                    tokio::spawn(serve_connection(stream, peer, current, retired.clone()));
                 }
                 Err(error) => {
                     // Usually EMFILE/ENFILE: back off briefly instead of spinning on the error.
@@ -662,14 +712,19 @@ struct Secured {
     client_subject: Option<http::HeaderValue>,
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, serving: Serving) {
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    serving: Serving,
+    retired: watch::Receiver<bool>,
+) {
     let Some(tls) = serving.tls.clone() else {
         let plain = Secured {
             proto: "http",
             subject_header: None,
             client_subject: None,
         };
-        return serve_http(stream, peer, serving, plain).await;
+        return serve_http(stream, peer, serving, plain, retired).await;
     };
     match tls.accept(stream).await {
         Ok((stream, handshake)) => {
@@ -678,15 +733,20 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, serving: Serving)
                 subject_header: tls.subject_header.clone(),
                 client_subject: handshake.client_subject,
             };
-            serve_http(stream, peer, serving, secured).await;
+            serve_http(stream, peer, serving, secured, retired).await;
         }
         // Scanners and clients with no common protocol do this all day: not worth more than debug.
         Err(error) => tracing::debug!(client = %peer, %error, "TLS handshake failed"),
     }
 }
 
-async fn serve_http<IO>(stream: IO, peer: SocketAddr, serving: Serving, secured: Secured)
-where
+async fn serve_http<IO>(
+    stream: IO,
+    peer: SocketAddr,
+    serving: Serving,
+    secured: Secured,
+    mut retired: watch::Receiver<bool>,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let Serving {
@@ -765,6 +825,13 @@ where
                         close_by = Some(Instant::now() + header_timeout);
                     }
                     _ => {}
+                }
+            }
+            gone = retired.changed(), if !closing => {
+                // A reload removed this listener (or its task ended): finish and close.
+                if gone.is_err() || *retired.borrow() {
+                    conn.as_mut().graceful_shutdown();
+                    close_by = Some(Instant::now() + header_timeout);
                 }
             }
         }
