@@ -49,6 +49,12 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             message: "server.max_header_bytes must be at least 8KiB".to_owned(),
         });
     }
+    if let Err(message) = crate::protect::identity::HidePolicy::new(&config.security) {
+        problems.0.push(Problem {
+            span: None,
+            message: format!("security.{message}"),
+        });
+    }
     if !(0.0..=1.0).contains(&config.access_log.sample) {
         problems.0.push(Problem {
             span: None,

@@ -2,3 +2,9 @@
 //! path normalisation, identity hiding, client identity behind trusted proxies, IP lists,
 //! method lists, basic auth and rate limits. Each submodule is pure policy; the pipeline calls
 //! them at its guard stages.
+
+pub mod strict;
+
+
+
+pub mod identity;

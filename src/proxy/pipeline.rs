@@ -22,6 +22,7 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::compress;
 use crate::config::UpstreamProtocol;
 use crate::observe::access_log::AccessRecord;
+use crate::protect::identity;
 use crate::routing::{RequestFacts, is_valid_host};
 use crate::runtime::{Generation, HostRewrite, Route};
 use crate::server::activity::InFlight;
@@ -212,6 +213,8 @@ async fn proxy(
     mut request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_framing(&request)?;
+    crate::protect::strict::check_request(&request).map_err(ProxyError::BadRequest)?;
+    normalize_target(&mut request, generation.security.merge_slashes)?;
     if let Some(port) = conn.redirect_https {
         return redirect_to_https(&request, port);
     }
@@ -238,7 +241,16 @@ async fn proxy(
     let key = route
         .pool
         .selection_key(request.uri(), request.headers(), conn.peer.ip());
+    // What Gatehouse's page is negotiated on, should a backend 5xx be replaced.
+    let mut page_headers = http::HeaderMap::new();
+    if generation.security.replace_error_pages
+        && let Some(accept) = request.headers().get(header::ACCEPT)
+    {
+        page_headers.insert(header::ACCEPT, accept.clone());
+    }
     let (mut head, body) = client_head(generation, conn, &route, request)?;
+    // The host backend addresses in `Location` are rewritten to.
+    let public_host = head.client_host.clone();
     head.decoded = decoding.is_some();
     let request_bytes = route
         .metrics
@@ -267,6 +279,25 @@ async fn proxy(
         limit_flag.as_deref(),
     )
     .await?;
+    if identity::should_replace_error_page(
+        generation.security.replace_error_pages,
+        response.status(),
+    ) {
+        // The backend's body (stack traces, banners, host names) never reaches the client.
+        let mut page = error_response(response.status(), &exchange.request_id, &page_headers);
+        page.headers_mut()
+            .extend(identity::kept_error_headers(response.headers()));
+        drop(response);
+        exchange.lease = Some(lease);
+        return Ok(rewrite_response(
+            generation,
+            conn,
+            &route,
+            exchange,
+            page,
+            public_host.as_ref(),
+        ));
+    }
     let mut lease = Some(lease);
     let response = match client_upgrade {
         Some(client_upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
@@ -283,7 +314,12 @@ async fn proxy(
     // Held until the response body ends (a tunnel holds its own).
     exchange.lease = lease;
     Ok(rewrite_response(
-        generation, conn, &route, exchange, response,
+        generation,
+        conn,
+        &route,
+        exchange,
+        response,
+        public_host.as_ref(),
     ))
 }
 
@@ -337,6 +373,29 @@ fn check_framing(request: &Request<Incoming>) -> Result<(), ProxyError> {
             "CONNECT is not served by a reverse proxy listener",
         ));
     }
+    Ok(())
+}
+
+/// Replaces the request's path with its normalised spelling, the query kept as sent, so that
+/// routing, prefix rewriting and the backend all see the same path.
+fn normalize_target<B>(request: &mut Request<B>, merge_slashes: bool) -> Result<(), ProxyError> {
+    let path = crate::protect::strict::normalize_path(request.uri().path(), merge_slashes)
+        .map_err(ProxyError::BadRequest)?;
+    let mut target = match path {
+        std::borrow::Cow::Borrowed(_) => return Ok(()),
+        std::borrow::Cow::Owned(path) => path,
+    };
+    if let Some(query) = request.uri().query() {
+        target.push('?');
+        target.push_str(query);
+    }
+    let mut parts = request.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        PathAndQuery::try_from(target)
+            .map_err(|_| ProxyError::BadRequest("normalised path is invalid"))?,
+    );
+    *request.uri_mut() =
+        Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("normalised path is invalid"))?;
     Ok(())
 }
 
@@ -855,6 +914,7 @@ fn rewrite_response(
     route: &Route,
     exchange: &Exchange,
     mut response: Response<ResponseBody>,
+    public_host: Option<&HeaderValue>,
 ) -> Response<ResponseBody> {
     let upgrading = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -865,6 +925,16 @@ fn rewrite_response(
     if let Some(protocol) = upgrade_to {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
+    }
+    // Identity hiding before the configured edits, so a header an operator adds on purpose stays.
+    generation.hide.hide(headers);
+    if generation.security.rewrite_location {
+        identity::rewrite_location_among(
+            headers,
+            route.pool.backends.iter().map(|b| &b.authority),
+            public_host,
+            conn.proto,
+        );
     }
     route.response_edits.apply(headers);
     if let Some(cookie) = &exchange.set_cookie {

@@ -100,6 +100,10 @@ pub struct Generation {
     /// Client-certificate subject headers of the mutual-TLS listeners. Removed from every
     /// client request on every listener, so no client can forge one through another listener.
     pub subject_headers: Vec<HeaderName>,
+    /// `[security]`: identity hiding and the other process-wide protection settings.
+    pub security: crate::config::SecuritySettings,
+    /// `security.hide_headers`, compiled.
+    pub hide: crate::protect::identity::HidePolicy,
     /// The active health checks of this generation's pools, stopped with it.
     health_tasks: std::sync::Mutex<Vec<crate::upstream::health::HealthTasks>>,
 }
@@ -138,7 +142,11 @@ impl Generation {
             .iter()
             .map(compile_listener)
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let hide = crate::protect::identity::HidePolicy::new(&config.security)
+            .map_err(|e| anyhow!("security.{e}"))?;
         Ok(Generation {
+            security: config.security.clone(),
+            hide,
             routes: RouteTable::new(routes),
             pools,
             listeners,

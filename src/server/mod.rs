@@ -74,6 +74,8 @@ pub struct Control {
     retired_tls_failures: std::sync::atomic::AtomicU64,
     /// One reload at a time, from reading the file to the swap, so two cannot cross.
     reloading: tokio::sync::Mutex<()>,
+    /// The listeners' names and bound addresses, updated when a reload changes them.
+    addresses: std::sync::Mutex<Vec<(Arc<str>, SocketAddr)>>,
 }
 
 /// Settings a reload cannot change.
@@ -214,15 +216,10 @@ impl RunningServer {
 impl Control {
     /// Every listener's name and bound address, in config order.
     pub fn local_addrs(&self) -> Vec<(Arc<str>, SocketAddr)> {
-        match self.listeners.try_lock() {
-            Ok(listeners) => listeners
-                .active
-                .iter()
-                .map(|l| (l.spec.name.clone(), l.bound))
-                .collect(),
-            // A reload is changing them right now: report what the generation says.
-            Err(_) => Vec::new(),
-        }
+        self.addresses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Applies `config` without a restart. Everything is built and bound first; if any of it
@@ -329,6 +326,9 @@ impl Control {
         } else {
             Some(AccessLog::open(&config.access_log).context("opening the access log")?)
         };
+        // Before the listeners are locked: a first check may take a whole check timeout, and
+        // shutdown must not wait for it. If a later step fails, the generation and its checks go.
+        generation.start_health_checks().await;
         let mut listeners = self.listeners.lock().await;
         let Some(drain) = listeners.drain.clone() else {
             anyhow::bail!("the server is shutting down");
@@ -370,7 +370,6 @@ impl Control {
             };
             prepared.push((spec.clone(), serving, socket));
         }
-        generation.start_health_checks().await;
 
         // Nothing can fail from here on.
         let mut old: Vec<Option<ActiveListener>> = listeners.active.drain(..).map(Some).collect();
@@ -403,6 +402,8 @@ impl Control {
                 std::sync::atomic::Ordering::Relaxed,
             );
         }
+        *self.addresses.lock().unwrap_or_else(|e| e.into_inner()) =
+            active.iter().map(|l| (l.spec.name.clone(), l.bound)).collect();
         listeners.active = active;
         listeners.watcher = CertificateWatcher::start(listeners.terminators())
             .map_err(|e| anyhow::anyhow!(e))
@@ -508,6 +509,10 @@ pub async fn start_with_path(
             .with_context(|| format!("binding listener {} on {}", spec.name, spec.address))?;
         active.push(spawn_listener(spec.clone(), socket, serving)?);
     }
+    let addresses = active
+        .iter()
+        .map(|l: &ActiveListener| (l.spec.name.clone(), l.bound))
+        .collect();
     let mut listeners = Listeners {
         active,
         drain: Some(own_token.clone()),
@@ -527,6 +532,7 @@ pub async fn start_with_path(
         last_reload: std::sync::Mutex::new(None),
         retired_tls_failures: std::sync::atomic::AtomicU64::new(0),
         reloading: tokio::sync::Mutex::new(()),
+        addresses: std::sync::Mutex::new(addresses),
     });
     let admin = match &config.admin {
         Some(settings) => Some(

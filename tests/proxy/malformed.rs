@@ -370,12 +370,13 @@ async fn invalid_host_values_and_userinfo_are_400() {
 }
 
 #[tokio::test]
-async fn an_absolute_form_target_wins_over_host() {
-    // RFC 9112 §3.2.2: with an absolute-form target the Host header is ignored.
+async fn an_absolute_form_target_that_agrees_with_host_is_served() {
+    // RFC 9112 §3.2.2: the absolute-form target names the host. One that disagrees with Host is
+    // refused (strict.rs); one that agrees is forwarded like any request.
     let (origin, proxy) = setup().await;
     let answer = raw_exchange(
         proxy.addr,
-        b"GET http://a.test:8080/abs?q=1 HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+        b"GET http://a.test:8080/abs?q=1 HTTP/1.1\r\nHost: a.test:8080\r\nConnection: close\r\n\r\n",
         WAIT,
     )
     .await;

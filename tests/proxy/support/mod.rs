@@ -1042,3 +1042,14 @@ mod killable {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the operations tests.
+// ---------------------------------------------------------------------------------------------
+
+impl BinaryProxy {
+    /// The config file the binary was started with (edit it, then SIGHUP, to reload).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.join("gatehouse.toml")
+    }
+}

@@ -1,0 +1,839 @@
+//! Strict request checks and path normalisation: what hyper's parser lets through but a proxy
+//! must not pass on.
+//!
+//! A proxy and the backend behind it each read the request. Wherever the two could read it
+//! differently — where a body ends, which host it is for, which path it names — an attacker can
+//! hide a second request inside the first (request smuggling) or reach a path a route was meant
+//! to guard. This module removes that room: [`check_request`] refuses ambiguous framing and host
+//! information (RFC 9112 §6.1 and §6.3, RFC 9110 §7.2 and §8.6), and [`normalize_path`] gives
+//! every path a single spelling (RFC 3986 §5.2.4 and §6.2.2) before routing sees it, so the
+//! route chosen and the path the backend receives are the same path. Paths whose meaning depends
+//! on who decodes them are refused rather than guessed.
+//!
+//! Both are pure functions over borrowed data: no I/O, no panics on any input, and no allocation
+//! for an ordinary request.
+
+use std::borrow::Cow;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Version};
+
+/// Refuses a request whose framing or host information a backend could read differently from
+/// the proxy; the error names the reason (for a `400 Bad Request`).
+///
+/// Refused:
+/// - `Content-Length` together with `Transfer-Encoding` (RFC 9112 §6.3 rule 3);
+/// - more than one `Content-Length` value, on several lines or as a comma list, even when the
+///   values are equal (RFC 9110 §8.6 allows refusing; a single value is never ambiguous);
+/// - a `Content-Length` that is not one non-empty run of ASCII digits fitting in a `u64`;
+/// - `Transfer-Encoding` that is anything but exactly `chunked` (one coding, once), or that
+///   appears outside HTTP/1.1. RFC 9112 §6.1 suggests `501` for an unknown coding; this stays a
+///   `400`, as hyper answers the codings it refuses itself;
+/// - more than one `Host`, or a `Host` with userinfo (`@`), whitespace or control bytes;
+/// - a request target with an authority (absolute-form, or HTTP/2 `:authority`) that holds
+///   userinfo or names another host or port than `Host` (RFC 9112 §3.2, RFC 9113 §8.3.1). Names
+///   compare case-insensitively, a trailing dot ignored; a missing port is the scheme's default
+///   (`http` 80, `https` 443).
+pub fn check_request<B>(request: &Request<B>) -> Result<(), &'static str> {
+    let headers = request.headers();
+    let has_length = check_content_length(headers.get_all(header::CONTENT_LENGTH).iter())?;
+    let has_coding = check_transfer_encoding(
+        headers.get_all(header::TRANSFER_ENCODING).iter(),
+        request.version(),
+    )?;
+    if has_length && has_coding {
+        return Err("both Content-Length and Transfer-Encoding");
+    }
+
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    if let Some(host) = host
+        && host
+            .as_bytes()
+            .iter()
+            .any(|&b| b == b'@' || b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err("Host with userinfo, whitespace or control bytes");
+    }
+
+    if let Some(authority) = request.uri().authority() {
+        if authority.as_str().contains('@') {
+            return Err("userinfo in the request target");
+        }
+        if let Some(host) = host {
+            let default_port = match request.uri().scheme_str() {
+                Some(s) if s.eq_ignore_ascii_case("http") => Some(80),
+                Some(s) if s.eq_ignore_ascii_case("https") => Some(443),
+                _ => None,
+            };
+            let target = split_host_port(authority.as_str())
+                .ok_or("invalid authority in the request target")?;
+            let host = host
+                .to_str()
+                .ok()
+                .and_then(split_host_port)
+                .ok_or("invalid Host header")?;
+            if !target.0.eq_ignore_ascii_case(host.0)
+                || target.1.or(default_port) != host.1.or(default_port)
+            {
+                return Err("request target and Host name different hosts");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks every `Content-Length` line; true when there is one (valid) value.
+fn check_content_length<'a>(
+    mut values: impl Iterator<Item = &'a HeaderValue>,
+) -> Result<bool, &'static str> {
+    let Some(first) = values.next() else {
+        return Ok(false);
+    };
+    if values.next().is_some() {
+        return Err("more than one Content-Length");
+    }
+    let bytes = first.as_bytes();
+    if bytes.contains(&b',') {
+        return Err("more than one Content-Length");
+    }
+    if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
+        return Err("Content-Length is not a number");
+    }
+    // Digits only, so this parse differs from a plain digit check only by overflow.
+    match std::str::from_utf8(bytes).map(str::parse::<u64>) {
+        Ok(Ok(_)) => Ok(true),
+        _ => Err("Content-Length is too large"),
+    }
+}
+
+/// Checks the `Transfer-Encoding` lines as one list; true when the request is chunked.
+fn check_transfer_encoding<'a>(
+    values: impl Iterator<Item = &'a HeaderValue>,
+    version: Version,
+) -> Result<bool, &'static str> {
+    let mut codings = 0usize;
+    for value in values {
+        if version != Version::HTTP_11 {
+            return Err("Transfer-Encoding outside HTTP/1.1");
+        }
+        for coding in value.as_bytes().split(|&b| b == b',') {
+            let coding = coding.trim_ascii();
+            codings += 1;
+            if !coding.eq_ignore_ascii_case(b"chunked") {
+                return Err("Transfer-Encoding other than chunked");
+            }
+        }
+    }
+    match codings {
+        0 => Ok(false),
+        1 => Ok(true),
+        // `chunked, chunked`: a body chunked twice is read once by some and twice by others.
+        _ => Err("Transfer-Encoding other than chunked"),
+    }
+}
+
+/// Splits `host[:port]` (or `[v6]:port`) into its name, without a trailing dot, and port.
+/// An empty port (`host:`) is no port (RFC 3986 §3.2.3). `None` if the port is not a number.
+fn split_host_port(text: &str) -> Option<(&str, Option<u16>)> {
+    let (name, rest) = if text.starts_with('[') {
+        let end = text.find(']')?;
+        text.split_at(end + 1)
+    } else {
+        match text.rfind(':') {
+            Some(colon) => text.split_at(colon),
+            None => (text, ""),
+        }
+    };
+    let port = match rest.strip_prefix(':') {
+        None if rest.is_empty() => None,
+        None => return None,
+        Some("") => None,
+        Some(digits) if digits.bytes().all(|b| b.is_ascii_digit()) => Some(digits.parse().ok()?),
+        Some(_) => return None,
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return None;
+    }
+    Some((name, port))
+}
+
+/// Gives a request path (no query) a single spelling, or refuses it.
+///
+/// - Dot segments are resolved as RFC 3986 §5.2.4 `remove_dot_segments` does, with
+///   percent-encoded dots (`%2e`, `%2E`) read as dots, so `/admin/%2e%2e/x` is `/x`.
+/// - Percent-encoded unreserved characters (letters, digits, `-._~`) are decoded (RFC 3986
+///   §6.2.2.2: the URIs are equivalent), so `/%61dmin` is routed as the `/admin` it is for.
+///   Other escapes are kept as sent.
+/// - With `merge_slashes`, runs of `/` become one (as nginx's `merge_slashes`), before dot
+///   segments are resolved.
+///
+/// Refused (`Err`), because proxy and backend could disagree on what the path names:
+/// - `%2F` (encoded `/`), `\` and `%5C`: some backends decode or translate them into a segment
+///   separator after the proxy has routed, so `/public%2f..%2fadmin` or `/public\..\admin` would
+///   reach a path no route allowed. Refusing is the only reading both sides share;
+/// - `%00`: a NUL ends the path for backends written in C and not for others;
+/// - a `%` not followed by two hex digits;
+/// - a `.` or `..` segment carrying `;` parameters (`/..;/admin`): Java servlet containers strip
+///   the parameters and then resolve the dots;
+/// - a `..` that would climb above the root (`/../x`): RFC 3986 clamps it at the root, but such
+///   a path is never sent by an honest client, and nginx answers it with 400 too.
+///
+/// `""` and `"*"` (the `OPTIONS *` target) are returned as they are. Returns
+/// [`Cow::Borrowed`] whenever the result equals the input, so ordinary paths do not allocate.
+pub fn normalize_path(path: &str, merge_slashes: bool) -> Result<Cow<'_, str>, &'static str> {
+    let Some(rest) = path.strip_prefix('/') else {
+        return if path.is_empty() || path == "*" {
+            Ok(Cow::Borrowed(path))
+        } else {
+            Err("request path does not start with /")
+        };
+    };
+    if is_plain(rest, merge_slashes) {
+        return Ok(Cow::Borrowed(path));
+    }
+
+    let mut out: Vec<Cow<'_, str>> = Vec::new();
+    let mut segments = rest.split('/').peekable();
+    while let Some(raw) = segments.next() {
+        let last = segments.peek().is_none();
+        let segment = decode_segment(raw)?;
+        match segment.as_ref() {
+            "." => {}
+            ".." => {
+                if out.pop().is_none() {
+                    return Err("path climbs above the root");
+                }
+            }
+            "" if merge_slashes && !last => continue,
+            other if is_dot_with_params(other) => {
+                return Err("dot segment with parameters in the path");
+            }
+            _ => {
+                out.push(segment);
+                continue;
+            }
+        }
+        // A path ending in a dot segment names a directory: keep its trailing slash.
+        if last {
+            out.push(Cow::Borrowed(""));
+        }
+    }
+
+    let mut normalized = String::with_capacity(path.len());
+    for segment in &out {
+        normalized.push('/');
+        normalized.push_str(segment);
+    }
+    if normalized.is_empty() {
+        normalized.push('/');
+    }
+    Ok(if normalized == path {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(normalized)
+    })
+}
+
+/// True when the path after its leading `/` needs no work: no escapes, no backslash, no dot
+/// segment and (when merging) no empty segment before the last.
+fn is_plain(rest: &str, merge_slashes: bool) -> bool {
+    if rest.bytes().any(|b| b == b'%' || b == b'\\') {
+        return false;
+    }
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        if matches!(segment.split(';').next(), Some("." | "..")) {
+            return false;
+        }
+        if merge_slashes && segment.is_empty() && segments.peek().is_some() {
+            return false;
+        }
+    }
+    true
+}
+
+/// `.;x` or `..;x`.
+fn is_dot_with_params(segment: &str) -> bool {
+    segment.contains(';') && matches!(segment.split(';').next(), Some("." | ".."))
+}
+
+/// Decodes the escapes of unreserved characters in one segment; refuses `\`, malformed escapes
+/// and escapes of `/`, `\` and NUL. Borrows when nothing is decoded.
+fn decode_segment(raw: &str) -> Result<Cow<'_, str>, &'static str> {
+    if raw.contains('\\') {
+        return Err("backslash in the path");
+    }
+    if !raw.contains('%') {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let bytes = raw.as_bytes();
+    let mut decoded: Option<String> = None;
+    // Start of the bytes not yet copied into `decoded`.
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            i += 1;
+            continue;
+        }
+        let value = match (bytes.get(i + 1), bytes.get(i + 2)) {
+            (Some(&high), Some(&low)) => match (hex_value(high), hex_value(low)) {
+                (Some(high), Some(low)) => high * 16 + low,
+                _ => return Err("malformed percent-encoding in the path"),
+            },
+            _ => return Err("malformed percent-encoding in the path"),
+        };
+        match value {
+            b'/' => return Err("encoded slash in the path"),
+            b'\\' => return Err("encoded backslash in the path"),
+            0 => return Err("encoded NUL in the path"),
+            b if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => {
+                let out = decoded.get_or_insert_with(|| String::with_capacity(raw.len()));
+                // `i` is at an ASCII `%`, so both ends are character boundaries.
+                out.push_str(raw.get(copied..i).unwrap_or_default());
+                out.push(char::from(b));
+                copied = i + 3;
+            }
+            _ => {}
+        }
+        i += 3;
+    }
+    Ok(match decoded {
+        Some(mut out) => {
+            out.push_str(raw.get(copied..).unwrap_or_default());
+            Cow::Owned(out)
+        }
+        None => Cow::Borrowed(raw),
+    })
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        b'A'..=b'F' => Some(digit - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(version: Version, target: &str, headers: &[(&str, &[u8])]) -> Request<()> {
+        let mut request = Request::builder()
+            .version(version)
+            .uri(target)
+            .body(())
+            .expect("request");
+        for (name, value) in headers {
+            request.headers_mut().append(
+                header::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_bytes(value).expect("value"),
+            );
+        }
+        request
+    }
+
+    fn check(target: &str, headers: &[(&str, &[u8])]) -> Result<(), &'static str> {
+        check_request(&request(Version::HTTP_11, target, headers))
+    }
+
+    #[test]
+    fn ordinary_requests_pass() {
+        assert_eq!(check("/", &[("host", b"a.test")]), Ok(()));
+        assert_eq!(
+            check(
+                "/upload?x=1",
+                &[("host", b"a.test:8080"), ("content-length", b"42")]
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                "/",
+                &[("host", b"a.test"), ("transfer-encoding", b"chunked")]
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check(
+                "/",
+                &[("host", b"a.test"), ("transfer-encoding", b" Chunked ")]
+            ),
+            Ok(())
+        );
+        assert_eq!(check("/", &[("host", b"[::1]:8080")]), Ok(()));
+        assert_eq!(check("/", &[("content-length", b"0")]), Ok(()));
+        // Leading zeros are still digits.
+        assert_eq!(check("/", &[("content-length", b"007")]), Ok(()));
+    }
+
+    #[test]
+    fn content_length_with_transfer_encoding_is_refused() {
+        for (first, second) in [
+            (
+                ("content-length", &b"5"[..]),
+                ("transfer-encoding", &b"chunked"[..]),
+            ),
+            (("transfer-encoding", b"chunked"), ("content-length", b"5")),
+        ] {
+            assert_eq!(
+                check("/", &[("host", b"a.test"), first, second]),
+                Err("both Content-Length and Transfer-Encoding")
+            );
+        }
+    }
+
+    #[test]
+    fn several_content_lengths_are_refused_even_when_equal() {
+        for headers in [
+            &[("content-length", &b"3"[..]), ("content-length", b"4")][..],
+            &[("content-length", b"3"), ("content-length", b"3")],
+            &[("content-length", b"3, 4")],
+            &[("content-length", b"3,3")],
+            &[("content-length", b"3 , 3")],
+        ] {
+            assert_eq!(
+                check("/", headers),
+                Err("more than one Content-Length"),
+                "{headers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_content_length_that_is_not_digits_is_refused() {
+        for value in [
+            &b""[..],
+            b"+3",
+            b"-1",
+            b"3 ",
+            b" 3",
+            b"0x10",
+            b"3.0",
+            b"1e3",
+            b"x",
+            b"\xd9\xa3",
+        ] {
+            assert_eq!(
+                check("/", &[("content-length", value)]),
+                Err("Content-Length is not a number"),
+                "{value:?}"
+            );
+        }
+        assert_eq!(
+            check("/", &[("content-length", b"99999999999999999999999")]),
+            Err("Content-Length is too large")
+        );
+        assert_eq!(
+            check("/", &[("content-length", b"18446744073709551615")]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn transfer_encoding_must_be_exactly_chunked() {
+        for headers in [
+            &[("transfer-encoding", &b"gzip"[..])][..],
+            &[("transfer-encoding", b"gzip, chunked")],
+            &[("transfer-encoding", b"chunked, gzip")],
+            &[("transfer-encoding", b"chunked, chunked")],
+            &[
+                ("transfer-encoding", b"chunked"),
+                ("transfer-encoding", b"chunked"),
+            ],
+            &[
+                ("transfer-encoding", b"gzip"),
+                ("transfer-encoding", b"chunked"),
+            ],
+            &[("transfer-encoding", b"chunked;q=1")],
+            &[("transfer-encoding", b"chunked,")],
+            &[("transfer-encoding", b", chunked")],
+            &[("transfer-encoding", b"")],
+            &[("transfer-encoding", b"identity")],
+            &[("transfer-encoding", b"xchunked")],
+        ] {
+            assert_eq!(
+                check("/", headers),
+                Err("Transfer-Encoding other than chunked"),
+                "{headers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn transfer_encoding_outside_http_1_1_is_refused() {
+        for version in [Version::HTTP_10, Version::HTTP_2] {
+            assert_eq!(
+                check_request(&request(version, "/", &[("transfer-encoding", b"chunked")])),
+                Err("Transfer-Encoding outside HTTP/1.1"),
+                "{version:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_hosts_are_refused() {
+        for host in [
+            &b"user@a.test"[..],
+            b"@a.test",
+            b"a.test @b.test",
+            b"a .test",
+            b"a\t.test",
+            b"a.test\t",
+        ] {
+            assert_eq!(
+                check("/", &[("host", host)]),
+                Err("Host with userinfo, whitespace or control bytes"),
+                "{host:?}"
+            );
+        }
+        assert_eq!(
+            check("/", &[("host", b"a.test"), ("host", b"a.test")]),
+            Err("more than one Host header")
+        );
+    }
+
+    #[test]
+    fn an_absolute_form_target_must_name_the_host_it_is_sent_with() {
+        // Same host: case, default ports and a trailing dot do not matter.
+        for (target, host) in [
+            ("http://a.test/x", &b"a.test"[..]),
+            ("http://A.Test/x", b"a.TEST"),
+            ("http://a.test:80/x", b"a.test"),
+            ("http://a.test/x", b"a.test:80"),
+            ("http://a.test:/x", b"a.test"),
+            ("https://a.test/x", b"a.test:443"),
+            ("https://a.test:443/x", b"a.test"),
+            ("http://a.test:8080/x", b"a.test:8080"),
+            ("http://a.test./x", b"a.test"),
+            ("http://[::1]:8080/x", b"[::1]:8080"),
+            ("http://[::1]/x", b"[::1]:80"),
+        ] {
+            assert_eq!(
+                check(target, &[("host", host)]),
+                Ok(()),
+                "{target} {host:?}"
+            );
+        }
+        // Without a Host the target alone names the host (the missing Host is not ours to judge).
+        assert_eq!(check("http://a.test/x", &[]), Ok(()));
+
+        for (target, host) in [
+            ("http://a.test/x", &b"b.test"[..]),
+            ("http://a.test:8080/x", b"b.test"),
+            ("http://a.test:8080/x", b"a.test"),
+            ("http://a.test/x", b"a.test:8080"),
+            ("http://a.test/x", b"a.test:443"),
+            ("https://a.test/x", b"a.test:80"),
+            ("http://a.test/x", b"a.test.evil"),
+            ("http://[::1]/x", b"[::2]"),
+        ] {
+            assert_eq!(
+                check(target, &[("host", host)]),
+                Err("request target and Host name different hosts"),
+                "{target} {host:?}"
+            );
+        }
+        assert_eq!(
+            check("http://a.test/x", &[("host", b"a.test:http")]),
+            Err("invalid Host header")
+        );
+        assert_eq!(
+            check("http://a.test/x", &[("host", b"a.test:99999")]),
+            Err("invalid Host header")
+        );
+        assert_eq!(
+            check("http://u@a.test/x", &[("host", b"a.test")]),
+            Err("userinfo in the request target")
+        );
+        // HTTP/2: `:authority` and a differing `Host` (RFC 9113 §8.3.1).
+        assert_eq!(
+            check_request(&request(
+                Version::HTTP_2,
+                "https://a.test/x",
+                &[("host", b"b.test")]
+            )),
+            Err("request target and Host name different hosts")
+        );
+    }
+
+    #[test]
+    fn host_and_port_split() {
+        assert_eq!(split_host_port("a.test"), Some(("a.test", None)));
+        assert_eq!(split_host_port("a.test:81"), Some(("a.test", Some(81))));
+        assert_eq!(split_host_port("a.test:"), Some(("a.test", None)));
+        assert_eq!(split_host_port("[::1]:81"), Some(("[::1]", Some(81))));
+        assert_eq!(split_host_port("[::1]"), Some(("[::1]", None)));
+        assert_eq!(split_host_port("[::1"), None);
+        assert_eq!(split_host_port("[::1]x"), None);
+        assert_eq!(split_host_port("a.test:+1"), None);
+        assert_eq!(split_host_port(":80"), None);
+        assert_eq!(split_host_port("."), None);
+        assert_eq!(split_host_port(""), None);
+    }
+
+    fn normal(path: &str) -> Result<Cow<'_, str>, &'static str> {
+        normalize_path(path, false)
+    }
+
+    fn merged(path: &str) -> Result<Cow<'_, str>, &'static str> {
+        normalize_path(path, true)
+    }
+
+    #[test]
+    fn ordinary_paths_are_borrowed() {
+        for path in [
+            "/",
+            "/a",
+            "/a/b/c",
+            "/a/b/",
+            "/a.b/c..d/.e/..f/...",
+            "/a;b=c/d",
+            "/é/ü",
+            "/a%20b",
+            "/a%2Bb",
+            "/%E2%82%AC",
+            "*",
+            "",
+        ] {
+            for merge in [false, true] {
+                let result = normalize_path(path, merge);
+                assert!(
+                    matches!(result, Ok(Cow::Borrowed(p)) if p == path),
+                    "{path} merge={merge}: {result:?}"
+                );
+            }
+        }
+        // Without merging, doubled slashes are left to the backend.
+        assert!(matches!(normal("//a//b"), Ok(Cow::Borrowed("//a//b"))));
+    }
+
+    #[test]
+    fn dot_segments_are_resolved() {
+        for (path, expected) in [
+            ("/a/./b", "/a/b"),
+            ("/a/b/../c", "/a/c"),
+            ("/a/b/./../c", "/a/c"),
+            ("/a/b/c/../../d", "/a/d"),
+            ("/./a", "/a"),
+            ("/a/..", "/"),
+            ("/a/../", "/"),
+            ("/a/b/..", "/a/"),
+            ("/a/.", "/a/"),
+            ("/a/./", "/a/"),
+            ("/.", "/"),
+            ("/./", "/"),
+            ("/a/b/../../c/./d/", "/c/d/"),
+            // Without merging, an empty segment is a segment: `..` removes it.
+            ("/a//../b", "/a/b"),
+        ] {
+            assert_eq!(normal(path).as_deref(), Ok(expected), "{path}");
+        }
+    }
+
+    #[test]
+    fn percent_encoded_dots_are_dots() {
+        for (path, expected) in [
+            ("/a/%2e%2e/c", "/c"),
+            ("/a/%2E./c", "/c"),
+            ("/a/.%2E/c", "/c"),
+            ("/a/%2E%2e/c", "/c"),
+            ("/a/%2e/c", "/a/c"),
+            ("/admin/%2e%2e/public", "/public"),
+            ("/a/b/%2e%2e", "/a/"),
+            ("/a/%2e", "/a/"),
+            // Not a dot segment once decoded: just decoded.
+            ("/a/%2e%2e%2e/c", "/a/.../c"),
+            ("/a%2eb", "/a.b"),
+        ] {
+            assert_eq!(normal(path).as_deref(), Ok(expected), "{path}");
+        }
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_and_others_kept() {
+        for (path, expected) in [
+            ("/%61dmin/x", "/admin/x"),
+            ("/%41%5a%30%2D%5F%7E", "/AZ0-_~"),
+            ("/a%20b/%2e%2e/c%3F", "/c%3F"),
+            ("/%e2%82%ac/%61", "/%e2%82%ac/a"),
+        ] {
+            assert_eq!(normal(path).as_deref(), Ok(expected), "{path}");
+        }
+    }
+
+    #[test]
+    fn climbing_above_the_root_is_refused() {
+        for path in [
+            "/..",
+            "/../",
+            "/../x",
+            "/a/../..",
+            "/a/../../b",
+            "/./../a",
+            "/%2e%2e/a",
+            "/a/%2E%2E/%2e./b",
+        ] {
+            for merge in [false, true] {
+                assert_eq!(
+                    normalize_path(path, merge),
+                    Err("path climbs above the root"),
+                    "{path} merge={merge}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        for (path, reason) in [
+            ("/a%2fb", "encoded slash in the path"),
+            ("/a%2Fb", "encoded slash in the path"),
+            ("/a/%2e%2e%2fadmin", "encoded slash in the path"),
+            ("/a\\b", "backslash in the path"),
+            ("/public\\..\\admin", "backslash in the path"),
+            ("/a%5cb", "encoded backslash in the path"),
+            ("/a%5Cb", "encoded backslash in the path"),
+            ("/a%00b", "encoded NUL in the path"),
+            ("/a%", "malformed percent-encoding in the path"),
+            ("/a%2", "malformed percent-encoding in the path"),
+            ("/a%zz", "malformed percent-encoding in the path"),
+            ("/a%%30", "malformed percent-encoding in the path"),
+            ("/a%é", "malformed percent-encoding in the path"),
+            (
+                "/public/..;/admin",
+                "dot segment with parameters in the path",
+            ),
+            ("/.;x/admin", "dot segment with parameters in the path"),
+            (
+                "/a/%2e%2e;jsessionid=1/b",
+                "dot segment with parameters in the path",
+            ),
+            ("a/b", "request path does not start with /"),
+        ] {
+            for merge in [false, true] {
+                assert_eq!(normalize_path(path, merge), Err(reason), "{path}");
+            }
+        }
+    }
+
+    #[test]
+    fn slashes_are_merged_only_when_asked() {
+        for (path, plain, with_merge) in [
+            ("//a//b", "//a//b", "/a/b"),
+            ("//", "//", "/"),
+            ("///", "///", "/"),
+            ("/a//", "/a//", "/a/"),
+            ("/a///b/", "/a///b/", "/a/b/"),
+            // Merged first, then resolved: as a backend that merges slashes reads it.
+            ("/a//../b", "/a/b", "/b"),
+            ("//./a", "//a", "/a"),
+        ] {
+            assert_eq!(normal(path).as_deref(), Ok(plain), "{path}");
+            assert_eq!(merged(path).as_deref(), Ok(with_merge), "{path} merged");
+        }
+    }
+
+    /// The properties every normalised path has.
+    fn assert_normal(input: &str, output: &str, merge: bool) {
+        let context = || format!("{input:?} -> {output:?} (merge={merge})");
+        assert!(output.starts_with('/'), "{}", context());
+        assert!(output.len() <= input.len(), "{}", context());
+        let segments: Vec<&str> = output[1..].split('/').collect();
+        assert!(
+            !segments.iter().any(|s| *s == "." || *s == ".."),
+            "{}",
+            context()
+        );
+        assert!(
+            !output.contains("/./") && !output.contains("/../"),
+            "{}",
+            context()
+        );
+        let lower = output.to_ascii_lowercase();
+        for escape in ["%2e", "%2f", "%5c", "%00", "\\"] {
+            assert!(!lower.contains(escape), "{}", context());
+        }
+        if merge {
+            assert!(!output.contains("//"), "{}", context());
+        }
+        // Normalising again changes nothing, and borrows.
+        assert!(
+            matches!(normalize_path(output, merge), Ok(Cow::Borrowed(again)) if again == output),
+            "{}",
+            context()
+        );
+    }
+
+    const PIECES: [&str; 20] = [
+        "/", "a", "b", ".", "..", "%2e", "%2E", "%2f", "%5c", "%00", "%", "%4", "%41", "%20", "\\",
+        ";", "é", "//", "~", "x.y",
+    ];
+
+    fn check_generated(path: &str) {
+        for merge in [false, true] {
+            if let Ok(output) = normalize_path(path, merge) {
+                assert_normal(path, &output, merge);
+            }
+        }
+    }
+
+    #[test]
+    fn every_short_combination_of_pieces_normalises_soundly() {
+        // Every path of up to four pieces after the leading slash: 20^4 + ... ≈ 170 000 paths.
+        let mut stack: Vec<usize> = Vec::new();
+        loop {
+            let mut path = String::from("/");
+            for &piece in &stack {
+                path.push_str(PIECES[piece]);
+            }
+            check_generated(&path);
+            // Next combination, shortest first, as an odometer.
+            if stack.len() < 4 {
+                stack.push(0);
+                continue;
+            }
+            while let Some(top) = stack.pop() {
+                if top + 1 < PIECES.len() {
+                    stack.push(top + 1);
+                    break;
+                }
+            }
+            if stack.is_empty() {
+                break;
+            }
+        }
+    }
+
+    #[test]
+    fn long_random_paths_normalise_soundly() {
+        let mut rng = fastrand::Rng::with_seed(0x6a7e_4053);
+        for _ in 0..50_000 {
+            let mut path = String::from("/");
+            for _ in 0..rng.usize(0..24) {
+                path.push_str(PIECES[rng.usize(0..PIECES.len())]);
+            }
+            check_generated(&path);
+        }
+        // Arbitrary characters, arbitrary bytes turned into text: no panic, sound results.
+        for _ in 0..20_000 {
+            let path: String = std::iter::once('/')
+                .chain((0..rng.usize(0..16)).map(|_| match rng.u8(0..4) {
+                    0 => '/',
+                    1 => '.',
+                    2 => '%',
+                    _ => rng.char(..),
+                }))
+                .collect();
+            check_generated(&path);
+            let _ = normalize_path(&path[1..], false);
+        }
+    }
+}
