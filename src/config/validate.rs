@@ -89,6 +89,11 @@ pub fn validate(config: &Config) -> Vec<Problem> {
             problems.at(admin, "admin.token is empty");
         }
     }
+    for entry in &config.security.trusted_proxies {
+        if let Err(message) = crate::protect::ip::parse_entries([entry.get_ref()]) {
+            problems.at(entry, message);
+        }
+    }
     check_compression(config, &mut problems);
     check_listeners(config, &mut problems);
     check_pools(config, &mut problems);
@@ -162,6 +167,11 @@ fn check_listeners(config: &Config, problems: &mut Problems) {
                 format!("listener name {:?} is used twice", name.get_ref()),
             );
         }
+        check_ip_lists(
+            listener.allow.as_deref(),
+            listener.deny.as_deref(),
+            problems,
+        );
         if !listener.http1 && !listener.http2 {
             problems.at(&listener.address, "listener serves neither http1 nor http2");
         }
@@ -390,6 +400,33 @@ fn check_routes(config: &Config, problems: &mut Problems) {
         }
         check_rules(&route.request_headers, problems);
         check_rules(&route.response_headers, problems);
+        if let Some(limit) = &route.rate_limit
+            && let Err(message) = crate::protect::rate_limit::check_settings(limit.get_ref())
+        {
+            problems.at(limit, message);
+        }
+        check_ip_lists(route.allow.as_deref(), route.deny.as_deref(), problems);
+        for method in route.allow_methods.iter().flatten() {
+            if let Err(message) = crate::protect::access::parse_methods([method.get_ref()]) {
+                problems.at(method, message);
+            }
+        }
+    }
+}
+
+/// Inline entries of allow/deny lists, each checked where it is written (list files are read and
+/// checked when the config is compiled, with their own file and line in the message).
+fn check_ip_lists(
+    allow: Option<&[Spanned<String>]>,
+    deny: Option<&[Spanned<String>]>,
+    problems: &mut Problems,
+) {
+    for entry in allow.into_iter().chain(deny).flatten() {
+        if !entry.get_ref().starts_with("file:")
+            && let Err(message) = crate::protect::ip::parse_entries([entry.get_ref()])
+        {
+            problems.at(entry, message);
+        }
     }
 }
 

@@ -5,6 +5,9 @@
 
 pub mod strict;
 
+pub mod access;
+pub mod ip;
 
+pub mod rate_limit;
 
 pub mod identity;

@@ -37,6 +37,10 @@ pub enum ProxyError {
     UpstreamTimeout,
     /// A streamed request body stopped moving for the whole upstream header timeout.
     UploadStalled,
+    /// The route's rate limit refused the request.
+    RateLimited,
+    /// The route's access policy refused the request.
+    Denied(crate::protect::access::Denial),
 }
 
 impl ProxyError {
@@ -46,6 +50,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoBackend | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamFailed(_) => {
@@ -54,6 +59,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout
             | ProxyError::UploadStalled
             | ProxyError::UpstreamConnectTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Denied(denial) => denial.status(),
         }
     }
 
@@ -64,6 +70,7 @@ impl ProxyError {
             ProxyError::ClientBody(cause) => format!("bad request body: {cause}"),
             ProxyError::ClientBodyTimeout => "client stopped sending its request body".to_owned(),
             ProxyError::NoRoute => "no route matches".to_owned(),
+            ProxyError::RateLimited => "rate limit exceeded".to_owned(),
             ProxyError::BodyTooLarge => "request body over the route's max_body".to_owned(),
             ProxyError::NoBackend => "pool has no backend available".to_owned(),
             ProxyError::Overloaded => {
@@ -75,6 +82,9 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "upstream response header timeout".to_owned(),
             ProxyError::UploadStalled => {
                 "request body stopped moving for the upstream header timeout".to_owned()
+            }
+            ProxyError::Denied(denial) => {
+                format!("refused by the route's access policy: {denial:?}")
             }
         }
     }

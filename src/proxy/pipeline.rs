@@ -40,6 +40,8 @@ struct Exchange {
     set_cookie: Option<HeaderValue>,
     /// The route the request matched.
     matched: Option<Arc<Route>>,
+    /// The route's rate-limit decision, for the RateLimit fields of the response.
+    rate_limit: Option<crate::protect::rate_limit::Decision>,
 }
 
 /// Serves one request: forwards it to a backend, or answers with an error page.
@@ -58,6 +60,7 @@ pub async fn handle(
         lease: None,
         set_cookie: None,
         matched: None,
+        rate_limit: None,
     };
     // Kept for the log line and the error page; the request itself moves on to the backend.
     let access_log = state.access_log();
@@ -66,7 +69,23 @@ pub async fn handle(
     let uri = request.uri().clone();
 
     let method = request.method().clone();
-    let result = proxy(&generation, &state.metrics, conn, &mut exchange, request).await;
+    let unread_body = !http_body::Body::is_end_stream(request.body());
+    // The client behind any trusted proxies: what the lists, the log, rate limits and hashing
+    // see. The TCP peer stays what X-Forwarded-For is extended with.
+    let client_ip = generation.trusted_proxies.client_ip(
+        conn.peer.ip(),
+        request.headers(),
+        generation.client_ip_header,
+    );
+    let result = proxy(
+        &generation,
+        &state.metrics,
+        conn,
+        client_ip,
+        &mut exchange,
+        request,
+    )
+    .await;
     let mut response = match result {
         Ok(response) => response,
         Err(error) => {
@@ -77,13 +96,20 @@ pub async fn handle(
             }
             let mut response =
                 error_response(error.status(), &exchange.request_id, &accept_headers);
+            if let ProxyError::Denied(denial) = &error
+                && let Some((name, value)) = denial.header()
+            {
+                response.headers_mut().insert(name, value);
+            }
             if matches!(
                 error,
                 ProxyError::BadRequest(_)
                     | ProxyError::ClientBody(_)
                     | ProxyError::ClientBodyTimeout
                     | ProxyError::BodyTooLarge
-            ) {
+            ) || (matches!(error, ProxyError::RateLimited | ProxyError::Denied(_))
+                && unread_body)
+            {
                 // The rest of this request's bytes were not read; the connection cannot be reused.
                 response
                     .headers_mut()
@@ -92,6 +118,17 @@ pub async fn handle(
             response
         }
     };
+    if let (Some(decision), Some(limiter)) = (
+        &exchange.rate_limit,
+        exchange
+            .matched
+            .as_ref()
+            .and_then(|r| r.rate_limit.as_ref()),
+    ) {
+        for (name, value) in crate::protect::rate_limit::headers(decision, limiter.policy()) {
+            response.headers_mut().append(name, value);
+        }
+    }
     let status = response.status();
     let route_metrics = match &exchange.matched {
         Some(route) => route
@@ -106,7 +143,8 @@ pub async fn handle(
         .map(|parts| AccessRecord {
             log: access_log,
             started,
-            client: conn.peer,
+            // The log shows the client behind any trusted proxies (only the IP is written).
+            client: std::net::SocketAddr::new(client_ip, conn.peer.port()),
             method: parts.method,
             host: parts.host,
             target: parts.target,
@@ -209,6 +247,7 @@ async fn proxy(
     generation: &Generation,
     metrics: &crate::observe::metrics::Metrics,
     conn: &ConnInfo,
+    client_ip: std::net::IpAddr,
     exchange: &mut Exchange,
     mut request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -221,6 +260,35 @@ async fn proxy(
     let route = route_for(generation, &request)?;
     exchange.route = Some(route.name.clone());
     exchange.matched = Some(route.clone());
+    // Addresses and method first (cheap), then the rate limit, then credentials: password
+    // guesses are throttled before any hash is computed.
+    if let Some(access) = &route.access {
+        access
+            .check_client(client_ip, request.method())
+            .map_err(ProxyError::Denied)?;
+    }
+    if let Some(limiter) = &route.rate_limit {
+        let decision = limiter.check(
+            &route.name,
+            client_ip,
+            request.headers(),
+            tokio::time::Instant::now(),
+        );
+        exchange.rate_limit = Some(decision);
+        if !decision.allowed {
+            return Err(ProxyError::RateLimited);
+        }
+    }
+    if let Some(access) = &route.access {
+        access
+            .authenticate(request.headers())
+            .await
+            .map_err(ProxyError::Denied)?;
+        if access.consumes_authorization() {
+            // The credentials were for this proxy; no backend gets the password.
+            request.headers_mut().remove(header::AUTHORIZATION);
+        }
+    }
     let limit_flag = check_body_size(&route, &request)?;
     let decoding = route
         .request_decoding
@@ -240,7 +308,7 @@ async fn proxy(
         .map(|_| compress::RequestFacts::of(request.method(), request.headers()));
     let key = route
         .pool
-        .selection_key(request.uri(), request.headers(), conn.peer.ip());
+        .selection_key(request.uri(), request.headers(), client_ip);
     // What Gatehouse's page is negotiated on, should a backend 5xx be replaced.
     let mut page_headers = http::HeaderMap::new();
     if generation.security.replace_error_pages
@@ -476,6 +544,16 @@ fn client_head(
     // hyper answers `Expect: 100-continue` itself when the body is first read; the backend
     // must not wait for a second `100 Continue`.
     headers.remove(header::EXPECT);
+    // Forwarding headers from a peer that is not a trusted proxy are the client's own say-so:
+    // the header this proxy writes starts afresh at the address it saw.
+    if !generation.trusted_proxies.is_trusted(conn.peer.ip()) {
+        if generation.forwarded.forwarded {
+            headers.remove(header::FORWARDED);
+        }
+        if generation.forwarded.x_forwarded_for {
+            headers.remove("x-forwarded-for");
+        }
+    }
     headers::add_forwarding(
         &mut headers,
         &generation.forwarded,
@@ -977,7 +1055,9 @@ mod tests {
             hsts: None,
             compression: None,
             request_decoding: None,
+            access: None,
             metrics: std::sync::OnceLock::new(),
+            rate_limit: None,
         }
     }
 

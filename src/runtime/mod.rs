@@ -59,8 +59,12 @@ pub struct Route {
     pub compression: Option<Arc<CompressionPolicy>>,
     /// Request body decoding, when on for this route.
     pub request_decoding: Option<RequestDecoding>,
+    /// Who may use the route (`deny`, `allow`, `allow_methods`, `basic_auth`).
+    pub access: Option<crate::protect::access::AccessPolicy>,
     /// Metric handles, registered on the route's first request.
     pub metrics: std::sync::OnceLock<Arc<crate::observe::metrics::RouteMetrics>>,
+    /// Per-key rate limit, shared with earlier generations that had the same limit.
+    pub rate_limit: Option<Arc<crate::protect::rate_limit::RateLimiter>>,
 }
 
 /// A listener as configured.
@@ -78,6 +82,8 @@ pub struct ListenerSpec {
     pub tls: Option<ListenerTls>,
     /// Port to redirect every request to over HTTPS, for a redirecting listener.
     pub redirect_https: Option<u16>,
+    /// Which TCP peers may connect (`deny`, `allow`).
+    pub access: Option<Arc<crate::protect::access::AccessPolicy>>,
 }
 
 /// One compiled configuration.
@@ -100,6 +106,10 @@ pub struct Generation {
     /// Client-certificate subject headers of the mutual-TLS listeners. Removed from every
     /// client request on every listener, so no client can forge one through another listener.
     pub subject_headers: Vec<HeaderName>,
+    /// Peers whose forwarding headers name the client.
+    pub trusted_proxies: crate::protect::ip::TrustedProxies,
+    /// Which header names the client behind a trusted proxy.
+    pub client_ip_header: crate::config::ClientIpHeader,
     /// `[security]`: identity hiding and the other process-wide protection settings.
     pub security: crate::config::SecuritySettings,
     /// `security.hide_headers`, compiled.
@@ -133,8 +143,9 @@ impl Generation {
                 Some(name) => Arc::from(name.get_ref().as_str()),
                 None => Arc::from(format!("route-{}", index + 1)),
             };
-            let compiled = compile_route(config, route, name.clone(), &pools, &compression)
-                .with_context(|| format!("route {name:?}"))?;
+            let compiled =
+                compile_route(config, route, name.clone(), &pools, &compression, registry)
+                    .with_context(|| format!("route {name:?}"))?;
             routes.push(compiled);
         }
         let listeners = config
@@ -155,6 +166,9 @@ impl Generation {
             forwarded: config.forwarded.clone(),
             access_log: config.access_log.clone(),
             subject_headers: subject_headers(config),
+            trusted_proxies: crate::protect::ip::TrustedProxies::from_settings(&config.security)
+                .map_err(|e| anyhow!(e))?,
+            client_ip_header: config.security.client_ip_header,
             health_tasks: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -214,6 +228,10 @@ fn compile_listener(listener: &ListenerConfig) -> anyhow::Result<ListenerSpec> {
         Some(name) => Arc::from(name.get_ref().as_str()),
         None => Arc::from(address.to_string()),
     };
+    let access = crate::protect::access::AccessPolicy::for_listener(listener)
+        .map_err(|e| anyhow!(e))
+        .with_context(|| format!("listener {name}"))?
+        .map(Arc::new);
     Ok(ListenerSpec {
         name,
         address,
@@ -221,6 +239,7 @@ fn compile_listener(listener: &ListenerConfig) -> anyhow::Result<ListenerSpec> {
         http2: listener.http2,
         tls: listener.tls.as_ref().map(|t| t.get_ref().0.clone()),
         redirect_https: listener.redirect_https.then_some(listener.https_port),
+        access,
     })
 }
 
@@ -230,6 +249,7 @@ fn compile_route(
     name: Arc<str>,
     pools: &HashMap<String, Arc<UpstreamPool>>,
     compression: &Arc<CompressionPolicy>,
+    registry: &BackendRegistry,
 ) -> anyhow::Result<(RouteMatch, Arc<Route>)> {
     let hosts = route
         .host
@@ -279,6 +299,16 @@ fn compile_route(
         methods,
         headers,
     };
+    let rate_limit = route
+        .rate_limit
+        .as_ref()
+        .map(|settings| {
+            registry
+                .rate_limits()
+                .limiter_for(&name, settings.get_ref())
+                .map_err(|e| anyhow!(e))
+        })
+        .transpose()?;
     let compiled = Route {
         name,
         pool,
@@ -305,6 +335,8 @@ fn compile_route(
                 max_decoded: config.compression.max_decompressed_request.0,
             }),
         metrics: std::sync::OnceLock::new(),
+        rate_limit,
+        access: crate::protect::access::AccessPolicy::for_route(route).map_err(|e| anyhow!(e))?,
     };
     Ok((matcher, Arc::new(compiled)))
 }

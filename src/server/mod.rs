@@ -402,8 +402,10 @@ impl Control {
                 std::sync::atomic::Ordering::Relaxed,
             );
         }
-        *self.addresses.lock().unwrap_or_else(|e| e.into_inner()) =
-            active.iter().map(|l| (l.spec.name.clone(), l.bound)).collect();
+        *self.addresses.lock().unwrap_or_else(|e| e.into_inner()) = active
+            .iter()
+            .map(|l| (l.spec.name.clone(), l.bound))
+            .collect();
         listeners.active = active;
         listeners.watcher = CertificateWatcher::start(listeners.terminators())
             .map_err(|e| anyhow::anyhow!(e))
@@ -588,6 +590,7 @@ fn serving_for(
         idle_timeout: generation.timeouts.client_idle.0,
         tls,
         redirect_https: spec.redirect_https,
+        access: spec.access.clone(),
         connections: state
             .metrics
             .gauge("gatehouse_active_connections", &[("listener", &spec.name)]),
@@ -672,6 +675,8 @@ struct Serving {
     tls: Option<Arc<TlsTerminator>>,
     redirect_https: Option<u16>,
     connections: metrics::Gauge,
+    /// The listener's `deny`/`allow`, checked on the TCP peer at accept.
+    access: Option<Arc<crate::protect::access::AccessPolicy>>,
 }
 
 impl std::fmt::Debug for Serving {
@@ -696,8 +701,16 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
                     let current = Serving::clone(&serving.load());
+                    if let Some(access) = &current.access
+                        && !access.admits(peer.ip())
+                    {
+                        // Closed unanswered: a refused peer learns nothing, and costs no task.
+                        tracing::debug!(client = %peer, "connection refused by the listener's access lists");
+                        drop(stream);
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
                     tokio::spawn(serve_connection(stream, peer, current, retired.clone()));
                 }
                 Err(error) => {
@@ -765,6 +778,7 @@ async fn serve_http<IO>(
         tls: _,
         redirect_https,
         connections,
+        access: _,
     } = serving;
     connections.increment(1.0);
     let _open = OpenConnection(connections);

@@ -354,6 +354,7 @@ pub struct BackendSnapshot {
 pub struct BackendRegistry {
     states: Mutex<HashMap<(String, String), Weak<BackendState>>>,
     sticky_secret: [u8; 32],
+    rate_limits: crate::protect::rate_limit::RateLimitRegistry,
 }
 
 impl Default for BackendRegistry {
@@ -361,6 +362,7 @@ impl Default for BackendRegistry {
         BackendRegistry {
             states: Mutex::new(HashMap::new()),
             sticky_secret: std::array::from_fn(|_| fastrand::u8(..)),
+            rate_limits: crate::protect::rate_limit::RateLimitRegistry::new(),
         }
     }
 }
@@ -375,6 +377,11 @@ impl BackendRegistry {
     /// whole process, so reloads keep sessions where they are.
     pub fn sticky_secret(&self) -> &[u8] {
         &self.sticky_secret
+    }
+
+    /// Rate limiters by route, kept across reloads that keep a route's limit.
+    pub fn rate_limits(&self) -> &crate::protect::rate_limit::RateLimitRegistry {
+        &self.rate_limits
     }
 
     /// The state of `address` in `pool`: the existing one if a live generation uses it, else new.

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod access;
 mod access_log;
 mod balancing;
 mod basics;
@@ -14,6 +15,7 @@ mod failover;
 mod identity;
 mod malformed;
 mod operations;
+mod rate_limit;
 mod routing;
 mod semantics;
 mod shutdown;
