@@ -153,6 +153,21 @@ impl Metrics {
             "Unix time of the last reload attempt.",
         );
         describe(
+            "gatehouse_rate_limited_total",
+            None,
+            "Requests refused by a route's rate limit (429), by route.",
+        );
+        describe(
+            "gatehouse_access_denied_total",
+            None,
+            "Requests refused by a route's access rules (403, 405, 401), by route and status.",
+        );
+        describe(
+            "gatehouse_access_log_dropped_total",
+            None,
+            "Access log lines dropped because the writer could not keep up.",
+        );
+        describe(
             "gatehouse_uptime_seconds",
             Some(Unit::Seconds),
             "Seconds since the server started.",

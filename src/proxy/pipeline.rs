@@ -90,6 +90,7 @@ pub async fn handle(
         Ok(response) => response,
         Err(error) => {
             report(&error, &exchange, conn, &uri);
+            count_refusal(state, &exchange, &error);
             let mut accept_headers = http::HeaderMap::new();
             if let Some(accept) = accept {
                 accept_headers.insert(header::ACCEPT, accept);
@@ -164,6 +165,21 @@ pub async fn handle(
         _lease: exchange.lease.take(),
     }));
     response
+}
+
+/// Counts what the guards refused, per route: rate-limit rejections and access denials.
+fn count_refusal(state: &ProxyState, exchange: &Exchange, error: &ProxyError) {
+    let name = match error {
+        ProxyError::RateLimited => "gatehouse_rate_limited_total",
+        ProxyError::Denied(_) => "gatehouse_access_denied_total",
+        _ => return,
+    };
+    let route = exchange.route.as_deref().unwrap_or("-");
+    let status = error.status();
+    state
+        .metrics
+        .counter(name, &[("route", route), ("status", status.as_str())])
+        .increment(1);
 }
 
 /// Finishes the access-log record and the in-flight count when the response body ends.

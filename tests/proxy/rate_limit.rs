@@ -252,3 +252,29 @@ async fn a_refused_request_with_an_unread_body_closes_its_connection() {
     conn.send(b"GET /free HTTP/1.1\r\nHost: t\r\n\r\n").await;
     assert_eq!(conn.response().await.status, 200);
 }
+
+#[tokio::test]
+async fn refusals_are_counted_in_the_metrics() {
+    let origin = Origin::echo().await;
+    // A long window: the burst of 2 cannot refill while the test runs.
+    let proxy = Proxy::start(&limited_config(origin.addr, "rate = \"2/h\", burst = 2")).await;
+    let client = client();
+    let mut refused = 0;
+    for _ in 0..5 {
+        if get(&client, &proxy, None).await.status() == 429 {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 3);
+    let text = proxy
+        .server
+        .as_ref()
+        .expect("proxy running")
+        .control()
+        .render_metrics();
+    assert!(
+        text.lines()
+            .any(|l| l == "gatehouse_rate_limited_total{route=\"limited\",status=\"429\"} 3"),
+        "{text}"
+    );
+}
