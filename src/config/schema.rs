@@ -79,6 +79,9 @@ pub struct ServerSettings {
     pub max_body: Option<ByteSize>,
     /// Most concurrent HTTP/2 streams per client connection.
     pub h2_max_concurrent_streams: u32,
+    /// Most requests served on one client connection: the last HTTP/1.1 response carries
+    /// `Connection: close`, an HTTP/2 connection gets GOAWAY. `0` means no limit.
+    pub max_requests_per_connection: u64,
 }
 
 impl Default for ServerSettings {
@@ -90,6 +93,7 @@ impl Default for ServerSettings {
             max_headers: 100,
             max_body: None,
             h2_max_concurrent_streams: 256,
+            max_requests_per_connection: 0,
         }
     }
 }
@@ -279,6 +283,21 @@ pub struct ListenerConfig {
     pub allow: Option<Vec<Spanned<String>>>,
     /// Client addresses whose connections are closed at once (checked before `allow`).
     pub deny: Option<Vec<Spanned<String>>>,
+    /// Most client connections open at once on this listener; more are closed at accept.
+    /// Unset means no limit.
+    pub max_connections: Option<Spanned<usize>>,
+    /// Most connections open at once from one client address (IPv6: one /64); more are closed
+    /// at accept. Unset means no limit.
+    pub max_connections_per_ip: Option<Spanned<usize>>,
+    /// Most requests in flight at once from one client address, over all its connections; more
+    /// get 429. Unset means no limit.
+    pub max_requests_per_ip: Option<Spanned<usize>>,
+    /// New connections one client address may open: `"20/s"`, `"600/m"`; more are closed at
+    /// accept. Unset means no limit.
+    pub new_connections_per_ip: Option<Spanned<String>>,
+    /// With `new_connections_per_ip`: connections a client may open at once above the rate
+    /// (default: one second's worth, at least 1).
+    pub new_connections_burst: Option<Spanned<u32>>,
 }
 
 fn https_port() -> u16 {

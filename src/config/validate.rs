@@ -175,6 +175,7 @@ fn check_listeners(config: &Config, problems: &mut Problems) {
         if !listener.http1 && !listener.http2 {
             problems.at(&listener.address, "listener serves neither http1 nor http2");
         }
+        check_conn_limits(listener, problems);
         if let Some(tls) = &listener.tls {
             if let Err(message) = crate::tls::check_listener(&tls.get_ref().0) {
                 problems.at(tls, message);
@@ -186,6 +187,58 @@ fn check_listeners(config: &Config, problems: &mut Problems) {
                 );
             }
         }
+    }
+}
+
+/// `max_connections`, `max_connections_per_ip`, `max_requests_per_ip` (each at least 1) and
+/// `new_connections_per_ip` / `new_connections_burst` (checked as the rate limiter compiles them).
+fn check_conn_limits(listener: &crate::config::ListenerConfig, problems: &mut Problems) {
+    for (key, limit) in [
+        ("max_connections", &listener.max_connections),
+        ("max_connections_per_ip", &listener.max_connections_per_ip),
+        ("max_requests_per_ip", &listener.max_requests_per_ip),
+    ] {
+        if let Some(limit) = limit
+            && *limit.get_ref() == 0
+        {
+            problems.at(
+                limit,
+                format!("{key} must be at least 1; leave it out for no limit"),
+            );
+        }
+    }
+    if let (Some(total), Some(per_ip)) =
+        (&listener.max_connections, &listener.max_connections_per_ip)
+        && per_ip.get_ref() > total.get_ref()
+    {
+        problems.at(
+            per_ip,
+            "max_connections_per_ip is more than max_connections, so it never applies",
+        );
+    }
+    match (
+        &listener.new_connections_per_ip,
+        &listener.new_connections_burst,
+    ) {
+        (Some(rate), burst) => {
+            let settings = crate::protect::conn_limit::rate_settings(
+                rate.get_ref(),
+                burst.as_ref().map(|b| *b.get_ref()),
+            );
+            if let Err(message) = crate::protect::rate_limit::check_settings(&settings) {
+                match burst {
+                    Some(burst) if message.starts_with("rate_limit burst") => problems.at(
+                        burst,
+                        message.replacen("rate_limit burst", "new_connections_burst", 1),
+                    ),
+                    _ => problems.at(rate, format!("new_connections_per_ip: {message}")),
+                }
+            }
+        }
+        (None, Some(burst)) => {
+            problems.at(burst, "new_connections_burst needs new_connections_per_ip")
+        }
+        (None, None) => {}
     }
 }
 

@@ -133,6 +133,16 @@ impl Metrics {
             "Open client connections, by listener.",
         );
         describe(
+            "gatehouse_connections_refused_total",
+            None,
+            "Client connections closed at accept, by listener and reason (acl, limit, per_ip, rate).",
+        );
+        describe(
+            "gatehouse_requests_refused_total",
+            None,
+            "Requests refused with 429 because the client was at max_requests_per_ip, by listener.",
+        );
+        describe(
             "gatehouse_tls_handshake_failures_total",
             None,
             "TLS handshakes that failed or timed out, over all listeners.",

@@ -10,4 +10,5 @@ pub mod ip;
 
 pub mod rate_limit;
 
+pub mod conn_limit;
 pub mod identity;

@@ -11,7 +11,10 @@ pub mod activity;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,16 +23,20 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::body::ResponseBody;
+use crate::config::{Config, ListenerConfig};
 use crate::observe::access_log::AccessLog;
+use crate::protect::conn_limit::{
+    ConnGuard, ConnLimitSettings, ConnLimiter, Refusal, RequestGuard,
+};
 use crate::proxy::{ConnInfo, ProxyState, pipeline};
 use crate::runtime::{Generation, ListenerSpec};
 use crate::tls::{CertificateWatcher, TlsTerminator};
-use activity::{ConnActivity, Expired, TrackedIo};
+use activity::{ConnActivity, Expired, InFlight, TrackedIo};
 
 /// Held by anything graceful shutdown must wait for; see the module comment.
 #[derive(Debug, Clone)]
@@ -350,18 +357,23 @@ impl Control {
         }
         // Build every new listener's settings and bind every new socket before changing anything.
         let mut prepared = Vec::with_capacity(generation.listeners.len());
-        for (spec, kept) in generation.listeners.iter().zip(&kept) {
-            let old_tls = kept
-                .and_then(|i| listeners.active.get(i))
-                // ALPN is fixed when a terminator is built: reuse it only for the same protocols.
-                .filter(|open| {
-                    open.spec.tls == spec.tls
-                        && open.spec.http1 == spec.http1
-                        && open.spec.http2 == spec.http2
-                })
-                .and_then(|open| open.serving.load().tls.clone());
-            let serving =
-                serving_for(spec, &generation, &self.state, &self.phase, &drain, old_tls)?;
+        // The generation's listeners are compiled from the config's, one for one and in order.
+        for ((spec, kept), listener) in generation
+            .listeners
+            .iter()
+            .zip(&kept)
+            .zip(&config.listeners)
+        {
+            let open = kept.and_then(|i| listeners.active.get(i));
+            let serving = serving_for(
+                spec,
+                listener,
+                &generation,
+                &self.state,
+                &self.phase,
+                &drain,
+                open,
+            )?;
             let socket = match kept {
                 Some(_) => None,
                 None => Some(bind(spec.address).with_context(|| {
@@ -505,8 +517,16 @@ pub async fn start_with_path(
 
     let generation = state.generation();
     let mut active = Vec::new();
-    for spec in &generation.listeners {
-        let serving = serving_for(spec, &generation, &state, &phase_receiver, &own_token, None)?;
+    for (spec, listener) in generation.listeners.iter().zip(&config.listeners) {
+        let serving = serving_for(
+            spec,
+            listener,
+            &generation,
+            &state,
+            &phase_receiver,
+            &own_token,
+            None,
+        )?;
         let socket = bind(spec.address)
             .with_context(|| format!("binding listener {} on {}", spec.name, spec.address))?;
         active.push(spawn_listener(spec.clone(), socket, serving)?);
@@ -564,15 +584,33 @@ pub async fn start_with_path(
     })
 }
 
-/// The settings a listener's new connections are served with.
+/// The settings a listener's new connections are served with. `previous` is the open listener
+/// a reload keeps for `spec`: its TLS terminator is reused when the TLS settings and protocols
+/// are the same, and its connection counts always.
 fn serving_for(
     spec: &ListenerSpec,
+    listener: &ListenerConfig,
     generation: &Generation,
     state: &Arc<ProxyState>,
     phase: &watch::Receiver<Phase>,
     drain: &DrainToken,
-    reuse_tls: Option<Arc<TlsTerminator>>,
+    previous: Option<&ActiveListener>,
 ) -> anyhow::Result<Serving> {
+    let previous = previous.map(|open| (open, open.serving.load_full()));
+    let reuse_tls = previous
+        .as_ref()
+        // ALPN is fixed when a terminator is built: reuse it only for the same protocols.
+        .filter(|(open, _)| {
+            open.spec.tls == spec.tls
+                && open.spec.http1 == spec.http1
+                && open.spec.http2 == spec.http2
+        })
+        .and_then(|(_, serving)| serving.tls.clone());
+    let limiter = ConnLimiter::new(
+        &ConnLimitSettings::of(listener),
+        previous.as_ref().map(|(_, serving)| &*serving.limiter),
+    )
+    .map_err(|e| anyhow::anyhow!("listener {}: {e}", spec.name))?;
     let tls = match (&spec.tls, reuse_tls) {
         (Some(_), Some(terminator)) => Some(terminator),
         (Some(tls), None) => Some(Arc::new(
@@ -594,6 +632,10 @@ fn serving_for(
         connections: state
             .metrics
             .gauge("gatehouse_active_connections", &[("listener", &spec.name)]),
+        name: spec.name.clone(),
+        limiter: Arc::new(limiter),
+        refused: Arc::new(Refused::register(&state.metrics, &spec.name)),
+        max_requests_per_connection: generation.server.max_requests_per_connection,
     })
 }
 
@@ -677,6 +719,38 @@ struct Serving {
     connections: metrics::Gauge,
     /// The listener's `deny`/`allow`, checked on the TCP peer at accept.
     access: Option<Arc<crate::protect::access::AccessPolicy>>,
+    /// The listener's name, for logs.
+    name: Arc<str>,
+    /// The listener's connection and per-client request limits, checked on the TCP peer.
+    limiter: Arc<ConnLimiter>,
+    refused: Arc<Refused>,
+    /// `server.max_requests_per_connection`; 0 for no limit.
+    max_requests_per_connection: u64,
+}
+
+/// The refusal counters of one listener, registered once.
+struct Refused {
+    /// `gatehouse_connections_refused_total`, by [`Refusal::index`].
+    connections: [metrics::Counter; Refusal::ALL.len()],
+    /// `gatehouse_requests_refused_total{reason="per_ip"}`.
+    requests: metrics::Counter,
+}
+
+impl Refused {
+    fn register(metrics: &crate::observe::metrics::Metrics, listener: &str) -> Self {
+        Refused {
+            connections: Refusal::ALL.map(|reason| {
+                metrics.counter(
+                    "gatehouse_connections_refused_total",
+                    &[("listener", listener), ("reason", reason.as_str())],
+                )
+            }),
+            requests: metrics.counter(
+                "gatehouse_requests_refused_total",
+                &[("listener", listener), ("reason", Refusal::PerIp.as_str())],
+            ),
+        }
+    }
 }
 
 impl std::fmt::Debug for Serving {
@@ -701,17 +775,26 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let current = Serving::clone(&serving.load());
-                    if let Some(access) = &current.access
-                        && !access.admits(peer.ip())
-                    {
-                        // Closed unanswered: a refused peer learns nothing, and costs no task.
-                        tracing::debug!(client = %peer, "connection refused by the listener's access lists");
-                        drop(stream);
-                        continue;
-                    }
+                    let current = serving.load();
+                    let admitted = match admit(&current, peer) {
+                        Ok(admitted) => admitted,
+                        Err(reason) => {
+                            // Closed unanswered, before any TLS or HTTP work: a refused peer
+                            // learns nothing, and costs no task.
+                            current.refused.connections[reason.index()].increment(1);
+                            tracing::debug!(
+                                listener = %current.name,
+                                client = %peer,
+                                reason = reason.as_str(),
+                                "connection refused"
+                            );
+                            drop(stream);
+                            continue;
+                        }
+                    };
+                    let current = Serving::clone(&current);
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve_connection(stream, peer, current, retired.clone()));
+                    tokio::spawn(serve_connection(stream, peer, current, admitted, retired.clone()));
                 }
                 Err(error) => {
                     // Usually EMFILE/ENFILE: back off briefly instead of spinning on the error.
@@ -722,6 +805,17 @@ async fn accept_loop(
             _ = phase.changed() => break,
         }
     }
+}
+
+/// The listener's access lists, then its connection limits: the place the connection holds, or
+/// why it is refused.
+fn admit(serving: &Serving, peer: SocketAddr) -> Result<ConnGuard, Refusal> {
+    if let Some(access) = &serving.access
+        && !access.admits(peer.ip())
+    {
+        return Err(Refusal::Acl);
+    }
+    serving.limiter.admit(peer.ip(), Instant::now())
 }
 
 /// What the TLS handshake (if any) established for a connection.
@@ -735,6 +829,7 @@ async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     serving: Serving,
+    admitted: ConnGuard,
     retired: watch::Receiver<bool>,
 ) {
     let Some(tls) = serving.tls.clone() else {
@@ -743,6 +838,7 @@ async fn serve_connection(
             subject_header: None,
             client_subject: None,
         };
+        let stream = Admitted::new(stream, admitted);
         return serve_http(stream, peer, serving, plain, retired).await;
     };
     match tls.accept(stream).await {
@@ -752,7 +848,14 @@ async fn serve_connection(
                 subject_header: tls.subject_header.clone(),
                 client_subject: handshake.client_subject,
             };
-            serve_http(stream, peer, serving, secured, retired).await;
+            serve_http(
+                Admitted::new(stream, admitted),
+                peer,
+                serving,
+                secured,
+                retired,
+            )
+            .await;
         }
         // Scanners and clients with no common protocol do this all day: not worth more than debug.
         Err(error) => tracing::debug!(client = %peer, %error, "TLS handshake failed"),
@@ -779,6 +882,10 @@ async fn serve_http<IO>(
         redirect_https,
         connections,
         access: _,
+        name: _,
+        limiter,
+        refused,
+        max_requests_per_connection,
     } = serving;
     connections.increment(1.0);
     let _open = OpenConnection(connections);
@@ -795,12 +902,45 @@ async fn serve_http<IO>(
         client_subject: secured.client_subject,
         redirect_https,
     });
-    let service = service_fn(move |request| {
+    let limits = Arc::new(RequestLimits {
+        limiter,
+        refused,
+        max_per_connection: max_requests_per_connection,
+        served: AtomicU64::new(0),
+        enough: Notify::new(),
+    });
+    let enough = limits.clone();
+    let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
         let state = state.clone();
         let info = info.clone();
+        let limits = limits.clone();
         async move {
             let in_flight = info.activity.start_request();
-            Ok::<_, Infallible>(pipeline::handle(&state, &info, in_flight, request).await)
+            let version = request.version();
+            let last = limits.count_request();
+            if last && version == http::Version::HTTP_2 {
+                // GOAWAY now rather than after the response: fewer new streams race it.
+                limits.enough.notify_one();
+            }
+            let mut response = match limits.limiter.start_request(info.peer.ip()) {
+                Ok(held) => pipeline::handle(&state, &info, in_flight, request)
+                    .await
+                    .map(|body| Held::new(body, held)),
+                Err(_) => limits
+                    .refuse(&state, &info, in_flight, &request)
+                    .map(|body| Held::new(body, None)),
+            };
+            if last
+                && version != http::Version::HTTP_2
+                && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                // hyper ends an HTTP/1 connection after a response that says so.
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(response)
         }
     });
     let io = TokioIo::new(TrackedIo::new(stream, activity.clone()));
@@ -847,6 +987,11 @@ async fn serve_http<IO>(
                     _ => {}
                 }
             }
+            _ = enough.enough.notified(), if !closing => {
+                tracing::debug!(client = %peer, "max_requests_per_connection reached; closing connection");
+                conn.as_mut().graceful_shutdown();
+                close_by = Some(Instant::now() + header_timeout);
+            }
             gone = retired.changed(), if !closing => {
                 // A reload removed this listener (or its task ended): finish and close.
                 if gone.is_err() || *retired.borrow() {
@@ -855,6 +1000,178 @@ async fn serve_http<IO>(
                 }
             }
         }
+    }
+}
+
+/// What the requests of one connection share: the per-client request limit and the count of
+/// requests served on the connection.
+struct RequestLimits {
+    limiter: Arc<ConnLimiter>,
+    refused: Arc<Refused>,
+    /// `server.max_requests_per_connection`; 0 for no limit.
+    max_per_connection: u64,
+    served: AtomicU64,
+    /// Told when an HTTP/2 connection has had its last request.
+    enough: Notify,
+}
+
+impl RequestLimits {
+    /// Counts one request; true when it is the last the connection may serve (or past it, for
+    /// HTTP/2 streams that raced the GOAWAY).
+    fn count_request(&self) -> bool {
+        let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+        self.max_per_connection != 0 && served >= self.max_per_connection
+    }
+
+    /// The answer to a request over `max_requests_per_ip`: 429 with `Retry-After: 1`. 429 rather
+    /// than 503: the client is told it sends too much, not that the service is down, and
+    /// well-behaved clients back off rather than retry elsewhere at once.
+    fn refuse(
+        &self,
+        state: &ProxyState,
+        info: &ConnInfo,
+        in_flight: InFlight,
+        request: &http::Request<hyper::body::Incoming>,
+    ) -> http::Response<ResponseBody> {
+        self.refused.requests.increment(1);
+        let request_id = crate::proxy::headers::request_id(request.headers());
+        tracing::debug!(
+            client = %info.peer,
+            request_id = request_id.to_str().unwrap_or("-"),
+            "request refused: the client is at max_requests_per_ip"
+        );
+        let status = http::StatusCode::TOO_MANY_REQUESTS;
+        let mut response =
+            crate::proxy::error::error_response(status, &request_id, request.headers());
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+        if request.version() != http::Version::HTTP_2
+            && !http_body::Body::is_end_stream(request.body())
+        {
+            // The request body is left unread; the connection cannot be reused.
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        state
+            .unrouted
+            .count(&state.metrics, request.method(), response.status());
+        response
+            .body_mut()
+            .observe(Box::new(Answered(Some(in_flight))));
+        response
+    }
+}
+
+/// Keeps a request counted as in flight on its connection until its response body is done.
+struct Answered(Option<InFlight>);
+
+impl crate::body::BodyObserver for Answered {
+    fn finished(&mut self, _bytes: u64, _complete: bool) {
+        self.0 = None;
+    }
+}
+
+/// A client stream that holds the connection's place in the listener's limits for as long as
+/// it exists: while HTTP is served on it and, after an upgrade, for the life of the tunnel.
+struct Admitted<IO> {
+    io: IO,
+    _place: ConnGuard,
+}
+
+impl<IO> Admitted<IO> {
+    fn new(io: IO, place: ConnGuard) -> Self {
+        Admitted { io, _place: place }
+    }
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Admitted<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Admitted<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that holds its request's place in `max_requests_per_ip` until the body
+    /// ends (or is dropped), so a slow download counts as a request in flight.
+    struct Held<B> {
+        #[pin]
+        body: B,
+        place: Option<RequestGuard>,
+    }
+}
+
+impl<B> Held<B> {
+    fn new(body: B, place: Option<RequestGuard>) -> Self {
+        Held { body, place }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Held<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let polled = std::task::ready!(this.body.poll_frame(cx));
+        if !matches!(polled, Some(Ok(_))) {
+            *this.place = None;
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

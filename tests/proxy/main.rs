@@ -13,6 +13,7 @@ mod demo;
 mod errors;
 mod failover;
 mod identity;
+mod limits;
 mod malformed;
 mod operations;
 mod rate_limit;
