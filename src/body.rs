@@ -19,6 +19,9 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::compress::CodecBody;
+use crate::protect::upload_rate::{MinUploadRate, UploadPace};
+use std::future::Future;
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Boxed error type used by the body types.
@@ -49,20 +52,59 @@ impl fmt::Display for ClientBodyError {
 
 impl StdError for ClientBodyError {}
 
-/// Whether `error` or any of its causes is one of ours about the client's body: `Some(true)` for
-/// [`BodyTooLarge`], `Some(false)` for [`ClientBodyError`], `None` otherwise.
-pub fn client_body_fault(error: &(dyn StdError + 'static)) -> Option<bool> {
+/// The client sent its request body too slowly: under `timeouts.min_upload_rate` once its grace
+/// and earned time ran out. Answered with 408, never blamed on the backend.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadTooSlow {
+    /// Bytes the client had delivered.
+    pub received: u64,
+}
+
+impl fmt::Display for UploadTooSlow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "request body arrived under the minimum upload rate ({} bytes received)",
+            self.received
+        )
+    }
+}
+
+impl StdError for UploadTooSlow {}
+
+/// What was wrong with the client's body, when a body error is the client's fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    /// [`BodyTooLarge`]: 413.
+    TooLarge,
+    /// [`ClientBodyError`]: 400.
+    Unreadable,
+    /// [`UploadTooSlow`]: 408.
+    TooSlow,
+}
+
+/// Whether `error` or any of its causes is one of ours about the client's body, and which.
+pub fn client_body_fault(error: &(dyn StdError + 'static)) -> Option<ClientFault> {
     let mut current = Some(error);
     while let Some(e) = current {
         if e.is::<BodyTooLarge>() {
-            return Some(true);
+            return Some(ClientFault::TooLarge);
         }
         if e.is::<ClientBodyError>() {
-            return Some(false);
+            return Some(ClientFault::Unreadable);
+        }
+        if e.is::<UploadTooSlow>() {
+            return Some(ClientFault::TooSlow);
         }
         current = e.source();
     }
     None
+}
+
+/// A body's [`UploadPace`] and the timer that wakes its reader when the client runs out of time.
+struct Pacer {
+    pace: UploadPace,
+    timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 pin_project! {
@@ -84,6 +126,8 @@ pin_project! {
         taken: Option<Pin<Box<RequestBody>>>,
         // Counts the bytes that pass, for metrics.
         counter: Option<metrics::Counter>,
+        // The minimum upload rate, for a body read from the client.
+        pacer: Option<Box<Pacer>>,
     }
 }
 
@@ -139,6 +183,7 @@ impl RequestBody {
             slot: None,
             taken: None,
             counter: None,
+            pacer: None,
         }
     }
 
@@ -155,6 +200,7 @@ impl RequestBody {
             slot: None,
             taken: None,
             counter: None,
+            pacer: None,
         }
     }
 
@@ -172,6 +218,7 @@ impl RequestBody {
             slot: None,
             taken: None,
             counter: None,
+            pacer: None,
         }
     }
 
@@ -190,7 +237,21 @@ impl RequestBody {
             slot: None,
             taken: None,
             counter: None,
+            pacer: None,
         }
+    }
+
+    /// Holds the client to `rule` while it sends this body (see [`crate::protect::upload_rate`]):
+    /// past its time the body fails with [`UploadTooSlow`]. Only bodies read from the client
+    /// are paced; a buffered body is already here.
+    pub fn paced(mut self, rule: Option<MinUploadRate>) -> Self {
+        self.pacer = rule.map(|rule| {
+            Box::new(Pacer {
+                pace: UploadPace::new(rule),
+                timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            })
+        });
+        self
     }
 
     /// Counts the bytes that pass through `counter`.
@@ -258,6 +319,25 @@ impl Body for RequestBody {
         } else {
             return Poll::Ready(None);
         };
+        if let Some(pacer) = this.pacer.as_deref_mut() {
+            let now = tokio::time::Instant::now();
+            match &raw {
+                Poll::Pending => {
+                    let deadline = pacer.pace.waiting(now);
+                    pacer.timer.as_mut().reset(deadline);
+                    if pacer.timer.as_mut().poll(cx).is_ready() && pacer.pace.too_slow(now) {
+                        *this.progress = None;
+                        let received = pacer.pace.received();
+                        return Poll::Ready(Some(Err(Box::new(UploadTooSlow { received }))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let bytes = frame.data_ref().map_or(0, |data| data.len() as u64);
+                    pacer.pace.delivered(bytes, now);
+                }
+                Poll::Ready(_) => {}
+            }
+        }
         let polled = match raw {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {

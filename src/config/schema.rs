@@ -109,6 +109,13 @@ pub struct Timeouts {
     /// Longest pause between two pieces of a request body the proxy reads before forwarding
     /// (small bodies held for retries); past it the client gets 408.
     pub client_body: HumanDuration,
+    /// Least average rate (bytes per second) a client must keep up while sending a request body,
+    /// once `min_upload_grace` is used up (Apache mod_reqtimeout's `MinRate`); past it the
+    /// client gets 408. `0` turns the check off.
+    pub min_upload_rate: ByteSize,
+    /// Time every request body gets before `min_upload_rate` counts; each `min_upload_rate`
+    /// bytes delivered earns one more second.
+    pub min_upload_grace: HumanDuration,
     /// Time to establish a TCP connection to a backend.
     pub upstream_connect: HumanDuration,
     /// Time a backend has to send its response head once the request is sent.
@@ -123,6 +130,8 @@ impl Default for Timeouts {
             client_header: HumanDuration::secs(10),
             client_idle: HumanDuration::secs(60),
             client_body: HumanDuration::secs(60),
+            min_upload_rate: ByteSize(500),
+            min_upload_grace: HumanDuration::secs(20),
             upstream_connect: HumanDuration::secs(5),
             upstream_header: HumanDuration::secs(60),
             upstream_idle: HumanDuration::secs(60),

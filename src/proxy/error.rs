@@ -19,6 +19,8 @@ pub enum ProxyError {
     ClientBody(String),
     /// The client paused too long while sending a body the proxy reads before forwarding.
     ClientBodyTimeout,
+    /// The client sent its request body under `timeouts.min_upload_rate`.
+    UploadTooSlow,
     /// No route matches.
     NoRoute,
     /// The request body is over the route's cap.
@@ -48,7 +50,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
-            ProxyError::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ClientBodyTimeout | ProxyError::UploadTooSlow => {
+                StatusCode::REQUEST_TIMEOUT
+            }
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -69,6 +73,9 @@ impl ProxyError {
             ProxyError::BadRequest(why) => format!("bad request: {why}"),
             ProxyError::ClientBody(cause) => format!("bad request body: {cause}"),
             ProxyError::ClientBodyTimeout => "client stopped sending its request body".to_owned(),
+            ProxyError::UploadTooSlow => {
+                "client sent its request body under the minimum upload rate".to_owned()
+            }
             ProxyError::NoRoute => "no route matches".to_owned(),
             ProxyError::RateLimited => "rate limit exceeded".to_owned(),
             ProxyError::BodyTooLarge => "request body over the route's max_body".to_owned(),

@@ -18,11 +18,12 @@ use super::error::{ProxyError, error_response};
 use super::headers::{self, ClientFacts, X_REQUEST_ID};
 use super::upgrade;
 use super::{ConnInfo, ProxyState};
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{ClientFault, RequestBody, ResponseBody};
 use crate::compress;
 use crate::config::UpstreamProtocol;
 use crate::observe::access_log::AccessRecord;
 use crate::protect::identity;
+use crate::protect::upload_rate::{MinUploadRate, UploadPace};
 use crate::routing::{RequestFacts, is_valid_host};
 use crate::runtime::{Generation, HostRewrite, Route};
 use crate::server::activity::InFlight;
@@ -107,6 +108,7 @@ pub async fn handle(
                 ProxyError::BadRequest(_)
                     | ProxyError::ClientBody(_)
                     | ProxyError::ClientBodyTimeout
+                    | ProxyError::UploadTooSlow
                     | ProxyError::BodyTooLarge
             ) || (matches!(error, ProxyError::RateLimited | ProxyError::Denied(_))
                 && unread_body)
@@ -635,6 +637,10 @@ async fn body_source(
     bytes: metrics::Counter,
 ) -> Result<BodySource, ProxyError> {
     let retries = route.pool.retry.tries > 1;
+    let min_rate = MinUploadRate::new(
+        generation.timeouts.min_upload_rate.0,
+        generation.timeouts.min_upload_grace.0,
+    );
     if http_body::Body::is_end_stream(&body) && decoding.is_none() {
         return Ok(if retries {
             BodySource::Empty
@@ -645,7 +651,7 @@ async fn body_source(
     let declared = http_body::Body::size_hint(&body).exact();
     if retries && decoding.is_none() && declared.is_some_and(|n| n <= route.pool.retry.buffer_body)
     {
-        let read = read_whole_body(body, generation.timeouts.client_body.0).await?;
+        let read = read_whole_body(body, generation.timeouts.client_body.0, min_rate).await?;
         bytes.increment(read.len() as u64);
         return Ok(BodySource::Buffered(read));
     }
@@ -659,6 +665,7 @@ async fn body_source(
         (_, Some(limit), Some(flag)) => RequestBody::limited(body, limit, flag),
         _ => RequestBody::new(body),
     }
+    .paced(min_rate)
     .counting(bytes);
     Ok(if retries {
         BodySource::Slot(crate::body::BodySlot::new(body))
@@ -667,18 +674,34 @@ async fn body_source(
     })
 }
 
-/// Reads a (small, declared) body whole, allowing at most `pause` between two pieces of it.
-async fn read_whole_body(mut body: Incoming, pause: Duration) -> Result<bytes::Bytes, ProxyError> {
+/// Reads a (small, declared) body whole, allowing at most `pause` between two pieces of it, and
+/// holding the client to `min_rate` over the whole of it.
+async fn read_whole_body(
+    mut body: Incoming,
+    pause: Duration,
+    min_rate: Option<MinUploadRate>,
+) -> Result<bytes::Bytes, ProxyError> {
     use http_body_util::BodyExt;
+    let mut pace = min_rate.map(UploadPace::new);
     let mut data = bytes::BytesMut::new();
     loop {
-        match tokio::time::timeout(pause, body.frame()).await {
+        let now = tokio::time::Instant::now();
+        let pause_ends = now + pause;
+        let (deadline, slow) = match pace.as_mut().map(|pace| pace.waiting(now)) {
+            Some(rate_ends) if rate_ends < pause_ends => (rate_ends, true),
+            _ => (pause_ends, false),
+        };
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) if slow => return Err(ProxyError::UploadTooSlow),
             Err(_) => return Err(ProxyError::ClientBodyTimeout),
             Ok(None) => return Ok(data.freeze()),
             Ok(Some(Err(e))) => return Err(ProxyError::ClientBody(e.to_string())),
             Ok(Some(Ok(frame))) => {
                 if let Some(chunk) = frame.data_ref() {
                     data.extend_from_slice(chunk);
+                    if let Some(pace) = pace.as_mut() {
+                        pace.delivered(chunk.len() as u64, tokio::time::Instant::now());
+                    }
                 }
             }
         }
@@ -959,10 +982,11 @@ async fn forward(
                 } => ProxyError::UpstreamConnectTimeout(cause),
                 UpstreamError::Connect { cause, .. } => ProxyError::UpstreamConnect(cause),
                 UpstreamError::Failed(cause) => ProxyError::UpstreamFailed(cause),
-                UpstreamError::ClientBody {
-                    too_large: true, ..
-                } => ProxyError::BodyTooLarge,
-                UpstreamError::ClientBody { cause, .. } => ProxyError::ClientBody(cause),
+                UpstreamError::ClientBody { fault, cause } => match fault {
+                    ClientFault::TooLarge => ProxyError::BodyTooLarge,
+                    ClientFault::Unreadable => ProxyError::ClientBody(cause),
+                    ClientFault::TooSlow => ProxyError::UploadTooSlow,
+                },
             })
         }
     }

@@ -84,8 +84,8 @@ impl H2Connections {
             .send_request(request)
             .await
             .map_err(|e| match crate::body::client_body_fault(&e) {
-                Some(too_large) => UpstreamError::ClientBody {
-                    too_large,
+                Some(fault) => UpstreamError::ClientBody {
+                    fault,
                     cause: super::error_chain(&e),
                 },
                 None => UpstreamError::Failed(super::error_chain(&e)),

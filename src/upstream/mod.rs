@@ -153,11 +153,11 @@ pub enum UpstreamError {
     },
     /// The connection failed after the request was sent, or the response was invalid.
     Failed(String),
-    /// The client's request body failed (unreadable, or over its cap when `too_large`); the
-    /// backend is not at fault.
+    /// The client's request body failed (unreadable, over its cap, or too slow); the backend
+    /// is not at fault.
     ClientBody {
-        /// The body grew over its cap.
-        too_large: bool,
+        /// What was wrong with it.
+        fault: crate::body::ClientFault,
         /// The cause, for the log.
         cause: String,
     },
@@ -676,8 +676,8 @@ impl Drop for PendingSlot<'_> {
 
 fn classify(error: hyper_util::client::legacy::Error) -> UpstreamError {
     let cause = error_chain(&error);
-    if let Some(too_large) = crate::body::client_body_fault(&error) {
-        return UpstreamError::ClientBody { too_large, cause };
+    if let Some(fault) = crate::body::client_body_fault(&error) {
+        return UpstreamError::ClientBody { fault, cause };
     }
     if error.is_connect() {
         UpstreamError::Connect {

@@ -378,3 +378,150 @@ async fn a_client_stalling_a_small_body_gets_408_and_no_backend_hears_of_it() {
     let response = client().get(proxy.url("/after")).send().await.unwrap();
     assert_eq!(response.status(), 200);
 }
+
+/// An origin that reads the whole request body and answers with its length (or `cut` when the
+/// body ended in an error: the proxy aborted the upload).
+async fn body_length_origin() -> Origin {
+    Origin::start(|request| async move {
+        use http_body_util::BodyExt;
+        match request.into_body().collect().await {
+            Ok(body) => text(200, &body.to_bytes().len().to_string()),
+            Err(_) => text(200, "cut"),
+        }
+    })
+    .await
+}
+
+/// Sends `head`, then `chunk` every `every` until the connection fails or `max` chunks are
+/// sent; returns the response (or what the socket gave before closing).
+async fn dribble(
+    addr: std::net::SocketAddr,
+    head: &'static [u8],
+    chunk: &'static [u8],
+    every: Duration,
+    max: usize,
+) -> String {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    writer.write_all(head).await.unwrap();
+    let writing = tokio::spawn(async move {
+        for _ in 0..max {
+            tokio::time::sleep(every).await;
+            if writer.write_all(chunk).await.is_err() {
+                return;
+            }
+        }
+        // Keep the write half open: dropping it would half-close the connection, which the
+        // server takes as the client leaving.
+        std::future::pending::<()>().await;
+        drop(writer);
+    });
+    let mut raw = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        use tokio::io::AsyncReadExt;
+        match tokio::time::timeout_at(deadline, reader.read(&mut buffer)).await {
+            Ok(Ok(n)) if n > 0 => {
+                raw.extend_from_slice(&buffer[..n]);
+                if raw.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    writing.abort();
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+#[tokio::test]
+async fn a_streamed_upload_under_the_minimum_rate_gets_408() {
+    // The slow-POST attack: a byte every 100 ms never trips a pause timeout, but at 1 KiB/s
+    // after a 500 ms grace the client runs out of time long before the 200 bytes it sends.
+    let origin = body_length_origin().await;
+    let proxy = Proxy::start(&single_pool_config(
+        &[origin.addr],
+        "[timeouts]\nmin_upload_rate = \"1KiB\"\nmin_upload_grace = \"500ms\"\n",
+    ))
+    .await;
+    let raw = dribble(
+        proxy.addr,
+        b"POST /slow HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"1\r\nx\r\n",
+        Duration::from_millis(100),
+        200,
+    )
+    .await;
+    assert_eq!(status_of(&raw), 408, "{raw}");
+    assert_eq!(header_of(&raw, "connection").as_deref(), Some("close"));
+    // The proxy is fine for everyone else.
+    let response = client().get(proxy.url("/after")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_small_held_body_under_the_minimum_rate_gets_408_before_the_pause_timeout() {
+    // A small declared body is read whole before forwarding; a byte every 100 ms never pauses
+    // for `client_body` (60 s), but the minimum rate catches it, and no backend hears of it.
+    let origin = body_length_origin().await;
+    let proxy = Proxy::start(&single_pool_config(
+        &[origin.addr],
+        "[timeouts]\nmin_upload_rate = \"1KiB\"\nmin_upload_grace = \"500ms\"\n",
+    ))
+    .await;
+    let raw = dribble(
+        proxy.addr,
+        b"POST /slow HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1000\r\n\r\n",
+        b"x",
+        Duration::from_millis(100),
+        1000,
+    )
+    .await;
+    assert_eq!(status_of(&raw), 408, "{raw}");
+    assert_eq!(origin.count(), 0);
+}
+
+#[tokio::test]
+async fn a_fast_upload_banks_time_for_a_pause() {
+    // 64 KiB at once earns 64 s at 1 KiB/s: a 1.5 s pause afterwards (three times the grace)
+    // is within the client's credit, and the whole body arrives.
+    let origin = body_length_origin().await;
+    let proxy = Proxy::start(&single_pool_config(
+        &[origin.addr],
+        "[timeouts]\nmin_upload_rate = \"1KiB\"\nmin_upload_grace = \"500ms\"\n",
+    ))
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut head = b"POST /fast HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    head.extend_from_slice(format!("{:x}\r\n", 65536).as_bytes());
+    head.extend_from_slice(&[b'a'; 65536]);
+    head.extend_from_slice(b"\r\n");
+    stream.write_all(&head).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stream.write_all(b"5\r\nhello\r\n0\r\n\r\n").await.unwrap();
+    let raw = read_one_response(&mut stream, LIMIT).await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    assert!(raw.ends_with("65541"), "the whole body reached the origin: {raw}");
+}
+
+#[tokio::test]
+async fn the_minimum_rate_can_be_turned_off() {
+    // With `min_upload_rate = 0`, a dribbling upload is only bounded by the other timeouts:
+    // 20 bytes at one per 100 ms (2 s, four times the grace that would apply) go through.
+    let origin = body_length_origin().await;
+    let proxy = Proxy::start(&single_pool_config(
+        &[origin.addr],
+        "[timeouts]\nmin_upload_rate = 0\nmin_upload_grace = \"500ms\"\n",
+    ))
+    .await;
+    let raw = dribble(
+        proxy.addr,
+        b"POST /slow HTTP/1.1\r\nHost: a.test\r\nContent-Length: 20\r\n\r\n",
+        b"x",
+        Duration::from_millis(100),
+        20,
+    )
+    .await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+}
