@@ -79,6 +79,14 @@ pub struct ServerSettings {
     pub max_body: Option<ByteSize>,
     /// Most concurrent HTTP/2 streams per client connection.
     pub h2_max_concurrent_streams: u32,
+    /// Rapid-reset defence (CVE-2023-44487): most HTTP/2 streams a client may open and reset
+    /// before the proxy has taken them up; past it the connection gets GOAWAY
+    /// `ENHANCE_YOUR_CALM`.
+    pub h2_max_pending_reset_streams: usize,
+    /// "MadeYouReset" defence (CVE-2025-8671): most HTTP/2 streams the proxy itself may reset
+    /// because of a client's protocol errors on one connection; past it, GOAWAY
+    /// `ENHANCE_YOUR_CALM`.
+    pub h2_max_local_error_resets: usize,
     /// Most requests served on one client connection: the last HTTP/1.1 response carries
     /// `Connection: close`, an HTTP/2 connection gets GOAWAY. `0` means no limit.
     pub max_requests_per_connection: u64,
@@ -93,6 +101,8 @@ impl Default for ServerSettings {
             max_headers: 100,
             max_body: None,
             h2_max_concurrent_streams: 256,
+            h2_max_pending_reset_streams: 20,
+            h2_max_local_error_resets: 1024,
             max_requests_per_connection: 0,
         }
     }

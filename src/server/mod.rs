@@ -697,6 +697,8 @@ fn http_builder(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(settings.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(settings.h2_max_pending_reset_streams)
+        .max_local_error_reset_streams(settings.h2_max_local_error_resets)
         .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
     match (spec.http1, spec.http2) {
         (true, false) => builder.http1_only(),

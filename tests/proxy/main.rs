@@ -12,6 +12,7 @@ mod config_errors;
 mod demo;
 mod errors;
 mod failover;
+mod h2_floods;
 mod identity;
 mod limits;
 mod malformed;

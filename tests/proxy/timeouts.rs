@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::support::raw_h2::RawH2;
 use crate::support::*;
 
 /// Far above every configured timeout here; only a bound for liveness.
@@ -214,99 +215,6 @@ async fn pooled_upstream_connections_stay_open_under_the_default_idle_timeout() 
     );
 }
 
-/// A minimal HTTP/2 client speaking raw frames, for what real clients do not let a test control
-/// (which frames are sent, and which are left unanswered).
-struct RawH2 {
-    stream: TcpStream,
-}
-
-/// One frame: type, flags, stream id, payload.
-type Frame = (u8, u8, u32, Vec<u8>);
-
-impl RawH2 {
-    /// Connects and sends the preface and an empty SETTINGS frame (the server's SETTINGS are
-    /// never acknowledged; the h2 server does not insist).
-    async fn connect(addr: std::net::SocketAddr) -> RawH2 {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
-        stream.write_all(&hello).await.unwrap();
-        RawH2 { stream }
-    }
-
-    /// Sends `GET http://a.test{path}` on stream `id` with END_STREAM.
-    async fn get(&mut self, id: u32, path: &str) {
-        // HPACK: :method GET, :scheme http (static 2, 6), then :path and :authority as
-        // literals without indexing (name indexes 4 and 1).
-        let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
-        block.extend_from_slice(path.as_bytes());
-        block.extend_from_slice(&[0x01, 6]);
-        block.extend_from_slice(b"a.test");
-        let mut frame = vec![0, 0, block.len() as u8, 0x1, 0x5];
-        frame.extend_from_slice(&id.to_be_bytes());
-        frame.extend_from_slice(&block);
-        self.stream.write_all(&frame).await.unwrap();
-    }
-
-    /// Sends a PING (not an ack).
-    async fn ping(&mut self) {
-        let mut frame = vec![0, 0, 8, 0x6, 0, 0, 0, 0, 0];
-        frame.extend_from_slice(b"pingpong");
-        self.stream.write_all(&frame).await.unwrap();
-    }
-
-    /// Reads frames until `done` holds for one (returned last), the connection ends or `limit`
-    /// passes.
-    async fn read_until(&mut self, limit: Duration, done: impl Fn(&Frame) -> bool) -> Vec<Frame> {
-        use tokio::io::AsyncReadExt;
-        let mut frames = Vec::new();
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let mut head = [0u8; 9];
-            if !matches!(
-                tokio::time::timeout_at(deadline, self.stream.read_exact(&mut head)).await,
-                Ok(Ok(_))
-            ) {
-                return frames;
-            }
-            let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-            let mut payload = vec![0u8; length];
-            if !matches!(
-                tokio::time::timeout_at(deadline, self.stream.read_exact(&mut payload)).await,
-                Ok(Ok(_))
-            ) {
-                return frames;
-            }
-            let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-            let frame = (head[3], head[4], id, payload);
-            let finished = done(&frame);
-            frames.push(frame);
-            if finished {
-                return frames;
-            }
-        }
-    }
-
-    /// Reads the body of the response on stream `id` (DATA frames up to END_STREAM).
-    async fn body(&mut self, id: u32) -> String {
-        let frames = self
-            .read_until(LIMIT, |f| {
-                f.2 == id && f.1 & 0x1 == 0x1 && matches!(f.0, 0x0 | 0x1)
-            })
-            .await;
-        let last = frames.last().expect("a response");
-        assert!(
-            last.2 == id && last.1 & 0x1 == 0x1,
-            "the response on stream {id} did not finish: {frames:?}"
-        );
-        frames
-            .iter()
-            .filter(|f| f.0 == 0x0 && f.2 == id)
-            .map(|f| String::from_utf8_lossy(&f.3).into_owned())
-            .collect()
-    }
-}
-
 #[tokio::test]
 async fn h2_control_frames_between_requests_do_not_count_as_a_slow_request_head() {
     // A PING (or WINDOW_UPDATE, SETTINGS) on an otherwise idle HTTP/2 connection is not the
@@ -493,7 +401,8 @@ async fn a_fast_upload_banks_time_for_a_pause() {
     ))
     .await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let mut head = b"POST /fast HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut head =
+        b"POST /fast HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     head.extend_from_slice(format!("{:x}\r\n", 65536).as_bytes());
     head.extend_from_slice(&[b'a'; 65536]);
     head.extend_from_slice(b"\r\n");
@@ -502,7 +411,10 @@ async fn a_fast_upload_banks_time_for_a_pause() {
     stream.write_all(b"5\r\nhello\r\n0\r\n\r\n").await.unwrap();
     let raw = read_one_response(&mut stream, LIMIT).await;
     assert_eq!(status_of(&raw), 200, "{raw}");
-    assert!(raw.ends_with("65541"), "the whole body reached the origin: {raw}");
+    assert!(
+        raw.ends_with("65541"),
+        "the whole body reached the origin: {raw}"
+    );
 }
 
 #[tokio::test]
