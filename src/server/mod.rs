@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -677,41 +678,76 @@ fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-fn http_builder(
-    spec: &ListenerSpec,
-    settings: &crate::config::ServerSettings,
-) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn http_builder(spec: &ListenerSpec, settings: &crate::config::ServerSettings) -> HttpBuilder {
     let header_bytes = usize::try_from(settings.max_header_bytes.0)
         .unwrap_or(usize::MAX)
         .max(8192);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // Header and idle timeouts are enforced by `activity`, which tells the two apart.
-        .header_read_timeout(None)
-        .keep_alive(true)
-        .max_headers(settings.max_headers)
-        .max_buf_size(header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(settings.h2_max_concurrent_streams)
-        .max_pending_accept_reset_streams(settings.h2_max_pending_reset_streams)
-        .max_local_error_reset_streams(settings.h2_max_local_error_resets)
-        .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
+    let header_list = u32::try_from(header_bytes).unwrap_or(u32::MAX);
+    // The same settings for hyper's own builders and for the auto builder's copies of them:
+    // the types differ, so each is written out (kept side by side so they cannot drift).
     match (spec.http1, spec.http2) {
-        (true, false) => builder.http1_only(),
-        (false, true) => builder.http2_only(),
-        _ => builder,
+        (true, false) => {
+            let mut http1 = http1::Builder::new();
+            http1
+                .timer(TokioTimer::new())
+                // Header and idle timeouts are enforced by `activity`, which tells the two apart.
+                .header_read_timeout(None)
+                .keep_alive(true)
+                .max_headers(settings.max_headers)
+                .max_buf_size(header_bytes);
+            HttpBuilder::Http1(http1)
+        }
+        (false, true) => {
+            let mut http2 = http2::Builder::new(TokioExecutor::new());
+            http2
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(settings.h2_max_concurrent_streams)
+                .max_pending_accept_reset_streams(settings.h2_max_pending_reset_streams)
+                .max_local_error_reset_streams(settings.h2_max_local_error_resets)
+                .max_header_list_size(header_list);
+            HttpBuilder::Http2(http2)
+        }
+        _ => {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(None)
+                .keep_alive(true)
+                .max_headers(settings.max_headers)
+                .max_buf_size(header_bytes);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(settings.h2_max_concurrent_streams)
+                .max_pending_accept_reset_streams(settings.h2_max_pending_reset_streams)
+                .max_local_error_reset_streams(settings.h2_max_local_error_resets)
+                .max_header_list_size(header_list);
+            HttpBuilder::Auto(builder)
+        }
     }
+}
+
+/// The HTTP versions a listener serves, as the hyper builder that serves exactly those.
+///
+/// A listener with one version uses hyper's builder for it rather than hyper-util's auto
+/// builder: the auto builder's `http1_only`/`http2_only` are ignored by
+/// `serve_connection_with_upgrades` (it always sniffs for the HTTP/2 preface), so a listener
+/// with `http2 = false` would otherwise still serve h2c. It also saves the sniffing read.
+enum HttpBuilder {
+    /// HTTP/1.1 and HTTP/2, told apart by the HTTP/2 connection preface.
+    Auto(auto::Builder<TokioExecutor>),
+    /// HTTP/1.1 only: an HTTP/2 preface is a malformed HTTP/1 request.
+    Http1(http1::Builder),
+    /// HTTP/2 only (h2c with prior knowledge on a cleartext listener).
+    Http2(http2::Builder<TokioExecutor>),
 }
 
 /// What every connection of one listener shares.
 #[derive(Clone)]
 struct Serving {
     state: Arc<ProxyState>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<HttpBuilder>,
     phase: watch::Receiver<Phase>,
     drain: DrainToken,
     header_timeout: Duration,
@@ -869,14 +905,14 @@ async fn serve_http<IO>(
     peer: SocketAddr,
     serving: Serving,
     secured: Secured,
-    mut retired: watch::Receiver<bool>,
+    retired: watch::Receiver<bool>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let Serving {
         state,
         builder,
-        mut phase,
+        phase,
         drain,
         header_timeout,
         idle_timeout,
@@ -946,7 +982,60 @@ async fn serve_http<IO>(
         }
     });
     let io = TokioIo::new(TrackedIo::new(stream, activity.clone()));
-    let conn = builder.serve_connection_with_upgrades(io, service);
+    let watch = ConnWatch {
+        peer,
+        activity,
+        header_timeout,
+        idle_timeout,
+        phase,
+        enough,
+        retired,
+    };
+    match &*builder {
+        HttpBuilder::Auto(builder) => {
+            let conn = builder.serve_connection_with_upgrades(io, service);
+            drive(conn, |conn| conn.graceful_shutdown(), watch).await;
+        }
+        HttpBuilder::Http1(builder) => {
+            let conn = builder.serve_connection(io, service).with_upgrades();
+            drive(conn, |conn| conn.graceful_shutdown(), watch).await;
+        }
+        HttpBuilder::Http2(builder) => {
+            let conn = builder.serve_connection(io, service);
+            drive(conn, |conn| conn.graceful_shutdown(), watch).await;
+        }
+    }
+}
+
+/// What a served connection is watched for besides its own progress.
+struct ConnWatch {
+    peer: SocketAddr,
+    activity: Arc<ConnActivity>,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    phase: watch::Receiver<Phase>,
+    enough: Arc<RequestLimits>,
+    retired: watch::Receiver<bool>,
+}
+
+/// Runs a served connection to its end, asking it to close (`shut_down`, which is hyper's
+/// `graceful_shutdown` for its type) when it goes idle, the server drains, the listener is
+/// retired or the connection has served its requests, and dropping it when the client is too
+/// slow or does not close when asked.
+async fn drive<C, E>(conn: C, shut_down: fn(Pin<&mut C>), watch: ConnWatch)
+where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let ConnWatch {
+        peer,
+        activity,
+        header_timeout,
+        idle_timeout,
+        mut phase,
+        enough,
+        mut retired,
+    } = watch;
     tokio::pin!(conn);
     // Once asked to close, a connection with nothing in flight gets `header_timeout` to do so: an
     // HTTP/2 client that never acknowledges the GOAWAY's PING would otherwise keep it forever.
@@ -956,7 +1045,7 @@ async fn serve_http<IO>(
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(error) = result {
-                    log_connection_error(peer, &*error);
+                    log_connection_error(peer, &*error.into());
                 }
                 break;
             }
@@ -967,7 +1056,7 @@ async fn serve_http<IO>(
                 }
                 Expired::Idle => {
                     tracing::trace!(client = %peer, "client idle timeout");
-                    conn.as_mut().graceful_shutdown();
+                    shut_down(conn.as_mut());
                     close_by = Some(Instant::now() + header_timeout);
                 }
             },
@@ -983,7 +1072,7 @@ async fn serve_http<IO>(
                 match (changed, now) {
                     (Err(_), _) | (_, Phase::Closing) => break,
                     (_, Phase::Draining) if !closing => {
-                        conn.as_mut().graceful_shutdown();
+                        shut_down(conn.as_mut());
                         close_by = Some(Instant::now() + header_timeout);
                     }
                     _ => {}
@@ -991,13 +1080,13 @@ async fn serve_http<IO>(
             }
             _ = enough.enough.notified(), if !closing => {
                 tracing::debug!(client = %peer, "max_requests_per_connection reached; closing connection");
-                conn.as_mut().graceful_shutdown();
+                shut_down(conn.as_mut());
                 close_by = Some(Instant::now() + header_timeout);
             }
             gone = retired.changed(), if !closing => {
                 // A reload removed this listener (or its task ended): finish and close.
                 if gone.is_err() || *retired.borrow() {
-                    conn.as_mut().graceful_shutdown();
+                    shut_down(conn.as_mut());
                     close_by = Some(Instant::now() + header_timeout);
                 }
             }

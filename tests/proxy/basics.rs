@@ -64,3 +64,44 @@ async fn h2c_pools_speak_http2_to_their_backends() {
         "one multiplexed connection"
     );
 }
+
+/// `single_pool_config` with the listener's `http1`/`http2` switched as given.
+fn listener_protocols(origin: &Origin, protocols: &str) -> String {
+    single_pool_config(&[origin.addr], "").replacen(
+        "address = \"127.0.0.1:0\"\n",
+        &format!("address = \"127.0.0.1:0\"\n{protocols}"),
+        1,
+    )
+}
+
+#[tokio::test]
+async fn a_listener_with_http2_off_does_not_speak_h2c() {
+    let origin = Origin::echo().await;
+    let proxy = Proxy::start(&listener_protocols(&origin, "http2 = false\n")).await;
+    let refused = h2_client().get(proxy.url("/h2")).send().await;
+    assert!(refused.is_err(), "h2c was served: {refused:?}");
+    let response = client().get(proxy.url("/h1")).send().await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_11);
+    assert_eq!(response.text().await.unwrap(), "/h1");
+    assert_eq!(
+        origin.count(),
+        1,
+        "only the HTTP/1.1 request reached the origin"
+    );
+}
+
+#[tokio::test]
+async fn a_listener_with_http1_off_speaks_only_h2c() {
+    let origin = Origin::echo().await;
+    let proxy = Proxy::start(&listener_protocols(&origin, "http1 = false\n")).await;
+    let refused = client().get(proxy.url("/h1")).send().await;
+    assert!(refused.is_err(), "HTTP/1.1 was served: {refused:?}");
+    let response = h2_client().get(proxy.url("/h2")).send().await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.text().await.unwrap(), "/h2");
+    assert_eq!(
+        origin.count(),
+        1,
+        "only the HTTP/2 request reached the origin"
+    );
+}
