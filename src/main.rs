@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use gatehouse::config::{self, Config};
 use gatehouse::observe::logging;
+use gatehouse::server::config_watch::ConfigWatch;
 use gatehouse::{demo, server};
 
 #[derive(Parser)]
@@ -28,6 +29,10 @@ enum Command {
         /// The configuration file.
         #[arg(short, long, default_value = "gatehouse.toml")]
         config: PathBuf,
+        /// Reload when the configuration file, or a list or htpasswd file it names, changes
+        /// (as on SIGHUP; a broken file is refused and the running configuration stays).
+        #[arg(long)]
+        watch: bool,
     },
     /// Validate a configuration: exit 0 if it is valid, else print every error and exit 1.
     Check {
@@ -67,8 +72,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config } => match config::load(&config) {
-            Ok(parsed) => serve(parsed, config),
+        Command::Run { config, watch } => match config::load(&config) {
+            Ok(parsed) => serve(parsed, config, watch),
             Err(errors) => {
                 eprintln!("{errors}");
                 eprintln!(
@@ -116,7 +121,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn serve(config: Config, path: std::path::PathBuf) -> ExitCode {
+fn serve(config: Config, path: std::path::PathBuf, watch: bool) -> ExitCode {
     logging::init(&config.log);
     let workers = config.server.workers;
     with_runtime(workers, async move {
@@ -125,9 +130,33 @@ fn serve(config: Config, path: std::path::PathBuf) -> ExitCode {
         let mut rotate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
         let server = server::start_with_path(&config, Some(path.clone())).await?;
+        let mut watching = if watch {
+            Some(start_watch(&path, &config)?)
+        } else {
+            None
+        };
         loop {
             tokio::select! {
                 _ = wait_for_signal() => break,
+                () = changed(&mut watching) => {
+                    tracing::info!(file = %path.display(), "configuration files changed: reloading");
+                    // The files to watch may have changed with the configuration.
+                    if let Ok(new) = config::load(&path) {
+                        let files = gatehouse::server::config_watch::watched_files(&path, &new);
+                        if watching.as_ref().is_some_and(|w| *w.files() != files) {
+                            match ConfigWatch::start(files) {
+                                Ok(watch) => watching = Some(watch),
+                                Err(error) => tracing::error!(%error, "cannot watch the new configuration's files; keeping the old watch"),
+                            }
+                        }
+                    }
+                    let control = server.control().clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = control.reload_from_file().await {
+                            tracing::error!("reload refused; the previous configuration stays in force: {error:#}");
+                        }
+                    });
+                }
                 _ = hangup.recv() => {
                     tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration and TLS certificates");
                     // In a task of its own, so a slow first health check cannot hold up SIGTERM.
@@ -156,6 +185,22 @@ fn serve(config: Config, path: std::path::PathBuf) -> ExitCode {
         }
         Ok(())
     })
+}
+
+/// Watches the configuration's files, logging which.
+fn start_watch(path: &std::path::Path, config: &Config) -> anyhow::Result<ConfigWatch> {
+    let files = gatehouse::server::config_watch::watched_files(path, config);
+    let watch = ConfigWatch::start(files).map_err(anyhow::Error::msg)?;
+    tracing::info!(files = ?watch.files(), "watching the configuration files for changes");
+    Ok(watch)
+}
+
+/// Resolves when the watched files change; never when there is no watch.
+async fn changed(watching: &mut Option<ConfigWatch>) {
+    match watching {
+        Some(watch) => watch.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn with_runtime(workers: usize, task: impl Future<Output = anyhow::Result<()>>) -> ExitCode {

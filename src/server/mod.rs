@@ -8,6 +8,7 @@
 //! "nothing left in flight".
 
 pub mod activity;
+pub mod config_watch;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

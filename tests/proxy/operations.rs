@@ -1443,3 +1443,80 @@ async fn the_binary_reloads_on_sighup_and_reopens_its_log_on_sigusr1() {
         proxy.stderr().join("\n")
     );
 }
+
+#[tokio::test]
+async fn with_watch_the_binary_reloads_when_its_files_change() {
+    let a = Origin::named("A").await;
+    let b = Origin::named("B").await;
+    let lists = TempDir::new("ops-watch");
+    let deny = lists.join("deny.txt");
+    std::fs::write(&deny, "# nobody yet\n").unwrap();
+    let config = {
+        let (a, b) = (a.addr, b.addr);
+        let deny = format!("{:?}", format!("file:{}", deny.display()));
+        move |listen: SocketAddr, extra: &str| {
+            format!(
+                "[access_log]\nenabled = false\n\n\
+                 [[listener]]\naddress = \"{listen}\"\n\n\
+                 [pool.a]\nbackends = [\"{a}\"]\n\n[pool.b]\nbackends = [\"{b}\"]\n\n\
+                 [[route]]\nname = \"default\"\npool = \"a\"\ndeny = [{deny}]\n{extra}"
+            )
+        }
+    };
+    let proxy = BinaryProxy::start_with_args(|listen| config(listen, ""), &["--watch"]).await;
+    let file = proxy.config_path();
+    let requests = client();
+    let (status, origin, _) = get(&requests, proxy.url("/new")).await;
+    assert_eq!((status, origin.as_str()), (200, "A"));
+
+    // A new route in the file, with no signal.
+    let new_route = "\n[[route]]\nname = \"new\"\npath_prefix = \"/new\"\npool = \"b\"\n";
+    std::fs::write(&file, config(proxy.addr, new_route)).unwrap();
+    let mut switched = false;
+    let deadline = tokio::time::Instant::now() + STEP;
+    while tokio::time::Instant::now() < deadline {
+        let (_, origin, _) = get(&requests, proxy.url("/new")).await;
+        if origin == "B" {
+            switched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        switched,
+        "the new route is served after the file changed; log:\n{}",
+        proxy.stderr().join("\n")
+    );
+
+    // A list the configuration names: denying loopback refuses us on the default route.
+    std::fs::write(&deny, "127.0.0.0/8\n").unwrap();
+    let mut denied = false;
+    let deadline = tokio::time::Instant::now() + STEP;
+    while tokio::time::Instant::now() < deadline {
+        let (status, _, _) = get(&requests, proxy.url("/other")).await;
+        if status == 403 {
+            denied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        denied,
+        "the deny list's new contents apply; log:\n{}",
+        proxy.stderr().join("\n")
+    );
+
+    // A broken file is refused and the configuration in force stays.
+    std::fs::write(&file, "[[route]]\npool = \"nope\"\n").unwrap();
+    assert!(
+        eventually(STEP, || proxy
+            .stderr()
+            .iter()
+            .any(|l| l.contains("reload refused")))
+        .await,
+        "the refused reload is logged:\n{}",
+        proxy.stderr().join("\n")
+    );
+    let (status, origin, _) = get(&requests, proxy.url("/new")).await;
+    assert_eq!((status, origin.as_str()), (200, "B"));
+}

@@ -591,6 +591,14 @@ impl BinaryProxy {
     /// Starts the binary with the config `config(listen_address)` and waits until it listens.
     /// Retries on a fresh port if the one picked was taken in the meantime.
     pub async fn start(config: impl Fn(SocketAddr) -> String) -> BinaryProxy {
+        BinaryProxy::start_with_args(config, &[]).await
+    }
+
+    /// [`BinaryProxy::start`] with extra arguments for `gatehouse run`.
+    pub async fn start_with_args(
+        config: impl Fn(SocketAddr) -> String,
+        args: &[&str],
+    ) -> BinaryProxy {
         let mut last_log = Vec::new();
         for _attempt in 0..3 {
             let dir = TempDir::new("bin");
@@ -601,6 +609,7 @@ impl BinaryProxy {
                 .arg("run")
                 .arg("-c")
                 .arg(&path)
+                .args(args)
                 .env_remove("RUST_LOG")
                 .env("NO_COLOR", "1")
                 .stdin(std::process::Stdio::null())
