@@ -212,3 +212,44 @@ async fn streams_over_the_concurrency_limit_are_refused() {
         "the refused stream never reached the backend"
     );
 }
+
+/// `count` requests the server must refuse with a stream reset of its own: HEADERS without
+/// `:path` (RFC 9113 section 8.3.1 makes that malformed).
+fn malformed_requests(count: u32) -> Vec<u8> {
+    let block = [0x82, 0x86, 0x01, 6, b'a', b'.', b't', b'e', b's', b't'];
+    (0..count)
+        .flat_map(|n| frame(HEADERS, END_HEADERS | END_STREAM, 2 * n + 1, &block))
+        .collect()
+}
+
+#[tokio::test]
+async fn streams_the_server_must_reset_are_bounded_per_connection() {
+    // CVE-2025-8671 ("MadeYouReset"): make the server reset stream after stream by sending
+    // malformed requests. Past `h2_max_local_error_resets`, the connection gets GOAWAY.
+    let origin = Origin::echo().await;
+    let proxy = Proxy::start(&single_pool_config(
+        &[origin.addr],
+        "[server]\nh2_max_local_error_resets = 10\n",
+    ))
+    .await;
+    let mut h2 = RawH2::connect_acked(proxy.addr).await;
+    h2.send(&malformed_requests(50)).await;
+    let away = goaway(&mut h2).await.expect("the server sends GOAWAY");
+    assert_eq!(error_code(&away), Some(ENHANCE_YOUR_CALM), "{away:?}");
+    assert!(closed_within(&mut h2.stream, LIMIT).await);
+    assert_eq!(origin.count(), 0);
+    still_serves(&proxy).await;
+}
+
+#[tokio::test]
+async fn a_few_malformed_requests_only_cost_their_streams() {
+    // Under the default allowance, each malformed request is reset on its own and the
+    // connection goes on serving.
+    let origin = Origin::echo().await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let mut h2 = RawH2::connect_acked(proxy.addr).await;
+    h2.send(&malformed_requests(50)).await;
+    h2.get(101, "/after").await;
+    assert_eq!(h2.body(101).await, "/after");
+    assert_eq!(origin.count(), 1);
+}
