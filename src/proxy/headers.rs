@@ -114,6 +114,38 @@ pub struct ClientFacts<'a> {
     pub host: Option<&'a HeaderValue>,
 }
 
+/// Headers in which a proxy vouches for the client (its address, scheme, host, port). Only a
+/// trusted proxy may say these; from anyone else they are the client's own say-so and are
+/// removed before the request goes on, whether or not Gatehouse writes its own version. A backend
+/// (or a framework's "trust proxy" setting) that reads one of them cannot be fooled through us.
+pub const CLIENT_CLAIMS: [&str; 12] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+];
+
+/// Removes the [`CLIENT_CLAIMS`] a client that is not a trusted proxy sent.
+pub fn remove_client_claims(headers: &mut HeaderMap) {
+    // Most requests carry none: one pass over the names, then removals only for what is there.
+    let present = headers
+        .keys()
+        .any(|name| CLIENT_CLAIMS.contains(&name.as_str()));
+    if present {
+        for name in CLIENT_CLAIMS {
+            headers.remove(name);
+        }
+    }
+}
+
 /// Adds `X-Forwarded-*`, `Forwarded` and `Via` to a request as `settings` ask.
 pub fn add_forwarding(
     headers: &mut HeaderMap,
@@ -281,6 +313,20 @@ mod tests {
             );
         }
         headers
+    }
+
+    #[test]
+    fn client_claims_are_removed_and_other_headers_kept() {
+        let mut headers = map(&[
+            ("x-real-ip", "203.0.113.9"),
+            ("Forwarded", "for=203.0.113.9"),
+            ("X-Forwarded-Proto", "https"),
+            ("True-Client-IP", "203.0.113.9"),
+            ("accept", "*/*"),
+        ]);
+        remove_client_claims(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(left, ["accept"]);
     }
 
     #[test]

@@ -565,12 +565,7 @@ fn client_head(
     // Forwarding headers from a peer that is not a trusted proxy are the client's own say-so:
     // the header this proxy writes starts afresh at the address it saw.
     if !generation.trusted_proxies.is_trusted(conn.peer.ip()) {
-        if generation.forwarded.forwarded {
-            headers.remove(header::FORWARDED);
-        }
-        if generation.forwarded.x_forwarded_for {
-            headers.remove("x-forwarded-for");
-        }
+        headers::remove_client_claims(&mut headers);
     }
     headers::add_forwarding(
         &mut headers,

@@ -277,6 +277,20 @@ async fn an_untrusted_clients_forwarding_headers_are_replaced_not_extended() {
     );
     assert_eq!(origin.last().headers["x-forwarded-for"], "127.0.0.1");
 
+    // The same for every header in which a proxy vouches for the client, whether or not
+    // Gatehouse writes its own (`Forwarded` is off by default, `X-Real-IP` it never writes).
+    let claims = [
+        ("x-real-ip", "203.0.113.9"),
+        ("forwarded", "for=203.0.113.9;proto=https"),
+        ("true-client-ip", "203.0.113.9"),
+        ("x-forwarded-port", "443"),
+    ];
+    assert_eq!(status(&proxy, "GET", &claims).await, 200);
+    let seen = origin.last().headers;
+    for (name, _) in claims {
+        assert!(!seen.contains_key(name), "{name} reached the backend");
+    }
+
     // Through a trusted proxy the chain is kept and extended.
     let trusted = single_pool_config(
         &[origin.addr],
@@ -291,6 +305,9 @@ async fn an_untrusted_clients_forwarding_headers_are_replaced_not_extended() {
         origin.last().headers["x-forwarded-for"],
         "203.0.113.9, 127.0.0.1"
     );
+    // and what it says about the client reaches the backend.
+    assert_eq!(status(&proxy, "GET", &claims).await, 200);
+    assert_eq!(origin.last().headers["x-real-ip"], "203.0.113.9");
 }
 
 /// A config whose only listener carries `guard` (e.g. `deny = [...]`).
