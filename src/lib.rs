@@ -13,6 +13,7 @@ pub mod explain;
 pub mod observe;
 pub mod protect;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod routing;
 pub mod runtime;
 pub mod server;

@@ -317,6 +317,11 @@ pub struct ListenerConfig {
     /// With `new_connections_per_ip`: connections a client may open at once above the rate
     /// (default: one second's worth, at least 1).
     pub new_connections_burst: Option<Spanned<u32>>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2, told apart by their
+    /// first bytes), read before TLS; a connection without one is closed. The address in it is
+    /// the client's only when the connecting peer is in `security.trusted_proxies`.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 fn https_port() -> u16 {
@@ -529,6 +534,9 @@ pub struct PoolConfig {
     pub max_idle_per_backend: usize,
     /// Speak TLS to the backends: `tls = true` or a table.
     pub tls: Option<Spanned<UpstreamTlsSetting>>,
+    /// Start every backend connection with a PROXY protocol header of this version naming the
+    /// client; such connections are never shared between client connections. Unset: none.
+    pub proxy_protocol: Option<Spanned<ProxyProtocolVersion>>,
 }
 
 fn default_max_idle() -> usize {
@@ -606,6 +614,16 @@ impl<'de> Deserialize<'de> for BackendEntry {
         }
         deserializer.deserialize_any(Entry)
     }
+}
+
+/// The PROXY protocol version a pool sends its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolVersion {
+    /// The text header (`PROXY TCP4 ...\r\n`).
+    V1,
+    /// The binary header.
+    V2,
 }
 
 /// Protocol spoken to a pool's backends.

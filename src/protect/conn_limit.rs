@@ -2,7 +2,9 @@
 //! `max_requests_per_ip` and `new_connections_per_ip`.
 //!
 //! **Where.** Connection limits are decided in the accept loop, on the TCP peer's address, before
-//! any TLS or HTTP work: a refused connection costs an `accept` and a `close`. The request limit
+//! any TLS or HTTP work: a refused connection costs an `accept` and a `close`. On a
+//! `proxy_protocol` listener only `max_connections` is decided at accept; the per-client limits
+//! wait for the header, which names the client ([`ConnLimiter::admit_client`]). The request limit
 //! is decided per request, before routing. Neither sees forwarding headers, so behind a proxy
 //! every client is the proxy.
 //!
@@ -53,11 +55,19 @@ pub enum Refusal {
     PerIp,
     /// `new_connections_per_ip`.
     Rate,
+    /// A `proxy_protocol` listener's connection sent no valid PROXY header in time.
+    ProxyProtocol,
 }
 
 impl Refusal {
     /// Every reason, in [`Refusal::index`] order.
-    pub const ALL: [Refusal; 4] = [Refusal::Acl, Refusal::Limit, Refusal::PerIp, Refusal::Rate];
+    pub const ALL: [Refusal; 5] = [
+        Refusal::Acl,
+        Refusal::Limit,
+        Refusal::PerIp,
+        Refusal::Rate,
+        Refusal::ProxyProtocol,
+    ];
 
     /// The metric label value.
     pub fn as_str(self) -> &'static str {
@@ -66,6 +76,7 @@ impl Refusal {
             Refusal::Limit => "limit",
             Refusal::PerIp => "per_ip",
             Refusal::Rate => "rate",
+            Refusal::ProxyProtocol => "proxy_protocol",
         }
     }
 
@@ -76,6 +87,7 @@ impl Refusal {
             Refusal::Limit => 1,
             Refusal::PerIp => 2,
             Refusal::Rate => 3,
+            Refusal::ProxyProtocol => 4,
         }
     }
 }
@@ -284,24 +296,47 @@ impl ConnLimiter {
     /// connection is open, or why it must be closed. Checks the cheapest limits first; a refused
     /// connection takes nothing (not even a token of the rate).
     pub fn admit(&self, ip: IpAddr, now: Instant) -> Result<ConnGuard, Refusal> {
-        let table = &self.table;
+        let mut guard = self.admit_connection()?;
+        self.admit_client(&mut guard, ip, now)?;
+        Ok(guard)
+    }
+
+    /// The first half of [`ConnLimiter::admit`], for a connection whose client is not known yet
+    /// (a `proxy_protocol` listener, before the header): a place under `max_connections` only.
+    pub fn admit_connection(&self) -> Result<ConnGuard, Refusal> {
         let max = self.settings.max_connections;
-        table
+        self.table
             .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| match max {
                 Some(max) if open >= max => None,
                 _ => Some(open + 1),
             })
             .map_err(|_| Refusal::Limit)?;
-        let key = client_key(ip);
         // From here on, dropping the guard gives back what it holds.
-        let mut guard = ConnGuard {
-            table: table.clone(),
-            key,
+        Ok(ConnGuard {
+            table: self.table.clone(),
+            key: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             per_ip: false,
-        };
+        })
+    }
+
+    /// The second half of [`ConnLimiter::admit`]: the per-client limits for the connection
+    /// `guard` holds, now that its client is known to be `ip`. Call it once per guard; on
+    /// `Err`, drop the guard (and the connection).
+    pub fn admit_client(
+        &self,
+        guard: &mut ConnGuard,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        let key = client_key(ip);
+        if guard.per_ip {
+            // Counted already: a second call must not count the connection twice.
+            return Ok(());
+        }
+        guard.key = key;
         if let Some(max) = self.settings.max_connections_per_ip {
-            if !table.try_add(key, Slot::Connections, max) {
+            if !self.table.try_add(key, Slot::Connections, max) {
                 return Err(Refusal::PerIp);
             }
             guard.per_ip = true;
@@ -313,7 +348,7 @@ impl ConnLimiter {
         {
             return Err(Refusal::Rate);
         }
-        Ok(guard)
+        Ok(())
     }
 
     /// Decides a new request from `ip`: `Ok(None)` with no request limit, `Ok(Some(guard))` to

@@ -69,8 +69,15 @@ impl ProxyState {
 /// Facts about one client connection that requests on it need.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
-    /// The client's address.
+    /// The client's address: the TCP peer's, or on a `proxy_protocol` listener the one a
+    /// trusted peer's PROXY header announced.
     pub peer: SocketAddr,
+    /// The address the client connected to: the listener's, or the one a trusted PROXY header
+    /// announced.
+    pub local: SocketAddr,
+    /// Backend connections that start with a PROXY header naming this client: private to this
+    /// connection (see [`crate::upstream::proxied`]).
+    pub private_upstreams: crate::upstream::proxied::LazyPrivateConnections,
     /// The client's IP as a header value (for `X-Forwarded-For`), formatted once.
     pub peer_ip: http::HeaderValue,
     /// `"http"` (and `"https"` once TLS lands).
@@ -85,4 +92,15 @@ pub struct ConnInfo {
     pub client_subject: Option<http::HeaderValue>,
     /// On a redirecting listener: the HTTPS port every request is redirected to.
     pub redirect_https: Option<u16>,
+}
+
+impl ConnInfo {
+    /// What a pool that sends PROXY headers needs to know about this connection's client.
+    pub fn upstream_origin(&self) -> crate::upstream::proxied::ClientOrigin {
+        crate::upstream::proxied::ClientOrigin {
+            client: self.peer,
+            local: self.local,
+            connections: self.private_upstreams.get(),
+        }
+    }
 }

@@ -755,7 +755,7 @@ async fn forward_with_retries(
         } else {
             head.headers.clone()
         };
-        let request = aim(
+        let mut request = aim(
             &head,
             headers,
             route,
@@ -764,6 +764,10 @@ async fn forward_with_retries(
             upgrade,
             exchange,
         )?;
+        if pool.sends_proxy_header() {
+            // Its backend connections announce this client: they must be this client's own.
+            request.extensions_mut().insert(conn.upstream_origin());
+        }
         let sent_at = tokio::time::Instant::now();
         // Retrying spends budget: only worth it when some backend is left to try.
         let another_left = pool.backends.len() > tried.len() + 1;

@@ -638,6 +638,7 @@ fn serving_for(
         limiter: Arc::new(limiter),
         refused: Arc::new(Refused::register(&state.metrics, &spec.name)),
         max_requests_per_connection: generation.server.max_requests_per_connection,
+        proxy_protocol: listener.proxy_protocol,
     })
 }
 
@@ -756,15 +757,19 @@ struct Serving {
     tls: Option<Arc<TlsTerminator>>,
     redirect_https: Option<u16>,
     connections: metrics::Gauge,
-    /// The listener's `deny`/`allow`, checked on the TCP peer at accept.
+    /// The listener's `deny`/`allow`, checked on the TCP peer at accept (on a `proxy_protocol`
+    /// listener, on the client the header names, once it is read).
     access: Option<Arc<crate::protect::access::AccessPolicy>>,
     /// The listener's name, for logs.
     name: Arc<str>,
-    /// The listener's connection and per-client request limits, checked on the TCP peer.
+    /// The listener's connection and per-client request limits, checked on the TCP peer (on a
+    /// `proxy_protocol` listener, per-client ones on the client the header names).
     limiter: Arc<ConnLimiter>,
     refused: Arc<Refused>,
     /// `server.max_requests_per_connection`; 0 for no limit.
     max_requests_per_connection: u64,
+    /// Connections start with a PROXY protocol header.
+    proxy_protocol: bool,
 }
 
 /// The refusal counters of one listener, registered once.
@@ -815,25 +820,31 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let current = serving.load();
-                    let admitted = match admit(&current, peer) {
+                    // Behind a PROXY header the client is not known yet: only the listener's
+                    // own cap now, the rest once the header names the client.
+                    let admitted = if current.proxy_protocol {
+                        current.limiter.admit_connection()
+                    } else {
+                        admit(&current, peer)
+                    };
+                    let admitted = match admitted {
                         Ok(admitted) => admitted,
                         Err(reason) => {
                             // Closed unanswered, before any TLS or HTTP work: a refused peer
                             // learns nothing, and costs no task.
-                            current.refused.connections[reason.index()].increment(1);
-                            tracing::debug!(
-                                listener = %current.name,
-                                client = %peer,
-                                reason = reason.as_str(),
-                                "connection refused"
-                            );
+                            refuse(&current, peer, reason);
                             drop(stream);
                             continue;
                         }
                     };
                     let current = Serving::clone(&current);
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve_connection(stream, peer, current, admitted, retired.clone()));
+                    if current.proxy_protocol {
+                        tokio::spawn(serve_proxied(stream, peer, current, admitted, retired.clone()));
+                    } else {
+                        let local = local_of(&stream);
+                        tokio::spawn(serve_connection(stream, peer, local, current, admitted, retired.clone()));
+                    }
                 }
                 Err(error) => {
                     // Usually EMFILE/ENFILE: back off briefly instead of spinning on the error.
@@ -844,6 +855,87 @@ async fn accept_loop(
             _ = phase.changed() => break,
         }
     }
+}
+
+/// Counts and logs a refused connection.
+fn refuse(serving: &Serving, peer: SocketAddr, reason: Refusal) {
+    serving.refused.connections[reason.index()].increment(1);
+    tracing::debug!(
+        listener = %serving.name,
+        client = %peer,
+        reason = reason.as_str(),
+        "connection refused"
+    );
+}
+
+/// The address a connection was accepted on.
+fn local_of(stream: &TcpStream) -> SocketAddr {
+    stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// A `proxy_protocol` listener's connection: the PROXY header first (within the client header
+/// timeout, before any TLS), then the listener's access lists and per-client limits on the
+/// client it names, then TLS and HTTP as on any listener.
+///
+/// The header's addresses are believed only from a peer in `security.trusted_proxies`; from any
+/// other peer the header is read and ignored, and the peer stays the client (as nginx does), so
+/// a client that reaches the listener directly cannot claim another address. A connection with
+/// no valid header is closed unanswered.
+async fn serve_proxied(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    serving: Serving,
+    mut admitted: ConnGuard,
+    retired: watch::Receiver<bool>,
+) {
+    use crate::proxy_protocol::{Announced, read_header};
+    let announced = match tokio::time::timeout(serving.header_timeout, read_header(&mut stream))
+        .await
+    {
+        Ok(Ok(announced)) => announced,
+        Ok(Err(error)) => {
+            tracing::debug!(listener = %serving.name, client = %peer, %error, "no valid PROXY header");
+            return refuse(&serving, peer, Refusal::ProxyProtocol);
+        }
+        Err(_) => {
+            tracing::debug!(listener = %serving.name, client = %peer, "no PROXY header within the client header timeout");
+            return refuse(&serving, peer, Refusal::ProxyProtocol);
+        }
+    };
+    let local = local_of(&stream);
+    let trusted = serving
+        .state
+        .generation()
+        .trusted_proxies
+        .is_trusted(peer.ip());
+    let (client, local) = match announced {
+        Announced::Client {
+            source,
+            destination,
+        } if trusted => (
+            SocketAddr::new(source.ip().to_canonical(), source.port()),
+            destination,
+        ),
+        Announced::Client { source, .. } => {
+            tracing::debug!(listener = %serving.name, client = %peer, announced = %source, "PROXY header from an untrusted peer ignored");
+            (peer, local)
+        }
+        Announced::Unknown => (peer, local),
+    };
+    if let Some(access) = &serving.access
+        && !access.admits(client.ip())
+    {
+        return refuse(&serving, client, Refusal::Acl);
+    }
+    if let Err(reason) = serving
+        .limiter
+        .admit_client(&mut admitted, client.ip(), Instant::now())
+    {
+        return refuse(&serving, client, reason);
+    }
+    serve_connection(stream, client, local, serving, admitted, retired).await;
 }
 
 /// The listener's access lists, then its connection limits: the place the connection holds, or
@@ -867,6 +959,7 @@ struct Secured {
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
+    local: SocketAddr,
     serving: Serving,
     admitted: ConnGuard,
     retired: watch::Receiver<bool>,
@@ -878,7 +971,7 @@ async fn serve_connection(
             client_subject: None,
         };
         let stream = Admitted::new(stream, admitted);
-        return serve_http(stream, peer, serving, plain, retired).await;
+        return serve_http(stream, peer, local, serving, plain, retired).await;
     };
     match tls.accept(stream).await {
         Ok((stream, handshake)) => {
@@ -890,6 +983,7 @@ async fn serve_connection(
             serve_http(
                 Admitted::new(stream, admitted),
                 peer,
+                local,
                 serving,
                 secured,
                 retired,
@@ -904,6 +998,7 @@ async fn serve_connection(
 async fn serve_http<IO>(
     stream: IO,
     peer: SocketAddr,
+    local: SocketAddr,
     serving: Serving,
     secured: Secured,
     retired: watch::Receiver<bool>,
@@ -925,12 +1020,15 @@ async fn serve_http<IO>(
         limiter,
         refused,
         max_requests_per_connection,
+        proxy_protocol: _,
     } = serving;
     connections.increment(1.0);
     let _open = OpenConnection(connections);
     let activity = Arc::new(ConnActivity::new());
     let info = Arc::new(ConnInfo {
         peer,
+        local,
+        private_upstreams: Default::default(),
         // An IP address is always a valid header value.
         peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),

@@ -42,6 +42,9 @@ pub struct HealthCheck {
     pub fall: u32,
     tls: Option<TlsProbe>,
     http2: bool,
+    /// For a pool whose backends expect a PROXY header: the one that announces no client
+    /// (v1 `UNKNOWN`, v2 `LOCAL`), sent first on every probe connection.
+    proxy_header: Option<Vec<u8>>,
 }
 
 struct TlsProbe {
@@ -103,7 +106,15 @@ impl HealthCheck {
             fall: settings.fall.max(1),
             tls,
             http2,
+            proxy_header: None,
         })
+    }
+
+    /// The same check, its connections starting with a PROXY header of `version` (when set)
+    /// that announces no client, as a backend behind a PROXY-protocol pool expects.
+    pub fn with_proxy_header(mut self, version: Option<crate::proxy_protocol::Version>) -> Self {
+        self.proxy_header = version.map(|v| crate::proxy_protocol::encode(v, None));
+        self
     }
 
     /// Probes `backend` once; `Err` says why it failed.
@@ -115,9 +126,16 @@ impl HealthCheck {
     }
 
     async fn probe_untimed(&self, backend: &Authority) -> Result<(), String> {
-        let stream = TcpStream::connect(backend.as_str())
+        let mut stream = TcpStream::connect(backend.as_str())
             .await
             .map_err(|e| format!("connect: {e}"))?;
+        if let Some(header) = &self.proxy_header {
+            use tokio::io::AsyncWriteExt;
+            stream
+                .write_all(header)
+                .await
+                .map_err(|e| format!("writing the PROXY header: {e}"))?;
+        }
         if self.kind == HealthCheckKind::Tcp {
             return Ok(());
         }

@@ -9,6 +9,7 @@
 pub mod balance;
 mod h2;
 pub mod health;
+pub mod proxied;
 pub mod retry;
 pub mod state;
 pub mod sticky;
@@ -174,6 +175,8 @@ enum Transport {
     Https1(Box<TlsUpstreamClient>),
     /// One multiplexed h2c connection per backend; the URI authority is sent as `:authority`.
     H2c(h2::H2Connections),
+    /// Connections that start with a PROXY header, private to one client connection.
+    Proxied(proxied::ProxiedTransport),
 }
 
 /// The HTTP client a pool uses to reach its backends.
@@ -261,13 +264,20 @@ impl UpstreamPool {
             .0;
         let idle_timeout = config.idle_timeout.unwrap_or(timeouts.upstream_idle).0;
         let tls = config.tls.as_ref().and_then(|t| t.get_ref().0.clone());
-        let transport = match (config.protocol, &tls) {
-            (UpstreamProtocol::Http1, None) => Transport::Http1(Box::new(build_client(
+        let proxy_header = config.proxy_protocol.as_ref().map(|v| *v.get_ref());
+        let transport = match (config.protocol, &tls, proxy_header) {
+            (protocol, tls, Some(version)) => Transport::Proxied(proxied::ProxiedTransport::new(
+                version,
+                connect_timeout,
+                tls.as_ref(),
+                protocol == UpstreamProtocol::H2c,
+            )?),
+            (UpstreamProtocol::Http1, None, None) => Transport::Http1(Box::new(build_client(
                 config,
                 connect_timeout,
                 idle_timeout,
             ))),
-            (UpstreamProtocol::Http1, Some(spec)) => {
+            (UpstreamProtocol::Http1, Some(spec), None) => {
                 // hyper-rustls decides ALPN itself (none for HTTP/1.1 only) and panics if the
                 // config already lists protocols.
                 let tls_config = crate::tls::upstream::client_config(spec, &[])?;
@@ -291,7 +301,7 @@ impl UpstreamPool {
                     client_builder(config, idle_timeout).build(connector),
                 ))
             }
-            (UpstreamProtocol::H2c, tls) => {
+            (UpstreamProtocol::H2c, tls, None) => {
                 let tls = match tls {
                     Some(spec) => Some(h2::TlsTarget::new(spec)?),
                     None => None,
@@ -331,7 +341,10 @@ impl UpstreamPool {
         let health_check = config
             .health_check
             .as_ref()
-            .map(|h| health::HealthCheck::new(h.get_ref(), tls.as_ref(), config.protocol))
+            .map(|h| {
+                health::HealthCheck::new(h.get_ref(), tls.as_ref(), config.protocol)
+                    .map(|check| check.with_proxy_header(proxy_header))
+            })
             .transpose()?
             .map(Arc::new);
         if config.health_check.is_none() {
@@ -389,7 +402,14 @@ impl UpstreamPool {
             Transport::Http1(client) => client.request(request).await.map_err(classify),
             Transport::Https1(client) => client.request(request).await.map_err(classify),
             Transport::H2c(connections) => connections.send(backend, request).await,
+            Transport::Proxied(transport) => transport.send(backend, request).await,
         }
+    }
+
+    /// True when the pool's backend connections start with a PROXY header: requests must then
+    /// carry a [`proxied::ClientOrigin`].
+    pub fn sends_proxy_header(&self) -> bool {
+        matches!(self.transport, Transport::Proxied(_))
     }
 
     /// The URI scheme of requests to this pool's backends.
@@ -397,6 +417,7 @@ impl UpstreamPool {
         match &self.transport {
             Transport::Https1(_) => http::uri::Scheme::HTTPS,
             Transport::H2c(connections) if connections.is_tls() => http::uri::Scheme::HTTPS,
+            Transport::Proxied(transport) if transport.is_tls() => http::uri::Scheme::HTTPS,
             _ => http::uri::Scheme::HTTP,
         }
     }

@@ -17,6 +17,7 @@ mod identity;
 mod limits;
 mod malformed;
 mod operations;
+mod proxy_protocol;
 mod rate_limit;
 mod routing;
 mod semantics;
