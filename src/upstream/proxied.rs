@@ -364,8 +364,8 @@ async fn reuse(
 
 fn failed(error: hyper::Error) -> UpstreamError {
     match crate::body::client_body_fault(&error) {
-        Some(too_large) => UpstreamError::ClientBody {
-            too_large,
+        Some(fault) => UpstreamError::ClientBody {
+            fault,
             cause: super::error_chain(&error),
         },
         None => UpstreamError::Failed(super::error_chain(&error)),

@@ -281,11 +281,9 @@ async fn x_forwarded_headers_are_added_by_default_and_forwarded_via_are_not() {
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "shop.example");
     assert_eq!(h["host"], "shop.example");
-    // Not enabled: the client's own Forwarded passes untouched, no element is added, no Via.
-    assert_eq!(
-        h.get_all("forwarded").iter().collect::<Vec<_>>(),
-        ["for=192.0.2.60"]
-    );
+    // Not enabled: no Forwarded is written, and the client's own (it is no trusted proxy) is
+    // removed rather than passed on; no Via.
+    assert!(!h.contains_key("forwarded"), "{h:?}");
     assert!(!h.contains_key("via"), "{h:?}");
     assert!(!response.has("via"), "{:?}", response.headers);
 }
@@ -337,17 +335,11 @@ async fn disabled_forwarding_headers_are_not_added() {
     )
     .await;
     let h = &seen.headers;
-    assert_eq!(
-        h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
-        ["1.2.3.4"],
-        "the client's value passes, nothing appended"
-    );
+    // Nothing is written, and the untrusted client's own claims are removed.
+    assert!(!h.contains_key("x-forwarded-for"), "{h:?}");
     assert!(!h.contains_key("x-forwarded-proto"), "{h:?}");
     assert!(!h.contains_key("x-forwarded-host"), "{h:?}");
-    assert_eq!(
-        h.get_all("forwarded").iter().collect::<Vec<_>>(),
-        ["for=192.0.2.60"]
-    );
+    assert!(!h.contains_key("forwarded"), "{h:?}");
     assert!(!h.contains_key("via"), "{h:?}");
     assert!(!response.has("via"), "{:?}", response.headers);
 }
