@@ -9,8 +9,13 @@
 //! takes `now`, so it is tested without a clock). The rules are small pure functions; owning them
 //! costs less than working around a policy object.
 
+pub mod coalesce;
 pub mod conditional;
 pub mod directives;
 pub mod policy;
+pub mod stage;
 pub mod status;
+pub mod store;
 pub mod vary;
+
+pub use stage::{Answer, CacheRegistry, CacheState, Completed, Forwarding, Lookup, RouteCache};
