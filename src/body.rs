@@ -412,6 +412,100 @@ impl Body for RequestBody {
     }
 }
 
+/// Sees the frames of a body as they pass: the cache copies a backend response it stores while
+/// the response streams to the client.
+pub trait BodyTap: Send + 'static {
+    /// A data frame passed.
+    fn data(&mut self, chunk: &Bytes);
+    /// A trailers frame passed.
+    fn trailers(&mut self);
+    /// Called once: the body ended (`complete`) or failed or was dropped before its end.
+    fn end(&mut self, complete: bool);
+}
+
+pin_project! {
+    /// A body received from a peer (hyper's [`Incoming`]), optionally watched by a [`BodyTap`].
+    pub struct IncomingBody {
+        #[pin]
+        inner: Incoming,
+        tap: Option<Box<dyn BodyTap>>,
+    }
+
+    impl PinnedDrop for IncomingBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(mut tap) = this.tap.take() {
+                // A body that ended without being polled to its end (or was empty) is complete.
+                tap.end(this.inner.is_end_stream());
+            }
+        }
+    }
+}
+
+impl IncomingBody {
+    /// `inner` as it is.
+    pub fn new(inner: Incoming) -> Self {
+        IncomingBody { inner, tap: None }
+    }
+
+    /// `inner`, with every frame shown to `tap`.
+    pub fn tapped(inner: Incoming, tap: Box<dyn BodyTap>) -> Self {
+        IncomingBody {
+            inner,
+            tap: Some(tap),
+        }
+    }
+}
+
+impl From<Incoming> for IncomingBody {
+    fn from(inner: Incoming) -> Self {
+        IncomingBody::new(inner)
+    }
+}
+
+impl Body for IncomingBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let polled = match this.inner.poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(polled) => polled,
+        };
+        if let Some(tap) = this.tap.as_mut() {
+            match &polled {
+                Some(Ok(frame)) => match frame.data_ref() {
+                    Some(data) => tap.data(data),
+                    None => tap.trailers(),
+                },
+                Some(Err(_)) => {
+                    if let Some(mut tap) = this.tap.take() {
+                        tap.end(false);
+                    }
+                }
+                None => {
+                    if let Some(mut tap) = this.tap.take() {
+                        tap.end(true);
+                    }
+                }
+            }
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Something told when a response body is finished or dropped, with the bytes sent.
 pub trait BodyObserver: Send + 'static {
     /// Called once: `bytes` were sent, `complete` is false when the body ended early.
@@ -421,7 +515,7 @@ pub trait BodyObserver: Send + 'static {
 pin_project! {
     #[project = KindProj]
     enum Kind {
-        Upstream { #[pin] body: Incoming },
+        Upstream { #[pin] body: IncomingBody },
         Full { data: Option<Bytes> },
         Coded { body: Box<CodecBody> },
     }
@@ -450,7 +544,8 @@ pin_project! {
 
 impl ResponseBody {
     /// Streams a backend's body.
-    pub fn upstream(body: Incoming) -> Self {
+    pub fn upstream(body: impl Into<IncomingBody>) -> Self {
+        let body = body.into();
         ResponseBody {
             kind: Kind::Upstream { body },
             bytes: 0,

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod body;
+pub mod cache;
 pub mod compress;
 pub mod config;
 pub mod demo;

@@ -13,13 +13,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
-use hyper::body::Incoming;
 
 pub use codec::{Codec, Levels};
 pub use negotiate::{AcceptEncoding, Encoding};
 pub use stream::CodecBody;
 
-use crate::body::ResponseBody;
+use crate::body::{IncomingBody, ResponseBody};
 
 /// How long a response of unknown length is read ahead to learn whether it reaches `min_size`.
 /// A stream that has not reached it by then is compressed anyway (it is likely long-lived).
@@ -287,7 +286,7 @@ pub fn add_vary_accept_encoding(headers: &mut HeaderMap) {
 pub async fn apply(
     policy: &CompressionPolicy,
     plan: Plan,
-    response: Response<Incoming>,
+    response: Response<IncomingBody>,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     let (encoding, prefix, source) = match plan {
@@ -330,15 +329,55 @@ pub async fn apply(
     )
 }
 
+/// Carries out `plan` on a response held whole in memory (a cache hit): the stored backend
+/// response is coded for this client as a streamed one would be.
+pub fn apply_stored(
+    policy: &CompressionPolicy,
+    plan: Plan,
+    response: Response<Bytes>,
+) -> Response<ResponseBody> {
+    let (mut parts, data) = response.into_parts();
+    let codec = match plan {
+        Plan::Pass => return Response::from_parts(parts, ResponseBody::full(data)),
+        Plan::PassVaryingByEncoding => {
+            add_vary_accept_encoding(&mut parts.headers);
+            return Response::from_parts(parts, ResponseBody::full(data));
+        }
+        Plan::Decode(encoding) => match Codec::decoder(encoding) {
+            Ok(codec) => {
+                rewrite_headers(&mut parts.headers, None);
+                codec
+            }
+            Err(_) => return Response::from_parts(parts, ResponseBody::full(data)),
+        },
+        Plan::Encode(encoding) | Plan::ProbeThenEncode(encoding) => {
+            if (data.len() as u64) < policy.min_size {
+                add_vary_accept_encoding(&mut parts.headers);
+                return Response::from_parts(parts, ResponseBody::full(data));
+            }
+            let (encoding, codec) = match Codec::encoder(encoding, policy.levels) {
+                Ok(codec) => (encoding, codec),
+                Err(_) => (Encoding::Gzip, Codec::gzip_encoder(policy.levels.gzip)),
+            };
+            rewrite_headers(&mut parts.headers, Some(encoding));
+            codec
+        }
+    };
+    Response::from_parts(
+        parts,
+        ResponseBody::coded(CodecBody::new(codec, vec![data], None)),
+    )
+}
+
 enum Probed {
     /// The whole body, shorter than the minimum.
     Small(Bytes),
     /// What was read, and the rest of the body (`None` if it ended).
-    Large(Vec<Bytes>, Option<Incoming>),
+    Large(Vec<Bytes>, Option<IncomingBody>),
 }
 
 /// Reads a body of unknown length until `min_size` bytes, its end, or [`PROBE_WINDOW`].
-async fn probe(mut body: Incoming, min_size: u64) -> Probed {
+async fn probe(mut body: IncomingBody, min_size: u64) -> Probed {
     use http_body_util::BodyExt;
     let mut prefix = Vec::new();
     let mut read: u64 = 0;

@@ -11,17 +11,16 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame};
-use hyper::body::Incoming;
 
 use super::codec::Codec;
-use crate::body::BoxError;
+use crate::body::{BoxError, IncomingBody};
 
 const OUTPUT_CHUNK: usize = 32 * 1024;
 
 /// A body passed through a [`Codec`].
 pub struct CodecBody {
     prefix: VecDeque<Bytes>,
-    source: Option<Incoming>,
+    source: Option<IncomingBody>,
     codec: Option<Codec>,
     trailers: Option<HeaderMap>,
     unflushed: bool,
@@ -29,7 +28,7 @@ pub struct CodecBody {
 
 impl CodecBody {
     /// Streams `prefix` (bytes already read from the source) and then `source` through `codec`.
-    pub fn new(codec: Codec, prefix: Vec<Bytes>, source: Option<Incoming>) -> Self {
+    pub fn new(codec: Codec, prefix: Vec<Bytes>, source: Option<IncomingBody>) -> Self {
         CodecBody {
             prefix: prefix.into(),
             source,

@@ -33,6 +33,9 @@ pub struct Config {
     /// Response compression defaults; routes turn it on or off with `compression`.
     #[serde(default)]
     pub compression: CompressionSettings,
+    /// The HTTP cache: its memory bound and the defaults routes inherit with `cache = true`.
+    #[serde(default)]
+    pub cache: CacheSettings,
     /// Sockets to accept clients on (`[[listener]]`).
     #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
@@ -273,6 +276,103 @@ impl Default for CompressionSettings {
             decompress_requests: false,
             max_decompressed_request: ByteSize(16 << 20),
         }
+    }
+}
+
+/// What the cache does with responses that carry `Set-Cookie`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum SetCookieMode {
+    /// Do not store them.
+    #[default]
+    #[serde(rename = "no-store")]
+    NoStore,
+    /// Store them without their `Set-Cookie` lines.
+    #[serde(rename = "strip")]
+    Strip,
+    /// Store them with the cookies: every client then gets them.
+    #[serde(rename = "store")]
+    Store,
+}
+
+/// `[cache]`: the shared HTTP cache (RFC 9111). One memory store serves every route that turns
+/// caching on; the other keys are defaults a route's `cache = { ... }` may override.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// Cache the responses of every route that does not say otherwise.
+    pub enabled: bool,
+    /// Most bytes the memory store holds (bodies, headers and keys); least useful entries are
+    /// evicted beyond it.
+    pub max_size: Spanned<ByteSize>,
+    /// Largest response body stored; larger responses are passed through, not stored.
+    pub max_object_size: Spanned<ByteSize>,
+    /// Share of the time since `Last-Modified` a response without an explicit lifetime stays
+    /// fresh (RFC 9111 §4.2.2), 0.0 to 1.0; 0 turns heuristic freshness off.
+    pub heuristic_fraction: Spanned<f64>,
+    /// Responses with `Set-Cookie`: `"no-store"`, `"strip"` or `"store"`.
+    pub set_cookie: SetCookieMode,
+    /// How long a request waits for another request that is already fetching the same URL
+    /// (request coalescing) before going to the backend itself.
+    pub lock_timeout: HumanDuration,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            enabled: false,
+            max_size: Spanned::new(0..0, ByteSize(256 << 20)),
+            max_object_size: Spanned::new(0..0, ByteSize(8 << 20)),
+            heuristic_fraction: Spanned::new(0..0, 0.1),
+            set_cookie: SetCookieMode::NoStore,
+            lock_timeout: HumanDuration::secs(5),
+        }
+    }
+}
+
+/// A route's `cache = true/false` or `cache = { ... }`: overrides of `[cache]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheSettings {
+    /// Cache this route's responses (a table without `enabled` means true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Overrides `cache.max_object_size`.
+    pub max_object_size: Option<Spanned<ByteSize>>,
+    /// Overrides `cache.heuristic_fraction`.
+    pub heuristic_fraction: Option<Spanned<f64>>,
+    /// Overrides `cache.set_cookie`.
+    pub set_cookie: Option<SetCookieMode>,
+    /// Overrides `cache.lock_timeout`.
+    pub lock_timeout: Option<HumanDuration>,
+}
+
+/// `cache = true`, `cache = false` or a `cache = { ... }` table, on a route.
+#[derive(Debug, Clone)]
+pub struct RouteCacheSetting(pub RouteCacheSettings);
+
+impl<'de> Deserialize<'de> for RouteCacheSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Setting;
+        impl<'de> serde::de::Visitor<'de> for Setting {
+            type Value = RouteCacheSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false, or a table of cache settings")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RouteCacheSetting, E> {
+                Ok(RouteCacheSetting(RouteCacheSettings {
+                    enabled: v,
+                    ..RouteCacheSettings::default()
+                }))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RouteCacheSetting, A::Error> {
+                RouteCacheSettings::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RouteCacheSetting)
+            }
+        }
+        deserializer.deserialize_any(Setting)
     }
 }
 
@@ -900,6 +1000,8 @@ pub struct RouteConfig {
     pub basic_auth: Option<Spanned<super::protect::BasicAuthSettings>>,
     /// Per-key request rate limit.
     pub rate_limit: Option<Spanned<super::protect::RateLimitSettings>>,
+    /// Cache this route's responses: `true`, `false`, or a table overriding `[cache]`.
+    pub cache: Option<Spanned<RouteCacheSetting>>,
 }
 
 /// `hsts = { ... }` on a route.

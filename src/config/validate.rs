@@ -95,10 +95,53 @@ pub fn validate(config: &Config) -> Vec<Problem> {
         }
     }
     check_compression(config, &mut problems);
+    check_cache(config, &mut problems);
     check_listeners(config, &mut problems);
     check_pools(config, &mut problems);
     check_routes(config, &mut problems);
     problems.0
+}
+
+/// The cache's sizes and fraction, globally and per route.
+fn check_cache(config: &Config, problems: &mut Problems) {
+    let settings = &config.cache;
+    let max_size = settings.max_size.get_ref().0;
+    if max_size < 1 << 20 {
+        problems.at(&settings.max_size, "cache.max_size must be at least 1MiB");
+    }
+    let check_object = |size: &Spanned<crate::config::units::ByteSize>, problems: &mut Problems| {
+        let bytes = size.get_ref().0;
+        if bytes == 0 {
+            problems.at(size, "max_object_size must be more than 0");
+        } else if bytes > max_size {
+            problems.at(
+                size,
+                format!("max_object_size ({bytes} bytes) is larger than cache.max_size ({max_size} bytes)"),
+            );
+        } else if bytes > 1 << 30 {
+            // Objects are held in memory whole; the weigher counts up to 4GiB per entry.
+            problems.at(size, "max_object_size must be at most 1GiB");
+        }
+    };
+    let check_fraction = |fraction: &Spanned<f64>, problems: &mut Problems| {
+        if !(0.0..=1.0).contains(fraction.get_ref()) {
+            problems.at(fraction, "heuristic_fraction must be 0.0 to 1.0");
+        }
+    };
+    check_object(&settings.max_object_size, problems);
+    check_fraction(&settings.heuristic_fraction, problems);
+    for route in &config.routes {
+        let Some(cache) = &route.cache else {
+            continue;
+        };
+        let cache = &cache.get_ref().0;
+        if let Some(size) = &cache.max_object_size {
+            check_object(size, problems);
+        }
+        if let Some(fraction) = &cache.heuristic_fraction {
+            check_fraction(fraction, problems);
+        }
+    }
 }
 
 fn check_compression(config: &Config, problems: &mut Problems) {

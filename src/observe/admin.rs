@@ -209,10 +209,7 @@ async fn answer(
                 action @ ("drain" | "undrain"),
             ],
         ) => drain(control, pool, backend, *action == "drain"),
-        (&Method::POST, ["api", "cache", "purge"]) => error(
-            StatusCode::NOT_IMPLEMENTED,
-            "there is no cache to purge yet: the HTTP cache is not built",
-        ),
+        (&Method::POST, ["api", "cache", "purge"]) => purge(control, request).await,
         (
             _,
             ["metrics"]
@@ -222,6 +219,73 @@ async fn answer(
         ) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => error(StatusCode::NOT_FOUND, "no such admin endpoint"),
     }
+}
+
+/// `POST /api/cache/purge` with `{"url": "http://host/path?q"}` (that URL, every variant) or
+/// `{"prefix": "http://host/path"}` (every stored URL that starts with it).
+async fn purge(control: &Control, request: Request<Incoming>) -> AdminResponse {
+    use http_body_util::BodyExt;
+    let body = match http_body_util::Limited::new(request.into_body(), 64 * 1024)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "the body could not be read (64 KiB at most)",
+            );
+        }
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Purge {
+        url: Option<String>,
+        prefix: Option<String>,
+    }
+    let asked: Purge = match serde_json::from_slice(&body) {
+        Ok(asked) => asked,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"url\": ...}} or {{\"prefix\": ...}}: {e}"),
+            );
+        }
+    };
+    let (target, by_prefix) = match (asked.url, asked.prefix) {
+        (Some(url), None) => (url, false),
+        (None, Some(prefix)) => (prefix, true),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of `url` and `prefix`",
+            );
+        }
+    };
+    let Some(key) = target.parse::<http::Uri>().ok().and_then(|uri| {
+        Some(crate::cache::stage::primary_key(
+            uri.scheme_str()?,
+            uri.authority()?.as_str(),
+            &uri,
+        ))
+    }) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "an absolute URL is needed, e.g. \"http://example.com/path\"",
+        );
+    };
+    let Some(cache) = control.state.registry.caches().current() else {
+        return json(StatusCode::OK, &serde_json::json!({ "purged": 0 }));
+    };
+    // A prefix without a path ("http://host") is "http://host/": every path of that host, and
+    // never another host whose name merely starts the same.
+    let purged = if by_prefix {
+        cache.store.remove_prefix(&key)
+    } else {
+        usize::from(cache.store.remove(&key))
+    };
+    tracing::info!(target = %target, by_prefix, purged, "cache purged by the admin API");
+    json(StatusCode::OK, &serde_json::json!({ "purged": purged }))
 }
 
 fn drain(control: &Control, pool: &str, backend: &str, draining: bool) -> AdminResponse {

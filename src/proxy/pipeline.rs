@@ -1,7 +1,8 @@
 //! The request pipeline, top to bottom:
-//! request id → framing checks → route → body cap → pick backend → build the upstream request
-//! (request body decoding) → forward (or upgrade) → compress or decode the response → rewrite the
-//! response headers → attach the access-log observer.
+//! request id → framing checks → route → access rules and rate limit → cache lookup (a hit is
+//! answered here) → body cap → pick backend → build the upstream request (request body decoding)
+//! → forward (or upgrade) → cache the response (or refresh it on 304) → compress or decode the
+//! response → rewrite the response headers → attach the access-log observer.
 //!
 //! Each step is a small function below; [`handle`] reads as the list above.
 
@@ -43,6 +44,8 @@ struct Exchange {
     matched: Option<Arc<Route>>,
     /// The route's rate-limit decision, for the RateLimit fields of the response.
     rate_limit: Option<crate::protect::rate_limit::Decision>,
+    /// What the cache did (`Cache-Status`, RFC 9211).
+    cache_status: Option<HeaderValue>,
 }
 
 /// Serves one request: forwards it to a backend, or answers with an error page.
@@ -62,6 +65,7 @@ pub async fn handle(
         set_cookie: None,
         matched: None,
         rate_limit: None,
+        cache_status: None,
     };
     // Kept for the log line and the error page; the request itself moves on to the backend.
     let access_log = state.access_log();
@@ -307,6 +311,41 @@ async fn proxy(
             request.headers_mut().remove(header::AUTHORIZATION);
         }
     }
+    // What Gatehouse's page is negotiated on, should a backend 5xx be replaced.
+    let mut page_headers = http::HeaderMap::new();
+    if generation.security.replace_error_pages
+        && let Some(accept) = request.headers().get(header::ACCEPT)
+    {
+        page_headers.insert(header::ACCEPT, accept.clone());
+    }
+    // The cache looks after the access rules, so a stored response only reaches clients the
+    // route lets in; upgrades never involve it.
+    let mut cache_forwarding = None;
+    if let Some(cache) = &route.cache
+        && headers::upgrade_requested(request.headers()).is_none()
+    {
+        let host = request_host(&request).unwrap_or("").to_owned();
+        match cache.lookup(metrics, conn.proto, &host, &mut request).await {
+            crate::cache::Lookup::Answer(answer) => {
+                let compression = route
+                    .compression
+                    .as_ref()
+                    .map(|_| compress::RequestFacts::of(request.method(), request.headers()));
+                let public_host = HeaderValue::from_str(&host).ok();
+                return Ok(serve_answer(
+                    generation,
+                    conn,
+                    &route,
+                    exchange,
+                    answer,
+                    compression,
+                    &page_headers,
+                    public_host.as_ref(),
+                ));
+            }
+            crate::cache::Lookup::Forward(forwarding) => cache_forwarding = Some(forwarding),
+        }
+    }
     let limit_flag = check_body_size(&route, &request)?;
     let decoding = route
         .request_decoding
@@ -327,13 +366,6 @@ async fn proxy(
     let key = route
         .pool
         .selection_key(request.uri(), request.headers(), client_ip);
-    // What Gatehouse's page is negotiated on, should a backend 5xx be replaced.
-    let mut page_headers = http::HeaderMap::new();
-    if generation.security.replace_error_pages
-        && let Some(accept) = request.headers().get(header::ACCEPT)
-    {
-        page_headers.insert(header::ACCEPT, accept.clone());
-    }
     let (mut head, body) = client_head(generation, conn, &route, request)?;
     // The host backend addresses in `Location` are rewritten to.
     let public_host = head.client_host.clone();
@@ -353,7 +385,7 @@ async fn proxy(
     )
     .await?;
 
-    let (response, lease) = forward_with_retries(
+    let forwarded = forward_with_retries(
         metrics,
         conn,
         exchange,
@@ -364,7 +396,65 @@ async fn proxy(
         upgrade.as_ref(),
         limit_flag.as_deref(),
     )
-    .await?;
+    .await;
+    let (response, lease) = match forwarded {
+        Ok(forwarded) => forwarded,
+        Err(error) => {
+            // RFC 5861 stale-if-error: a stale stored response may stand in for a backend that
+            // cannot be reached.
+            if error.is_upstream()
+                && let Some(answer) = cache_forwarding.take().and_then(|f| f.on_error())
+            {
+                return Ok(serve_answer(
+                    generation,
+                    conn,
+                    &route,
+                    exchange,
+                    answer,
+                    compression,
+                    &page_headers,
+                    public_host.as_ref(),
+                ));
+            }
+            return Err(error);
+        }
+    };
+    if let Some(client_upgrade) = client_upgrade
+        && response.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        // The tunnel holds the lease until it closes.
+        let response = upgrade::splice(response, client_upgrade, conn.drain.clone(), Some(lease))?;
+        return Ok(rewrite_response(
+            generation,
+            conn,
+            &route,
+            exchange,
+            response,
+            public_host.as_ref(),
+        ));
+    }
+    let response = match cache_forwarding {
+        Some(forwarding) => match forwarding.on_response(response) {
+            crate::cache::Completed::Answer(answer) => {
+                exchange.lease = Some(lease);
+                return Ok(serve_answer(
+                    generation,
+                    conn,
+                    &route,
+                    exchange,
+                    answer,
+                    compression,
+                    &page_headers,
+                    public_host.as_ref(),
+                ));
+            }
+            crate::cache::Completed::Pass(response, status) => {
+                exchange.cache_status = Some(status.to_header_value());
+                response
+            }
+        },
+        None => response.map(Into::into),
+    };
     if identity::should_replace_error_page(
         generation.security.replace_error_pages,
         response.status(),
@@ -384,21 +474,15 @@ async fn proxy(
             public_host.as_ref(),
         ));
     }
-    let mut lease = Some(lease);
-    let response = match client_upgrade {
-        Some(client_upgrade) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            upgrade::splice(response, client_upgrade, conn.drain.clone(), lease.take())?
+    let response = match (&route.compression, compression) {
+        (Some(policy), Some(facts)) => {
+            let plan = compress::plan(policy, &facts, response.status(), response.headers());
+            compress::apply(policy, plan, response).await
         }
-        _ => match (&route.compression, compression) {
-            (Some(policy), Some(facts)) => {
-                let plan = compress::plan(policy, &facts, response.status(), response.headers());
-                compress::apply(policy, plan, response).await
-            }
-            _ => response.map(ResponseBody::upstream),
-        },
+        _ => response.map(ResponseBody::upstream),
     };
-    // Held until the response body ends (a tunnel holds its own).
-    exchange.lease = lease;
+    // Held until the response body ends.
+    exchange.lease = Some(lease);
     Ok(rewrite_response(
         generation,
         conn,
@@ -407,6 +491,41 @@ async fn proxy(
         response,
         public_host.as_ref(),
     ))
+}
+
+/// Sends a response the cache made (a hit, a 304, a stale response on error, a 504 for
+/// `only-if-cached`) through the same steps as a backend's response: error-page replacement,
+/// compression for this client, header rewriting.
+#[allow(clippy::too_many_arguments)]
+fn serve_answer(
+    generation: &Generation,
+    conn: &ConnInfo,
+    route: &Route,
+    exchange: &mut Exchange,
+    answer: crate::cache::Answer,
+    compression: Option<compress::RequestFacts>,
+    page_headers: &http::HeaderMap,
+    public_host: Option<&HeaderValue>,
+) -> Response<ResponseBody> {
+    exchange.cache_status = Some(answer.cache_status.to_header_value());
+    let status = answer.status;
+    if identity::should_replace_error_page(generation.security.replace_error_pages, status) {
+        let mut page = error_response(status, &exchange.request_id, page_headers);
+        page.headers_mut()
+            .extend(identity::kept_error_headers(&answer.headers));
+        return rewrite_response(generation, conn, route, exchange, page, public_host);
+    }
+    let mut response = Response::new(answer.body);
+    *response.status_mut() = status;
+    *response.headers_mut() = answer.headers;
+    let response = match (&route.compression, compression) {
+        (Some(policy), Some(facts)) => {
+            let plan = compress::plan(policy, &facts, status, response.headers());
+            compress::apply_stored(policy, plan, response)
+        }
+        _ => response.map(ResponseBody::full),
+    };
+    rewrite_response(generation, conn, route, exchange, response, public_host)
 }
 
 /// A `308 Permanent Redirect` to the same host, path and query over HTTPS (308 keeps the method
@@ -654,7 +773,7 @@ async fn body_source(
         (Some((encoding, decoding)), _, Some(flag)) => {
             let codec = compress::Codec::decoder(encoding)
                 .map_err(|_| ProxyError::BadRequest("cannot decode the request body"))?;
-            let decoder = compress::CodecBody::new(codec, Vec::new(), Some(body));
+            let decoder = compress::CodecBody::new(codec, Vec::new(), Some(body.into()));
             RequestBody::decoded(decoder, decoding.max_decoded, flag)
         }
         (_, Some(limit), Some(flag)) => RequestBody::limited(body, limit, flag),
@@ -1057,6 +1176,10 @@ fn rewrite_response(
     if let Some(cookie) = &exchange.set_cookie {
         headers.append(header::SET_COOKIE, cookie.clone());
     }
+    if let Some(status) = &exchange.cache_status {
+        // RFC 9211.
+        headers.insert("cache-status", status.clone());
+    }
     headers.insert(X_REQUEST_ID.clone(), exchange.request_id.clone());
     if conn.proto == "https"
         && let Some(hsts) = &route.hsts
@@ -1097,6 +1220,7 @@ mod tests {
             access: None,
             metrics: std::sync::OnceLock::new(),
             rate_limit: None,
+            cache: None,
         }
     }
 

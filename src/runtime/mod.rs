@@ -65,6 +65,8 @@ pub struct Route {
     pub metrics: std::sync::OnceLock<Arc<crate::observe::metrics::RouteMetrics>>,
     /// Per-key rate limit, shared with earlier generations that had the same limit.
     pub rate_limit: Option<Arc<crate::protect::rate_limit::RateLimiter>>,
+    /// The HTTP cache, when on for this route.
+    pub cache: Option<Arc<crate::cache::RouteCache>>,
 }
 
 /// A listener as configured.
@@ -309,7 +311,14 @@ fn compile_route(
                 .map_err(|e| anyhow!(e))
         })
         .transpose()?;
+    let cache = crate::cache::RouteCache::for_route(
+        name.clone(),
+        &config.cache,
+        route.cache.as_ref().map(|c| &c.get_ref().0),
+        registry.caches(),
+    );
     let compiled = Route {
+        cache,
         name,
         pool,
         strip_prefix: route.strip_prefix.as_ref().map(|p| p.get_ref().clone()),

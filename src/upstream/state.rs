@@ -355,6 +355,7 @@ pub struct BackendRegistry {
     states: Mutex<HashMap<(String, String), Weak<BackendState>>>,
     sticky_secret: [u8; 32],
     rate_limits: crate::protect::rate_limit::RateLimitRegistry,
+    caches: crate::cache::CacheRegistry,
 }
 
 impl Default for BackendRegistry {
@@ -363,6 +364,7 @@ impl Default for BackendRegistry {
             states: Mutex::new(HashMap::new()),
             sticky_secret: std::array::from_fn(|_| fastrand::u8(..)),
             rate_limits: crate::protect::rate_limit::RateLimitRegistry::new(),
+            caches: crate::cache::CacheRegistry::default(),
         }
     }
 }
@@ -377,6 +379,11 @@ impl BackendRegistry {
     /// whole process, so reloads keep sessions where they are.
     pub fn sticky_secret(&self) -> &[u8] {
         &self.sticky_secret
+    }
+
+    /// The HTTP cache, kept across reloads that keep its size.
+    pub fn caches(&self) -> &crate::cache::CacheRegistry {
+        &self.caches
     }
 
     /// Rate limiters by route, kept across reloads that keep a route's limit.

@@ -7,6 +7,7 @@ mod access;
 mod access_log;
 mod balancing;
 mod basics;
+mod cache;
 mod compression;
 mod config_errors;
 mod demo;

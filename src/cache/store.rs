@@ -1,0 +1,398 @@
+//! The memory tier: stored responses by primary key (URL), each key holding its `Vary`
+//! variants, bounded in bytes by a moka cache with a size weigher.
+//!
+//! Entries are immutable and shared (`Arc`): a hit clones a pointer and the body's `Bytes`
+//! handle, never the body. Updating a key (a new variant, a 304 refresh) replaces its entry.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, StatusCode};
+
+use super::policy::Freshness;
+
+/// Most variants kept per URL; the oldest goes when a new one would exceed it, so a header with
+/// endless values (a `Vary: User-Agent`) cannot fill the cache with one URL.
+const MAX_VARIANTS: usize = 16;
+
+/// Bytes counted per stored response on top of its body and headers (bookkeeping).
+const ENTRY_OVERHEAD: usize = 256;
+
+/// One stored response.
+#[derive(Debug)]
+pub struct StoredResponse {
+    /// The backend's status.
+    pub status: StatusCode,
+    /// The backend's headers (hop-by-hop fields removed, `Date` added when missing).
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+    /// Freshness facts, computed when stored or refreshed.
+    pub freshness: Freshness,
+    /// The fields the response varies on, lowercased.
+    pub vary_fields: Vec<HeaderName>,
+    /// The request's normalised values of `vary_fields` (the secondary key, RFC 9111 §4.1).
+    pub vary_key: Vec<Option<String>>,
+}
+
+impl StoredResponse {
+    fn weight(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 32)
+            .sum();
+        self.body.len() + headers + ENTRY_OVERHEAD
+    }
+
+    /// How long after `now` this response can still be of any use: until the end of its stale
+    /// windows, or without limit while it has a validator to be revalidated with.
+    fn useful_for(&self, now: SystemTime) -> Option<Duration> {
+        if super::conditional::has_validator(&self.headers) {
+            return None;
+        }
+        let left = self.freshness.ttl(now).max(0) as u64;
+        Some(Duration::from_secs(left) + self.freshness.stale_window())
+    }
+}
+
+/// All stored variants of one URL, most recent first.
+#[derive(Debug, Default)]
+pub struct Variants {
+    responses: Vec<Arc<StoredResponse>>,
+    /// When the entry stops being useful (set when it is built).
+    keep_for: Option<Duration>,
+}
+
+impl Variants {
+    fn weight(&self, key: &str) -> u32 {
+        let bytes: usize = self.responses.iter().map(|r| r.weight()).sum::<usize>() + key.len();
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+
+    fn with(responses: Vec<Arc<StoredResponse>>) -> Variants {
+        let now = SystemTime::now();
+        let mut keep_for = Some(Duration::ZERO);
+        for response in &responses {
+            keep_for = match (keep_for, response.useful_for(now)) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+        }
+        Variants {
+            responses,
+            keep_for,
+        }
+    }
+}
+
+/// What the store holds for a request.
+#[derive(Debug)]
+pub enum Found {
+    /// Nothing for the URL.
+    Miss,
+    /// Responses for the URL, none selected by this request's `Vary` values.
+    VaryMiss,
+    /// The most recent variant this request selects.
+    Hit(Arc<StoredResponse>),
+}
+
+struct KeepFor;
+
+impl moka::Expiry<Arc<str>, Arc<Variants>> for KeepFor {
+    fn expire_after_create(
+        &self,
+        _: &Arc<str>,
+        value: &Arc<Variants>,
+        _: Instant,
+    ) -> Option<Duration> {
+        value.keep_for
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Arc<str>,
+        value: &Arc<Variants>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        value.keep_for
+    }
+}
+
+/// The memory tier.
+pub struct Store {
+    entries: moka::sync::Cache<Arc<str>, Arc<Variants>>,
+    max_size: u64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("max_size", &self.max_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// An empty store holding at most `max_size` bytes.
+    pub fn new(max_size: u64) -> Store {
+        Store {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(max_size)
+                .weigher(|key: &Arc<str>, value: &Arc<Variants>| value.weight(key))
+                .expire_after(KeepFor)
+                .build(),
+            max_size,
+        }
+    }
+
+    /// The configured bound in bytes.
+    pub fn max_size(&self) -> u64 {
+        self.max_size
+    }
+
+    /// The variant of `key` that `request` selects (RFC 9111 §4.1).
+    pub fn find(&self, key: &str, request: &HeaderMap) -> Found {
+        let Some(variants) = self.entries.get(key) else {
+            return Found::Miss;
+        };
+        variants
+            .responses
+            .iter()
+            .find(|stored| {
+                super::vary::secondary_key(&stored.vary_fields, request) == stored.vary_key
+            })
+            .map_or(Found::VaryMiss, |stored| Found::Hit(stored.clone()))
+    }
+
+    /// Stores `response` under `key`, replacing the variant with the same secondary key (and, if
+    /// the response varies on other fields than before, every older variant: RFC 9111 §4.1
+    /// selects by the most recent response's `Vary`).
+    pub fn insert(&self, key: &str, response: StoredResponse) {
+        let response = Arc::new(response);
+        self.entries
+            .entry(Arc::from(key))
+            .and_compute_with(|existing| {
+                let mut responses = vec![response.clone()];
+                if let Some(existing) = existing {
+                    responses.extend(
+                        existing
+                            .value()
+                            .responses
+                            .iter()
+                            .filter(|old| {
+                                old.vary_fields == response.vary_fields
+                                    && old.vary_key != response.vary_key
+                            })
+                            .take(MAX_VARIANTS - 1)
+                            .cloned(),
+                    );
+                }
+                moka::ops::compute::Op::Put(Arc::new(Variants::with(responses)))
+            });
+    }
+
+    /// Replaces the stored `old` with `new` (a 304 refreshed it); nothing happens if `old` is no
+    /// longer stored (a newer response replaced it meanwhile).
+    pub fn replace(&self, key: &str, old: &Arc<StoredResponse>, new: Arc<StoredResponse>) {
+        self.entries
+            .entry(Arc::from(key))
+            .and_compute_with(|existing| {
+                let Some(existing) = existing else {
+                    return moka::ops::compute::Op::Nop;
+                };
+                let responses = &existing.value().responses;
+                if !responses.iter().any(|r| Arc::ptr_eq(r, old)) {
+                    return moka::ops::compute::Op::Nop;
+                }
+                let updated = responses
+                    .iter()
+                    .map(|r| {
+                        if Arc::ptr_eq(r, old) {
+                            new.clone()
+                        } else {
+                            r.clone()
+                        }
+                    })
+                    .collect();
+                moka::ops::compute::Op::Put(Arc::new(Variants::with(updated)))
+            });
+    }
+
+    /// Removes every variant of `key`; true if there was any.
+    pub fn remove(&self, key: &str) -> bool {
+        self.entries.remove(key).is_some()
+    }
+
+    /// Removes every key that starts with `prefix`; returns how many.
+    pub fn remove_prefix(&self, prefix: &str) -> usize {
+        let keys: Vec<Arc<str>> = self
+            .entries
+            .iter()
+            .filter(|(key, _)| key.starts_with(prefix))
+            .map(|(key, _)| Arc::clone(&*key))
+            .collect();
+        keys.iter()
+            .filter(|key| self.entries.remove(key.as_ref()).is_some())
+            .count()
+    }
+
+    /// Bytes held (approximate until pending maintenance has run).
+    pub fn weighted_size(&self) -> u64 {
+        self.entries.weighted_size()
+    }
+
+    /// URLs held.
+    pub fn entry_count(&self) -> u64 {
+        self.entries.entry_count()
+    }
+
+    /// Runs pending evictions now, so sizes are exact (tests, metrics).
+    pub fn sync(&self) {
+        self.entries.run_pending_tasks();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn response(body: &str, vary: &[&str], key: &[Option<&str>], etag: bool) -> StoredResponse {
+        let mut headers = HeaderMap::new();
+        headers.insert("cache-control", HeaderValue::from_static("max-age=60"));
+        if etag {
+            headers.insert("etag", HeaderValue::from_static("\"e\""));
+        }
+        let now = SystemTime::now();
+        StoredResponse {
+            status: StatusCode::OK,
+            freshness: Freshness::of(StatusCode::OK, &headers, now, now, 0.1),
+            headers,
+            body: Bytes::from(body.to_owned()),
+            vary_fields: vary
+                .iter()
+                .map(|v| HeaderName::from_bytes(v.as_bytes()).unwrap())
+                .collect(),
+            vary_key: key.iter().map(|k| k.map(str::to_owned)).collect(),
+        }
+    }
+
+    fn request(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.insert(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    fn body(found: Found) -> Option<String> {
+        match found {
+            Found::Hit(stored) => Some(String::from_utf8_lossy(&stored.body).into_owned()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn variants_are_selected_by_their_secondary_key() {
+        let store = Store::new(1 << 20);
+        assert!(matches!(store.find("k", &HeaderMap::new()), Found::Miss));
+        store.insert(
+            "k",
+            response("en", &["accept-language"], &[Some("en")], false),
+        );
+        store.insert(
+            "k",
+            response("fr", &["accept-language"], &[Some("fr")], false),
+        );
+        assert_eq!(
+            body(store.find("k", &request(&[("accept-language", "fr")]))).as_deref(),
+            Some("fr")
+        );
+        assert_eq!(
+            body(store.find("k", &request(&[("accept-language", "en")]))).as_deref(),
+            Some("en")
+        );
+        assert!(matches!(
+            store.find("k", &request(&[("accept-language", "de")])),
+            Found::VaryMiss
+        ));
+        assert!(matches!(
+            store.find("k", &HeaderMap::new()),
+            Found::VaryMiss
+        ));
+        store.insert(
+            "k",
+            response("en2", &["accept-language"], &[Some("en")], false),
+        );
+        assert_eq!(
+            body(store.find("k", &request(&[("accept-language", "en")]))).as_deref(),
+            Some("en2")
+        );
+        assert_eq!(
+            body(store.find("k", &request(&[("accept-language", "fr")]))).as_deref(),
+            Some("fr")
+        );
+        // A response that varies differently replaces every older variant.
+        store.insert("k", response("any", &[], &[], false));
+        assert_eq!(
+            body(store.find("k", &request(&[("accept-language", "fr")]))).as_deref(),
+            Some("any")
+        );
+    }
+
+    #[test]
+    fn replace_swaps_only_the_response_it_refreshed() {
+        let store = Store::new(1 << 20);
+        store.insert("k", response("v1", &[], &[], true));
+        let Found::Hit(old) = store.find("k", &HeaderMap::new()) else {
+            panic!("stored")
+        };
+        store.replace(
+            "k",
+            &old,
+            Arc::new(response("v1-refreshed", &[], &[], true)),
+        );
+        assert_eq!(
+            body(store.find("k", &HeaderMap::new())).as_deref(),
+            Some("v1-refreshed")
+        );
+        // `old` is gone now: replacing it again does nothing.
+        store.replace("k", &old, Arc::new(response("late", &[], &[], true)));
+        assert_eq!(
+            body(store.find("k", &HeaderMap::new())).as_deref(),
+            Some("v1-refreshed")
+        );
+    }
+
+    #[test]
+    fn the_store_is_bounded_in_bytes() {
+        let store = Store::new(64 * 1024);
+        let big = "x".repeat(10 * 1024);
+        for i in 0..50 {
+            store.insert(&format!("k{i}"), response(&big, &[], &[], true));
+        }
+        store.sync();
+        assert!(
+            store.weighted_size() <= 64 * 1024,
+            "{}",
+            store.weighted_size()
+        );
+        assert!(store.entry_count() < 50);
+    }
+
+    #[test]
+    fn keys_are_removed_one_by_one_or_by_prefix() {
+        let store = Store::new(1 << 20);
+        for key in ["http://a/x", "http://a/x/1", "http://a/y"] {
+            store.insert(key, response("b", &[], &[], true));
+        }
+        assert!(store.remove("http://a/y"));
+        assert!(!store.remove("http://a/y"));
+        assert_eq!(store.remove_prefix("http://a/x"), 2);
+        store.sync();
+        assert_eq!(store.entry_count(), 0);
+    }
+}

@@ -1,0 +1,733 @@
+//! The HTTP cache end to end, through real origins that count their requests: hits with `Age`
+//! and `Cache-Status`, responses that must not be stored, expiry and revalidation with 304,
+//! `Vary` variants, request directives, request coalescing, the object size cap, HEAD from a
+//! stored GET, 304s to clients, invalidation by unsafe methods, stale-if-error, and hits coded
+//! for each client by the compression stage.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http::{HeaderValue, Response};
+
+use crate::support::*;
+
+/// One route to pool `app` with the cache on (`[cache]` keys in `settings`).
+fn cached_config(origin: std::net::SocketAddr, settings: &str) -> String {
+    single_pool_config(&[origin], &format!("[cache]\nenabled = true\n{settings}\n"))
+}
+
+/// A 200 with `body` and the given headers.
+fn answer(body: &str, headers: &[(&'static str, &str)]) -> Response<OriginBody> {
+    let mut response = text(200, body);
+    for (name, value) in headers {
+        response
+            .headers_mut()
+            .append(*name, HeaderValue::from_str(value).expect("header value"));
+    }
+    response
+}
+
+fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().expect("ASCII header").to_owned())
+}
+
+fn seen_on(origin: &Origin, path: &str) -> usize {
+    origin
+        .seen
+        .lock()
+        .expect("seen lock")
+        .iter()
+        .filter(|s| s.uri.path() == path)
+        .count()
+}
+
+async fn get(
+    client: &reqwest::Client,
+    proxy: &Proxy,
+    path: &str,
+) -> (u16, String, reqwest::header::HeaderMap) {
+    let response = client.get(proxy.url(path)).send().await.expect("response");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, response.text().await.expect("body"), headers)
+}
+
+fn cache_status(headers: &reqwest::header::HeaderMap) -> String {
+    headers
+        .get("cache-status")
+        .map(|v| v.to_str().expect("ASCII").to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_cacheable_response_is_served_from_the_cache_with_age_and_cache_status() {
+    let origin =
+        Origin::start(|_| async { answer("hello", &[("cache-control", "max-age=60")]) }).await;
+    let proxy = Proxy::start(&cached_config(origin.addr, "")).await;
+    let client = client();
+
+    let (status, body, headers) = get(&client, &proxy, "/page").await;
+    assert_eq!((status, body.as_str()), (200, "hello"));
+    let first = cache_status(&headers);
+    assert!(
+        first.starts_with("gatehouse; fwd=uri-miss; fwd-status=200"),
+        "{first}"
+    );
+    assert!(first.contains("; stored"), "{first}");
+
+    for _ in 0..3 {
+        let (status, body, headers) = get(&client, &proxy, "/page").await;
+        assert_eq!((status, body.as_str()), (200, "hello"));
+        let hit = cache_status(&headers);
+        assert!(hit.starts_with("gatehouse; hit; ttl="), "{hit}");
+        let age: u64 = headers["age"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .expect("Age is a number");
+        assert!(age < 60, "Age {age}");
+        assert_eq!(headers["content-length"], "5");
+    }
+    assert_eq!(
+        origin.count(),
+        1,
+        "one origin request for four client requests"
+    );
+
+    // Another URL (the query counts) is another entry.
+    let (_, body, _) = get(&client, &proxy, "/page?x=1").await;
+    assert_eq!(body, "hello");
+    assert_eq!(origin.count(), 2);
+}
+
+#[tokio::test]
+async fn no_store_private_and_set_cookie_responses_are_not_stored() {
+    let origin = Origin::start(|request| async move {
+        match request.uri().path() {
+            "/no-store" => answer("a", &[("cache-control", "no-store, max-age=60")]),
+            "/private" => answer("b", &[("cache-control", "private, max-age=60")]),
+            "/cookie" => answer(
+                "c",
+                &[("cache-control", "max-age=60"), ("set-cookie", "id=1")],
+            ),
+            _ => answer("d", &[]),
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&cached_config(origin.addr, "")).await;
+    let client = client();
+    for (path, detail) in [
+        ("/no-store", "no-store"),
+        ("/private", "private"),
+        ("/cookie", "set-cookie"),
+    ] {
+        for _ in 0..2 {
+            let (status, _, headers) = get(&client, &proxy, path).await;
+            assert_eq!(status, 200);
+            let cs = cache_status(&headers);
+            assert!(
+                cs.contains(&format!("detail={detail}")) && !cs.contains("stored"),
+                "{path}: {cs}"
+            );
+        }
+        assert_eq!(
+            seen_on(&origin, path),
+            2,
+            "{path} went to the origin each time"
+        );
+    }
+    // The cookie still reaches the client that asked.
+    let response = client.get(proxy.url("/cookie")).send().await.unwrap();
+    assert_eq!(header(&response, "set-cookie").as_deref(), Some("id=1"));
+}
+
+#[tokio::test]
+async fn set_cookie_can_be_stripped_from_the_stored_copy() {
+    let origin = Origin::start(|_| async {
+        answer(
+            "c",
+            &[("cache-control", "max-age=60"), ("set-cookie", "id=1")],
+        )
+    })
+    .await;
+    let proxy = Proxy::start(&cached_config(origin.addr, "set_cookie = \"strip\"")).await;
+    let client = client();
+    let first = client.get(proxy.url("/c")).send().await.unwrap();
+    assert_eq!(
+        header(&first, "set-cookie").as_deref(),
+        Some("id=1"),
+        "the filling client gets it"
+    );
+    let second = client.get(proxy.url("/c")).send().await.unwrap();
+    assert!(header(&second, "cache-status").unwrap().contains("hit"));
+    assert_eq!(header(&second, "set-cookie"), None, "later clients do not");
+    assert_eq!(origin.count(), 1);
+}
+
+/// An origin whose responses live one second and carry ETag "v1"; it answers 304 to a request
+/// that has it.
+async fn validating_origin() -> Origin {
+    Origin::start(|request| async move {
+        let validated = request
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v.as_bytes() == b"\"v1\"");
+        if validated {
+            let mut response = text(304, "");
+            *response.body_mut() = full("");
+            response
+                .headers_mut()
+                .insert("cache-control", HeaderValue::from_static("max-age=1"));
+            response
+                .headers_mut()
+                .insert("etag", HeaderValue::from_static("\"v1\""));
+            response
+                .headers_mut()
+                .insert("x-refreshed", HeaderValue::from_static("yes"));
+            response
+        } else {
+            answer(
+                "body-v1",
+                &[("cache-control", "max-age=1"), ("etag", "\"v1\"")],
+            )
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_expired_response_is_revalidated_with_304_and_refreshed() {
+    let origin = validating_origin().await;
+    let proxy = Proxy::start(&cached_config(origin.addr, "")).await;
+    let client = client();
+    let (_, body, _) = get(&client, &proxy, "/doc").await;
+    assert_eq!(body, "body-v1");
+    assert!(
+        origin.last().headers.get("if-none-match").is_none(),
+        "a miss asks unconditionally"
+    );
+
+    // Past max-age=1 (generously: the Age arithmetic works in whole seconds).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, body, headers) = get(&client, &proxy, "/doc").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "body-v1"),
+        "the stored body, revalidated"
+    );
+    assert_eq!(origin.count(), 2);
+    assert_eq!(origin.last().headers["if-none-match"], "\"v1\"");
+    let cs = cache_status(&headers);
+    assert!(
+        cs.contains("fwd=stale") && cs.contains("fwd-status=304"),
+        "{cs}"
+    );
+    assert_eq!(
+        headers["x-refreshed"], "yes",
+        "the 304's fields update the stored response"
+    );
+
+    // Fresh again after the 304.
+    let (_, _, headers) = get(&client, &proxy, "/doc").await;
+    assert!(
+        cache_status(&headers).contains("hit"),
+        "{}",
+        cache_status(&headers)
+    );
+    assert_eq!(origin.count(), 2);
+}
+
+#[tokio::test]
+async fn request_no_cache_forces_revalidation_and_only_if_cached_misses_get_504() {
+    let origin = Origin::start(|request| async move {
+        if request
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v.as_bytes() == b"\"v1\"")
+        {
+            let mut response = text(304, "");
+            response
+                .headers_mut()
+                .insert("etag", HeaderValue::from_static("\"v1\""));
+            return response;
+        }
+        answer(
+            "fresh",
+            &[("cache-control", "max-age=600"), ("etag", "\"v1\"")],
+        )
+    })
+    .await;
+    let proxy = Proxy::start(&cached_config(origin.addr, "")).await;
+    let client = client();
+
+    let response = client
+        .get(proxy.url("/nothing-here"))
+        .header("cache-control", "only-if-cached")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 504);
+    assert!(
+        header(&response, "cache-status")
+            .unwrap()
+            .contains("detail=only-if-cached")
+    );
+    assert_eq!(origin.count(), 0, "only-if-cached never goes forward");
+
+    get(&client, &proxy, "/r").await;
+    let response = client
+        .get(proxy.url("/r"))
+        .header("cache-control", "no-cache")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let cs = header(&response, "cache-status").unwrap();
+    assert!(
+        cs.contains("fwd=request") && cs.contains("fwd-status=304"),
+        "{cs}"
+    );
+    assert_eq!(response.text().await.unwrap(), "fresh");
+    assert_eq!(origin.count(), 2);
+    assert_eq!(origin.last().headers["if-none-match"], "\"v1\"");
+
+    let response = client
+        .get(proxy.url("/r"))
+        .header("cache-control", "only-if-cached")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "a stored fresh response answers only-if-cached"
+    );
+    let response = client
+        .get(proxy.url("/r"))
+        .header("pragma", "no-cache")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        origin.count(),
+        3,
+        "Pragma: no-cache without Cache-Control revalidates too"
+    );
+}
+
+#[tokio::test]
+async fn vary_keeps_one_variant_per_header_value() {
+    let origin = Origin::start(|request| async move {
+        let language = request
+            .headers()
+            .get("accept-language")
+            .map_or("none".to_owned(), |v| v.to_str().unwrap().to_owned());
+        answer(
+            &language,
+            &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+        )
+    })
+    .await;
+    let proxy = Proxy::start(&cached_config(origin.addr, "")).await;
+    let client = client();
+    let ask = |language: &'static str| {
+        let client = client.clone();
+        let url = proxy.url("/v");
+        async move {
+            let response = client
+                .get(url)
+                .header("accept-language", language)
+                .send()
+                .await
+                .unwrap();
+            let cs = header(&response, "cache-status").unwrap();
+            (response.text().await.unwrap(), cs)
+        }
+    };
+    assert_eq!(ask("en").await.0, "en");
+    let (body, cs) = ask("fr").await;
+    assert_eq!(body, "fr");
+    assert!(cs.contains("fwd=vary-miss"), "{cs}");
+    for _ in 0..2 {
+        let (body, cs) = ask("en").await;
+        assert_eq!(body, "en");
+        assert!(cs.contains("hit"), "{cs}");
+        assert_eq!(ask("fr").await.0, "fr");
+    }
+    let (_, body, _) = get(&client, &proxy, "/v").await;
+    assert_eq!(body, "none", "no header is a variant of its own");
+    assert_eq!(origin.count(), 3);
+}
+
+#[tokio::test]
+async fn vary_star_is_never_served_from_the_cache() {
+    let origin =
+        Origin::start(|_| async { answer("x", &[("cache-control", "max-age=60"), ("vary", "*")]) })
+            .await;
+    let proxy = Proxy::start(&cached_config(origin.addr, "")).await;
+    let client = client();
+    get(&client, &proxy, "/s").await;
+    let (_, _, headers) = get(&client, &proxy, "/s").await;
+    assert!(cache_status(&headers).contains("detail=vary-star"));
+    assert_eq!(origin.count(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_misses_for_one_url_make_one_origin_request() {
+    // Closed until the test opens it; once open, every request passes (none can hang).
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let origin = {
+        let release = release.clone();
+        Origin::start(move |_| {
+            let release = release.clone();
+            async move {
+                let _permit = release.acquire().await;
+                answer("shared", &[("cache-control", "max-age=60")])
+            }
+        })
+        .await
+    };
+    let proxy = Proxy::start(&cached_config(origin.addr, "lock_timeout = \"60s\"")).await;
+    let client = client();
+    let requests: Vec<_> = (0..8)
+        .map(|_| {
+            let client = client.clone();
+            let url = proxy.url("/slow");
+            tokio::spawn(async move {
+                let response = client.get(url).send().await.expect("response");
+                let cs = header(&response, "cache-status").unwrap_or_default();
+                (response.text().await.expect("body"), cs)
+            })
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(10), || origin.count() == 1).await,
+        "the first miss reaches the origin"
+    );
+    // Give the other requests time to reach the proxy and queue behind the first; whenever they
+    // arrive, none may reach the origin (before the fill they wait, after it they hit).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    release.add_permits(100);
+    for request in requests {
+        let (body, cache_status) = request.await.expect("task");
+        assert_eq!(body, "shared");
+        assert!(cache_status.starts_with("gatehouse;"), "{cache_status}");
+    }
+    assert_eq!(
+        origin.count(),
+        1,
+        "eight concurrent requests, one origin request"
+    );
+}
+
+#[tokio::test]
+async fn objects_over_the_size_cap_are_passed_through_and_not_stored() {
+    let origin = Origin::start(|request| async move {
+        let big = "x".repeat(4096);
+        if request.uri().path() == "/chunked" {
+            // No Content-Length: the cap is found while the body streams.
+            let stream = futures_util::stream::iter((0..4).map(|_| {
+                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(
+                    "y".repeat(1024),
+                )))
+            }));
+            let body = http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_err(
+                http_body_util::StreamBody::new(stream),
+                |never| match never {},
+            ));
+            let mut response = Response::new(body);
+            response
+                .headers_mut()
+                .insert("cache-control", HeaderValue::from_static("max-age=60"));
+            return response;
+        }
+        answer(&big, &[("cache-control", "max-age=60")])
+    })
+    .await;
+    let proxy = Proxy::start(&cached_config(origin.addr, "max_object_size = \"1KiB\"")).await;
+    let client = client();
+    for _ in 0..2 {
+        let (status, body, headers) = get(&client, &proxy, "/big").await;
+        assert_eq!((status, body.len()), (200, 4096));
+        assert!(
+            cache_status(&headers).contains("detail=too-large"),
+            "{}",
+            cache_status(&headers)
+        );
+        let (status, body, _) = get(&client, &proxy, "/chunked").await;
+        assert_eq!((status, body.len()), (200, 4096));
+    }
+    assert_eq!(seen_on(&origin, "/big"), 2);
+    assert_eq!(seen_on(&origin, "/chunked"), 2);
+}
+
+#[tokio::test]
+async fn head_is_served_from_a_stored_get_and_clients_validators_get_304() {
+    let origin = Origin::start(|_| async {
+        answer(
+            "twelve bytes",
+            &[("cache-control", "max-age=60"), ("etag", "W/\"t1\"")],
+        )
+    })
+    .await;
+    let proxy = Proxy::start(&cached_config(origin.addr, "")).await;
+    let client = client();
+    get(&client, &proxy, "/h").await;
+
+    let response = client.head(proxy.url("/h")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "content-length").as_deref(), Some("12"));
+    assert!(header(&response, "cache-status").unwrap().contains("hit"));
+
+    let response = client
+        .get(proxy.url("/h"))
+        .header("if-none-match", "\"t1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 304, "weak comparison matches");
+    assert_eq!(header(&response, "etag").as_deref(), Some("W/\"t1\""));
+    assert!(header(&response, "age").is_some());
+    let response = client
+        .get(proxy.url("/h"))
+        .header("if-none-match", "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "twelve bytes");
+    assert_eq!(origin.count(), 1);
+}
+
+#[tokio::test]
+async fn unsafe_methods_invalidate_the_stored_response() {
+    let origin = Origin::start(|request| async move {
+        if request.method() == http::Method::POST {
+            return text(204, "");
+        }
+        answer("v", &[("cache-control", "max-age=600")])
+    })
+    .await;
+    let proxy = Proxy::start(&cached_config(origin.addr, "")).await;
+    let client = client();
+    get(&client, &proxy, "/item").await;
+    get(&client, &proxy, "/item").await;
+    assert_eq!(origin.count(), 1);
+    let response = client
+        .post(proxy.url("/item"))
+        .body("change")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert!(
+        header(&response, "cache-status")
+            .unwrap()
+            .contains("fwd=method")
+    );
+    let (_, _, headers) = get(&client, &proxy, "/item").await;
+    assert!(
+        cache_status(&headers).contains("fwd=uri-miss"),
+        "{}",
+        cache_status(&headers)
+    );
+    assert_eq!(origin.count(), 3);
+}
+
+#[tokio::test]
+async fn a_stale_response_stands_in_for_a_failing_origin_within_stale_if_error() {
+    let failing = Arc::new(AtomicBool::new(false));
+    let origin = {
+        let failing = failing.clone();
+        Origin::start(move |_| {
+            let failing = failing.load(Ordering::SeqCst);
+            async move {
+                if failing {
+                    text(503, "down")
+                } else {
+                    answer(
+                        "kept",
+                        &[("cache-control", "max-age=1, stale-if-error=600")],
+                    )
+                }
+            }
+        })
+        .await
+    };
+    let proxy = Proxy::start(&cached_config(origin.addr, "")).await;
+    let client = client();
+    get(&client, &proxy, "/e").await;
+    failing.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, body, headers) = get(&client, &proxy, "/e").await;
+    assert_eq!((status, body.as_str()), (200, "kept"));
+    let cs = cache_status(&headers);
+    assert!(
+        cs.contains("detail=stale-if-error") && cs.contains("fwd-status=503"),
+        "{cs}"
+    );
+    assert_eq!(origin.count(), 2, "the origin was asked first");
+}
+
+#[tokio::test]
+async fn hits_are_compressed_for_each_client_from_one_stored_copy() {
+    let origin = Origin::start(|_| async {
+        answer(
+            &"compressible text ".repeat(200),
+            &[
+                ("cache-control", "max-age=60"),
+                ("content-type", "text/plain"),
+            ],
+        )
+    })
+    .await;
+    let proxy = Proxy::start(&single_pool_config(
+        &[origin.addr],
+        "[cache]\nenabled = true\n\n[compression]\nenabled = true\n",
+    ))
+    .await;
+    let raw = client();
+    for _ in 0..2 {
+        let gzip = raw
+            .get(proxy.url("/t"))
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(header(&gzip, "content-encoding").as_deref(), Some("gzip"));
+        let plain = raw
+            .get(proxy.url("/t"))
+            .header("accept-encoding", "identity")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(header(&plain, "content-encoding"), None);
+        assert_eq!(plain.text().await.unwrap().len(), 18 * 200);
+    }
+    assert_eq!(
+        origin.count(),
+        1,
+        "one stored (uncompressed) copy serves both codings"
+    );
+}
+
+#[tokio::test]
+async fn routes_turn_the_cache_on_and_off() {
+    let origin = Origin::start(|_| async { answer("r", &[("cache-control", "max-age=60")]) }).await;
+    let proxy = Proxy::start(&single_pool_config(
+        &[origin.addr],
+        "[[route]]\nname = \"cached\"\npath_prefix = \"/c\"\npool = \"app\"\ncache = { max_object_size = \"1MiB\" }\n\n\
+         [[route]]\nname = \"plain\"\npool = \"app\"\n",
+    ))
+    .await;
+    let client = client();
+    for _ in 0..2 {
+        get(&client, &proxy, "/c/x").await;
+        let (_, _, headers) = get(&client, &proxy, "/p/x").await;
+        assert!(
+            headers.get("cache-status").is_none(),
+            "no cache, no Cache-Status"
+        );
+    }
+    assert_eq!(seen_on(&origin, "/c/x"), 1);
+    assert_eq!(seen_on(&origin, "/p/x"), 2);
+}
+
+#[test]
+fn bad_cache_settings_are_refused_with_their_line_and_key() {
+    let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[pool.app]\nbackends = [\"127.0.0.1:1\"]\n\n\
+                [cache]\nheuristic_fraction = 2.0\n\n[[route]]\npool = \"app\"\ncache = { max_object_size = \"2GiB\" }\n";
+    let errors = gatehouse::config::parse(std::path::Path::new("bad.toml"), text)
+        .expect_err("refused")
+        .0;
+    let fraction = errors
+        .iter()
+        .find(|e| e.key == "cache.heuristic_fraction")
+        .expect("fraction error");
+    assert_eq!(fraction.line, 8);
+    let size = errors
+        .iter()
+        .find(|e| e.key.ends_with("cache.max_object_size"))
+        .expect("size error");
+    assert_eq!(size.line, 12);
+    assert!(
+        size.message.contains("larger than cache.max_size"),
+        "{}",
+        size.message
+    );
+}
+
+#[tokio::test]
+async fn the_admin_api_purges_a_url_or_a_prefix() {
+    let origin =
+        Origin::start(|_| async { answer("p", &[("cache-control", "max-age=600")]) }).await;
+    let config = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n{}",
+        cached_config(origin.addr, "")
+    );
+    let proxy = Proxy::start(&config).await;
+    let admin = proxy
+        .server
+        .as_ref()
+        .unwrap()
+        .admin_addr()
+        .expect("admin listener");
+    let client = client();
+    let purge = |body: String| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .post(format!("http://{admin}/api/cache/purge"))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            (
+                status,
+                serde_json::from_str::<serde_json::Value>(&text).expect("JSON"),
+            )
+        }
+    };
+    for path in ["/a/1", "/a/2", "/b"] {
+        get(&client, &proxy, path).await;
+        get(&client, &proxy, path).await;
+    }
+    assert_eq!(origin.count(), 3);
+
+    let host = proxy.addr;
+    let (status, answer) = purge(format!("{{\"url\": \"http://{host}/b\"}}")).await;
+    assert_eq!(
+        (status, answer["purged"].as_u64()),
+        (200, Some(1)),
+        "{answer}"
+    );
+    get(&client, &proxy, "/b").await;
+    assert_eq!(seen_on(&origin, "/b"), 2, "purged: fetched again");
+
+    let (status, answer) = purge(format!("{{\"prefix\": \"http://{host}/a/\"}}")).await;
+    assert_eq!(
+        (status, answer["purged"].as_u64()),
+        (200, Some(2)),
+        "{answer}"
+    );
+    get(&client, &proxy, "/a/1").await;
+    get(&client, &proxy, "/b").await;
+    assert_eq!(seen_on(&origin, "/a/1"), 2);
+    assert_eq!(
+        seen_on(&origin, "/b"),
+        2,
+        "outside the prefix: still stored"
+    );
+
+    let (status, answer) = purge("{\"url\": \"/relative\"}".to_owned()).await;
+    assert_eq!(status, 400, "{answer}");
+    let (status, _) = purge("{\"url\": \"http://x/\", \"prefix\": \"http://x/\"}".to_owned()).await;
+    assert_eq!(status, 400);
+}
