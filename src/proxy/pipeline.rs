@@ -325,7 +325,10 @@ async fn proxy(
         && headers::upgrade_requested(request.headers()).is_none()
     {
         let host = request_host(&request).unwrap_or("").to_owned();
-        match cache.lookup(metrics, conn.proto, &host, &mut request).await {
+        // Boxed: the lookup (which may wait for a coalesced fetch) would otherwise add its
+        // state to every request's future, cached route or not, and that future is moved
+        // around per request (see docs/performance.md).
+        match Box::pin(cache.lookup(metrics, conn.proto, &host, &mut request)).await {
             crate::cache::Lookup::Answer(answer) => {
                 let compression = route
                     .compression
