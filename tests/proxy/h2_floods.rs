@@ -38,24 +38,25 @@ async fn still_serves(proxy: &Proxy) {
     assert_eq!(response.version(), http::Version::HTTP_2);
 }
 
+/// `count` streams, each opened and cancelled at once (streams 1, 3, 5, ...).
+fn rapid_reset(count: u32) -> Vec<u8> {
+    (0..count)
+        .flat_map(|n| {
+            let id = 2 * n + 1;
+            let mut pair = frame(HEADERS, END_HEADERS | END_STREAM, id, &get_block("/reset"));
+            pair.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+            pair
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn rapid_reset_gets_goaway_enhance_your_calm() {
     // CVE-2023-44487: open a stream and cancel it at once, a thousand times, in one write.
     let origin = Origin::echo().await;
     let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
     let mut h2 = RawH2::connect_acked(proxy.addr).await;
-    let mut flood = Vec::new();
-    for n in 0..1000u32 {
-        let id = 2 * n + 1;
-        flood.extend(frame(
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            id,
-            &get_block("/reset"),
-        ));
-        flood.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
-    }
-    h2.send(&flood).await;
+    h2.send(&rapid_reset(1000)).await;
     let away = goaway(&mut h2).await.expect("the server sends GOAWAY");
     assert_eq!(error_code(&away), Some(ENHANCE_YOUR_CALM), "{away:?}");
     assert!(
@@ -81,18 +82,7 @@ async fn the_rapid_reset_allowance_is_configurable() {
     ))
     .await;
     let mut h2 = RawH2::connect_acked(proxy.addr).await;
-    let mut flood = Vec::new();
-    for n in 0..1000u32 {
-        let id = 2 * n + 1;
-        flood.extend(frame(
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            id,
-            &get_block("/reset"),
-        ));
-        flood.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
-    }
-    h2.send(&flood).await;
+    h2.send(&rapid_reset(1000)).await;
     h2.get(2001, "/after").await;
     assert_eq!(h2.body(2001).await, "/after");
 }

@@ -1472,16 +1472,10 @@ async fn with_watch_the_binary_reloads_when_its_files_change() {
     // A new route in the file, with no signal.
     let new_route = "\n[[route]]\nname = \"new\"\npath_prefix = \"/new\"\npool = \"b\"\n";
     std::fs::write(&file, config(proxy.addr, new_route)).unwrap();
-    let mut switched = false;
-    let deadline = tokio::time::Instant::now() + STEP;
-    while tokio::time::Instant::now() < deadline {
-        let (_, origin, _) = get(&requests, proxy.url("/new")).await;
-        if origin == "B" {
-            switched = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let switched = until(STEP, || async {
+        get(&requests, proxy.url("/new")).await.1 == "B"
+    })
+    .await;
     assert!(
         switched,
         "the new route is served after the file changed; log:\n{}",
@@ -1490,16 +1484,10 @@ async fn with_watch_the_binary_reloads_when_its_files_change() {
 
     // A list the configuration names: denying loopback refuses us on the default route.
     std::fs::write(&deny, "127.0.0.0/8\n").unwrap();
-    let mut denied = false;
-    let deadline = tokio::time::Instant::now() + STEP;
-    while tokio::time::Instant::now() < deadline {
-        let (status, _, _) = get(&requests, proxy.url("/other")).await;
-        if status == 403 {
-            denied = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let denied = until(STEP, || async {
+        get(&requests, proxy.url("/other")).await.0 == 403
+    })
+    .await;
     assert!(
         denied,
         "the deny list's new contents apply; log:\n{}",

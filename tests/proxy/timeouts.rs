@@ -343,16 +343,22 @@ async fn dribble(
     String::from_utf8_lossy(&raw).into_owned()
 }
 
+/// A [`body_length_origin`] behind a proxy with `min_upload_rate = rate` after a 500 ms grace.
+async fn paced_proxy(rate: &str) -> (Origin, Proxy) {
+    let origin = body_length_origin().await;
+    let proxy = Proxy::start(&single_pool_config(
+        &[origin.addr],
+        &format!("[timeouts]\nmin_upload_rate = \"{rate}\"\nmin_upload_grace = \"500ms\"\n"),
+    ))
+    .await;
+    (origin, proxy)
+}
+
 #[tokio::test]
 async fn a_streamed_upload_under_the_minimum_rate_gets_408() {
     // The slow-POST attack: a byte every 100 ms never trips a pause timeout, but at 1 KiB/s
     // after a 500 ms grace the client runs out of time long before the 200 bytes it sends.
-    let origin = body_length_origin().await;
-    let proxy = Proxy::start(&single_pool_config(
-        &[origin.addr],
-        "[timeouts]\nmin_upload_rate = \"1KiB\"\nmin_upload_grace = \"500ms\"\n",
-    ))
-    .await;
+    let (_origin, proxy) = paced_proxy("1KiB").await;
     let raw = dribble(
         proxy.addr,
         b"POST /slow HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -372,12 +378,7 @@ async fn a_streamed_upload_under_the_minimum_rate_gets_408() {
 async fn a_small_held_body_under_the_minimum_rate_gets_408_before_the_pause_timeout() {
     // A small declared body is read whole before forwarding; a byte every 100 ms never pauses
     // for `client_body` (60 s), but the minimum rate catches it, and no backend hears of it.
-    let origin = body_length_origin().await;
-    let proxy = Proxy::start(&single_pool_config(
-        &[origin.addr],
-        "[timeouts]\nmin_upload_rate = \"1KiB\"\nmin_upload_grace = \"500ms\"\n",
-    ))
-    .await;
+    let (origin, proxy) = paced_proxy("1KiB").await;
     let raw = dribble(
         proxy.addr,
         b"POST /slow HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1000\r\n\r\n",
@@ -394,12 +395,7 @@ async fn a_small_held_body_under_the_minimum_rate_gets_408_before_the_pause_time
 async fn a_fast_upload_banks_time_for_a_pause() {
     // 64 KiB at once earns 64 s at 1 KiB/s: a 1.5 s pause afterwards (three times the grace)
     // is within the client's credit, and the whole body arrives.
-    let origin = body_length_origin().await;
-    let proxy = Proxy::start(&single_pool_config(
-        &[origin.addr],
-        "[timeouts]\nmin_upload_rate = \"1KiB\"\nmin_upload_grace = \"500ms\"\n",
-    ))
-    .await;
+    let (_origin, proxy) = paced_proxy("1KiB").await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     let mut head =
         b"POST /fast HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
@@ -421,12 +417,7 @@ async fn a_fast_upload_banks_time_for_a_pause() {
 async fn the_minimum_rate_can_be_turned_off() {
     // With `min_upload_rate = 0`, a dribbling upload is only bounded by the other timeouts:
     // 20 bytes at one per 100 ms (2 s, four times the grace that would apply) go through.
-    let origin = body_length_origin().await;
-    let proxy = Proxy::start(&single_pool_config(
-        &[origin.addr],
-        "[timeouts]\nmin_upload_rate = 0\nmin_upload_grace = \"500ms\"\n",
-    ))
-    .await;
+    let (_origin, proxy) = paced_proxy("0").await;
     let raw = dribble(
         proxy.addr,
         b"POST /slow HTTP/1.1\r\nHost: a.test\r\nContent-Length: 20\r\n\r\n",
