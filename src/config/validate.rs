@@ -502,6 +502,11 @@ fn check_routes(config: &Config, problems: &mut Problems) {
             problems.at(limit, message);
         }
         check_ip_lists(route.allow.as_deref(), route.deny.as_deref(), problems);
+        if let Some(auth) = &route.basic_auth
+            && let Err(message) = crate::protect::access::BasicAuth::load(auth.get_ref())
+        {
+            problems.at(auth, message);
+        }
         for method in route.allow_methods.iter().flatten() {
             if let Err(message) = crate::protect::access::parse_methods([method.get_ref()]) {
                 problems.at(method, message);
@@ -510,17 +515,15 @@ fn check_routes(config: &Config, problems: &mut Problems) {
     }
 }
 
-/// Inline entries of allow/deny lists, each checked where it is written (list files are read and
-/// checked when the config is compiled, with their own file and line in the message).
+/// Entries of allow/deny lists, each checked where it is written; a `file:` entry's file is read
+/// (so `gatehouse check` finds a missing or broken list), and its own line named in the message.
 fn check_ip_lists(
     allow: Option<&[Spanned<String>]>,
     deny: Option<&[Spanned<String>]>,
     problems: &mut Problems,
 ) {
     for entry in allow.into_iter().chain(deny).flatten() {
-        if !entry.get_ref().starts_with("file:")
-            && let Err(message) = crate::protect::ip::parse_entries([entry.get_ref()])
-        {
+        if let Err(message) = crate::protect::ip::parse_entries([entry.get_ref()]) {
             problems.at(entry, message);
         }
     }

@@ -264,3 +264,25 @@ fn run_refuses_a_broken_config_and_does_not_start() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_missing_list_or_htpasswd_file_is_found_by_check() {
+    let listener = "[[listener]]\naddress = \"127.0.0.1:8080\"\ndeny = [\"file:/nonexistent/gatehouse-deny.txt\"]\n\n[pool.app]\nbackends = [\"127.0.0.1:9001\"]\n\n";
+    assert_error(
+        "missing-listener-list",
+        &format!("{listener}[[route]]\npool = \"app\"\n"),
+        3,
+        9,
+        "listener[0].deny[0]",
+        "gatehouse-deny.txt",
+    );
+    let route = "[[listener]]\naddress = \"127.0.0.1:8080\"\n\n[pool.app]\nbackends = [\"127.0.0.1:9001\"]\n\n[[route]]\npool = \"app\"\nbasic_auth = { htpasswd = \"/nonexistent/gatehouse.htpasswd\" }\n";
+    assert_error(
+        "missing-htpasswd",
+        route,
+        9,
+        14,
+        "route[0].basic_auth",
+        "cannot read htpasswd file",
+    );
+}
