@@ -27,4 +27,5 @@ mod streaming;
 mod strict;
 mod timeouts;
 mod tls;
+mod under_attack;
 mod websocket;
