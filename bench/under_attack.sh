@@ -8,8 +8,9 @@
 # Gatehouse (one worker) runs on the proxy CPU with the defences an operator would set (the same
 # as tests/proxy/under_attack.rs: per-address connection cap and rate, a per-client route rate
 # limit, a 2 s header timeout). The nginx origin and the good client run on the load CPU; the
-# attacker runs there too at nice 10, so it takes the load CPU's spare time without delaying the
-# good client or the origin: what the attack costs the good client is what it costs the proxy.
+# attacker runs there too at nice 10, so the scheduler favours the good client and the origin. It
+# still shares that CPU with them, so the ratio is an upper bound on what the attack costs
+# through the proxy.
 #
 # Knobs: BENCH_ROUNDS (3), BENCH_QUICK=1 (1 round, 300 requests), BENCH_UNDER_ATTACK_REQUESTS
 # (1000 good requests per run), BENCH_UNDER_ATTACK_PACE_MS (10: one request every 10 ms),
