@@ -143,6 +143,11 @@ impl Metrics {
             "Requests refused with 429 because the client was at max_requests_per_ip, by listener.",
         );
         describe(
+            "gatehouse_client_header_timeouts_total",
+            None,
+            "Client connections closed because a request head did not arrive within timeouts.client_header, by listener.",
+        );
+        describe(
             "gatehouse_tls_handshake_failures_total",
             None,
             "TLS handshakes that failed or timed out, over all listeners.",

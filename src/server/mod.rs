@@ -778,6 +778,9 @@ struct Refused {
     connections: [metrics::Counter; Refusal::ALL.len()],
     /// `gatehouse_requests_refused_total{reason="per_ip"}`.
     requests: metrics::Counter,
+    /// `gatehouse_client_header_timeouts_total`: connections cut off because a request head
+    /// did not arrive in `timeouts.client_header` (slowloris, or a very slow link).
+    header_timeouts: metrics::Counter,
 }
 
 impl Refused {
@@ -792,6 +795,10 @@ impl Refused {
             requests: metrics.counter(
                 "gatehouse_requests_refused_total",
                 &[("listener", listener), ("reason", Refusal::PerIp.as_str())],
+            ),
+            header_timeouts: metrics.counter(
+                "gatehouse_client_header_timeouts_total",
+                &[("listener", listener)],
             ),
         }
     }
@@ -1150,6 +1157,7 @@ where
             }
             expired = activity.expired(header_timeout, idle_timeout), if !closing => match expired {
                 Expired::Header => {
+                    enough.refused.header_timeouts.increment(1);
                     tracing::debug!(client = %peer, "client header timeout; closing connection");
                     break;
                 }

@@ -70,29 +70,8 @@ async fn refused(stream: &mut TcpStream) -> bool {
     read_until_closed(stream, LIMIT).await.as_deref() == Some("")
 }
 
-/// The value of `name` with `labels` (all of them, in any order) in the proxy's metrics.
-fn metric(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> u64 {
-    let text = proxy
-        .server
-        .as_ref()
-        .expect("proxy running")
-        .control()
-        .render_metrics();
-    text.lines()
-        .filter(|line| line.starts_with(&format!("{name}{{")))
-        .find(|line| {
-            labels
-                .iter()
-                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
-}
-
 fn refusals(proxy: &Proxy, reason: &str) -> u64 {
-    metric(
-        proxy,
+    proxy.metric(
         "gatehouse_connections_refused_total",
         &[("listener", "127.0.0.1:0"), ("reason", reason)],
     )
@@ -243,8 +222,7 @@ async fn a_client_at_max_requests_per_ip_gets_429() {
     assert!(response.has("x-request-id"));
     assert_eq!(origin.count(), 1, "the refused request reached the origin");
     assert_eq!(
-        metric(
-            &proxy,
+        proxy.metric(
             "gatehouse_requests_refused_total",
             &[("listener", "127.0.0.1:0"), ("reason", "per_ip")]
         ),

@@ -134,19 +134,11 @@ async fn answer(stream: &mut TcpStream) -> Option<(u16, String)> {
     Some((status_of(&response), body))
 }
 
-fn metrics(proxy: &Proxy) -> String {
-    proxy
-        .server
-        .as_ref()
-        .expect("running")
-        .control()
-        .render_metrics()
-}
-
 /// The value of `gatehouse_connections_refused_total` for `reason` (0 when absent).
 fn refused(proxy: &Proxy, reason: &str) -> u64 {
     let needle = format!("reason=\"{reason}\"}} ");
-    metrics(proxy)
+    proxy
+        .metrics_text()
         .lines()
         .filter(|l| l.starts_with("gatehouse_connections_refused_total{"))
         .find_map(|l| {
@@ -376,7 +368,7 @@ async fn connections_without_a_valid_header_are_closed_and_reach_nothing() {
     assert!(
         eventually(LIMIT, || refused(&proxy, "proxy_protocol") == count as u64).await,
         "every closed connection counted:\n{}",
-        metrics(&proxy)
+        proxy.metrics_text()
     );
 }
 

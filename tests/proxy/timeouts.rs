@@ -36,6 +36,13 @@ async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
         "a half-sent request head must not hold the connection open"
     );
     assert_eq!(origin.count(), 0);
+    assert_eq!(
+        proxy.metric(
+            "gatehouse_client_header_timeouts_total",
+            &[("listener", "127.0.0.1:0")]
+        ),
+        1
+    );
     let response = client().get(proxy.url("/after")).send().await.unwrap();
     assert_eq!(response.status(), 200);
 }

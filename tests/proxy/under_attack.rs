@@ -221,26 +221,6 @@ fn spawn_until(
     })
 }
 
-/// The value of `name` with all of `labels` in the proxy's metrics (0 when absent).
-fn metric(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> u64 {
-    let text = proxy
-        .server
-        .as_ref()
-        .expect("proxy running")
-        .control()
-        .render_metrics();
-    text.lines()
-        .filter(|line| line.starts_with(&format!("{name}{{")))
-        .filter(|line| {
-            labels
-                .iter()
-                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|value| value as u64)
-        .sum()
-}
-
 /// 500 sockets on the attacker's side, their peers in the proxy, origin and good-client sockets
 /// and the other tests of this binary: raise the soft open-file limit to the hard limit, and
 /// scale the slowloris connections down (saying so) if even that is too low.
@@ -320,18 +300,16 @@ async fn a_good_client_is_served_while_another_address_attacks() {
 
     // Keep the pressure on past the default header timeout, then look at the proxy mid-attack.
     tokio::time::sleep_until(attack_started + ATTACK_AT_LEAST).await;
-    let open_connections = metric(&proxy, "gatehouse_active_connections", &listener);
-    let refused_per_ip = metric(
-        &proxy,
+    let open_connections = proxy.metric("gatehouse_active_connections", &listener);
+    let refused_per_ip = proxy.metric(
         "gatehouse_connections_refused_total",
         &[listener[0], ("reason", "per_ip")],
     );
-    let refused_rate = metric(
-        &proxy,
+    let refused_rate = proxy.metric(
         "gatehouse_connections_refused_total",
         &[listener[0], ("reason", "rate")],
     );
-    let rate_limited = metric(&proxy, "gatehouse_rate_limited_total", &[("route", "app")]);
+    let rate_limited = proxy.metric("gatehouse_rate_limited_total", &[("route", "app")]);
     stop.send_replace(true);
     for attacker in attackers {
         tokio::time::timeout(REQUEST_LIMIT, attacker)
@@ -361,6 +339,10 @@ async fn a_good_client_is_served_while_another_address_attacks() {
     assert!(
         read(&stats.slowloris_cut) > 0,
         "no held slowloris connection was closed by the header timeout"
+    );
+    assert!(
+        proxy.metric("gatehouse_client_header_timeouts_total", &[]) > 0,
+        "the proxy counted no header timeout"
     );
     let longest = Duration::from_millis(read(&stats.slowloris_longest_ms));
     assert!(

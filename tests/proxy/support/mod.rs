@@ -200,6 +200,31 @@ impl Proxy {
         }
     }
 
+    /// The proxy's metrics, in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        self.server
+            .as_ref()
+            .expect("proxy running")
+            .control()
+            .render_metrics()
+    }
+
+    /// The sum of the series of `name` carrying all of `labels` (in any order); 0 when none.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let prefix = format!("{name}{{");
+        self.metrics_text()
+            .lines()
+            .filter(|line| line.starts_with(&prefix))
+            .filter(|line| {
+                labels
+                    .iter()
+                    .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|value| value as u64)
+            .sum()
+    }
+
     /// `http://ADDR{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
