@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue};
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
@@ -50,7 +51,9 @@ pub struct Handshake {
 
 /// TLS termination for one listener.
 pub struct TlsTerminator {
-    acceptor: TlsAcceptor,
+    // Swapped whole when a reload reads a new client CA bundle (the verifier is part of the
+    // rustls config); certificates alone are swapped inside `resolver`.
+    acceptor: ArcSwap<TlsAcceptor>,
     resolver: Arc<SniResolver>,
     spec: ListenerTls,
     /// How long a client has to finish the handshake.
@@ -72,22 +75,15 @@ impl TlsTerminator {
     /// Loads the certificates and builds the server config; `http2` adds `h2` to ALPN.
     pub fn new(spec: &ListenerTls, http1: bool, http2: bool) -> Result<Self, String> {
         let resolver = Arc::new(SniResolver::new(load_table(spec)?));
-        let builder = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS setup: {e}"))?;
-        let mut config = match &spec.client_ca {
-            Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, spec.client_auth)?),
-            None => builder.with_no_client_auth(),
-        }
-        .with_cert_resolver(resolver.clone());
-        config.alpn_protocols = match (http1, http2) {
+        let alpn = match (http1, http2) {
             (true, true) => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
             (false, true) => vec![b"h2".to_vec()],
             _ => vec![b"http/1.1".to_vec()],
         };
         // Session resumption: stateless tickets (rotating keys) and the default session cache.
-        config.ticketer =
+        let ticketer =
             rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
+        let config = server_config(spec, resolver.clone(), alpn, ticketer)?;
         let subject_header = match &spec.client_ca {
             Some(_) => Some(
                 HeaderName::from_bytes(spec.client_subject_header.as_bytes()).map_err(|_| {
@@ -100,7 +96,7 @@ impl TlsTerminator {
             None => None,
         };
         Ok(TlsTerminator {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            acceptor: ArcSwap::from_pointee(TlsAcceptor::from(Arc::new(config))),
             resolver,
             spec: spec.clone(),
             handshake_timeout: spec.handshake_timeout.0,
@@ -114,16 +110,14 @@ impl TlsTerminator {
         &self,
         stream: TcpStream,
     ) -> Result<(TlsStream<TcpStream>, Handshake), String> {
-        let result = match tokio::time::timeout(
-            self.handshake_timeout,
-            self.acceptor.accept(stream),
-        )
-        .await
-        {
-            Err(_) => Err("TLS handshake timed out".to_owned()),
-            Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
-            Ok(Ok(stream)) => Ok(stream),
-        };
+        let result =
+            match tokio::time::timeout(self.handshake_timeout, self.acceptor.load().accept(stream))
+                .await
+            {
+                Err(_) => Err("TLS handshake timed out".to_owned()),
+                Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+                Ok(Ok(stream)) => Ok(stream),
+            };
         let stream = result.inspect_err(|_| {
             self.failures.fetch_add(1, Ordering::Relaxed);
         })?;
@@ -144,22 +138,41 @@ impl TlsTerminator {
         self.failures.load(Ordering::Relaxed)
     }
 
-    /// Re-reads the certificate files. On error the certificates in use stay in use.
+    /// Re-reads the certificate files and the client CA bundle. On error everything in use
+    /// stays in use: both are read before either is replaced.
     pub fn reload(&self) -> Result<(), String> {
-        if self.spec.certificates.is_empty() {
-            return Ok(());
+        let table = if self.spec.certificates.is_empty() {
+            None
+        } else {
+            Some(load_table(&self.spec)?)
+        };
+        if self.spec.client_ca.is_some() {
+            // A new config around the same resolver, ALPN and ticket keys: sessions resume
+            // across the swap, and handshakes in progress finish with the config they began with.
+            let current = self.acceptor.load();
+            let old = current.config();
+            let config = server_config(
+                &self.spec,
+                self.resolver.clone(),
+                old.alpn_protocols.clone(),
+                old.ticketer.clone(),
+            )?;
+            self.acceptor
+                .store(Arc::new(TlsAcceptor::from(Arc::new(config))));
         }
-        let table = load_table(&self.spec)?;
-        self.resolver.replace(table);
+        if let Some(table) = table {
+            self.resolver.replace(table);
+        }
         Ok(())
     }
 
-    /// The certificate and key files this listener reads.
+    /// The certificate, key and client CA files this listener reads.
     pub fn watched_files(&self) -> Vec<PathBuf> {
         self.spec
             .certificates
             .iter()
             .flat_map(|c| [PathBuf::from(&c.cert), PathBuf::from(&c.key)])
+            .chain(self.spec.client_ca.iter().map(PathBuf::from))
             .collect()
     }
 }
@@ -176,6 +189,27 @@ fn load_table(spec: &ListenerTls) -> Result<CertTable, String> {
         return Err("a TLS listener needs `certificates` or `self_signed = true`".to_owned());
     }
     Ok(CertTable::new(&keys, spec.unknown_sni))
+}
+
+/// The rustls config of a listener: its certificates (through `resolver`), client
+/// verification from `spec.client_ca` (read now), `alpn` and the ticket keys.
+fn server_config(
+    spec: &ListenerTls,
+    resolver: Arc<SniResolver>,
+    alpn: Vec<Vec<u8>>,
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+) -> Result<ServerConfig, String> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let mut config = match &spec.client_ca {
+        Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, spec.client_auth)?),
+        None => builder.with_no_client_auth(),
+    }
+    .with_cert_resolver(resolver);
+    config.alpn_protocols = alpn;
+    config.ticketer = ticketer;
+    Ok(config)
 }
 
 fn client_verifier(ca: &str, auth: ClientAuth) -> Result<Arc<dyn ClientCertVerifier>, String> {

@@ -1235,3 +1235,66 @@ async fn a_subject_header_cannot_be_forged_through_a_plain_listener() {
         "a client-sent subject header never reaches the backend"
     );
 }
+
+#[tokio::test]
+async fn a_new_client_ca_bundle_is_picked_up_without_a_restart() {
+    // Rotating the CA that signs client certificates: the file is replaced, the watcher (or
+    // SIGHUP) reloads it, and clients of the new CA get in while those of the old one no longer do.
+    let dir = TempDir::new("tls-mtls-rotate");
+    let old_ca = TestCa::new("Old Client CA");
+    let new_ca = TestCa::new("New Client CA");
+    let server_ca = TestCa::new("Gatehouse Test CA");
+    let host = "app.example.test";
+    let entry = cert_entry(&server_ca.server(&[host]).write(&dir, "app"));
+    let ca_file = old_ca.write(&dir, "clients");
+    let (old_client, new_client) = (old_ca.client("old"), new_ca.client("new"));
+    let origin = Origin::echo().await;
+    let proxy = Proxy::start(&tls_listener_config(
+        &format!(
+            "{{ certificates = [{entry}], client_ca = {}, client_auth = \"required\" }}",
+            toml_path(&ca_file)
+        ),
+        &[origin.addr],
+        "",
+    ))
+    .await;
+    let get = |identity| {
+        tls_get(
+            proxy.addr,
+            Some(host),
+            verifying(&server_ca, H1, Some(identity)),
+            "/who",
+            &[],
+        )
+    };
+    assert!(
+        get(&old_client).await.is_ok(),
+        "the old CA's client is accepted"
+    );
+    assert!(
+        get(&new_client).await.is_err(),
+        "the new CA is not trusted yet"
+    );
+
+    new_ca.write(&dir, "clients");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut rotated = false;
+    while tokio::time::Instant::now() < deadline {
+        if get(&new_client).await.is_ok() {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rotated, "the new client CA was not picked up within 10 s");
+    assert!(
+        get(&old_client).await.is_err(),
+        "the old CA's clients are refused once it is replaced"
+    );
+    assert_eq!(
+        subjects(&origin, "x-client-subject")
+            .last()
+            .map(String::as_str),
+        Some("CN=new")
+    );
+}
