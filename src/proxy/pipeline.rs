@@ -890,10 +890,12 @@ async fn forward_with_retries(
             // Its backend connections announce this client: they must be this client's own.
             request.extensions_mut().insert(conn.upstream_origin());
         }
-        let sent_at = tokio::time::Instant::now();
+        // When the request was all sent: the backend's latency runs from there, so a slow
+        // client upload does not make a backend look slow to the balancer.
+        let mut sent_at = tokio::time::Instant::now();
         // Retrying spends budget: only worth it when some backend is left to try.
         let another_left = pool.backends.len() > tried.len() + 1;
-        match forward(route, backend, request, limit_flag).await {
+        match forward(route, backend, request, limit_flag, &mut sent_at).await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 let elapsed = sent_at.elapsed();
@@ -1045,11 +1047,13 @@ enum Sent {
 
 /// Sends a request whose body is still to stream. The backend has the header timeout to answer
 /// once the body is all sent; while it streams, the clock restarts each time a piece of it
-/// moves, so a long upload is not cut off but a stalled one is.
+/// moves, so a long upload is not cut off but a stalled one is. `sent_at` becomes the instant
+/// the body was all sent.
 async fn forward_streaming(
     route: &Route,
     backend: &Backend,
     mut request: Request<RequestBody>,
+    sent_at: &mut tokio::time::Instant,
 ) -> Sent {
     let mut body_progress = request.body_mut().progress();
     let timeout = route.upstream_header_timeout;
@@ -1060,6 +1064,7 @@ async fn forward_streaming(
             result = &mut sent => break Sent::Answered(result),
             moved = body_progress.changed() => {
                 if moved.is_err() {
+                    *sent_at = tokio::time::Instant::now();
                     break match tokio::time::timeout(timeout, &mut sent).await {
                         Ok(result) => Sent::Answered(result),
                         Err(_) => Sent::TimedOut,
@@ -1076,6 +1081,7 @@ async fn forward(
     backend: &Backend,
     request: Request<RequestBody>,
     limit_flag: Option<&AtomicBool>,
+    sent_at: &mut tokio::time::Instant,
 ) -> Result<Response<Incoming>, ProxyError> {
     let timeout = route.upstream_header_timeout;
     let outcome = if http_body::Body::is_end_stream(request.body()) {
@@ -1085,7 +1091,7 @@ async fn forward(
             Err(_) => Sent::TimedOut,
         }
     } else {
-        forward_streaming(route, backend, request).await
+        forward_streaming(route, backend, request, sent_at).await
     };
     match outcome {
         Sent::TimedOut => Err(ProxyError::UpstreamTimeout),
