@@ -120,12 +120,26 @@ measure_idle() {
         "$failed failed, $still still open at the end)"
 }
 
-# Scenario 6 (cache hits) -- PLACEHOLDER until the cache lands: its section in the report says
-# "not measured yet"; add a case to run_load and target_port when it lands.
-placeholder_scenarios() {
-    if has_scenario 6; then
-        log "scenario 6 is a placeholder (it needs the cache): skipped"
-    fi
+# Scenario 6 (cache hits): every proxy must answer /cached/1k from its cache once it is filled,
+# or the scenario would measure proxying. The origin's request counter must not move over three
+# requests (the stub_status probe itself is one request).
+sanity_check_cache() {
+    local target port before after got i
+    for target in "${TARGET_LIST[@]}"; do
+        [[ $target == direct ]] && continue
+        port=$(target_port "$target" 6)
+        got=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code} %{size_download}' \
+            "http://127.0.0.1:$port/cached/1k") || die "$target: request failed"
+        [[ $got == "200 1024" ]] || die "$target: /cached/1k answered '$got', expected '200 1024'"
+        read -r _ before < <(origin_counters)
+        for i in 1 2 3; do
+            curl -sS --max-time 5 -o /dev/null "http://127.0.0.1:$port/cached/1k" || die "$target: request $i failed"
+        done
+        read -r _ after < <(origin_counters)
+        ((after - before - 1 == 0)) ||
+            die "$target: /cached/1k reached the origin $((after - before - 1)) times out of 3 (not cached)"
+    done
+    log "cache sanity check passed: every proxy serves /cached/1k from its cache"
 }
 
 write_meta() {
@@ -168,7 +182,7 @@ main() {
     local http_runs=0 idle_runs=0
     for scenario in "${SCENARIO_LIST[@]}"; do
         case $scenario in
-        1 | 2 | 3 | 4) http_runs=$((http_runs + ROUNDS * ${#TARGET_LIST[@]})) ;;
+        1 | 2 | 3 | 4 | 6) http_runs=$((http_runs + ROUNDS * ${#TARGET_LIST[@]})) ;;
         5a | 5b) http_runs=$((http_runs + ROUNDS * (${#TARGET_LIST[@]} - $(has_target direct && echo 1 || echo 0)))) ;;
         7) idle_runs=$((IDLE_ROUNDS * (${#TARGET_LIST[@]} - $(has_target direct && echo 1 || echo 0)))) ;;
         esac
@@ -202,11 +216,11 @@ main() {
     for target in "${TARGET_LIST[@]}"; do start_target "$target"; done
     sanity_check
     for target in "${!TLS_DETAILS[@]}"; do write_meta "tls_$target" "${TLS_DETAILS[$target]}"; done
-    placeholder_scenarios
+    if has_scenario 6; then sanity_check_cache; fi
 
     for ((round = 1; round <= ROUNDS; round++)); do
         for scenario in "${SCENARIO_LIST[@]}"; do
-            case $scenario in 1 | 2 | 3 | 4 | 5a | 5b) ;; *) continue ;; esac
+            case $scenario in 1 | 2 | 3 | 4 | 5a | 5b | 6) ;; *) continue ;; esac
             log "round $round/$ROUNDS, scenario $scenario"
             for target in "${TARGET_LIST[@]}"; do
                 # The origins speak no TLS: no direct-to-origin baseline for HTTPS.
