@@ -16,7 +16,8 @@
 #   BENCH_ROUNDS=3           rounds; each round runs every target once in every scenario
 #   BENCH_IDLE_CONNS=10000   connections held open in scenario 7 (capped by the open-file limit)
 #   BENCH_IDLE_ROUNDS=       rounds of scenario 7 (default: BENCH_ROUNDS)
-#   BENCH_SCENARIOS="1 2 3 4 5 7"  (5 = 5a and 5b, HTTPS; they can be chosen alone too)
+#   BENCH_SCENARIOS="1 2 3 4 5 7"  (5 = 5a and 5b, HTTPS; they can be chosen alone too;
+#                            6 = cache hits, only when chosen)
 #   BENCH_TARGETS="direct nginx haproxy gatehouse"
 #   BENCH_CONNECTIONS=64     client connections in scenarios 1-3 and 5
 #   BENCH_PROXY_CPU=0        CPU the proxy under test is pinned to

@@ -633,7 +633,7 @@ fn write_one(shared: &Shared, job: &Job) -> io::Result<()> {
         if index.removals.outdated(&job.key, job.queued_at) {
             return Ok(());
         }
-        // The file about to be replaced frees its size.
+        // The file about to be replaced frees its size (and is overwritten by the rename).
         let replaced = index.forget(id).map(|_| id);
         let mut victims = index.make_room(size, shared.limits.max_size);
         drop(index);
@@ -647,21 +647,27 @@ fn write_one(shared: &Shared, job: &Job) -> io::Result<()> {
         std::process::id(),
         fastrand::u64(..)
     ));
+    // From here on `id` is out of the index: whatever happens, no file of the old version may
+    // stay behind untracked (a removal meanwhile could not see it, and a restart would serve it).
+    let abandon = |temp: &Path| {
+        let _ = fs::remove_file(temp);
+        shared.delete(&[id]);
+    };
     let written = File::create(&temp).and_then(|mut file| file.write_all(&bytes));
     if let Err(error) = written {
-        let _ = fs::remove_file(&temp);
+        abandon(&temp);
         return Err(error);
     }
     let mut index = shared.index();
     // A removal may have come while the file was written.
     if index.removals.outdated(&job.key, job.queued_at) {
         drop(index);
-        let _ = fs::remove_file(&temp);
+        abandon(&temp);
         return Ok(());
     }
     if let Err(error) = fs::rename(&temp, shared.path(id)) {
         drop(index);
-        let _ = fs::remove_file(&temp);
+        abandon(&temp);
         return Err(error);
     }
     // The memory tier's rule: a response that varies on other fields than before replaces
