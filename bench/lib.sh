@@ -88,6 +88,7 @@ START_WAIT_SECONDS=10
 # Command prefix for the proxies (bench/profile.sh runs them under valgrind).
 TARGET_WRAPPER=()
 RUN_DIR=""
+CACHE_DIR=""
 declare -A MAIN_PID=()
 declare -A TLS_DETAILS=() # scenario 5: "cipher, key exchange" each proxy negotiated with OpenSSL
 
@@ -127,6 +128,7 @@ cleanup() {
         log "stopping ${#PIDS[@]} process(es) started by this run"
         stop_pids "${PIDS[@]}"
     fi
+    if [[ $CACHE_DIR == /dev/shm/gatehouse-bench-cache.* ]]; then rm -rf "$CACHE_DIR"; fi
     if [[ -n $RUN_DIR && -d $RUN_DIR ]]; then
         if [[ ${BENCH_KEEP:-0} == 1 ]]; then
             log "run directory kept: $RUN_DIR"
@@ -283,6 +285,7 @@ build_gatehouse() {
 
 render() {
     sed -e "s|@RUN@|$RUN_DIR|g" \
+        -e "s|@CACHE_DIR@|$CACHE_DIR|g" \
         -e "s|@NOFILE@|$NOFILE|g" \
         -e "s|@HAPROXY_MAXCONN@|$((IDLE_CONNS + 500))|g" \
         -e "s|@ORIGIN_PORT_1@|$ORIGIN_PORT_1|g" \
@@ -306,6 +309,14 @@ prepare_run_dir() {
     # nginx workers may run as an unprivileged user: they must read the bodies and temp paths.
     chmod 755 "$RUN_DIR"
     mkdir -p "$RUN_DIR/logs" "$RUN_DIR/tmp" "$RUN_DIR/www"
+    # Scenario 6: nginx's cache directory on tmpfs when there is one (removed on exit).
+    if [[ -d /dev/shm && -w /dev/shm ]]; then
+        CACHE_DIR=$(mktemp -d /dev/shm/gatehouse-bench-cache.XXXXXX)
+    else
+        CACHE_DIR=$RUN_DIR/cache
+        mkdir -p "$CACHE_DIR"
+    fi
+    chmod 755 "$CACHE_DIR"
     head -c 1024 /dev/zero | tr '\0' 'a' >"$RUN_DIR/www/1k"
     head -c 102400 /dev/zero | tr '\0' 'b' >"$RUN_DIR/www/100k"
     chmod -R a+rX "$RUN_DIR"
@@ -446,7 +457,7 @@ sanity_check_tls() {
 run_load() {
     local scenario=$1 url=$2 seconds=$3 out="$RUN_DIR/logs/load.out"
     case $scenario in
-    1 | 2 | 5a)
+    1 | 2 | 5a | 6)
         on_cpu "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${seconds}s" --timeout 10s \
             -s "$BENCH_DIR/tools/wrk_json.lua" "$url" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
         ;;
@@ -485,4 +496,10 @@ run_warmup() {
         die "warm-up failed: $(tail -n 5 "$out")"
 }
 
-scenario_path() { if [[ $1 == 2 ]]; then echo /100k; else echo /1k; fi; }
+scenario_path() {
+    case $1 in
+    2) echo /100k ;;
+    6) echo /cached/1k ;;
+    *) echo /1k ;;
+    esac
+}

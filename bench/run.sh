@@ -16,7 +16,8 @@
 #   BENCH_ROUNDS=3           rounds; each round runs every target once in every scenario
 #   BENCH_IDLE_CONNS=10000   connections held open in scenario 7 (capped by the open-file limit)
 #   BENCH_IDLE_ROUNDS=       rounds of scenario 7 (default: BENCH_ROUNDS)
-#   BENCH_SCENARIOS="1 2 3 4 5 7"  (5 = 5a and 5b, HTTPS; they can be chosen alone too)
+#   BENCH_SCENARIOS="1 2 3 4 5 7"  (5 = 5a and 5b, HTTPS; they can be chosen alone too;
+#                            6 = cache hits, only when chosen)
 #   BENCH_TARGETS="direct nginx haproxy gatehouse"
 #   BENCH_CONNECTIONS=64     client connections in scenarios 1-3 and 5
 #   BENCH_PROXY_CPU=0        CPU the proxy under test is pinned to
@@ -120,12 +121,26 @@ measure_idle() {
         "$failed failed, $still still open at the end)"
 }
 
-# Scenario 6 (cache hits) -- PLACEHOLDER until the cache lands: its section in the report says
-# "not measured yet"; add a case to run_load and target_port when it lands.
-placeholder_scenarios() {
-    if has_scenario 6; then
-        log "scenario 6 is a placeholder (it needs the cache): skipped"
-    fi
+# Scenario 6 (cache hits): every proxy must answer /cached/1k from its cache once it is filled,
+# or the scenario would measure proxying. The origin's request counter must not move over three
+# requests (the stub_status probe itself is one request).
+sanity_check_cache() {
+    local target port before after got i
+    for target in "${TARGET_LIST[@]}"; do
+        [[ $target == direct ]] && continue
+        port=$(target_port "$target" 6)
+        got=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code} %{size_download}' \
+            "http://127.0.0.1:$port/cached/1k") || die "$target: request failed"
+        [[ $got == "200 1024" ]] || die "$target: /cached/1k answered '$got', expected '200 1024'"
+        read -r _ before < <(origin_counters)
+        for i in 1 2 3; do
+            curl -sS --max-time 5 -o /dev/null "http://127.0.0.1:$port/cached/1k" || die "$target: request $i failed"
+        done
+        read -r _ after < <(origin_counters)
+        ((after - before - 1 == 0)) ||
+            die "$target: /cached/1k reached the origin $((after - before - 1)) times out of 3 (not cached)"
+    done
+    log "cache sanity check passed: every proxy serves /cached/1k from its cache"
 }
 
 write_meta() {
@@ -168,7 +183,7 @@ main() {
     local http_runs=0 idle_runs=0
     for scenario in "${SCENARIO_LIST[@]}"; do
         case $scenario in
-        1 | 2 | 3 | 4) http_runs=$((http_runs + ROUNDS * ${#TARGET_LIST[@]})) ;;
+        1 | 2 | 3 | 4 | 6) http_runs=$((http_runs + ROUNDS * ${#TARGET_LIST[@]})) ;;
         5a | 5b) http_runs=$((http_runs + ROUNDS * (${#TARGET_LIST[@]} - $(has_target direct && echo 1 || echo 0)))) ;;
         7) idle_runs=$((IDLE_ROUNDS * (${#TARGET_LIST[@]} - $(has_target direct && echo 1 || echo 0)))) ;;
         esac
@@ -202,11 +217,11 @@ main() {
     for target in "${TARGET_LIST[@]}"; do start_target "$target"; done
     sanity_check
     for target in "${!TLS_DETAILS[@]}"; do write_meta "tls_$target" "${TLS_DETAILS[$target]}"; done
-    placeholder_scenarios
+    if has_scenario 6; then sanity_check_cache; fi
 
     for ((round = 1; round <= ROUNDS; round++)); do
         for scenario in "${SCENARIO_LIST[@]}"; do
-            case $scenario in 1 | 2 | 3 | 4 | 5a | 5b) ;; *) continue ;; esac
+            case $scenario in 1 | 2 | 3 | 4 | 5a | 5b | 6) ;; *) continue ;; esac
             log "round $round/$ROUNDS, scenario $scenario"
             for target in "${TARGET_LIST[@]}"; do
                 # The origins speak no TLS: no direct-to-origin baseline for HTTPS.

@@ -20,6 +20,9 @@ SCENARIOS = {
     "5a": "HTTPS (TLS 1.3) keep-alive, HTTP/1.1, 1 KiB, 64 connections (wrk)",
     "5b": "HTTPS (TLS 1.3), a new TLS connection per request (`Connection: close`; wrk resumes "
     "the session from the proxy's ticket), 1 KiB, 64 connections (wrk)",
+    "6": "cache hits: HTTP/1.1 keep-alive, 1 KiB cacheable body (`max-age=3600`), 64 connections "
+    "(wrk); each proxy's cache on (nginx `proxy_cache` on tmpfs, HAProxy `cache`, Gatehouse's "
+    "memory tier); direct = the origin serving the file",
 }
 NAMES = {"direct": "direct to origin", "nginx": "nginx", "haproxy": "HAProxy", "gatehouse": "Gatehouse"}
 ORDER = ["direct", "nginx", "haproxy", "gatehouse"]
@@ -216,10 +219,15 @@ def main():
             )
         say("")
 
-    say("## Scenario 6: cache hits")
-    say("")
-    say("Placeholder: not measured until the cache lands.")
-    say("")
+    cached = [r for r in records if r["scenario"] == "6" and r["target"] != "direct"]
+    if cached:
+        misses = ", ".join(
+            f"{NAMES[t]} {sum(r['origin_requests'] for r in cached if r['target'] == t):,}"
+            for t in ORDER
+            if any(r["target"] == t for r in cached)
+        )
+        say(f"Scenario 6: origin requests during the measured runs (0 = every request a hit): {misses}.")
+        say("")
 
     if idle:
         conns = max(r["conns_requested"] for rs in idle.values() for r in rs)

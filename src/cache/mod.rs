@@ -12,6 +12,7 @@
 pub mod coalesce;
 pub mod conditional;
 pub mod directives;
+pub mod disk;
 pub mod policy;
 pub mod stage;
 pub mod status;

@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use super::coalesce::{self, Acquired, FillGuard, FillOutcome, Locks};
 use super::conditional;
 use super::directives::CacheControl;
+use super::disk::{DiskLimits, DiskStore};
 use super::policy::{self, Freshness, PolicyConfig, Reuse};
 use super::status::{CacheStatus, Forward};
 use super::store::{Found, Store, StoredResponse};
@@ -45,16 +46,25 @@ pub struct CacheRegistry {
 }
 
 impl CacheRegistry {
-    /// The live state if it has `max_size`, a new empty one otherwise.
-    pub fn state_for(&self, max_size: u64) -> Arc<CacheState> {
+    /// The live state if it has `max_size` and `disk`, a new one otherwise (empty in memory;
+    /// a disk tier that fails to open is logged and left out).
+    pub fn state_for(&self, max_size: u64, disk: Option<&DiskLimits>) -> Arc<CacheState> {
         let mut slot = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(state) = slot.upgrade()
             && state.store.max_size() == max_size
+            && state.store.disk().map(|d| d.limits()) == disk
         {
             return state;
         }
+        let disk = disk.and_then(|limits| match DiskStore::open(limits.clone()) {
+            Ok(disk) => Some(Arc::new(disk)),
+            Err(error) => {
+                tracing::error!(dir = %limits.dir.display(), %error, "cache disk tier not opened");
+                None
+            }
+        });
         let state = Arc::new(CacheState {
-            store: Store::new(max_size),
+            store: Store::with_disk(max_size, disk),
             locks: Arc::new(Locks::default()),
         });
         *slot = Arc::downgrade(&state);
@@ -132,7 +142,10 @@ impl RouteCache {
         }
         let set_cookie = own.and_then(|o| o.set_cookie).unwrap_or(global.set_cookie);
         Some(Arc::new(RouteCache {
-            state: registry.state_for(global.max_size.get_ref().0),
+            state: registry.state_for(
+                global.max_size.get_ref().0,
+                global.disk.as_ref().map(|d| d.get_ref().limits()).as_ref(),
+            ),
             policy: PolicyConfig {
                 heuristic_fraction: *own
                     .and_then(|o| o.heuristic_fraction.as_ref())
@@ -218,7 +231,14 @@ impl RouteCache {
         let mut collapsed = false;
         for attempt in 0..=MAX_WAITS {
             let now = SystemTime::now();
-            let (reason, stale) = match self.state.store.find(&key, request.headers()) {
+            let found = match self.state.store.find(&key, request.headers()) {
+                Found::Hit(stored) => Found::Hit(stored),
+                missed => match self.state.store.find_on_disk(&key, request.headers()).await {
+                    Some(stored) => Found::Hit(stored),
+                    None => missed,
+                },
+            };
+            let (reason, stale) = match found {
                 Found::Hit(stored) => match policy::reuse(&request_cc, &stored.freshness, now) {
                     Reuse::Fresh => {
                         handles.hit.increment(1);

@@ -3,6 +3,9 @@
 //!
 //! Entries are immutable and shared (`Arc`): a hit clones a pointer and the body's `Bytes`
 //! handle, never the body. Updating a key (a new variant, a 304 refresh) replaces its entry.
+//!
+//! With a disk tier ([`super::disk`]) below it, stores and removals go to both tiers, and a
+//! memory miss is looked up on disk ([`Store::find_on_disk`]) and promoted.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -10,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, StatusCode};
 
+use super::disk::DiskStore;
 use super::policy::Freshness;
 
 /// Most variants kept per URL; the oldest goes when a new one would exceed it, so a header with
@@ -125,6 +129,7 @@ impl moka::Expiry<Arc<str>, Arc<Variants>> for KeepFor {
 pub struct Store {
     entries: moka::sync::Cache<Arc<str>, Arc<Variants>>,
     max_size: u64,
+    disk: Option<Arc<DiskStore>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -138,6 +143,11 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// An empty store holding at most `max_size` bytes.
     pub fn new(max_size: u64) -> Store {
+        Store::with_disk(max_size, None)
+    }
+
+    /// An empty memory store holding at most `max_size` bytes, over `disk` if given.
+    pub fn with_disk(max_size: u64, disk: Option<Arc<DiskStore>>) -> Store {
         Store {
             entries: moka::sync::Cache::builder()
                 .max_capacity(max_size)
@@ -145,7 +155,24 @@ impl Store {
                 .expire_after(KeepFor)
                 .build(),
             max_size,
+            disk,
         }
+    }
+
+    /// The disk tier, if there is one.
+    pub fn disk(&self) -> Option<&Arc<DiskStore>> {
+        self.disk.as_ref()
+    }
+
+    /// On a memory miss: the variant `request` selects from the disk tier, promoted to memory.
+    pub async fn find_on_disk(
+        &self,
+        key: &str,
+        request: &HeaderMap,
+    ) -> Option<Arc<StoredResponse>> {
+        let found = Arc::new(self.disk.as_ref()?.find(key, request).await?);
+        self.insert_in_memory(key, found.clone());
+        Some(found)
     }
 
     /// The configured bound in bytes.
@@ -172,6 +199,13 @@ impl Store {
     /// selects by the most recent response's `Vary`).
     pub fn insert(&self, key: &str, response: StoredResponse) {
         let response = Arc::new(response);
+        self.insert_in_memory(key, response.clone());
+        if let Some(disk) = &self.disk {
+            disk.write(&Arc::from(key), response);
+        }
+    }
+
+    fn insert_in_memory(&self, key: &str, response: Arc<StoredResponse>) {
         self.entries
             .entry(Arc::from(key))
             .and_compute_with(|existing| {
@@ -197,6 +231,7 @@ impl Store {
     /// Replaces the stored `old` with `new` (a 304 refreshed it); nothing happens if `old` is no
     /// longer stored (a newer response replaced it meanwhile).
     pub fn replace(&self, key: &str, old: &Arc<StoredResponse>, new: Arc<StoredResponse>) {
+        let mut replaced = false;
         self.entries
             .entry(Arc::from(key))
             .and_compute_with(|existing| {
@@ -217,13 +252,18 @@ impl Store {
                         }
                     })
                     .collect();
+                replaced = true;
                 moka::ops::compute::Op::Put(Arc::new(Variants::with(updated)))
             });
+        if replaced && let Some(disk) = &self.disk {
+            disk.write(&Arc::from(key), new);
+        }
     }
 
     /// Removes every variant of `key`; true if there was any.
     pub fn remove(&self, key: &str) -> bool {
-        self.entries.remove(key).is_some()
+        let on_disk = self.disk.as_ref().is_some_and(|disk| disk.remove(key));
+        self.entries.remove(key).is_some() || on_disk
     }
 
     /// Removes every key that starts with `prefix`; returns how many.
@@ -234,9 +274,14 @@ impl Store {
             .filter(|(key, _)| key.starts_with(prefix))
             .map(|(key, _)| Arc::clone(&*key))
             .collect();
-        keys.iter()
+        let mut removed: std::collections::HashSet<Arc<str>> = keys
+            .into_iter()
             .filter(|key| self.entries.remove(key.as_ref()).is_some())
-            .count()
+            .collect();
+        if let Some(disk) = &self.disk {
+            removed.extend(disk.remove_prefix(prefix));
+        }
+        removed.len()
     }
 
     /// Bytes held (approximate until pending maintenance has run).

@@ -314,6 +314,40 @@ pub struct CacheSettings {
     /// How long a request waits for another request that is already fetching the same URL
     /// (request coalescing) before going to the backend itself.
     pub lock_timeout: HumanDuration,
+    /// The optional disk tier below the memory store; absent means memory only.
+    pub disk: Option<Spanned<DiskCacheSettings>>,
+}
+
+/// `[cache] disk = { path, max_size, max_object_size }`: stored responses also kept as files,
+/// bounded in bytes, found again after a restart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskCacheSettings {
+    /// The directory (created if missing; relative paths are from the working directory).
+    pub path: Spanned<String>,
+    /// Most bytes the files take together; least recently used ones are deleted beyond it.
+    #[serde(default = "disk_max_size")]
+    pub max_size: Spanned<ByteSize>,
+    /// Largest response body written to disk (default: 8MiB, or `max_size` if smaller).
+    pub max_object_size: Option<Spanned<ByteSize>>,
+}
+
+fn disk_max_size() -> Spanned<ByteSize> {
+    Spanned::new(0..0, ByteSize(1 << 30))
+}
+
+impl DiskCacheSettings {
+    /// The limits the disk tier is opened with.
+    pub fn limits(&self) -> crate::cache::disk::DiskLimits {
+        crate::cache::disk::DiskLimits {
+            dir: std::path::PathBuf::from(self.path.get_ref()),
+            max_size: self.max_size.get_ref().0,
+            max_object_size: self
+                .max_object_size
+                .as_ref()
+                .map_or((8 << 20).min(self.max_size.get_ref().0), |s| s.get_ref().0),
+        }
+    }
 }
 
 impl Default for CacheSettings {
@@ -325,6 +359,7 @@ impl Default for CacheSettings {
             heuristic_fraction: Spanned::new(0..0, 0.1),
             set_cookie: SetCookieMode::NoStore,
             lock_timeout: HumanDuration::secs(5),
+            disk: None,
         }
     }
 }

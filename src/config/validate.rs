@@ -130,6 +130,9 @@ fn check_cache(config: &Config, problems: &mut Problems) {
     };
     check_object(&settings.max_object_size, problems);
     check_fraction(&settings.heuristic_fraction, problems);
+    if let Some(disk) = &settings.disk {
+        check_cache_disk(disk.get_ref(), problems);
+    }
     for route in &config.routes {
         let Some(cache) = &route.cache else {
             continue;
@@ -141,6 +144,37 @@ fn check_cache(config: &Config, problems: &mut Problems) {
         if let Some(fraction) = &cache.heuristic_fraction {
             check_fraction(fraction, problems);
         }
+    }
+}
+
+/// The disk tier's sizes, and its directory: created if missing and written to, so a
+/// directory the process cannot use is refused at start and reload rather than found later.
+fn check_cache_disk(disk: &crate::config::schema::DiskCacheSettings, problems: &mut Problems) {
+    let max_size = disk.max_size.get_ref().0;
+    if max_size < 1 << 20 {
+        problems.at(&disk.max_size, "cache.disk.max_size must be at least 1MiB");
+    }
+    if let Some(size) = &disk.max_object_size {
+        let object = size.get_ref().0;
+        if object == 0 {
+            problems.at(size, "cache.disk.max_object_size must be more than 0");
+        } else if object > max_size {
+            problems.at(
+                size,
+            format!(
+                "cache.disk.max_object_size ({object} bytes) is larger than cache.disk.max_size ({max_size} bytes)"
+            ),
+            );
+        }
+    }
+    let path = disk.path.get_ref();
+    if path.is_empty() {
+        problems.at(&disk.path, "cache.disk.path is empty");
+    } else if let Err(error) = crate::cache::disk::check_writable(std::path::Path::new(path)) {
+        problems.at(
+            &disk.path,
+            format!("cache.disk.path {path:?} cannot be created or written: {error}"),
+        );
     }
 }
 

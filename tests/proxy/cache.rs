@@ -731,3 +731,194 @@ async fn the_admin_api_purges_a_url_or_a_prefix() {
     let (status, _) = purge("{\"url\": \"http://x/\", \"prefix\": \"http://x/\"}".to_owned()).await;
     assert_eq!(status, 400);
 }
+
+/// `[cache]` settings with the disk tier in `dir` (and `extra` keys in its table).
+fn disk_settings(dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        "disk = {{ path = {:?}{extra} }}",
+        dir.to_str().expect("UTF-8 temp path")
+    )
+}
+
+/// The entry files in `dir` (the disk tier names them `*.ghc`).
+fn entry_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "ghc"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// GET `path` with a fixed `Host`, so the cache key stays the same across proxies listening on
+/// different ports.
+async fn get_as_host(
+    client: &reqwest::Client,
+    proxy: &Proxy,
+    path: &str,
+) -> (u16, String, reqwest::header::HeaderMap) {
+    let response = client
+        .get(proxy.url(path))
+        .header("host", "cache.test")
+        .send()
+        .await
+        .expect("response");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, response.text().await.expect("body"), headers)
+}
+
+/// True once an entry file in `dir` holds the key ending in `path` (the writer works in the
+/// background).
+async fn written_to_disk(dir: &std::path::Path, path: &str) -> bool {
+    let needle = format!("{path}\"");
+    eventually(Duration::from_secs(20), || {
+        entry_files(dir).iter().any(|file| {
+            std::fs::read(file).is_ok_and(|bytes| {
+                bytes
+                    .windows(needle.len())
+                    .any(|window| window == needle.as_bytes())
+            })
+        })
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_response_on_the_disk_tier_survives_a_restart_with_its_age() {
+    let origin = Origin::start(|_| async {
+        answer(
+            "from the origin",
+            &[("cache-control", "max-age=3600"), ("age", "10")],
+        )
+    })
+    .await;
+    let dir = TempDir::new("cache-disk-restart");
+    let config = cached_config(origin.addr, &disk_settings(&dir.path, ""));
+    let client = client();
+
+    let mut proxy = Proxy::start(&config).await;
+    let (status, body, headers) = get_as_host(&client, &proxy, "/kept").await;
+    assert_eq!((status, body.as_str()), (200, "from the origin"));
+    assert!(cache_status(&headers).contains("; stored"));
+    assert!(
+        written_to_disk(&dir.path, "/kept").await,
+        "entry file written"
+    );
+    proxy.shutdown().await;
+    // Time passes while the proxy is down; Age must count it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let proxy = Proxy::start(&config).await;
+    let (status, body, headers) = get_as_host(&client, &proxy, "/kept").await;
+    assert_eq!((status, body.as_str()), (200, "from the origin"));
+    let hit = cache_status(&headers);
+    assert!(hit.starts_with("gatehouse; hit; ttl="), "{hit}");
+    let age: u64 = headers["age"].to_str().unwrap().parse().expect("Age");
+    assert!(
+        (11..3600).contains(&age),
+        "Age {age}: the origin's 10 plus the time since stored"
+    );
+    assert_eq!(origin.count(), 1, "the restarted proxy served it from disk");
+    // Promoted to memory: served again without the origin.
+    let (_, body, _) = get_as_host(&client, &proxy, "/kept").await;
+    assert_eq!(body, "from the origin");
+    assert_eq!(origin.count(), 1);
+}
+
+#[tokio::test]
+async fn a_damaged_file_on_the_disk_tier_is_ignored_and_deleted() {
+    let origin =
+        Origin::start(|_| async { answer("whole body", &[("cache-control", "max-age=3600")]) })
+            .await;
+    let dir = TempDir::new("cache-disk-damaged");
+    // Junk that looks like an entry file by its name.
+    std::fs::write(
+        dir.join("0123456789abcdef0123456789abcdef.ghc"),
+        b"not an entry",
+    )
+    .expect("write junk");
+    let config = cached_config(origin.addr, &disk_settings(&dir.path, ""));
+    let client = client();
+
+    let mut proxy = Proxy::start(&config).await;
+    assert!(
+        !dir.join("0123456789abcdef0123456789abcdef.ghc").exists(),
+        "junk deleted by the scan"
+    );
+    get_as_host(&client, &proxy, "/damaged").await;
+    assert!(written_to_disk(&dir.path, "/damaged").await);
+    proxy.shutdown().await;
+
+    // Cut the entry short, as a crash in the middle of a write without rename would.
+    let files = entry_files(&dir.path);
+    assert_eq!(files.len(), 1);
+    let bytes = std::fs::read(&files[0]).expect("read entry");
+    std::fs::write(&files[0], &bytes[..bytes.len() - 3]).expect("truncate entry");
+
+    let proxy = Proxy::start(&config).await;
+    let (status, body, headers) = get_as_host(&client, &proxy, "/damaged").await;
+    assert_eq!((status, body.as_str()), (200, "whole body"));
+    assert!(
+        cache_status(&headers).starts_with("gatehouse; fwd=uri-miss"),
+        "{}",
+        cache_status(&headers)
+    );
+    assert_eq!(origin.count(), 2, "the damaged entry was not served");
+}
+
+#[tokio::test]
+async fn the_disk_tier_stays_within_its_max_size() {
+    let origin = Origin::start(|_| async {
+        answer(
+            &"d".repeat(100 * 1024),
+            &[("cache-control", "max-age=3600")],
+        )
+    })
+    .await;
+    let dir = TempDir::new("cache-disk-bound");
+    let config = cached_config(
+        origin.addr,
+        &disk_settings(
+            &dir.path,
+            ", max_size = \"1MiB\", max_object_size = \"256KiB\"",
+        ),
+    );
+    let client = client();
+    let proxy = Proxy::start(&config).await;
+    for i in 0..20 {
+        let (status, body, _) = get(&client, &proxy, &format!("/r{i}")).await;
+        assert_eq!((status, body.len()), (200, 100 * 1024));
+        // One at a time, so the bounded writer queue never skips one.
+        assert!(written_to_disk(&dir.path, &format!("/r{i}")).await, "r{i}");
+    }
+    let files = entry_files(&dir.path);
+    let total: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+        .sum();
+    assert!(total <= 1 << 20, "{total} bytes on disk");
+    assert!(files.len() >= 5, "{} files", files.len());
+    drop(proxy);
+}
+
+#[tokio::test]
+async fn an_unusable_disk_path_is_refused_with_its_line() {
+    let dir = TempDir::new("cache-disk-refused");
+    let blocker = dir.join("a-file");
+    std::fs::write(&blocker, b"x").expect("write");
+    let text = single_pool_config(
+        &["127.0.0.1:1".parse().unwrap()],
+        &format!(
+            "[cache]\nenabled = true\n{}\n",
+            disk_settings(&blocker.join("sub"), "")
+        ),
+    );
+    let error = gatehouse::config::parse(std::path::Path::new("test.toml"), &text)
+        .expect_err("a path under a file cannot be created")
+        .to_string();
+    assert!(error.contains("test.toml:"), "{error}");
+    assert!(error.contains("cache.disk.path"), "{error}");
+}
