@@ -114,6 +114,7 @@ pub struct RouteCache {
     policy: PolicyConfig,
     max_object_size: u64,
     lock_timeout: Duration,
+    refresh_timeout: Duration,
     route: Arc<str>,
     metrics: OnceLock<Arc<CacheMetrics>>,
 }
@@ -153,6 +154,7 @@ impl RouteCache {
                 .and_then(|o| o.lock_timeout)
                 .unwrap_or(global.lock_timeout)
                 .0,
+            refresh_timeout: global.refresh_timeout.0,
             route,
             metrics: OnceLock::new(),
         }))
@@ -173,12 +175,17 @@ impl RouteCache {
     /// headers may have been changed: the client's `If-None-Match` / `If-Modified-Since` are
     /// replaced by the stored response's validators (or removed on a miss, so the backend
     /// sends a whole response the cache can store).
+    ///
+    /// `background` says whether a stale response within its `stale-while-revalidate` window
+    /// may be served at once while the pipeline refreshes it in the background
+    /// ([`Lookup::AnswerAndRefresh`]); without it such a response is revalidated first.
     pub async fn lookup<B>(
         self: &Arc<Self>,
         metrics: &Metrics,
         scheme: &str,
         host: &str,
         request: &mut Request<B>,
+        background: bool,
     ) -> Lookup {
         let handles = self.metrics(metrics);
         let method = request.method().clone();
@@ -232,14 +239,34 @@ impl RouteCache {
                         status.detail = Some("stale");
                         return Lookup::Answer(forwarding.answer(&stored, now, status));
                     }
-                    // Revalidated in the foreground for now: correct, only not faster.
+                    Reuse::StaleWhileRevalidate if background => {
+                        handles.stale.increment(1);
+                        // RFC 9211 §2.1: `hit` means this request was not forwarded; the
+                        // refresh is a request of its own, so no `fwd` here.
+                        let mut status = CacheStatus::hit(stored.freshness.ttl(now));
+                        status.detail = Some("stale-while-revalidate");
+                        let answer = forwarding.answer(&stored, now, status);
+                        // At most one refresh per URL at a time: if a fetch is already in
+                        // flight, it refreshes the entry for this request too.
+                        let Acquired::Leader(guard) = self.state.locks.acquire(&key) else {
+                            return Lookup::Answer(answer);
+                        };
+                        forwarding.guard = Some(guard);
+                        forwarding.mode = Mode::Fill;
+                        // A HEAD's refresh fetches the GET it is answered from.
+                        forwarding.method = Method::GET;
+                        forwarding.status = CacheStatus::forward(Forward::Stale);
+                        forwarding.prepare(request.headers_mut(), Some(stored));
+                        return Lookup::AnswerAndRefresh(answer, Box::new(forwarding));
+                    }
                     Reuse::StaleWhileRevalidate | Reuse::Validate => {
                         let plain = policy::reuse(&CacheControl::default(), &stored.freshness, now);
-                        let reason = if matches!(plain, Reuse::Validate) {
-                            Forward::Stale
-                        } else {
-                            Forward::Request
-                        };
+                        let reason =
+                            if matches!(plain, Reuse::Validate | Reuse::StaleWhileRevalidate) {
+                                Forward::Stale
+                            } else {
+                                Forward::Request
+                            };
                         (reason, Some(stored))
                     }
                 },
@@ -303,6 +330,12 @@ pub fn primary_key(scheme: &str, host: &str, uri: &http::Uri) -> Arc<str> {
 pub enum Lookup {
     /// Answer from the cache (or with 504 for `only-if-cached`); nothing goes to the backend.
     Answer(Answer),
+    /// Answer from the cache now with a stale response (within its `stale-while-revalidate`
+    /// window), and refresh it in the background: send the request (its headers prepared for
+    /// the revalidation, method GET) to the backend apart from the client, and hand the
+    /// response to [`Forwarding::on_response`], then read its body to the end (so it is
+    /// stored). The forwarding holds the URL's fetch lock until it ends or is dropped.
+    AnswerAndRefresh(Answer, Box<Forwarding>),
     /// Go to the backend, then hand the response to [`Forwarding::on_response`].
     Forward(Box<Forwarding>),
 }
@@ -364,6 +397,16 @@ impl Forwarding {
         &self.status
     }
 
+    /// How long a background refresh may take in all (`cache.refresh_timeout`).
+    pub fn refresh_timeout(&self) -> Duration {
+        self.cache.refresh_timeout
+    }
+
+    /// The most body bytes worth reading for the store.
+    pub fn max_object_size(&self) -> u64 {
+        self.cache.max_object_size
+    }
+
     /// Replaces the client's validators with the stored response's, or removes them.
     fn prepare(&mut self, headers: &mut HeaderMap, stale: Option<Arc<StoredResponse>>) {
         self.request_time = SystemTime::now();
@@ -373,6 +416,9 @@ impl Forwarding {
         }
         headers.remove(header::IF_NONE_MATCH);
         headers.remove(header::IF_MODIFIED_SINCE);
+        // What is fetched to be stored is the whole response.
+        headers.remove(header::RANGE);
+        headers.remove(header::IF_RANGE);
         if let Some(stored) = &stale {
             for (name, value) in conditional::upstream_validators(&stored.headers) {
                 headers.insert(name, value);

@@ -314,6 +314,9 @@ pub struct CacheSettings {
     /// How long a request waits for another request that is already fetching the same URL
     /// (request coalescing) before going to the backend itself.
     pub lock_timeout: HumanDuration,
+    /// The longest a background refresh (`stale-while-revalidate`) may take, response body
+    /// included; it is abandoned after that.
+    pub refresh_timeout: HumanDuration,
 }
 
 impl Default for CacheSettings {
@@ -325,6 +328,7 @@ impl Default for CacheSettings {
             heuristic_fraction: Spanned::new(0..0, 0.1),
             set_cookie: SetCookieMode::NoStore,
             lock_timeout: HumanDuration::secs(5),
+            refresh_timeout: HumanDuration::secs(30),
         }
     }
 }

@@ -731,3 +731,98 @@ async fn the_admin_api_purges_a_url_or_a_prefix() {
     let (status, _) = purge("{\"url\": \"http://x/\", \"prefix\": \"http://x/\"}".to_owned()).await;
     assert_eq!(status, 400);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Cache, phase 3 (branch cache-more): background stale-while-revalidate, PURGE and surrogate
+// keys, Range requests from stored responses, targeted cache control (RFC 9213), cache key
+// options.
+// ---------------------------------------------------------------------------------------------
+
+/// An origin whose n-th response has body `v{n}`, lives one second and may then be served stale
+/// for 600 s while revalidated. Requests after the first wait for a permit from `gate`.
+async fn versioned_origin(gate: Arc<tokio::sync::Semaphore>) -> Origin {
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    Origin::start(move |_| {
+        let (gate, served) = (gate.clone(), served.clone());
+        async move {
+            let n = served.fetch_add(1, Ordering::SeqCst) + 1;
+            if n > 1 {
+                // A closed gate lets everyone through (the test's end).
+                if let Ok(permit) = gate.acquire().await {
+                    permit.forget();
+                }
+            }
+            answer(
+                &format!("v{n}"),
+                &[("cache-control", "max-age=1, stale-while-revalidate=600")],
+            )
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_answers_at_once_and_refreshes_once_in_the_background() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let origin = versioned_origin(gate.clone()).await;
+    let proxy = Proxy::start(&cached_config(origin.addr, "")).await;
+    let client = client();
+    assert_eq!(get(&client, &proxy, "/swr").await.1, "v1");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    // The origin holds every refresh: these are answered from the stale entry regardless.
+    let stale = (0..5).map(|_| get(&client, &proxy, "/swr"));
+    for (status, body, headers) in futures_util::future::join_all(stale).await {
+        assert_eq!((status, body.as_str()), (200, "v1"));
+        let cs = cache_status(&headers);
+        assert!(
+            cs.starts_with("gatehouse; hit; ttl=-")
+                && cs.ends_with("detail=stale-while-revalidate"),
+            "{cs}"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || origin.count() == 2).await,
+        "one refresh went to the origin"
+    );
+    let (_, body, _) = get(&client, &proxy, "/swr").await;
+    assert_eq!(body, "v1", "still stale while the refresh is held");
+    assert_eq!(origin.count(), 2, "at most one refresh per URL at a time");
+
+    gate.add_permits(1);
+    let mut refreshed = false;
+    for _ in 0..200 {
+        let (_, body, _) = get(&client, &proxy, "/swr").await;
+        if body == "v2" {
+            refreshed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refreshed, "the background refresh stored v2");
+    gate.close();
+}
+
+#[tokio::test]
+async fn a_background_refresh_ends_within_refresh_timeout() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let origin = versioned_origin(gate.clone()).await;
+    let proxy = Proxy::start(&cached_config(origin.addr, "refresh_timeout = \"1s\"")).await;
+    let client = client();
+    get(&client, &proxy, "/slow").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The first refresh hangs at the origin; once it is abandoned, the URL's lock is free and
+    // a later stale hit starts another.
+    let mut second_refresh = false;
+    for _ in 0..150 {
+        let (status, body, _) = get(&client, &proxy, "/slow").await;
+        assert_eq!((status, body.as_str()), (200, "v1"));
+        if origin.count() >= 3 {
+            second_refresh = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(second_refresh, "the hung refresh was abandoned");
+    gate.close();
+}
