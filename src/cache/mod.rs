@@ -16,6 +16,7 @@ pub mod policy;
 pub mod stage;
 pub mod status;
 pub mod store;
+pub mod tags;
 pub mod vary;
 
 pub use stage::{Answer, CacheRegistry, CacheState, Completed, Forwarding, Lookup, RouteCache};

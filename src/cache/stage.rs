@@ -7,6 +7,7 @@
 //! pipeline applies those to hits exactly as to responses that come from the backend, so a hit
 //! is coded for the client that asked for it, and one stored copy serves every coding.
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -25,6 +26,7 @@ use super::vary;
 use crate::body::{BodyTap, IncomingBody};
 use crate::config::{CacheSettings, RouteCacheSettings, SetCookieMode};
 use crate::observe::metrics::Metrics;
+use crate::protect::ip::IpList;
 
 /// How many times a request waits for another's fetch before fetching itself.
 const MAX_WAITS: usize = 2;
@@ -115,24 +117,31 @@ pub struct RouteCache {
     max_object_size: u64,
     lock_timeout: Duration,
     refresh_timeout: Duration,
+    /// Who may send `PURGE` (`cache.purge_allow`); empty: nobody.
+    purge_allow: Arc<IpList>,
+    /// Remove `Surrogate-Key` and `Cache-Tag` from what clients get.
+    strip_surrogate_keys: bool,
     route: Arc<str>,
     metrics: OnceLock<Arc<CacheMetrics>>,
 }
 
 impl RouteCache {
-    /// The cache of a route, or `None` when caching is off for it.
+    /// The cache of a route, or `None` when caching is off for it; an error when
+    /// `cache.purge_allow` cannot be read.
     pub fn for_route(
         route: Arc<str>,
         global: &CacheSettings,
         own: Option<&RouteCacheSettings>,
         registry: &CacheRegistry,
-    ) -> Option<Arc<RouteCache>> {
+    ) -> Result<Option<Arc<RouteCache>>, String> {
         let enabled = own.map_or(global.enabled, |o| o.enabled);
         if !enabled {
-            return None;
+            return Ok(None);
         }
+        let purge_allow = IpList::parse_entries(global.purge_allow.iter().map(|e| e.get_ref()))
+            .map_err(|e| format!("cache.purge_allow: {e}"))?;
         let set_cookie = own.and_then(|o| o.set_cookie).unwrap_or(global.set_cookie);
-        Some(Arc::new(RouteCache {
+        Ok(Some(Arc::new(RouteCache {
             state: registry.state_for(global.max_size.get_ref().0),
             policy: PolicyConfig {
                 heuristic_fraction: *own
@@ -155,9 +164,44 @@ impl RouteCache {
                 .unwrap_or(global.lock_timeout)
                 .0,
             refresh_timeout: global.refresh_timeout.0,
+            purge_allow: Arc::new(purge_allow),
+            strip_surrogate_keys: global.strip_surrogate_keys,
             route,
             metrics: OnceLock::new(),
-        }))
+        })))
+    }
+
+    /// Answers a `PURGE` of the request's URL from `client`: every stored variant of it is
+    /// removed when `client` is in `cache.purge_allow` (`200` with `{"purged": N}`), else
+    /// `403`.
+    pub fn purge(&self, scheme: &str, host: &str, uri: &http::Uri, client: IpAddr) -> Answer {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let mut cache_status = CacheStatus::forward(Forward::Method);
+        if !self.purge_allow.contains(client) {
+            cache_status.detail = Some("purge-refused");
+            return Answer {
+                status: StatusCode::FORBIDDEN,
+                headers,
+                body: Bytes::from_static(
+                    b"{\"error\": \"PURGE is not allowed from this address\"}\n",
+                ),
+                cache_status,
+            };
+        }
+        let key = primary_key(scheme, host, uri);
+        let purged = usize::from(self.state.store.remove(&key));
+        tracing::info!(url = %key, purged, %client, "cache purged by a PURGE request");
+        cache_status.detail = Some("purged");
+        Answer {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from(format!("{{\"purged\": {purged}}}\n")),
+            cache_status,
+        }
     }
 
     /// The shared state (for purges and tests).
@@ -444,6 +488,7 @@ impl Forwarding {
         ) {
             let mut headers = conditional::not_modified_headers(&stored.headers);
             headers.insert(header::AGE, age);
+            self.strip_for_client(&mut headers);
             return Answer {
                 status: StatusCode::NOT_MODIFIED,
                 headers,
@@ -453,6 +498,7 @@ impl Forwarding {
         }
         let mut headers = stored.headers.clone();
         headers.insert(header::AGE, age);
+        self.strip_for_client(&mut headers);
         let bodiless =
             stored.status == StatusCode::NO_CONTENT || stored.status == StatusCode::NOT_MODIFIED;
         if !bodiless {
@@ -593,15 +639,26 @@ impl Forwarding {
             guard: self.guard.take(),
         };
         let cache_status = self.status.clone();
+        let mut parts = parts;
+        self.strip_for_client(&mut parts.headers);
         Completed::Pass(
             Response::from_parts(parts, IncomingBody::tapped(body, Box::new(fill))),
             cache_status,
         )
     }
 
-    fn pass(self, response: Response<IncomingBody>) -> Completed {
+    fn pass(self, mut response: Response<IncomingBody>) -> Completed {
+        self.strip_for_client(response.headers_mut());
         let status = self.status.clone();
         Completed::Pass(response, status)
+    }
+
+    /// Removes what is for the cache only from a response going to the client.
+    fn strip_for_client(&self, headers: &mut HeaderMap) {
+        if self.cache.strip_surrogate_keys {
+            headers.remove(super::tags::SURROGATE_KEY);
+            headers.remove(super::tags::CACHE_TAG);
+        }
     }
 
     /// RFC 9111 §4.4: the target URI and the same-host `Location` / `Content-Location`.

@@ -317,6 +317,11 @@ pub struct CacheSettings {
     /// The longest a background refresh (`stale-while-revalidate`) may take, response body
     /// included; it is abandoned after that.
     pub refresh_timeout: HumanDuration,
+    /// Client addresses (CIDRs, or `"file:PATH"`) that may send `PURGE`; empty: nobody (403).
+    pub purge_allow: Vec<Spanned<String>>,
+    /// Remove `Surrogate-Key` and `Cache-Tag` from responses sent to clients (they are still
+    /// stored and indexed).
+    pub strip_surrogate_keys: bool,
 }
 
 impl Default for CacheSettings {
@@ -329,6 +334,8 @@ impl Default for CacheSettings {
             set_cookie: SetCookieMode::NoStore,
             lock_timeout: HumanDuration::secs(5),
             refresh_timeout: HumanDuration::secs(30),
+            purge_allow: Vec::new(),
+            strip_surrogate_keys: true,
         }
     }
 }

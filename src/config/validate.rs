@@ -130,6 +130,7 @@ fn check_cache(config: &Config, problems: &mut Problems) {
     };
     check_object(&settings.max_object_size, problems);
     check_fraction(&settings.heuristic_fraction, problems);
+    check_ip_lists(Some(&settings.purge_allow), None, problems);
     for route in &config.routes {
         let Some(cache) = &route.cache else {
             continue;

@@ -341,6 +341,21 @@ async fn proxy(
         && headers::upgrade_requested(request.headers()).is_none()
     {
         let host = request_host(&request).unwrap_or("").to_owned();
+        if request.method().as_str() == "PURGE" {
+            // Answered here on a caching route, never forwarded (the ACL is the cache's).
+            let answer = cache.purge(conn.proto, &host, request.uri(), client_ip);
+            let public_host = HeaderValue::from_str(&host).ok();
+            return Ok(serve_answer(
+                generation,
+                conn,
+                &route,
+                exchange,
+                answer,
+                None,
+                &page_headers,
+                public_host.as_ref(),
+            ));
+        }
         // Boxed: the lookup (which may wait for a coalesced fetch) would otherwise add its
         // state to every request's future, cached route or not, and that future is moved
         // around per request (see docs/performance.md).

@@ -826,3 +826,249 @@ async fn a_background_refresh_ends_within_refresh_timeout() {
     assert!(second_refresh, "the hung refresh was abandoned");
     gate.close();
 }
+
+/// Starts a proxy with an admin listener over the cached route; returns it and its admin address.
+async fn proxy_with_admin(
+    origin: std::net::SocketAddr,
+    settings: &str,
+) -> (Proxy, std::net::SocketAddr) {
+    let config = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n{}",
+        cached_config(origin, settings)
+    );
+    let proxy = Proxy::start(&config).await;
+    let admin = proxy
+        .server
+        .as_ref()
+        .expect("server")
+        .admin_addr()
+        .expect("admin listener");
+    (proxy, admin)
+}
+
+async fn admin_purge(admin: std::net::SocketAddr, body: &str) -> (u16, serde_json::Value) {
+    let response = client()
+        .post(format!("http://{admin}/api/cache/purge"))
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("admin response");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("admin body");
+    (status, serde_json::from_str(&text).expect("JSON"))
+}
+
+fn purge_method() -> reqwest::Method {
+    reqwest::Method::from_bytes(b"PURGE").expect("method")
+}
+
+#[tokio::test]
+async fn purge_removes_every_variant_of_a_url_for_allowed_addresses_only() {
+    let origin = Origin::start(|_| async {
+        answer(
+            "v",
+            &[
+                ("cache-control", "max-age=600"),
+                ("vary", "accept-language"),
+            ],
+        )
+    })
+    .await;
+    let proxy = Proxy::start(&cached_config(
+        origin.addr,
+        "purge_allow = [\"127.0.0.1/32\", \"::1\"]",
+    ))
+    .await;
+    let client = client();
+    for language in ["en", "fr", "en", "fr"] {
+        client
+            .get(proxy.url("/v"))
+            .header("accept-language", language)
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(origin.count(), 2, "two variants stored");
+    let purged = client
+        .request(purge_method(), proxy.url("/v"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purged.status().as_u16(), 200);
+    let answer: serde_json::Value = serde_json::from_str(&purged.text().await.unwrap()).unwrap();
+    assert_eq!(answer["purged"], 1, "{answer}");
+    for language in ["en", "fr"] {
+        client
+            .get(proxy.url("/v"))
+            .header("accept-language", language)
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(origin.count(), 4, "both variants fetched again");
+    assert_eq!(
+        origin
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.method.as_str() == "PURGE")
+            .count(),
+        0,
+        "PURGE is never forwarded"
+    );
+
+    // Without `purge_allow`, nobody may purge.
+    let closed = Proxy::start(&cached_config(origin.addr, "")).await;
+    get(&client, &closed, "/c").await;
+    let refused = client
+        .request(purge_method(), closed.url("/c"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
+    get(&client, &closed, "/c").await;
+    assert_eq!(seen_on(&origin, "/c"), 1, "still stored");
+}
+
+#[test]
+fn a_bad_purge_allow_entry_is_refused_with_its_line() {
+    let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[pool.app]\nbackends = [\"127.0.0.1:1\"]\n\n\
+                [cache]\npurge_allow = [\"10.0.0.0/99\"]\n";
+    let errors = gatehouse::config::parse(std::path::Path::new("bad.toml"), text)
+        .expect_err("refused")
+        .0;
+    let error = errors
+        .iter()
+        .find(|e| e.key.starts_with("cache.purge_allow"))
+        .expect("purge_allow error");
+    assert_eq!(error.line, 8);
+}
+
+#[tokio::test]
+async fn surrogate_keys_are_indexed_purged_by_the_admin_api_and_hidden_from_clients() {
+    let origin = Origin::start(|request| async move {
+        match request.uri().path() {
+            "/p1" => answer(
+                "1",
+                &[
+                    ("cache-control", "max-age=600"),
+                    ("surrogate-key", "all product-1"),
+                ],
+            ),
+            "/p2" => answer(
+                "2",
+                &[
+                    ("cache-control", "max-age=600"),
+                    ("cache-tag", "all, product-2"),
+                ],
+            ),
+            _ => answer("3", &[("cache-control", "max-age=600")]),
+        }
+    })
+    .await;
+    let (proxy, admin) = proxy_with_admin(origin.addr, "").await;
+    let client = client();
+    for path in ["/p1", "/p2", "/p3"] {
+        let (_, _, headers) = get(&client, &proxy, path).await;
+        assert!(headers.get("surrogate-key").is_none() && headers.get("cache-tag").is_none());
+        let (_, _, headers) = get(&client, &proxy, path).await;
+        assert!(cache_status(&headers).contains("hit"));
+        assert!(headers.get("surrogate-key").is_none() && headers.get("cache-tag").is_none());
+    }
+    assert_eq!(origin.count(), 3);
+
+    let (status, answer) = admin_purge(admin, "{\"key\": \"product-1\"}").await;
+    assert_eq!(
+        (status, answer["purged"].as_u64()),
+        (200, Some(1)),
+        "{answer}"
+    );
+    get(&client, &proxy, "/p1").await;
+    get(&client, &proxy, "/p2").await;
+    assert_eq!((seen_on(&origin, "/p1"), seen_on(&origin, "/p2")), (2, 1));
+
+    let (_, answer) = admin_purge(admin, "{\"key\": \"all\"}").await;
+    assert_eq!(answer["purged"].as_u64(), Some(2), "{answer}");
+    for path in ["/p1", "/p2", "/p3"] {
+        get(&client, &proxy, path).await;
+    }
+    assert_eq!(
+        (
+            seen_on(&origin, "/p1"),
+            seen_on(&origin, "/p2"),
+            seen_on(&origin, "/p3")
+        ),
+        (3, 2, 1)
+    );
+    let (_, answer) = admin_purge(admin, "{\"key\": \"nothing-has-this\"}").await;
+    assert_eq!(answer["purged"].as_u64(), Some(0));
+    let (status, _) = admin_purge(admin, "{\"key\": \"\"}").await;
+    assert_eq!(status, 400);
+
+    // Configured to keep them, clients see the names.
+    let shown = Proxy::start(&cached_config(origin.addr, "strip_surrogate_keys = false")).await;
+    for _ in 0..2 {
+        let (_, _, headers) = get(&client, &shown, "/p1").await;
+        assert_eq!(headers["surrogate-key"], "all product-1");
+    }
+}
+
+#[tokio::test]
+async fn a_soft_purge_marks_stale_so_the_next_request_revalidates() {
+    // Fresh for ten minutes, ETag "v1": only a purge makes the proxy ask again.
+    let origin = Origin::start(|request| async move {
+        let has_it = request
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v.as_bytes() == b"\"v1\"");
+        let mut response = if has_it {
+            let mut response = text(304, "");
+            *response.body_mut() = full("");
+            response
+        } else {
+            answer("soft", &[("surrogate-key", "s")])
+        };
+        response
+            .headers_mut()
+            .insert("cache-control", HeaderValue::from_static("max-age=600"));
+        response
+            .headers_mut()
+            .insert("etag", HeaderValue::from_static("\"v1\""));
+        response
+    })
+    .await;
+    let (proxy, admin) = proxy_with_admin(origin.addr, "").await;
+    let client = client();
+    let host = proxy.addr;
+    get(&client, &proxy, "/s").await;
+    get(&client, &proxy, "/s").await;
+    assert_eq!(origin.count(), 1);
+
+    for purge in [
+        format!("{{\"url\": \"http://{host}/s\", \"soft\": true}}"),
+        "{\"key\": \"s\", \"soft\": true}".to_owned(),
+        format!("{{\"prefix\": \"http://{host}/\", \"soft\": true}}"),
+    ] {
+        let before = origin.count();
+        let (status, answer) = admin_purge(admin, &purge).await;
+        assert_eq!(
+            (status, answer["purged"].as_u64()),
+            (200, Some(1)),
+            "{purge}: {answer}"
+        );
+        let (status, body, headers) = get(&client, &proxy, "/s").await;
+        assert_eq!((status, body.as_str()), (200, "soft"), "the stored body");
+        let cs = cache_status(&headers);
+        assert!(
+            cs.contains("fwd=stale") && cs.contains("fwd-status=304"),
+            "{purge}: {cs}"
+        );
+        assert_eq!(origin.count(), before + 1);
+        assert_eq!(origin.last().headers["if-none-match"], "\"v1\"");
+        // Fresh again after the 304.
+        let (_, _, headers) = get(&client, &proxy, "/s").await;
+        assert!(cache_status(&headers).starts_with("gatehouse; hit"));
+        assert_eq!(origin.count(), before + 1);
+    }
+}
