@@ -13,6 +13,7 @@ pub mod coalesce;
 pub mod conditional;
 pub mod directives;
 pub mod policy;
+pub mod range;
 pub mod stage;
 pub mod status;
 pub mod store;

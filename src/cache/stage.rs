@@ -20,6 +20,7 @@ use super::coalesce::{self, Acquired, FillGuard, FillOutcome, Locks};
 use super::conditional;
 use super::directives::CacheControl;
 use super::policy::{self, Freshness, PolicyConfig, Reuse};
+use super::range::{self, RangeAnswer};
 use super::status::{CacheStatus, Forward};
 use super::store::{Found, Store, StoredResponse};
 use super::vary;
@@ -256,13 +257,12 @@ impl RouteCache {
             }
             return Lookup::Forward(Box::new(forwarding));
         }
-        // Ranges are not served from the cache yet, and conditionals only the origin can
-        // evaluate go to it as they are.
-        if request.headers().contains_key(header::RANGE)
-            || conditional::origin_only_conditionals(request.headers())
-        {
+        // Conditionals only the origin can evaluate go to it as they are.
+        if conditional::origin_only_conditionals(request.headers()) {
             return Lookup::Forward(Box::new(forwarding));
         }
+        // A `Range` is served from a stored whole response; without one it goes to the origin.
+        let ranged = method == Method::GET && request.headers().contains_key(header::RANGE);
         let request_cc = CacheControl::of_request(request.headers());
         forwarding.request_headers = request.headers().clone();
         forwarding.request_cc = request_cc.clone();
@@ -331,6 +331,15 @@ impl RouteCache {
             }
             forwarding.status = CacheStatus::forward(reason);
             forwarding.status.collapsed = collapsed;
+            if ranged && stale.is_none() {
+                // Nothing stored to cut the range from: the range goes to the origin as asked
+                // (its 206 is not stored). The size is unknown until the response comes, and
+                // fetching a whole large object to serve a few bytes would make this client
+                // wait for all of it; a plain GET fills the cache.
+                forwarding.status.detail = Some("range");
+                forwarding.prepare(request.headers_mut(), None);
+                return Lookup::Forward(Box::new(forwarding));
+            }
             // A HEAD miss is forwarded as it is and not stored: a GET fills the cache.
             forwarding.mode = if method == Method::GET {
                 Mode::Fill
@@ -499,19 +508,58 @@ impl Forwarding {
         let mut headers = stored.headers.clone();
         headers.insert(header::AGE, age);
         self.strip_for_client(&mut headers);
+        let length = stored.body.len() as u64;
+        let wanted = if self.method == Method::GET && stored.status == StatusCode::OK {
+            range::evaluate(&self.request_headers, &stored.headers, length)
+        } else {
+            RangeAnswer::Full
+        };
+        let (status, body) = match wanted {
+            RangeAnswer::Full => (
+                stored.status,
+                if self.method == Method::HEAD {
+                    Bytes::new()
+                } else {
+                    stored.body.clone()
+                },
+            ),
+            RangeAnswer::Partial { start, end } => {
+                let content_range = format!("bytes {start}-{end}/{length}");
+                if let Ok(value) = HeaderValue::from_str(&content_range) {
+                    headers.insert(header::CONTENT_RANGE, value);
+                }
+                // Both are within the body: `range::parse` clamps `end` below `length`.
+                let body = stored.body.slice(start as usize..=end as usize);
+                (StatusCode::PARTIAL_CONTENT, body)
+            }
+            RangeAnswer::Unsatisfiable => {
+                let mut headers = HeaderMap::new();
+                if let Ok(value) = HeaderValue::from_str(&format!("bytes */{length}")) {
+                    headers.insert(header::CONTENT_RANGE, value);
+                }
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                return Answer {
+                    status: StatusCode::RANGE_NOT_SATISFIABLE,
+                    headers,
+                    body: Bytes::new(),
+                    cache_status,
+                };
+            }
+        };
         let bodiless =
             stored.status == StatusCode::NO_CONTENT || stored.status == StatusCode::NOT_MODIFIED;
         if !bodiless {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
+            let declared = if status == StatusCode::PARTIAL_CONTENT {
+                body.len()
+            } else {
+                stored.body.len()
+            };
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(declared));
         }
         Answer {
-            status: stored.status,
+            status,
             headers,
-            body: if self.method == Method::HEAD {
-                Bytes::new()
-            } else {
-                stored.body.clone()
-            },
+            body,
             cache_status,
         }
     }

@@ -1072,3 +1072,114 @@ async fn a_soft_purge_marks_stale_so_the_next_request_revalidates() {
         assert_eq!(origin.count(), before + 1);
     }
 }
+
+async fn get_with(
+    client: &reqwest::Client,
+    proxy: &Proxy,
+    path: &str,
+    headers: &[(&'static str, &'static str)],
+) -> (u16, String, reqwest::header::HeaderMap) {
+    let mut request = client.get(proxy.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("response");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, response.text().await.expect("body"), headers)
+}
+
+#[tokio::test]
+async fn range_requests_are_cut_from_a_stored_200() {
+    let origin = Origin::start(|request| async move {
+        if request.uri().path() == "/partial" {
+            let mut response = answer("012", &[("cache-control", "max-age=600")]);
+            *response.status_mut() = http::StatusCode::PARTIAL_CONTENT;
+            response
+                .headers_mut()
+                .insert("content-range", HeaderValue::from_static("bytes 0-2/10"));
+            return response;
+        }
+        answer(
+            "0123456789",
+            &[("cache-control", "max-age=600"), ("etag", "\"r1\"")],
+        )
+    })
+    .await;
+    let proxy = Proxy::start(&cached_config(origin.addr, "")).await;
+    let client = client();
+
+    // A miss with Range: the range goes to the origin as asked, nothing is stored.
+    let (status, _, headers) = get_with(&client, &proxy, "/r", &[("range", "bytes=0-3")]).await;
+    assert_eq!(status, 200, "this origin ignores Range");
+    assert!(
+        cache_status(&headers).contains("detail=range"),
+        "{}",
+        cache_status(&headers)
+    );
+    assert_eq!(origin.last().headers["range"], "bytes=0-3");
+    // A plain GET fills the cache; ranges are then cut from it.
+    get(&client, &proxy, "/r").await;
+    assert_eq!(origin.count(), 2);
+
+    let (status, body, headers) = get_with(&client, &proxy, "/r", &[("range", "bytes=2-5")]).await;
+    assert_eq!((status, body.as_str()), (206, "2345"));
+    assert_eq!(headers["content-range"], "bytes 2-5/10");
+    assert_eq!(headers["content-length"], "4");
+    assert!(cache_status(&headers).starts_with("gatehouse; hit"));
+    let (status, body, _) = get_with(&client, &proxy, "/r", &[("range", "bytes=-3")]).await;
+    assert_eq!((status, body.as_str()), (206, "789"));
+    let (status, body, _) = get_with(&client, &proxy, "/r", &[("range", "bytes=7-")]).await;
+    assert_eq!((status, body.as_str()), (206, "789"));
+
+    let (status, body, headers) = get_with(&client, &proxy, "/r", &[("range", "bytes=20-")]).await;
+    assert_eq!((status, body.as_str()), (416, ""));
+    assert_eq!(headers["content-range"], "bytes */10");
+
+    // Several ranges: the whole 200 (RFC 9110 §14.2 allows it).
+    let (status, body, _) = get_with(&client, &proxy, "/r", &[("range", "bytes=0-1,4-5")]).await;
+    assert_eq!((status, body.as_str()), (200, "0123456789"));
+
+    // If-Range: the range only while it names the stored response.
+    let (status, body, _) = get_with(
+        &client,
+        &proxy,
+        "/r",
+        &[("range", "bytes=0-1"), ("if-range", "\"r1\"")],
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (206, "01"));
+    let (status, body, _) = get_with(
+        &client,
+        &proxy,
+        "/r",
+        &[("range", "bytes=0-1"), ("if-range", "\"old\"")],
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "0123456789"));
+    // HEAD ignores Range.
+    let head = client
+        .head(proxy.url("/r"))
+        .header("range", "bytes=0-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status().as_u16(), 200);
+    assert_eq!(
+        origin.count(),
+        2,
+        "every range after the fill came from the cache"
+    );
+
+    // A 206 from the origin is never stored.
+    for _ in 0..2 {
+        let (status, _, headers) = get(&client, &proxy, "/partial").await;
+        assert_eq!(status, 206);
+        assert!(
+            !cache_status(&headers).contains("stored"),
+            "{}",
+            cache_status(&headers)
+        );
+    }
+    assert_eq!(seen_on(&origin, "/partial"), 2);
+}
