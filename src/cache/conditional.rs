@@ -131,12 +131,10 @@ pub fn client_has_it(
 }
 
 /// Conditional request fields only an origin can evaluate: with them the request goes to the
-/// origin as it is (RFC 9111 §4.3.2 lets a cache answer only `If-None-Match` and
-/// `If-Modified-Since`).
+/// origin as it is. The cache answers `If-None-Match` and `If-Modified-Since` (RFC 9111
+/// §4.3.2) and `If-Range` (against the stored response it cuts the range from, `range.rs`).
 pub fn origin_only_conditionals(request: &HeaderMap) -> bool {
-    request.contains_key(header::IF_MATCH)
-        || request.contains_key(header::IF_UNMODIFIED_SINCE)
-        || request.contains_key(header::IF_RANGE)
+    request.contains_key(header::IF_MATCH) || request.contains_key(header::IF_UNMODIFIED_SINCE)
 }
 
 /// The validators that revalidate a stored response upstream (§4.3.1): `If-None-Match` with

@@ -14,9 +14,11 @@ pub mod conditional;
 pub mod directives;
 pub mod disk;
 pub mod policy;
+pub mod range;
 pub mod stage;
 pub mod status;
 pub mod store;
+pub mod tags;
 pub mod vary;
 
 pub use stage::{Answer, CacheRegistry, CacheState, Completed, Forwarding, Lookup, RouteCache};

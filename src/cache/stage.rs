@@ -7,6 +7,7 @@
 //! pipeline applies those to hits exactly as to responses that come from the backend, so a hit
 //! is coded for the client that asked for it, and one stored copy serves every coding.
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -20,12 +21,14 @@ use super::conditional;
 use super::directives::CacheControl;
 use super::disk::{DiskLimits, DiskStore};
 use super::policy::{self, Freshness, PolicyConfig, Reuse};
+use super::range::{self, RangeAnswer};
 use super::status::{CacheStatus, Forward};
 use super::store::{Found, Store, StoredResponse};
 use super::vary;
 use crate::body::{BodyTap, IncomingBody};
 use crate::config::{CacheSettings, RouteCacheSettings, SetCookieMode};
 use crate::observe::metrics::Metrics;
+use crate::protect::ip::IpList;
 
 /// How many times a request waits for another's fetch before fetching itself.
 const MAX_WAITS: usize = 2;
@@ -124,24 +127,32 @@ pub struct RouteCache {
     policy: PolicyConfig,
     max_object_size: u64,
     lock_timeout: Duration,
+    refresh_timeout: Duration,
+    /// Who may send `PURGE` (`cache.purge_allow`); empty: nobody.
+    purge_allow: Arc<IpList>,
+    /// Remove `Surrogate-Key` and `Cache-Tag` from what clients get.
+    strip_surrogate_keys: bool,
     route: Arc<str>,
     metrics: OnceLock<Arc<CacheMetrics>>,
 }
 
 impl RouteCache {
-    /// The cache of a route, or `None` when caching is off for it.
+    /// The cache of a route, or `None` when caching is off for it; an error when
+    /// `cache.purge_allow` cannot be read.
     pub fn for_route(
         route: Arc<str>,
         global: &CacheSettings,
         own: Option<&RouteCacheSettings>,
         registry: &CacheRegistry,
-    ) -> Option<Arc<RouteCache>> {
+    ) -> Result<Option<Arc<RouteCache>>, String> {
         let enabled = own.map_or(global.enabled, |o| o.enabled);
         if !enabled {
-            return None;
+            return Ok(None);
         }
+        let purge_allow = IpList::parse_entries(global.purge_allow.iter().map(|e| e.get_ref()))
+            .map_err(|e| format!("cache.purge_allow: {e}"))?;
         let set_cookie = own.and_then(|o| o.set_cookie).unwrap_or(global.set_cookie);
-        Some(Arc::new(RouteCache {
+        Ok(Some(Arc::new(RouteCache {
             state: registry.state_for(
                 global.max_size.get_ref().0,
                 global.disk.as_ref().map(|d| d.get_ref().limits()).as_ref(),
@@ -166,9 +177,45 @@ impl RouteCache {
                 .and_then(|o| o.lock_timeout)
                 .unwrap_or(global.lock_timeout)
                 .0,
+            refresh_timeout: global.refresh_timeout.0,
+            purge_allow: Arc::new(purge_allow),
+            strip_surrogate_keys: global.strip_surrogate_keys,
             route,
             metrics: OnceLock::new(),
-        }))
+        })))
+    }
+
+    /// Answers a `PURGE` of the request's URL from `client`: every stored variant of it is
+    /// removed when `client` is in `cache.purge_allow` (`200` with `{"purged": N}`), else
+    /// `403`.
+    pub fn purge(&self, scheme: &str, host: &str, uri: &http::Uri, client: IpAddr) -> Answer {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let mut cache_status = CacheStatus::forward(Forward::Method);
+        if !self.purge_allow.contains(client) {
+            cache_status.detail = Some("purge-refused");
+            return Answer {
+                status: StatusCode::FORBIDDEN,
+                headers,
+                body: Bytes::from_static(
+                    b"{\"error\": \"PURGE is not allowed from this address\"}\n",
+                ),
+                cache_status,
+            };
+        }
+        let key = primary_key(scheme, host, uri);
+        let purged = usize::from(self.state.store.remove(&key));
+        tracing::info!(url = %key, purged, %client, "cache purged by a PURGE request");
+        cache_status.detail = Some("purged");
+        Answer {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::from(format!("{{\"purged\": {purged}}}\n")),
+            cache_status,
+        }
     }
 
     /// The shared state (for purges and tests).
@@ -186,12 +233,17 @@ impl RouteCache {
     /// headers may have been changed: the client's `If-None-Match` / `If-Modified-Since` are
     /// replaced by the stored response's validators (or removed on a miss, so the backend
     /// sends a whole response the cache can store).
+    ///
+    /// `background` says whether a stale response within its `stale-while-revalidate` window
+    /// may be served at once while the pipeline refreshes it in the background
+    /// ([`Lookup::AnswerAndRefresh`]); without it such a response is revalidated first.
     pub async fn lookup<B>(
         self: &Arc<Self>,
         metrics: &Metrics,
         scheme: &str,
         host: &str,
         request: &mut Request<B>,
+        background: bool,
     ) -> Lookup {
         let handles = self.metrics(metrics);
         let method = request.method().clone();
@@ -218,13 +270,12 @@ impl RouteCache {
             }
             return Lookup::Forward(Box::new(forwarding));
         }
-        // Ranges are not served from the cache yet, and conditionals only the origin can
-        // evaluate go to it as they are.
-        if request.headers().contains_key(header::RANGE)
-            || conditional::origin_only_conditionals(request.headers())
-        {
+        // Conditionals only the origin can evaluate go to it as they are.
+        if conditional::origin_only_conditionals(request.headers()) {
             return Lookup::Forward(Box::new(forwarding));
         }
+        // A `Range` is served from a stored whole response; without one it goes to the origin.
+        let ranged = method == Method::GET && request.headers().contains_key(header::RANGE);
         let request_cc = CacheControl::of_request(request.headers());
         forwarding.request_headers = request.headers().clone();
         forwarding.request_cc = request_cc.clone();
@@ -252,14 +303,34 @@ impl RouteCache {
                         status.detail = Some("stale");
                         return Lookup::Answer(forwarding.answer(&stored, now, status));
                     }
-                    // Revalidated in the foreground for now: correct, only not faster.
+                    Reuse::StaleWhileRevalidate if background => {
+                        handles.stale.increment(1);
+                        // RFC 9211 §2.1: `hit` means this request was not forwarded; the
+                        // refresh is a request of its own, so no `fwd` here.
+                        let mut status = CacheStatus::hit(stored.freshness.ttl(now));
+                        status.detail = Some("stale-while-revalidate");
+                        let answer = forwarding.answer(&stored, now, status);
+                        // At most one refresh per URL at a time: if a fetch is already in
+                        // flight, it refreshes the entry for this request too.
+                        let Acquired::Leader(guard) = self.state.locks.acquire(&key) else {
+                            return Lookup::Answer(answer);
+                        };
+                        forwarding.guard = Some(guard);
+                        forwarding.mode = Mode::Fill;
+                        // A HEAD's refresh fetches the GET it is answered from.
+                        forwarding.method = Method::GET;
+                        forwarding.status = CacheStatus::forward(Forward::Stale);
+                        forwarding.prepare(request.headers_mut(), Some(stored));
+                        return Lookup::AnswerAndRefresh(answer, Box::new(forwarding));
+                    }
                     Reuse::StaleWhileRevalidate | Reuse::Validate => {
                         let plain = policy::reuse(&CacheControl::default(), &stored.freshness, now);
-                        let reason = if matches!(plain, Reuse::Validate) {
-                            Forward::Stale
-                        } else {
-                            Forward::Request
-                        };
+                        let reason =
+                            if matches!(plain, Reuse::Validate | Reuse::StaleWhileRevalidate) {
+                                Forward::Stale
+                            } else {
+                                Forward::Request
+                            };
                         (reason, Some(stored))
                     }
                 },
@@ -280,6 +351,15 @@ impl RouteCache {
             }
             forwarding.status = CacheStatus::forward(reason);
             forwarding.status.collapsed = collapsed;
+            if ranged && stale.is_none() {
+                // Nothing stored to cut the range from: the range goes to the origin as asked
+                // (its 206 is not stored). The size is unknown until the response comes, and
+                // fetching a whole large object to serve a few bytes would make this client
+                // wait for all of it; a plain GET fills the cache.
+                forwarding.status.detail = Some("range");
+                forwarding.prepare(request.headers_mut(), None);
+                return Lookup::Forward(Box::new(forwarding));
+            }
             // A HEAD miss is forwarded as it is and not stored: a GET fills the cache.
             forwarding.mode = if method == Method::GET {
                 Mode::Fill
@@ -323,6 +403,12 @@ pub fn primary_key(scheme: &str, host: &str, uri: &http::Uri) -> Arc<str> {
 pub enum Lookup {
     /// Answer from the cache (or with 504 for `only-if-cached`); nothing goes to the backend.
     Answer(Answer),
+    /// Answer from the cache now with a stale response (within its `stale-while-revalidate`
+    /// window), and refresh it in the background: send the request (its headers prepared for
+    /// the revalidation, method GET) to the backend apart from the client, and hand the
+    /// response to [`Forwarding::on_response`], then read its body to the end (so it is
+    /// stored). The forwarding holds the URL's fetch lock until it ends or is dropped.
+    AnswerAndRefresh(Answer, Box<Forwarding>),
     /// Go to the backend, then hand the response to [`Forwarding::on_response`].
     Forward(Box<Forwarding>),
 }
@@ -384,6 +470,16 @@ impl Forwarding {
         &self.status
     }
 
+    /// How long a background refresh may take in all (`cache.refresh_timeout`).
+    pub fn refresh_timeout(&self) -> Duration {
+        self.cache.refresh_timeout
+    }
+
+    /// The most body bytes worth reading for the store.
+    pub fn max_object_size(&self) -> u64 {
+        self.cache.max_object_size
+    }
+
     /// Replaces the client's validators with the stored response's, or removes them.
     fn prepare(&mut self, headers: &mut HeaderMap, stale: Option<Arc<StoredResponse>>) {
         self.request_time = SystemTime::now();
@@ -393,6 +489,9 @@ impl Forwarding {
         }
         headers.remove(header::IF_NONE_MATCH);
         headers.remove(header::IF_MODIFIED_SINCE);
+        // What is fetched to be stored is the whole response.
+        headers.remove(header::RANGE);
+        headers.remove(header::IF_RANGE);
         if let Some(stored) = &stale {
             for (name, value) in conditional::upstream_validators(&stored.headers) {
                 headers.insert(name, value);
@@ -418,6 +517,7 @@ impl Forwarding {
         ) {
             let mut headers = conditional::not_modified_headers(&stored.headers);
             headers.insert(header::AGE, age);
+            self.strip_for_client(&mut headers);
             return Answer {
                 status: StatusCode::NOT_MODIFIED,
                 headers,
@@ -427,19 +527,59 @@ impl Forwarding {
         }
         let mut headers = stored.headers.clone();
         headers.insert(header::AGE, age);
+        self.strip_for_client(&mut headers);
+        let length = stored.body.len() as u64;
+        let wanted = if self.method == Method::GET && stored.status == StatusCode::OK {
+            range::evaluate(&self.request_headers, &stored.headers, length)
+        } else {
+            RangeAnswer::Full
+        };
+        let (status, body) = match wanted {
+            RangeAnswer::Full => (
+                stored.status,
+                if self.method == Method::HEAD {
+                    Bytes::new()
+                } else {
+                    stored.body.clone()
+                },
+            ),
+            RangeAnswer::Partial { start, end } => {
+                let content_range = format!("bytes {start}-{end}/{length}");
+                if let Ok(value) = HeaderValue::from_str(&content_range) {
+                    headers.insert(header::CONTENT_RANGE, value);
+                }
+                // Both are within the body: `range::parse` clamps `end` below `length`.
+                let body = stored.body.slice(start as usize..=end as usize);
+                (StatusCode::PARTIAL_CONTENT, body)
+            }
+            RangeAnswer::Unsatisfiable => {
+                let mut headers = HeaderMap::new();
+                if let Ok(value) = HeaderValue::from_str(&format!("bytes */{length}")) {
+                    headers.insert(header::CONTENT_RANGE, value);
+                }
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                return Answer {
+                    status: StatusCode::RANGE_NOT_SATISFIABLE,
+                    headers,
+                    body: Bytes::new(),
+                    cache_status,
+                };
+            }
+        };
         let bodiless =
             stored.status == StatusCode::NO_CONTENT || stored.status == StatusCode::NOT_MODIFIED;
         if !bodiless {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(stored.body.len()));
+            let declared = if status == StatusCode::PARTIAL_CONTENT {
+                body.len()
+            } else {
+                stored.body.len()
+            };
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(declared));
         }
         Answer {
-            status: stored.status,
+            status,
             headers,
-            body: if self.method == Method::HEAD {
-                Bytes::new()
-            } else {
-                stored.body.clone()
-            },
+            body,
             cache_status,
         }
     }
@@ -567,15 +707,26 @@ impl Forwarding {
             guard: self.guard.take(),
         };
         let cache_status = self.status.clone();
+        let mut parts = parts;
+        self.strip_for_client(&mut parts.headers);
         Completed::Pass(
             Response::from_parts(parts, IncomingBody::tapped(body, Box::new(fill))),
             cache_status,
         )
     }
 
-    fn pass(self, response: Response<IncomingBody>) -> Completed {
+    fn pass(self, mut response: Response<IncomingBody>) -> Completed {
+        self.strip_for_client(response.headers_mut());
         let status = self.status.clone();
         Completed::Pass(response, status)
+    }
+
+    /// Removes what is for the cache only from a response going to the client.
+    fn strip_for_client(&self, headers: &mut HeaderMap) {
+        if self.cache.strip_surrogate_keys {
+            headers.remove(super::tags::SURROGATE_KEY);
+            headers.remove(super::tags::CACHE_TAG);
+        }
     }
 
     /// RFC 9111 §4.4: the target URI and the same-host `Location` / `Content-Location`.

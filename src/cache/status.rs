@@ -136,6 +136,13 @@ mod tests {
             revalidated.to_header_value(),
             "gatehouse; hit; fwd=stale; fwd-status=304; ttl=60"
         );
+        // Served stale while a background refresh runs: not forwarded itself.
+        let mut swr = CacheStatus::hit(-3);
+        swr.detail = Some("stale-while-revalidate");
+        assert_eq!(
+            swr.to_header_value(),
+            "gatehouse; hit; ttl=-3; detail=stale-while-revalidate"
+        );
         let mut collapsed = CacheStatus::hit(5);
         collapsed.collapsed = true;
         assert_eq!(

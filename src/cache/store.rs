@@ -15,6 +15,7 @@ use http::{HeaderMap, HeaderName, StatusCode};
 
 use super::disk::DiskStore;
 use super::policy::Freshness;
+use super::tags::{SurrogateIndex, surrogate_keys};
 
 /// Most variants kept per URL; the oldest goes when a new one would exceed it, so a header with
 /// endless values (a `Vary: User-Agent`) cannot fill the cache with one URL.
@@ -48,6 +49,21 @@ impl StoredResponse {
             .map(|(name, value)| name.as_str().len() + value.len() + 32)
             .sum();
         self.body.len() + headers + ENTRY_OVERHEAD
+    }
+
+    /// A copy whose freshness lifetime ends at `now` (a soft purge): stale from now on, its
+    /// stale windows counted from now.
+    fn stale_from(&self, now: SystemTime) -> StoredResponse {
+        let mut freshness = self.freshness.clone();
+        freshness.lifetime = freshness.lifetime.min(freshness.current_age(now));
+        StoredResponse {
+            status: self.status,
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+            freshness,
+            vary_fields: self.vary_fields.clone(),
+            vary_key: self.vary_key.clone(),
+        }
     }
 
     /// How long after `now` this response can still be of any use: until the end of its stale
@@ -129,7 +145,29 @@ impl moka::Expiry<Arc<str>, Arc<Variants>> for KeepFor {
 pub struct Store {
     entries: moka::sync::Cache<Arc<str>, Arc<Variants>>,
     max_size: u64,
+    /// Surrogate keys of the stored entries (see `tags.rs`).
+    tags: Arc<SurrogateIndex>,
     disk: Option<Arc<DiskStore>>,
+}
+
+/// Identifies a stored entry while it lives (for the surrogate-key index).
+fn entry_id(variants: &Arc<Variants>) -> usize {
+    Arc::as_ptr(variants) as usize
+}
+
+/// Indexes the surrogate keys of `variants`, stored under `key`, and hands them back to store.
+fn indexed(tags: &SurrogateIndex, key: &Arc<str>, variants: Variants) -> Arc<Variants> {
+    let variants = Arc::new(variants);
+    let mut names: Vec<String> = Vec::new();
+    for response in &variants.responses {
+        for name in surrogate_keys(&response.headers) {
+            if names.len() < super::tags::MAX_KEYS_PER_URL && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    tags.record(key, entry_id(&variants), names);
+    variants
 }
 
 impl std::fmt::Debug for Store {
@@ -148,13 +186,21 @@ impl Store {
 
     /// An empty memory store holding at most `max_size` bytes, over `disk` if given.
     pub fn with_disk(max_size: u64, disk: Option<Arc<DiskStore>>) -> Store {
+        let tags = Arc::new(SurrogateIndex::default());
+        let index = tags.clone();
         Store {
             entries: moka::sync::Cache::builder()
                 .max_capacity(max_size)
                 .weigher(|key: &Arc<str>, value: &Arc<Variants>| value.weight(key))
                 .expire_after(KeepFor)
+                // Whatever takes an entry away (eviction, expiry, removal, replacement) takes
+                // its surrogate keys out of the index with it.
+                .eviction_listener(move |key: Arc<Arc<str>>, value: Arc<Variants>, _| {
+                    index.forget(&key, entry_id(&value));
+                })
                 .build(),
             max_size,
+            tags,
             disk,
         }
     }
@@ -206,8 +252,9 @@ impl Store {
     }
 
     fn insert_in_memory(&self, key: &str, response: Arc<StoredResponse>) {
+        let key: Arc<str> = Arc::from(key);
         self.entries
-            .entry(Arc::from(key))
+            .entry(key.clone())
             .and_compute_with(|existing| {
                 let mut responses = vec![response.clone()];
                 if let Some(existing) = existing {
@@ -224,16 +271,17 @@ impl Store {
                             .cloned(),
                     );
                 }
-                moka::ops::compute::Op::Put(Arc::new(Variants::with(responses)))
+                moka::ops::compute::Op::Put(indexed(&self.tags, &key, Variants::with(responses)))
             });
     }
 
     /// Replaces the stored `old` with `new` (a 304 refreshed it); nothing happens if `old` is no
     /// longer stored (a newer response replaced it meanwhile).
     pub fn replace(&self, key: &str, old: &Arc<StoredResponse>, new: Arc<StoredResponse>) {
+        let key: Arc<str> = Arc::from(key);
         let mut replaced = false;
         self.entries
-            .entry(Arc::from(key))
+            .entry(key.clone())
             .and_compute_with(|existing| {
                 let Some(existing) = existing else {
                     return moka::ops::compute::Op::Nop;
@@ -253,10 +301,10 @@ impl Store {
                     })
                     .collect();
                 replaced = true;
-                moka::ops::compute::Op::Put(Arc::new(Variants::with(updated)))
+                moka::ops::compute::Op::Put(indexed(&self.tags, &key, Variants::with(updated)))
             });
         if replaced && let Some(disk) = &self.disk {
-            disk.write(&Arc::from(key), new);
+            disk.write(&key, new);
         }
     }
 
@@ -268,13 +316,8 @@ impl Store {
 
     /// Removes every key that starts with `prefix`; returns how many.
     pub fn remove_prefix(&self, prefix: &str) -> usize {
-        let keys: Vec<Arc<str>> = self
-            .entries
-            .iter()
-            .filter(|(key, _)| key.starts_with(prefix))
-            .map(|(key, _)| Arc::clone(&*key))
-            .collect();
-        let mut removed: std::collections::HashSet<Arc<str>> = keys
+        let mut removed: std::collections::HashSet<Arc<str>> = self
+            .keys_with_prefix(prefix)
             .into_iter()
             .filter(|key| self.entries.remove(key.as_ref()).is_some())
             .collect();
@@ -282,6 +325,70 @@ impl Store {
             removed.extend(disk.remove_prefix(prefix));
         }
         removed.len()
+    }
+
+    /// Marks every variant of `key` stale from now on (a soft purge): the next request
+    /// revalidates it, and until then, or if the backend fails, `stale-while-revalidate` and
+    /// `stale-if-error` may still serve it. True if there was any.
+    pub fn mark_stale(&self, key: &str) -> bool {
+        let key: Arc<str> = Arc::from(key);
+        let now = SystemTime::now();
+        let mut marked = Vec::new();
+        let entry = self
+            .entries
+            .entry(key.clone())
+            .and_compute_with(|existing| {
+                let Some(existing) = existing else {
+                    return moka::ops::compute::Op::Nop;
+                };
+                let responses: Vec<Arc<StoredResponse>> = existing
+                    .value()
+                    .responses
+                    .iter()
+                    .map(|r| Arc::new(r.stale_from(now)))
+                    .collect();
+                marked.clone_from(&responses);
+                moka::ops::compute::Op::Put(indexed(&self.tags, &key, Variants::with(responses)))
+            });
+        // The disk copies go stale too, or a restart (or a promotion) would make them fresh.
+        if let Some(disk) = &self.disk {
+            for response in marked {
+                disk.write(&key, response);
+            }
+        }
+        !matches!(entry, moka::ops::compute::CompResult::StillNone(_))
+    }
+
+    /// Marks every key that starts with `prefix` stale; returns how many.
+    pub fn mark_stale_prefix(&self, prefix: &str) -> usize {
+        self.keys_with_prefix(prefix)
+            .iter()
+            .filter(|key| self.mark_stale(key))
+            .count()
+    }
+
+    /// Removes (or with `soft`, marks stale) every URL whose responses carry the surrogate key
+    /// `name`; returns how many.
+    pub fn purge_surrogate_key(&self, name: &str, soft: bool) -> usize {
+        self.tags
+            .urls(name)
+            .iter()
+            .filter(|key| {
+                if soft {
+                    self.mark_stale(key)
+                } else {
+                    self.remove(key)
+                }
+            })
+            .count()
+    }
+
+    fn keys_with_prefix(&self, prefix: &str) -> Vec<Arc<str>> {
+        self.entries
+            .iter()
+            .filter(|(key, _)| key.starts_with(prefix))
+            .map(|(key, _)| Arc::clone(&*key))
+            .collect()
     }
 
     /// Bytes held (approximate until pending maintenance has run).
@@ -426,6 +533,61 @@ mod tests {
             store.weighted_size()
         );
         assert!(store.entry_count() < 50);
+    }
+
+    fn tagged(body: &str, tags: &'static str) -> StoredResponse {
+        let mut stored = response(body, &[], &[], true);
+        stored
+            .headers
+            .insert("surrogate-key", HeaderValue::from_static(tags));
+        stored
+    }
+
+    #[test]
+    fn surrogate_keys_purge_their_urls_and_leave_the_index_with_them() {
+        let store = Store::new(1 << 20);
+        store.insert("http://a/1", tagged("1", "red blue"));
+        store.insert("http://a/2", tagged("2", "red"));
+        store.insert("http://a/3", tagged("3", "green"));
+        assert_eq!(store.purge_surrogate_key("red", false), 2);
+        assert!(matches!(
+            store.find("http://a/1", &HeaderMap::new()),
+            Found::Miss
+        ));
+        assert!(matches!(
+            store.find("http://a/3", &HeaderMap::new()),
+            Found::Hit(_)
+        ));
+        store.sync();
+        assert_eq!(store.tags.urls("blue"), Vec::<Arc<str>>::new());
+        // A replaced entry's old names go; its new ones stay.
+        store.insert("http://a/3", tagged("3b", "yellow"));
+        store.sync();
+        assert!(store.tags.urls("green").is_empty());
+        assert_eq!(store.tags.urls("yellow").len(), 1);
+        store.remove("http://a/3");
+        store.sync();
+        assert!(store.tags.is_empty());
+    }
+
+    #[test]
+    fn a_soft_purge_keeps_the_entry_but_stale() {
+        let store = Store::new(1 << 20);
+        store.insert("http://a/1", tagged("1", "red"));
+        let now = SystemTime::now();
+        let Found::Hit(before) = store.find("http://a/1", &HeaderMap::new()) else {
+            panic!("stored")
+        };
+        assert!(before.freshness.is_fresh(now));
+        assert_eq!(store.purge_surrogate_key("red", true), 1);
+        let Found::Hit(after) = store.find("http://a/1", &HeaderMap::new()) else {
+            panic!("still stored")
+        };
+        assert!(!after.freshness.is_fresh(now));
+        assert_eq!(after.body, before.body);
+        assert!(!store.mark_stale("http://a/none"));
+        assert_eq!(store.mark_stale_prefix("http://a/"), 1);
+        assert_eq!(store.tags.urls("red").len(), 1, "still indexed");
     }
 
     #[test]

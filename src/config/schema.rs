@@ -314,6 +314,14 @@ pub struct CacheSettings {
     /// How long a request waits for another request that is already fetching the same URL
     /// (request coalescing) before going to the backend itself.
     pub lock_timeout: HumanDuration,
+    /// The longest a background refresh (`stale-while-revalidate`) may take, response body
+    /// included; it is abandoned after that.
+    pub refresh_timeout: HumanDuration,
+    /// Client addresses (CIDRs, or `"file:PATH"`) that may send `PURGE`; empty: nobody (403).
+    pub purge_allow: Vec<Spanned<String>>,
+    /// Remove `Surrogate-Key` and `Cache-Tag` from responses sent to clients (they are still
+    /// stored and indexed).
+    pub strip_surrogate_keys: bool,
     /// The optional disk tier below the memory store; absent means memory only.
     pub disk: Option<Spanned<DiskCacheSettings>>,
 }
@@ -360,6 +368,9 @@ impl Default for CacheSettings {
             set_cookie: SetCookieMode::NoStore,
             lock_timeout: HumanDuration::secs(5),
             disk: None,
+            refresh_timeout: HumanDuration::secs(30),
+            purge_allow: Vec::new(),
+            strip_surrogate_keys: true,
         }
     }
 }

@@ -133,6 +133,7 @@ fn check_cache(config: &Config, problems: &mut Problems) {
     if let Some(disk) = &settings.disk {
         check_cache_disk(disk.get_ref(), problems);
     }
+    check_ip_lists(Some(&settings.purge_allow), None, problems);
     for route in &config.routes {
         let Some(cache) = &route.cache else {
             continue;

@@ -221,8 +221,10 @@ async fn answer(
     }
 }
 
-/// `POST /api/cache/purge` with `{"url": "http://host/path?q"}` (that URL, every variant) or
-/// `{"prefix": "http://host/path"}` (every stored URL that starts with it).
+/// `POST /api/cache/purge` with `{"url": "http://host/path?q"}` (that URL, every variant),
+/// `{"prefix": "http://host/path"}` (every stored URL that starts with it) or `{"key": "name"}`
+/// (every stored URL whose response carried that `Surrogate-Key` / `Cache-Tag`); with
+/// `"soft": true` the entries are marked stale instead of removed.
 async fn purge(control: &Control, request: Request<Incoming>) -> AdminResponse {
     use http_body_util::BodyExt;
     let body = match http_body_util::Limited::new(request.into_body(), 64 * 1024)
@@ -242,33 +244,47 @@ async fn purge(control: &Control, request: Request<Incoming>) -> AdminResponse {
     struct Purge {
         url: Option<String>,
         prefix: Option<String>,
+        key: Option<String>,
+        #[serde(default)]
+        soft: bool,
     }
     let asked: Purge = match serde_json::from_slice(&body) {
         Ok(asked) => asked,
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                &format!("expected {{\"url\": ...}} or {{\"prefix\": ...}}: {e}"),
+                &format!("expected {{\"url\": ...}}, {{\"prefix\": ...}} or {{\"key\": ...}}: {e}"),
             );
         }
     };
-    let (target, by_prefix) = match (asked.url, asked.prefix) {
-        (Some(url), None) => (url, false),
-        (None, Some(prefix)) => (prefix, true),
+    enum Target {
+        Url(Arc<str>),
+        Prefix(Arc<str>),
+        SurrogateKey(String),
+    }
+    let absolute = |text: &str| {
+        text.parse::<http::Uri>().ok().and_then(|uri| {
+            Some(crate::cache::stage::primary_key(
+                uri.scheme_str()?,
+                uri.authority()?.as_str(),
+                &uri,
+            ))
+        })
+    };
+    let (target, description) = match (asked.url, asked.prefix, asked.key) {
+        (Some(url), None, None) => (absolute(&url).map(Target::Url), url),
+        (None, Some(prefix), None) => (absolute(&prefix).map(Target::Prefix), prefix),
+        (None, None, Some(key)) if !key.is_empty() => {
+            (Some(Target::SurrogateKey(key.clone())), key)
+        }
         _ => {
             return error(
                 StatusCode::BAD_REQUEST,
-                "give exactly one of `url` and `prefix`",
+                "give exactly one of `url`, `prefix` and `key` (not empty)",
             );
         }
     };
-    let Some(key) = target.parse::<http::Uri>().ok().and_then(|uri| {
-        Some(crate::cache::stage::primary_key(
-            uri.scheme_str()?,
-            uri.authority()?.as_str(),
-            &uri,
-        ))
-    }) else {
+    let Some(target) = target else {
         return error(
             StatusCode::BAD_REQUEST,
             "an absolute URL is needed, e.g. \"http://example.com/path\"",
@@ -277,15 +293,22 @@ async fn purge(control: &Control, request: Request<Incoming>) -> AdminResponse {
     let Some(cache) = control.state.registry.caches().current() else {
         return json(StatusCode::OK, &serde_json::json!({ "purged": 0 }));
     };
+    let store = &cache.store;
+    let soft = asked.soft;
     // A prefix without a path ("http://host") is "http://host/": every path of that host, and
     // never another host whose name merely starts the same.
-    let purged = if by_prefix {
-        cache.store.remove_prefix(&key)
-    } else {
-        usize::from(cache.store.remove(&key))
+    let purged = match &target {
+        Target::Url(key) if soft => usize::from(store.mark_stale(key)),
+        Target::Url(key) => usize::from(store.remove(key)),
+        Target::Prefix(key) if soft => store.mark_stale_prefix(key),
+        Target::Prefix(key) => store.remove_prefix(key),
+        Target::SurrogateKey(name) => store.purge_surrogate_key(name, soft),
     };
-    tracing::info!(target = %target, by_prefix, purged, "cache purged by the admin API");
-    json(StatusCode::OK, &serde_json::json!({ "purged": purged }))
+    tracing::info!(target = %description, soft, purged, "cache purged by the admin API");
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "purged": purged, "soft": soft }),
+    )
 }
 
 fn drain(control: &Control, pool: &str, backend: &str, draining: bool) -> AdminResponse {

@@ -48,6 +48,22 @@ struct Exchange {
     cache_status: Option<HeaderValue>,
 }
 
+impl Exchange {
+    /// The exchange of a request the proxy makes on its own (a background cache refresh).
+    fn apart(request_id: HeaderValue) -> Exchange {
+        Exchange {
+            request_id,
+            route: None,
+            upstream: None,
+            lease: None,
+            set_cookie: None,
+            matched: None,
+            rate_limit: None,
+            cache_status: None,
+        }
+    }
+}
+
 /// Serves one request: forwards it to a backend, or answers with an error page.
 pub async fn handle(
     state: &ProxyState,
@@ -325,10 +341,57 @@ async fn proxy(
         && headers::upgrade_requested(request.headers()).is_none()
     {
         let host = request_host(&request).unwrap_or("").to_owned();
+        if request.method().as_str() == "PURGE" {
+            // Answered here on a caching route, never forwarded (the ACL is the cache's).
+            let answer = cache.purge(conn.proto, &host, request.uri(), client_ip);
+            let public_host = HeaderValue::from_str(&host).ok();
+            return Ok(serve_answer(
+                generation,
+                conn,
+                &route,
+                exchange,
+                answer,
+                None,
+                &page_headers,
+                public_host.as_ref(),
+            ));
+        }
         // Boxed: the lookup (which may wait for a coalesced fetch) would otherwise add its
         // state to every request's future, cached route or not, and that future is moved
         // around per request (see docs/performance.md).
-        match Box::pin(cache.lookup(metrics, conn.proto, &host, &mut request)).await {
+        // A background refresh must not use connections private to this client.
+        let background = !route.pool.sends_proxy_header();
+        let looked_up = cache.lookup(metrics, conn.proto, &host, &mut request, background);
+        match Box::pin(looked_up).await {
+            crate::cache::Lookup::AnswerAndRefresh(answer, forwarding) => {
+                let compression = route
+                    .compression
+                    .as_ref()
+                    .map(|_| compress::RequestFacts::of(request.method(), request.headers()));
+                let public_host = HeaderValue::from_str(&host).ok();
+                let key = route
+                    .pool
+                    .selection_key(request.uri(), request.headers(), client_ip);
+                if let Ok((head, _body)) = client_head(generation, conn, &route, request) {
+                    spawn_refresh(
+                        route.clone(),
+                        key,
+                        head,
+                        exchange.request_id.clone(),
+                        forwarding,
+                    );
+                }
+                return Ok(serve_answer(
+                    generation,
+                    conn,
+                    &route,
+                    exchange,
+                    answer,
+                    compression,
+                    &page_headers,
+                    public_host.as_ref(),
+                ));
+            }
             crate::cache::Lookup::Answer(answer) => {
                 let compression = route
                     .compression
@@ -494,6 +557,85 @@ async fn proxy(
         response,
         public_host.as_ref(),
     ))
+}
+
+/// Refreshes a stored response in a task of its own (RFC 5861 `stale-while-revalidate`), while
+/// the client is answered with the stale one. The task holds nothing of the client's
+/// connection: it has its own copy of the request head, asks one backend once (no retries: the
+/// stale response is still there, and the next request past the window revalidates in the
+/// foreground), reads the response body for the store, and ends within `refresh_timeout`.
+fn spawn_refresh(
+    route: Arc<Route>,
+    key: SelectionKey,
+    mut head: ClientHead,
+    request_id: HeaderValue,
+    forwarding: Box<crate::cache::Forwarding>,
+) {
+    head.method = http::Method::GET;
+    // The refresh has no body, whatever the client's request had.
+    head.headers.remove(header::CONTENT_LENGTH);
+    head.headers.remove(header::TRANSFER_ENCODING);
+    let limit = forwarding.refresh_timeout();
+    let refresh = async move {
+        let pool = &route.pool;
+        let Ok(lease) = pool.select(key, &[]).await else {
+            return;
+        };
+        let Some(backend) = pool.backend(lease.index) else {
+            return;
+        };
+        let exchange = Exchange::apart(request_id);
+        let headers = std::mem::take(&mut head.headers);
+        let Ok(request) = aim(
+            &head,
+            headers,
+            &route,
+            backend,
+            RequestBody::empty(),
+            None,
+            &exchange,
+        ) else {
+            return;
+        };
+        let mut sent_at = tokio::time::Instant::now();
+        let response = match forward(&route, backend, request, None, &mut sent_at).await {
+            Ok(response) => response,
+            Err(error) => {
+                pool.record_outcome(lease.index, Outcome::Failure);
+                tracing::debug!(route = %route.name, cause = %error.cause(), "background cache refresh failed");
+                return;
+            }
+        };
+        let failed = pool.is_failure_status(response.status().as_u16());
+        pool.record_outcome(
+            lease.index,
+            if failed {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            },
+        );
+        let max_bytes = forwarding.max_object_size();
+        if let crate::cache::Completed::Pass(response, _) = forwarding.on_response(response) {
+            // Read to the end so the cache's copy completes; a body larger than the store
+            // takes is not worth reading on.
+            use http_body_util::BodyExt;
+            let mut body = response.into_body();
+            let mut read = 0u64;
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if read > max_bytes {
+                    break;
+                }
+            }
+        }
+        drop(lease);
+    };
+    tokio::spawn(async move {
+        if tokio::time::timeout(limit, refresh).await.is_err() {
+            tracing::debug!("background cache refresh abandoned after refresh_timeout");
+        }
+    });
 }
 
 /// Sends a response the cache made (a hit, a 304, a stale response on error, a 504 for

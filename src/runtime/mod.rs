@@ -316,7 +316,8 @@ fn compile_route(
         &config.cache,
         route.cache.as_ref().map(|c| &c.get_ref().0),
         registry.caches(),
-    );
+    )
+    .map_err(|e| anyhow!(e))?;
     let compiled = Route {
         cache,
         name,

@@ -922,3 +922,455 @@ async fn an_unusable_disk_path_is_refused_with_its_line() {
     assert!(error.contains("test.toml:"), "{error}");
     assert!(error.contains("cache.disk.path"), "{error}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Cache, phase 3 (branch cache-more): background stale-while-revalidate, PURGE and surrogate
+// keys, Range requests from stored responses, targeted cache control (RFC 9213), cache key
+// options.
+// ---------------------------------------------------------------------------------------------
+
+/// An origin whose n-th response has body `v{n}`, lives one second and may then be served stale
+/// for 600 s while revalidated. Requests after the first wait for a permit from `gate`.
+async fn versioned_origin(gate: Arc<tokio::sync::Semaphore>) -> Origin {
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    Origin::start(move |_| {
+        let (gate, served) = (gate.clone(), served.clone());
+        async move {
+            let n = served.fetch_add(1, Ordering::SeqCst) + 1;
+            if n > 1 {
+                // A closed gate lets everyone through (the test's end).
+                if let Ok(permit) = gate.acquire().await {
+                    permit.forget();
+                }
+            }
+            answer(
+                &format!("v{n}"),
+                &[("cache-control", "max-age=1, stale-while-revalidate=600")],
+            )
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_answers_at_once_and_refreshes_once_in_the_background() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let origin = versioned_origin(gate.clone()).await;
+    let proxy = Proxy::start(&cached_config(origin.addr, "")).await;
+    let client = client();
+    assert_eq!(get(&client, &proxy, "/swr").await.1, "v1");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    // The origin holds every refresh: these are answered from the stale entry regardless.
+    let stale = (0..5).map(|_| get(&client, &proxy, "/swr"));
+    for (status, body, headers) in futures_util::future::join_all(stale).await {
+        assert_eq!((status, body.as_str()), (200, "v1"));
+        let cs = cache_status(&headers);
+        assert!(
+            cs.starts_with("gatehouse; hit; ttl=-")
+                && cs.ends_with("detail=stale-while-revalidate"),
+            "{cs}"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || origin.count() == 2).await,
+        "one refresh went to the origin"
+    );
+    let (_, body, _) = get(&client, &proxy, "/swr").await;
+    assert_eq!(body, "v1", "still stale while the refresh is held");
+    assert_eq!(origin.count(), 2, "at most one refresh per URL at a time");
+
+    gate.add_permits(1);
+    let mut refreshed = false;
+    for _ in 0..200 {
+        let (_, body, _) = get(&client, &proxy, "/swr").await;
+        if body == "v2" {
+            refreshed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refreshed, "the background refresh stored v2");
+    gate.close();
+}
+
+#[tokio::test]
+async fn a_background_refresh_ends_within_refresh_timeout() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let origin = versioned_origin(gate.clone()).await;
+    let proxy = Proxy::start(&cached_config(origin.addr, "refresh_timeout = \"1s\"")).await;
+    let client = client();
+    get(&client, &proxy, "/slow").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The first refresh hangs at the origin; once it is abandoned, the URL's lock is free and
+    // a later stale hit starts another.
+    let mut second_refresh = false;
+    for _ in 0..150 {
+        let (status, body, _) = get(&client, &proxy, "/slow").await;
+        assert_eq!((status, body.as_str()), (200, "v1"));
+        if origin.count() >= 3 {
+            second_refresh = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(second_refresh, "the hung refresh was abandoned");
+    gate.close();
+}
+
+/// Starts a proxy with an admin listener over the cached route; returns it and its admin address.
+async fn proxy_with_admin(
+    origin: std::net::SocketAddr,
+    settings: &str,
+) -> (Proxy, std::net::SocketAddr) {
+    let config = format!(
+        "[admin]\naddress = \"127.0.0.1:0\"\n\n{}",
+        cached_config(origin, settings)
+    );
+    let proxy = Proxy::start(&config).await;
+    let admin = proxy
+        .server
+        .as_ref()
+        .expect("server")
+        .admin_addr()
+        .expect("admin listener");
+    (proxy, admin)
+}
+
+async fn admin_purge(admin: std::net::SocketAddr, body: &str) -> (u16, serde_json::Value) {
+    let response = client()
+        .post(format!("http://{admin}/api/cache/purge"))
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("admin response");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("admin body");
+    (status, serde_json::from_str(&text).expect("JSON"))
+}
+
+fn purge_method() -> reqwest::Method {
+    reqwest::Method::from_bytes(b"PURGE").expect("method")
+}
+
+#[tokio::test]
+async fn purge_removes_every_variant_of_a_url_for_allowed_addresses_only() {
+    let origin = Origin::start(|_| async {
+        answer(
+            "v",
+            &[
+                ("cache-control", "max-age=600"),
+                ("vary", "accept-language"),
+            ],
+        )
+    })
+    .await;
+    let proxy = Proxy::start(&cached_config(
+        origin.addr,
+        "purge_allow = [\"127.0.0.1/32\", \"::1\"]",
+    ))
+    .await;
+    let client = client();
+    for language in ["en", "fr", "en", "fr"] {
+        client
+            .get(proxy.url("/v"))
+            .header("accept-language", language)
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(origin.count(), 2, "two variants stored");
+    let purged = client
+        .request(purge_method(), proxy.url("/v"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purged.status().as_u16(), 200);
+    let answer: serde_json::Value = serde_json::from_str(&purged.text().await.unwrap()).unwrap();
+    assert_eq!(answer["purged"], 1, "{answer}");
+    for language in ["en", "fr"] {
+        client
+            .get(proxy.url("/v"))
+            .header("accept-language", language)
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(origin.count(), 4, "both variants fetched again");
+    assert_eq!(
+        origin
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.method.as_str() == "PURGE")
+            .count(),
+        0,
+        "PURGE is never forwarded"
+    );
+
+    // Without `purge_allow`, nobody may purge.
+    let closed = Proxy::start(&cached_config(origin.addr, "")).await;
+    get(&client, &closed, "/c").await;
+    let refused = client
+        .request(purge_method(), closed.url("/c"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
+    get(&client, &closed, "/c").await;
+    assert_eq!(seen_on(&origin, "/c"), 1, "still stored");
+}
+
+#[test]
+fn a_bad_purge_allow_entry_is_refused_with_its_line() {
+    let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[pool.app]\nbackends = [\"127.0.0.1:1\"]\n\n\
+                [cache]\npurge_allow = [\"10.0.0.0/99\"]\n";
+    let errors = gatehouse::config::parse(std::path::Path::new("bad.toml"), text)
+        .expect_err("refused")
+        .0;
+    let error = errors
+        .iter()
+        .find(|e| e.key.starts_with("cache.purge_allow"))
+        .expect("purge_allow error");
+    assert_eq!(error.line, 8);
+}
+
+#[tokio::test]
+async fn surrogate_keys_are_indexed_purged_by_the_admin_api_and_hidden_from_clients() {
+    let origin = Origin::start(|request| async move {
+        match request.uri().path() {
+            "/p1" => answer(
+                "1",
+                &[
+                    ("cache-control", "max-age=600"),
+                    ("surrogate-key", "all product-1"),
+                ],
+            ),
+            "/p2" => answer(
+                "2",
+                &[
+                    ("cache-control", "max-age=600"),
+                    ("cache-tag", "all, product-2"),
+                ],
+            ),
+            _ => answer("3", &[("cache-control", "max-age=600")]),
+        }
+    })
+    .await;
+    let (proxy, admin) = proxy_with_admin(origin.addr, "").await;
+    let client = client();
+    for path in ["/p1", "/p2", "/p3"] {
+        let (_, _, headers) = get(&client, &proxy, path).await;
+        assert!(headers.get("surrogate-key").is_none() && headers.get("cache-tag").is_none());
+        let (_, _, headers) = get(&client, &proxy, path).await;
+        assert!(cache_status(&headers).contains("hit"));
+        assert!(headers.get("surrogate-key").is_none() && headers.get("cache-tag").is_none());
+    }
+    assert_eq!(origin.count(), 3);
+
+    let (status, answer) = admin_purge(admin, "{\"key\": \"product-1\"}").await;
+    assert_eq!(
+        (status, answer["purged"].as_u64()),
+        (200, Some(1)),
+        "{answer}"
+    );
+    get(&client, &proxy, "/p1").await;
+    get(&client, &proxy, "/p2").await;
+    assert_eq!((seen_on(&origin, "/p1"), seen_on(&origin, "/p2")), (2, 1));
+
+    let (_, answer) = admin_purge(admin, "{\"key\": \"all\"}").await;
+    assert_eq!(answer["purged"].as_u64(), Some(2), "{answer}");
+    for path in ["/p1", "/p2", "/p3"] {
+        get(&client, &proxy, path).await;
+    }
+    assert_eq!(
+        (
+            seen_on(&origin, "/p1"),
+            seen_on(&origin, "/p2"),
+            seen_on(&origin, "/p3")
+        ),
+        (3, 2, 1)
+    );
+    let (_, answer) = admin_purge(admin, "{\"key\": \"nothing-has-this\"}").await;
+    assert_eq!(answer["purged"].as_u64(), Some(0));
+    let (status, _) = admin_purge(admin, "{\"key\": \"\"}").await;
+    assert_eq!(status, 400);
+
+    // Configured to keep them, clients see the names.
+    let shown = Proxy::start(&cached_config(origin.addr, "strip_surrogate_keys = false")).await;
+    for _ in 0..2 {
+        let (_, _, headers) = get(&client, &shown, "/p1").await;
+        assert_eq!(headers["surrogate-key"], "all product-1");
+    }
+}
+
+#[tokio::test]
+async fn a_soft_purge_marks_stale_so_the_next_request_revalidates() {
+    // Fresh for ten minutes, ETag "v1": only a purge makes the proxy ask again.
+    let origin = Origin::start(|request| async move {
+        let has_it = request
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v.as_bytes() == b"\"v1\"");
+        let mut response = if has_it {
+            let mut response = text(304, "");
+            *response.body_mut() = full("");
+            response
+        } else {
+            answer("soft", &[("surrogate-key", "s")])
+        };
+        response
+            .headers_mut()
+            .insert("cache-control", HeaderValue::from_static("max-age=600"));
+        response
+            .headers_mut()
+            .insert("etag", HeaderValue::from_static("\"v1\""));
+        response
+    })
+    .await;
+    let (proxy, admin) = proxy_with_admin(origin.addr, "").await;
+    let client = client();
+    let host = proxy.addr;
+    get(&client, &proxy, "/s").await;
+    get(&client, &proxy, "/s").await;
+    assert_eq!(origin.count(), 1);
+
+    for purge in [
+        format!("{{\"url\": \"http://{host}/s\", \"soft\": true}}"),
+        "{\"key\": \"s\", \"soft\": true}".to_owned(),
+        format!("{{\"prefix\": \"http://{host}/\", \"soft\": true}}"),
+    ] {
+        let before = origin.count();
+        let (status, answer) = admin_purge(admin, &purge).await;
+        assert_eq!(
+            (status, answer["purged"].as_u64()),
+            (200, Some(1)),
+            "{purge}: {answer}"
+        );
+        let (status, body, headers) = get(&client, &proxy, "/s").await;
+        assert_eq!((status, body.as_str()), (200, "soft"), "the stored body");
+        let cs = cache_status(&headers);
+        assert!(
+            cs.contains("fwd=stale") && cs.contains("fwd-status=304"),
+            "{purge}: {cs}"
+        );
+        assert_eq!(origin.count(), before + 1);
+        assert_eq!(origin.last().headers["if-none-match"], "\"v1\"");
+        // Fresh again after the 304.
+        let (_, _, headers) = get(&client, &proxy, "/s").await;
+        assert!(cache_status(&headers).starts_with("gatehouse; hit"));
+        assert_eq!(origin.count(), before + 1);
+    }
+}
+
+async fn get_with(
+    client: &reqwest::Client,
+    proxy: &Proxy,
+    path: &str,
+    headers: &[(&'static str, &'static str)],
+) -> (u16, String, reqwest::header::HeaderMap) {
+    let mut request = client.get(proxy.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("response");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, response.text().await.expect("body"), headers)
+}
+
+#[tokio::test]
+async fn range_requests_are_cut_from_a_stored_200() {
+    let origin = Origin::start(|request| async move {
+        if request.uri().path() == "/partial" {
+            let mut response = answer("012", &[("cache-control", "max-age=600")]);
+            *response.status_mut() = http::StatusCode::PARTIAL_CONTENT;
+            response
+                .headers_mut()
+                .insert("content-range", HeaderValue::from_static("bytes 0-2/10"));
+            return response;
+        }
+        answer(
+            "0123456789",
+            &[("cache-control", "max-age=600"), ("etag", "\"r1\"")],
+        )
+    })
+    .await;
+    let proxy = Proxy::start(&cached_config(origin.addr, "")).await;
+    let client = client();
+
+    // A miss with Range: the range goes to the origin as asked, nothing is stored.
+    let (status, _, headers) = get_with(&client, &proxy, "/r", &[("range", "bytes=0-3")]).await;
+    assert_eq!(status, 200, "this origin ignores Range");
+    assert!(
+        cache_status(&headers).contains("detail=range"),
+        "{}",
+        cache_status(&headers)
+    );
+    assert_eq!(origin.last().headers["range"], "bytes=0-3");
+    // A plain GET fills the cache; ranges are then cut from it.
+    get(&client, &proxy, "/r").await;
+    assert_eq!(origin.count(), 2);
+
+    let (status, body, headers) = get_with(&client, &proxy, "/r", &[("range", "bytes=2-5")]).await;
+    assert_eq!((status, body.as_str()), (206, "2345"));
+    assert_eq!(headers["content-range"], "bytes 2-5/10");
+    assert_eq!(headers["content-length"], "4");
+    assert!(cache_status(&headers).starts_with("gatehouse; hit"));
+    let (status, body, _) = get_with(&client, &proxy, "/r", &[("range", "bytes=-3")]).await;
+    assert_eq!((status, body.as_str()), (206, "789"));
+    let (status, body, _) = get_with(&client, &proxy, "/r", &[("range", "bytes=7-")]).await;
+    assert_eq!((status, body.as_str()), (206, "789"));
+
+    let (status, body, headers) = get_with(&client, &proxy, "/r", &[("range", "bytes=20-")]).await;
+    assert_eq!((status, body.as_str()), (416, ""));
+    assert_eq!(headers["content-range"], "bytes */10");
+
+    // Several ranges: the whole 200 (RFC 9110 §14.2 allows it).
+    let (status, body, _) = get_with(&client, &proxy, "/r", &[("range", "bytes=0-1,4-5")]).await;
+    assert_eq!((status, body.as_str()), (200, "0123456789"));
+
+    // If-Range: the range only while it names the stored response.
+    let (status, body, _) = get_with(
+        &client,
+        &proxy,
+        "/r",
+        &[("range", "bytes=0-1"), ("if-range", "\"r1\"")],
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (206, "01"));
+    let (status, body, _) = get_with(
+        &client,
+        &proxy,
+        "/r",
+        &[("range", "bytes=0-1"), ("if-range", "\"old\"")],
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "0123456789"));
+    // HEAD ignores Range.
+    let head = client
+        .head(proxy.url("/r"))
+        .header("range", "bytes=0-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status().as_u16(), 200);
+    assert_eq!(
+        origin.count(),
+        2,
+        "every range after the fill came from the cache"
+    );
+
+    // A 206 from the origin is never stored.
+    for _ in 0..2 {
+        let (status, _, headers) = get(&client, &proxy, "/partial").await;
+        assert_eq!(status, 206);
+        assert!(
+            !cache_status(&headers).contains("stored"),
+            "{}",
+            cache_status(&headers)
+        );
+    }
+    assert_eq!(seen_on(&origin, "/partial"), 2);
+}
