@@ -18,6 +18,7 @@ pub mod stage;
 pub mod status;
 pub mod store;
 pub mod tags;
+pub mod targeted;
 pub mod vary;
 
 pub use stage::{Answer, CacheRegistry, CacheState, Completed, Forwarding, Lookup, RouteCache};

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::coalesce::{self, Acquired, FillGuard, FillOutcome, Locks};
@@ -23,6 +23,7 @@ use super::policy::{self, Freshness, PolicyConfig, Reuse};
 use super::range::{self, RangeAnswer};
 use super::status::{CacheStatus, Forward};
 use super::store::{Found, Store, StoredResponse};
+use super::targeted;
 use super::vary;
 use crate::body::{BodyTap, IncomingBody};
 use crate::config::{CacheSettings, RouteCacheSettings, SetCookieMode};
@@ -122,6 +123,10 @@ pub struct RouteCache {
     purge_allow: Arc<IpList>,
     /// Remove `Surrogate-Key` and `Cache-Tag` from what clients get.
     strip_surrogate_keys: bool,
+    /// Targeted cache-control fields this cache obeys, first present wins (RFC 9213).
+    targeted: Arc<[HeaderName]>,
+    /// Remove the targeted fields from what clients get.
+    strip_targeted: bool,
     route: Arc<str>,
     metrics: OnceLock<Arc<CacheMetrics>>,
 }
@@ -167,6 +172,12 @@ impl RouteCache {
             refresh_timeout: global.refresh_timeout.0,
             purge_allow: Arc::new(purge_allow),
             strip_surrogate_keys: global.strip_surrogate_keys,
+            targeted: global
+                .targeted_headers
+                .iter()
+                .filter_map(|name| HeaderName::from_bytes(name.get_ref().as_bytes()).ok())
+                .collect(),
+            strip_targeted: global.strip_targeted_headers,
             route,
             metrics: OnceLock::new(),
         })))
@@ -606,7 +617,7 @@ impl Forwarding {
                     response.headers(),
                     self.request_time,
                     response_time,
-                    self.cache.policy.heuristic_fraction,
+                    &self.cache,
                 ));
                 self.cache
                     .state
@@ -633,16 +644,20 @@ impl Forwarding {
             }
         }
         self.metrics.miss.increment(1);
-        let response_cc = CacheControl::of(response.headers());
-        let storable = policy::storable(
-            &self.method,
-            &self.request_headers,
-            &self.request_cc,
-            status,
-            response.headers(),
-            &response_cc,
-            &self.cache.policy,
-        );
+        let storable = {
+            // RFC 9213: a targeted field speaks for Cache-Control and Expires to this cache.
+            let view = targeted::policy_view(response.headers(), &self.cache.targeted);
+            let response_cc = CacheControl::of(&view);
+            policy::storable(
+                &self.method,
+                &self.request_headers,
+                &self.request_cc,
+                status,
+                &view,
+                &response_cc,
+                &self.cache.policy,
+            )
+        };
         let storable = match storable {
             Ok(storable) => storable,
             Err(reason) => {
@@ -668,7 +683,7 @@ impl Forwarding {
         conditional::ensure_date(&mut headers, response_time);
         let freshness = Freshness::of(
             status,
-            &headers,
+            &targeted::policy_view(&headers, &self.cache.targeted),
             self.request_time,
             response_time,
             self.cache.policy.heuristic_fraction,
@@ -706,6 +721,11 @@ impl Forwarding {
         if self.cache.strip_surrogate_keys {
             headers.remove(super::tags::SURROGATE_KEY);
             headers.remove(super::tags::CACHE_TAG);
+        }
+        if self.cache.strip_targeted {
+            for name in self.cache.targeted.iter() {
+                headers.remove(name);
+            }
         }
     }
 
@@ -749,7 +769,7 @@ fn refresh(
     not_modified: &HeaderMap,
     request_time: SystemTime,
     response_time: SystemTime,
-    heuristic_fraction: f64,
+    cache: &RouteCache,
 ) -> StoredResponse {
     let mut headers = stale.headers.clone();
     conditional::update_headers(&mut headers, not_modified);
@@ -765,10 +785,10 @@ fn refresh(
         status: stale.status,
         freshness: Freshness::of(
             stale.status,
-            &headers,
+            &targeted::policy_view(&headers, &cache.targeted),
             request_time,
             response_time,
-            heuristic_fraction,
+            cache.policy.heuristic_fraction,
         ),
         headers,
         body: stale.body.clone(),

@@ -322,6 +322,11 @@ pub struct CacheSettings {
     /// Remove `Surrogate-Key` and `Cache-Tag` from responses sent to clients (they are still
     /// stored and indexed).
     pub strip_surrogate_keys: bool,
+    /// Targeted cache-control fields (RFC 9213) this cache obeys instead of `Cache-Control`
+    /// and `Expires`, in priority order; empty turns targeted cache control off.
+    pub targeted_headers: Vec<Spanned<String>>,
+    /// Remove the `targeted_headers` from responses sent to clients.
+    pub strip_targeted_headers: bool,
 }
 
 impl Default for CacheSettings {
@@ -336,6 +341,11 @@ impl Default for CacheSettings {
             refresh_timeout: HumanDuration::secs(30),
             purge_allow: Vec::new(),
             strip_surrogate_keys: true,
+            targeted_headers: ["Gatehouse-Cache-Control", "CDN-Cache-Control"]
+                .into_iter()
+                .map(|name| Spanned::new(0..0, name.to_owned()))
+                .collect(),
+            strip_targeted_headers: true,
         }
     }
 }

@@ -131,6 +131,14 @@ fn check_cache(config: &Config, problems: &mut Problems) {
     check_object(&settings.max_object_size, problems);
     check_fraction(&settings.heuristic_fraction, problems);
     check_ip_lists(Some(&settings.purge_allow), None, problems);
+    for name in &settings.targeted_headers {
+        if HeaderName::from_bytes(name.get_ref().as_bytes()).is_err() {
+            problems.at(
+                name,
+                format!("{:?} is not a valid header name", name.get_ref()),
+            );
+        }
+    }
     for route in &config.routes {
         let Some(cache) = &route.cache else {
             continue;

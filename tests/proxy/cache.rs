@@ -1183,3 +1183,93 @@ async fn range_requests_are_cut_from_a_stored_200() {
     }
     assert_eq!(seen_on(&origin, "/partial"), 2);
 }
+
+#[tokio::test]
+async fn targeted_cache_control_overrides_cache_control_for_gatehouse_only() {
+    let origin = Origin::start(|request| async move {
+        match request.uri().path() {
+            // Browsers must not store it; the edge may, for ten minutes.
+            "/cdn" => answer(
+                "c",
+                &[
+                    ("cache-control", "no-store"),
+                    ("cdn-cache-control", "max-age=600"),
+                ],
+            ),
+            // Gatehouse's own field wins over CDN-Cache-Control and Cache-Control.
+            "/own" => answer(
+                "o",
+                &[
+                    ("cache-control", "max-age=600"),
+                    ("cdn-cache-control", "max-age=600"),
+                    ("gatehouse-cache-control", "no-store"),
+                ],
+            ),
+            _ => answer(
+                "x",
+                &[("cache-control", "no-store"), ("x-edge", "max-age=600")],
+            ),
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&cached_config(origin.addr, "")).await;
+    let client = client();
+    for _ in 0..2 {
+        let (_, body, headers) = get(&client, &proxy, "/cdn").await;
+        assert_eq!(body, "c");
+        assert_eq!(
+            headers["cache-control"], "no-store",
+            "the client's own field is kept"
+        );
+        assert!(
+            headers.get("cdn-cache-control").is_none(),
+            "removed for clients"
+        );
+        let (_, _, headers) = get(&client, &proxy, "/own").await;
+        assert!(
+            cache_status(&headers).contains("detail=no-store"),
+            "{}",
+            cache_status(&headers)
+        );
+        assert!(headers.get("gatehouse-cache-control").is_none());
+    }
+    assert_eq!(seen_on(&origin, "/cdn"), 1, "stored per CDN-Cache-Control");
+    assert_eq!(
+        seen_on(&origin, "/own"),
+        2,
+        "not stored per Gatehouse-Cache-Control"
+    );
+
+    // Another field name, kept in client responses; CDN-Cache-Control is then not obeyed.
+    let custom = Proxy::start(&cached_config(
+        origin.addr,
+        "targeted_headers = [\"X-Edge\"]\nstrip_targeted_headers = false",
+    ))
+    .await;
+    for _ in 0..2 {
+        let (_, _, headers) = get(&client, &custom, "/x").await;
+        assert_eq!(headers["x-edge"], "max-age=600");
+        let (_, _, headers) = get(&client, &custom, "/cdn").await;
+        assert_eq!(headers["cdn-cache-control"], "max-age=600");
+    }
+    assert_eq!(seen_on(&origin, "/x"), 1, "stored per X-Edge");
+    assert_eq!(
+        seen_on(&origin, "/cdn"),
+        3,
+        "no-store obeyed: CDN-Cache-Control is not listed"
+    );
+}
+
+#[test]
+fn a_bad_targeted_header_name_is_refused_with_its_line() {
+    let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[pool.app]\nbackends = [\"127.0.0.1:1\"]\n\n\
+                [cache]\n\ntargeted_headers = [\"bad name\"]\n";
+    let errors = gatehouse::config::parse(std::path::Path::new("bad.toml"), text)
+        .expect_err("refused")
+        .0;
+    let error = errors
+        .iter()
+        .find(|e| e.key.starts_with("cache.targeted_headers"))
+        .expect("targeted_headers error");
+    assert_eq!(error.line, 9);
+}
