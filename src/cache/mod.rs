@@ -12,6 +12,7 @@
 pub mod coalesce;
 pub mod conditional;
 pub mod directives;
+pub mod key;
 pub mod policy;
 pub mod range;
 pub mod stage;

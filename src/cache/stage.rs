@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use super::coalesce::{self, Acquired, FillGuard, FillOutcome, Locks};
 use super::conditional;
 use super::directives::CacheControl;
+use super::key::{KeyOptions, QueryKey};
 use super::policy::{self, Freshness, PolicyConfig, Reuse};
 use super::range::{self, RangeAnswer};
 use super::status::{CacheStatus, Forward};
@@ -26,7 +27,7 @@ use super::store::{Found, Store, StoredResponse};
 use super::targeted;
 use super::vary;
 use crate::body::{BodyTap, IncomingBody};
-use crate::config::{CacheSettings, RouteCacheSettings, SetCookieMode};
+use crate::config::{CacheSettings, KeyQueryMode, RouteCacheSettings, SetCookieMode};
 use crate::observe::metrics::Metrics;
 use crate::protect::ip::IpList;
 
@@ -40,6 +41,18 @@ pub struct CacheState {
     /// The memory tier.
     pub store: Store,
     locks: Arc<Locks>,
+    /// The key options of the latest configuration (for purges by URL from the admin API).
+    key_options: Mutex<Arc<KeyOptions>>,
+}
+
+impl CacheState {
+    /// The key options of the latest configuration.
+    pub fn key_options(&self) -> Arc<KeyOptions> {
+        self.key_options
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Keeps the one [`CacheState`] across reloads while its size stays the same.
@@ -60,6 +73,7 @@ impl CacheRegistry {
         let state = Arc::new(CacheState {
             store: Store::new(max_size),
             locks: Arc::new(Locks::default()),
+            key_options: Mutex::new(Arc::new(KeyOptions::default())),
         });
         *slot = Arc::downgrade(&state);
         state
@@ -119,6 +133,8 @@ pub struct RouteCache {
     max_object_size: u64,
     lock_timeout: Duration,
     refresh_timeout: Duration,
+    /// What makes the key of a request (`cache.key_*`).
+    key: Arc<KeyOptions>,
     /// Who may send `PURGE` (`cache.purge_allow`); empty: nobody.
     purge_allow: Arc<IpList>,
     /// Remove `Surrogate-Key` and `Cache-Tag` from what clients get.
@@ -146,9 +162,25 @@ impl RouteCache {
         }
         let purge_allow = IpList::parse_entries(global.purge_allow.iter().map(|e| e.get_ref()))
             .map_err(|e| format!("cache.purge_allow: {e}"))?;
+        let strings = |list: &[serde_spanned::Spanned<String>]| -> Vec<String> {
+            list.iter().map(|e| e.get_ref().clone()).collect()
+        };
+        let key = Arc::new(KeyOptions::new(
+            match global.key_query {
+                KeyQueryMode::AsIs => QueryKey::AsIs,
+                KeyQueryMode::Sorted => QueryKey::Sorted,
+                KeyQueryMode::Ignore => QueryKey::Ignore,
+            },
+            strings(&global.key_ignore_query),
+            &strings(&global.key_headers),
+            &strings(&global.key_cookies),
+        )?);
+        let state = registry.state_for(global.max_size.get_ref().0);
+        *state.key_options.lock().unwrap_or_else(|e| e.into_inner()) = key.clone();
         let set_cookie = own.and_then(|o| o.set_cookie).unwrap_or(global.set_cookie);
         Ok(Some(Arc::new(RouteCache {
-            state: registry.state_for(global.max_size.get_ref().0),
+            state,
+            key,
             policy: PolicyConfig {
                 heuristic_fraction: *own
                     .and_then(|o| o.heuristic_fraction.as_ref())
@@ -204,7 +236,7 @@ impl RouteCache {
                 cache_status,
             };
         }
-        let key = primary_key(scheme, host, uri);
+        let key = self.key.primary_key(scheme, host, uri);
         let purged = usize::from(self.state.store.remove(&key));
         tracing::info!(url = %key, purged, %client, "cache purged by a PURGE request");
         cache_status.detail = Some("purged");
@@ -245,7 +277,7 @@ impl RouteCache {
     ) -> Lookup {
         let handles = self.metrics(metrics);
         let method = request.method().clone();
-        let key = primary_key(scheme, host, request.uri());
+        let key = self.key.primary_key(scheme, host, request.uri());
         let mut forwarding = Forwarding {
             cache: self.clone(),
             metrics: handles.clone(),
@@ -275,12 +307,13 @@ impl RouteCache {
         // A `Range` is served from a stored whole response; without one it goes to the origin.
         let ranged = method == Method::GET && request.headers().contains_key(header::RANGE);
         let request_cc = CacheControl::of_request(request.headers());
-        forwarding.request_headers = request.headers().clone();
+        // With the keyed cookies as fields of their own, for selecting variants.
+        forwarding.request_headers = self.key.keying_headers(request.headers());
         forwarding.request_cc = request_cc.clone();
         let mut collapsed = false;
         for attempt in 0..=MAX_WAITS {
             let now = SystemTime::now();
-            let (reason, stale) = match self.state.store.find(&key, request.headers()) {
+            let (reason, stale) = match self.state.store.find(&key, &forwarding.request_headers) {
                 Found::Hit(stored) => match policy::reuse(&request_cc, &stored.freshness, now) {
                     Reuse::Fresh => {
                         handles.hit.increment(1);
@@ -381,12 +414,20 @@ impl RouteCache {
 /// The key of a request: scheme, host (lowercase, default port dropped) and the path and
 /// query as the client sent them (after path normalisation).
 pub fn primary_key(scheme: &str, host: &str, uri: &http::Uri) -> Arc<str> {
+    key_of(
+        scheme,
+        host,
+        uri.path_and_query().map_or("/", |pq| pq.as_str()),
+    )
+}
+
+/// The key of `target` (path and query, as the key options left it) on `scheme://host`.
+pub fn key_of(scheme: &str, host: &str, target: &str) -> Arc<str> {
     let mut host = host.to_ascii_lowercase();
     let default_port = if scheme == "https" { ":443" } else { ":80" };
     if let Some(stripped) = host.strip_suffix(default_port) {
         host.truncate(stripped.len());
     }
-    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
     Arc::from(format!("{scheme}://{host}{target}"))
 }
 
@@ -690,7 +731,13 @@ impl Forwarding {
         );
         self.status.stored = true;
         self.status.ttl = Some(freshness.ttl(response_time));
-        let vary_fields = vary::fields(&headers);
+        let mut vary_fields = vary::fields(&headers);
+        // Keyed headers and cookies make variants as if the response varied on them.
+        for field in self.cache.key.vary_fields() {
+            if !vary_fields.contains(field) {
+                vary_fields.push(field.clone());
+            }
+        }
         let vary_key = vary::secondary_key(&vary_fields, &self.request_headers);
         let capacity = declared.unwrap_or(0).min(self.cache.max_object_size) as usize;
         let fill = Fill {
@@ -746,7 +793,12 @@ impl Forwarding {
                 Some(authority) => authority.as_str().eq_ignore_ascii_case(&self.host),
             };
             if same_host {
-                store.remove(&primary_key(&self.scheme, &self.host, &target));
+                store.remove(
+                    &self
+                        .cache
+                        .key
+                        .primary_key(&self.scheme, &self.host, &target),
+                );
             }
         }
         self.update_gauges();

@@ -327,6 +327,29 @@ pub struct CacheSettings {
     pub targeted_headers: Vec<Spanned<String>>,
     /// Remove the `targeted_headers` from responses sent to clients.
     pub strip_targeted_headers: bool,
+    /// What of the query the cache key keeps: `"as-is"`, `"sorted"` or `"ignore"`.
+    pub key_query: KeyQueryMode,
+    /// Query parameters left out of the cache key: names, or prefixes written `name*`.
+    pub key_ignore_query: Vec<Spanned<String>>,
+    /// Request headers whose values are part of the cache key (as variants of the URL).
+    pub key_headers: Vec<Spanned<String>>,
+    /// Cookies whose values are part of the cache key (as variants of the URL).
+    pub key_cookies: Vec<Spanned<String>>,
+}
+
+/// What of the query the cache key keeps (`cache.key_query`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum KeyQueryMode {
+    /// As the client sent it.
+    #[default]
+    #[serde(rename = "as-is")]
+    AsIs,
+    /// Parameters sorted by name.
+    #[serde(rename = "sorted")]
+    Sorted,
+    /// Left out entirely.
+    #[serde(rename = "ignore")]
+    Ignore,
 }
 
 impl Default for CacheSettings {
@@ -346,6 +369,10 @@ impl Default for CacheSettings {
                 .map(|name| Spanned::new(0..0, name.to_owned()))
                 .collect(),
             strip_targeted_headers: true,
+            key_query: KeyQueryMode::AsIs,
+            key_ignore_query: Vec::new(),
+            key_headers: Vec::new(),
+            key_cookies: Vec::new(),
         }
     }
 }

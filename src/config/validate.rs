@@ -131,7 +131,16 @@ fn check_cache(config: &Config, problems: &mut Problems) {
     check_object(&settings.max_object_size, problems);
     check_fraction(&settings.heuristic_fraction, problems);
     check_ip_lists(Some(&settings.purge_allow), None, problems);
-    for name in &settings.targeted_headers {
+    for name in &settings.key_cookies {
+        if let Err(message) = crate::cache::key::cookie_field(name.get_ref()) {
+            problems.at(name, message);
+        }
+    }
+    for name in settings
+        .targeted_headers
+        .iter()
+        .chain(&settings.key_headers)
+    {
         if HeaderName::from_bytes(name.get_ref().as_bytes()).is_err() {
             problems.at(
                 name,
