@@ -13,12 +13,14 @@ pub mod coalesce;
 pub mod conditional;
 pub mod directives;
 pub mod disk;
+pub mod key;
 pub mod policy;
 pub mod range;
 pub mod stage;
 pub mod status;
 pub mod store;
 pub mod tags;
+pub mod targeted;
 pub mod vary;
 
 pub use stage::{Answer, CacheRegistry, CacheState, Completed, Forwarding, Lookup, RouteCache};

@@ -13,20 +13,22 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::coalesce::{self, Acquired, FillGuard, FillOutcome, Locks};
 use super::conditional;
 use super::directives::CacheControl;
 use super::disk::{DiskLimits, DiskStore};
+use super::key::{KeyOptions, QueryKey};
 use super::policy::{self, Freshness, PolicyConfig, Reuse};
 use super::range::{self, RangeAnswer};
 use super::status::{CacheStatus, Forward};
 use super::store::{Found, Store, StoredResponse};
+use super::targeted;
 use super::vary;
 use crate::body::{BodyTap, IncomingBody};
-use crate::config::{CacheSettings, RouteCacheSettings, SetCookieMode};
+use crate::config::{CacheSettings, KeyQueryMode, RouteCacheSettings, SetCookieMode};
 use crate::observe::metrics::Metrics;
 use crate::protect::ip::IpList;
 
@@ -40,6 +42,18 @@ pub struct CacheState {
     /// The memory tier.
     pub store: Store,
     locks: Arc<Locks>,
+    /// The key options of the latest configuration (for purges by URL from the admin API).
+    key_options: Mutex<Arc<KeyOptions>>,
+}
+
+impl CacheState {
+    /// The key options of the latest configuration.
+    pub fn key_options(&self) -> Arc<KeyOptions> {
+        self.key_options
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Keeps the one [`CacheState`] across reloads while its size stays the same.
@@ -69,6 +83,7 @@ impl CacheRegistry {
         let state = Arc::new(CacheState {
             store: Store::with_disk(max_size, disk),
             locks: Arc::new(Locks::default()),
+            key_options: Mutex::new(Arc::new(KeyOptions::default())),
         });
         *slot = Arc::downgrade(&state);
         state
@@ -128,10 +143,16 @@ pub struct RouteCache {
     max_object_size: u64,
     lock_timeout: Duration,
     refresh_timeout: Duration,
+    /// What makes the key of a request (`cache.key_*`).
+    key: Arc<KeyOptions>,
     /// Who may send `PURGE` (`cache.purge_allow`); empty: nobody.
     purge_allow: Arc<IpList>,
     /// Remove `Surrogate-Key` and `Cache-Tag` from what clients get.
     strip_surrogate_keys: bool,
+    /// Targeted cache-control fields this cache obeys, first present wins (RFC 9213).
+    targeted: Arc<[HeaderName]>,
+    /// Remove the targeted fields from what clients get.
+    strip_targeted: bool,
     route: Arc<str>,
     metrics: OnceLock<Arc<CacheMetrics>>,
 }
@@ -151,12 +172,28 @@ impl RouteCache {
         }
         let purge_allow = IpList::parse_entries(global.purge_allow.iter().map(|e| e.get_ref()))
             .map_err(|e| format!("cache.purge_allow: {e}"))?;
+        let strings = |list: &[serde_spanned::Spanned<String>]| -> Vec<String> {
+            list.iter().map(|e| e.get_ref().clone()).collect()
+        };
+        let key = Arc::new(KeyOptions::new(
+            match global.key_query {
+                KeyQueryMode::AsIs => QueryKey::AsIs,
+                KeyQueryMode::Sorted => QueryKey::Sorted,
+                KeyQueryMode::Ignore => QueryKey::Ignore,
+            },
+            strings(&global.key_ignore_query),
+            &strings(&global.key_headers),
+            &strings(&global.key_cookies),
+        )?);
+        let state = registry.state_for(
+            global.max_size.get_ref().0,
+            global.disk.as_ref().map(|d| d.get_ref().limits()).as_ref(),
+        );
+        *state.key_options.lock().unwrap_or_else(|e| e.into_inner()) = key.clone();
         let set_cookie = own.and_then(|o| o.set_cookie).unwrap_or(global.set_cookie);
         Ok(Some(Arc::new(RouteCache {
-            state: registry.state_for(
-                global.max_size.get_ref().0,
-                global.disk.as_ref().map(|d| d.get_ref().limits()).as_ref(),
-            ),
+            state,
+            key,
             policy: PolicyConfig {
                 heuristic_fraction: *own
                     .and_then(|o| o.heuristic_fraction.as_ref())
@@ -180,6 +217,12 @@ impl RouteCache {
             refresh_timeout: global.refresh_timeout.0,
             purge_allow: Arc::new(purge_allow),
             strip_surrogate_keys: global.strip_surrogate_keys,
+            targeted: global
+                .targeted_headers
+                .iter()
+                .filter_map(|name| HeaderName::from_bytes(name.get_ref().as_bytes()).ok())
+                .collect(),
+            strip_targeted: global.strip_targeted_headers,
             route,
             metrics: OnceLock::new(),
         })))
@@ -206,7 +249,7 @@ impl RouteCache {
                 cache_status,
             };
         }
-        let key = primary_key(scheme, host, uri);
+        let key = self.key.primary_key(scheme, host, uri);
         let purged = usize::from(self.state.store.remove(&key));
         tracing::info!(url = %key, purged, %client, "cache purged by a PURGE request");
         cache_status.detail = Some("purged");
@@ -247,7 +290,7 @@ impl RouteCache {
     ) -> Lookup {
         let handles = self.metrics(metrics);
         let method = request.method().clone();
-        let key = primary_key(scheme, host, request.uri());
+        let key = self.key.primary_key(scheme, host, request.uri());
         let mut forwarding = Forwarding {
             cache: self.clone(),
             metrics: handles.clone(),
@@ -277,14 +320,20 @@ impl RouteCache {
         // A `Range` is served from a stored whole response; without one it goes to the origin.
         let ranged = method == Method::GET && request.headers().contains_key(header::RANGE);
         let request_cc = CacheControl::of_request(request.headers());
-        forwarding.request_headers = request.headers().clone();
+        // With the keyed cookies as fields of their own, for selecting variants.
+        forwarding.request_headers = self.key.keying_headers(request.headers());
         forwarding.request_cc = request_cc.clone();
         let mut collapsed = false;
         for attempt in 0..=MAX_WAITS {
             let now = SystemTime::now();
-            let found = match self.state.store.find(&key, request.headers()) {
+            let found = match self.state.store.find(&key, &forwarding.request_headers) {
                 Found::Hit(stored) => Found::Hit(stored),
-                missed => match self.state.store.find_on_disk(&key, request.headers()).await {
+                missed => match self
+                    .state
+                    .store
+                    .find_on_disk(&key, &forwarding.request_headers)
+                    .await
+                {
                     Some(stored) => Found::Hit(stored),
                     None => missed,
                 },
@@ -390,12 +439,20 @@ impl RouteCache {
 /// The key of a request: scheme, host (lowercase, default port dropped) and the path and
 /// query as the client sent them (after path normalisation).
 pub fn primary_key(scheme: &str, host: &str, uri: &http::Uri) -> Arc<str> {
+    key_of(
+        scheme,
+        host,
+        uri.path_and_query().map_or("/", |pq| pq.as_str()),
+    )
+}
+
+/// The key of `target` (path and query, as the key options left it) on `scheme://host`.
+pub fn key_of(scheme: &str, host: &str, target: &str) -> Arc<str> {
     let mut host = host.to_ascii_lowercase();
     let default_port = if scheme == "https" { ":443" } else { ":80" };
     if let Some(stripped) = host.strip_suffix(default_port) {
         host.truncate(stripped.len());
     }
-    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
     Arc::from(format!("{scheme}://{host}{target}"))
 }
 
@@ -626,7 +683,7 @@ impl Forwarding {
                     response.headers(),
                     self.request_time,
                     response_time,
-                    self.cache.policy.heuristic_fraction,
+                    &self.cache,
                 ));
                 self.cache
                     .state
@@ -653,16 +710,20 @@ impl Forwarding {
             }
         }
         self.metrics.miss.increment(1);
-        let response_cc = CacheControl::of(response.headers());
-        let storable = policy::storable(
-            &self.method,
-            &self.request_headers,
-            &self.request_cc,
-            status,
-            response.headers(),
-            &response_cc,
-            &self.cache.policy,
-        );
+        let storable = {
+            // RFC 9213: a targeted field speaks for Cache-Control and Expires to this cache.
+            let view = targeted::policy_view(response.headers(), &self.cache.targeted);
+            let response_cc = CacheControl::of(&view);
+            policy::storable(
+                &self.method,
+                &self.request_headers,
+                &self.request_cc,
+                status,
+                &view,
+                &response_cc,
+                &self.cache.policy,
+            )
+        };
         let storable = match storable {
             Ok(storable) => storable,
             Err(reason) => {
@@ -688,14 +749,20 @@ impl Forwarding {
         conditional::ensure_date(&mut headers, response_time);
         let freshness = Freshness::of(
             status,
-            &headers,
+            &targeted::policy_view(&headers, &self.cache.targeted),
             self.request_time,
             response_time,
             self.cache.policy.heuristic_fraction,
         );
         self.status.stored = true;
         self.status.ttl = Some(freshness.ttl(response_time));
-        let vary_fields = vary::fields(&headers);
+        let mut vary_fields = vary::fields(&headers);
+        // Keyed headers and cookies make variants as if the response varied on them.
+        for field in self.cache.key.vary_fields() {
+            if !vary_fields.contains(field) {
+                vary_fields.push(field.clone());
+            }
+        }
         let vary_key = vary::secondary_key(&vary_fields, &self.request_headers);
         let capacity = declared.unwrap_or(0).min(self.cache.max_object_size) as usize;
         let fill = Fill {
@@ -727,6 +794,11 @@ impl Forwarding {
             headers.remove(super::tags::SURROGATE_KEY);
             headers.remove(super::tags::CACHE_TAG);
         }
+        if self.cache.strip_targeted {
+            for name in self.cache.targeted.iter() {
+                headers.remove(name);
+            }
+        }
     }
 
     /// RFC 9111 §4.4: the target URI and the same-host `Location` / `Content-Location`.
@@ -746,7 +818,12 @@ impl Forwarding {
                 Some(authority) => authority.as_str().eq_ignore_ascii_case(&self.host),
             };
             if same_host {
-                store.remove(&primary_key(&self.scheme, &self.host, &target));
+                store.remove(
+                    &self
+                        .cache
+                        .key
+                        .primary_key(&self.scheme, &self.host, &target),
+                );
             }
         }
         self.update_gauges();
@@ -769,7 +846,7 @@ fn refresh(
     not_modified: &HeaderMap,
     request_time: SystemTime,
     response_time: SystemTime,
-    heuristic_fraction: f64,
+    cache: &RouteCache,
 ) -> StoredResponse {
     let mut headers = stale.headers.clone();
     conditional::update_headers(&mut headers, not_modified);
@@ -785,10 +862,10 @@ fn refresh(
         status: stale.status,
         freshness: Freshness::of(
             stale.status,
-            &headers,
+            &targeted::policy_view(&headers, &cache.targeted),
             request_time,
             response_time,
-            heuristic_fraction,
+            cache.policy.heuristic_fraction,
         ),
         headers,
         body: stale.body.clone(),

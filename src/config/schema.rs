@@ -322,6 +322,19 @@ pub struct CacheSettings {
     /// Remove `Surrogate-Key` and `Cache-Tag` from responses sent to clients (they are still
     /// stored and indexed).
     pub strip_surrogate_keys: bool,
+    /// Targeted cache-control fields (RFC 9213) this cache obeys instead of `Cache-Control`
+    /// and `Expires`, in priority order; empty turns targeted cache control off.
+    pub targeted_headers: Vec<Spanned<String>>,
+    /// Remove the `targeted_headers` from responses sent to clients.
+    pub strip_targeted_headers: bool,
+    /// What of the query the cache key keeps: `"as-is"`, `"sorted"` or `"ignore"`.
+    pub key_query: KeyQueryMode,
+    /// Query parameters left out of the cache key: names, or prefixes written `name*`.
+    pub key_ignore_query: Vec<Spanned<String>>,
+    /// Request headers whose values are part of the cache key (as variants of the URL).
+    pub key_headers: Vec<Spanned<String>>,
+    /// Cookies whose values are part of the cache key (as variants of the URL).
+    pub key_cookies: Vec<Spanned<String>>,
     /// The optional disk tier below the memory store; absent means memory only.
     pub disk: Option<Spanned<DiskCacheSettings>>,
 }
@@ -358,6 +371,21 @@ impl DiskCacheSettings {
     }
 }
 
+/// What of the query the cache key keeps (`cache.key_query`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum KeyQueryMode {
+    /// As the client sent it.
+    #[default]
+    #[serde(rename = "as-is")]
+    AsIs,
+    /// Parameters sorted by name.
+    #[serde(rename = "sorted")]
+    Sorted,
+    /// Left out entirely.
+    #[serde(rename = "ignore")]
+    Ignore,
+}
+
 impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
@@ -371,6 +399,15 @@ impl Default for CacheSettings {
             refresh_timeout: HumanDuration::secs(30),
             purge_allow: Vec::new(),
             strip_surrogate_keys: true,
+            targeted_headers: ["Gatehouse-Cache-Control", "CDN-Cache-Control"]
+                .into_iter()
+                .map(|name| Spanned::new(0..0, name.to_owned()))
+                .collect(),
+            strip_targeted_headers: true,
+            key_query: KeyQueryMode::AsIs,
+            key_ignore_query: Vec::new(),
+            key_headers: Vec::new(),
+            key_cookies: Vec::new(),
         }
     }
 }

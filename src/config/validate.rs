@@ -134,6 +134,23 @@ fn check_cache(config: &Config, problems: &mut Problems) {
         check_cache_disk(disk.get_ref(), problems);
     }
     check_ip_lists(Some(&settings.purge_allow), None, problems);
+    for name in &settings.key_cookies {
+        if let Err(message) = crate::cache::key::cookie_field(name.get_ref()) {
+            problems.at(name, message);
+        }
+    }
+    for name in settings
+        .targeted_headers
+        .iter()
+        .chain(&settings.key_headers)
+    {
+        if HeaderName::from_bytes(name.get_ref().as_bytes()).is_err() {
+            problems.at(
+                name,
+                format!("{:?} is not a valid header name", name.get_ref()),
+            );
+        }
+    }
     for route in &config.routes {
         let Some(cache) = &route.cache else {
             continue;

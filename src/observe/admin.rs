@@ -262,18 +262,23 @@ async fn purge(control: &Control, request: Request<Incoming>) -> AdminResponse {
         Prefix(Arc<str>),
         SurrogateKey(String),
     }
-    let absolute = |text: &str| {
+    let cache = control.state.registry.caches().current();
+    // URLs are keyed as the cache keys requests: with `cache.key_query` and
+    // `cache.key_ignore_query` applied (a prefix is taken as it is).
+    let key_options = cache.as_ref().map(|c| c.key_options()).unwrap_or_default();
+    let absolute = |text: &str, whole_url: bool| {
         text.parse::<http::Uri>().ok().and_then(|uri| {
-            Some(crate::cache::stage::primary_key(
-                uri.scheme_str()?,
-                uri.authority()?.as_str(),
-                &uri,
-            ))
+            let (scheme, host) = (uri.scheme_str()?, uri.authority()?.as_str());
+            Some(if whole_url {
+                key_options.primary_key(scheme, host, &uri)
+            } else {
+                crate::cache::stage::primary_key(scheme, host, &uri)
+            })
         })
     };
     let (target, description) = match (asked.url, asked.prefix, asked.key) {
-        (Some(url), None, None) => (absolute(&url).map(Target::Url), url),
-        (None, Some(prefix), None) => (absolute(&prefix).map(Target::Prefix), prefix),
+        (Some(url), None, None) => (absolute(&url, true).map(Target::Url), url),
+        (None, Some(prefix), None) => (absolute(&prefix, false).map(Target::Prefix), prefix),
         (None, None, Some(key)) if !key.is_empty() => {
             (Some(Target::SurrogateKey(key.clone())), key)
         }
@@ -290,7 +295,7 @@ async fn purge(control: &Control, request: Request<Incoming>) -> AdminResponse {
             "an absolute URL is needed, e.g. \"http://example.com/path\"",
         );
     };
-    let Some(cache) = control.state.registry.caches().current() else {
+    let Some(cache) = cache else {
         return json(StatusCode::OK, &serde_json::json!({ "purged": 0 }));
     };
     let store = &cache.store;

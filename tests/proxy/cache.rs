@@ -1374,3 +1374,180 @@ async fn range_requests_are_cut_from_a_stored_200() {
     }
     assert_eq!(seen_on(&origin, "/partial"), 2);
 }
+
+#[tokio::test]
+async fn targeted_cache_control_overrides_cache_control_for_gatehouse_only() {
+    let origin = Origin::start(|request| async move {
+        match request.uri().path() {
+            // Browsers must not store it; the edge may, for ten minutes.
+            "/cdn" => answer(
+                "c",
+                &[
+                    ("cache-control", "no-store"),
+                    ("cdn-cache-control", "max-age=600"),
+                ],
+            ),
+            // Gatehouse's own field wins over CDN-Cache-Control and Cache-Control.
+            "/own" => answer(
+                "o",
+                &[
+                    ("cache-control", "max-age=600"),
+                    ("cdn-cache-control", "max-age=600"),
+                    ("gatehouse-cache-control", "no-store"),
+                ],
+            ),
+            _ => answer(
+                "x",
+                &[("cache-control", "no-store"), ("x-edge", "max-age=600")],
+            ),
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&cached_config(origin.addr, "")).await;
+    let client = client();
+    for _ in 0..2 {
+        let (_, body, headers) = get(&client, &proxy, "/cdn").await;
+        assert_eq!(body, "c");
+        assert_eq!(
+            headers["cache-control"], "no-store",
+            "the client's own field is kept"
+        );
+        assert!(
+            headers.get("cdn-cache-control").is_none(),
+            "removed for clients"
+        );
+        let (_, _, headers) = get(&client, &proxy, "/own").await;
+        assert!(
+            cache_status(&headers).contains("detail=no-store"),
+            "{}",
+            cache_status(&headers)
+        );
+        assert!(headers.get("gatehouse-cache-control").is_none());
+    }
+    assert_eq!(seen_on(&origin, "/cdn"), 1, "stored per CDN-Cache-Control");
+    assert_eq!(
+        seen_on(&origin, "/own"),
+        2,
+        "not stored per Gatehouse-Cache-Control"
+    );
+
+    // Another field name, kept in client responses; CDN-Cache-Control is then not obeyed.
+    let custom = Proxy::start(&cached_config(
+        origin.addr,
+        "targeted_headers = [\"X-Edge\"]\nstrip_targeted_headers = false",
+    ))
+    .await;
+    for _ in 0..2 {
+        let (_, _, headers) = get(&client, &custom, "/x").await;
+        assert_eq!(headers["x-edge"], "max-age=600");
+        let (_, _, headers) = get(&client, &custom, "/cdn").await;
+        assert_eq!(headers["cdn-cache-control"], "max-age=600");
+    }
+    assert_eq!(seen_on(&origin, "/x"), 1, "stored per X-Edge");
+    assert_eq!(
+        seen_on(&origin, "/cdn"),
+        3,
+        "no-store obeyed: CDN-Cache-Control is not listed"
+    );
+}
+
+#[test]
+fn a_bad_targeted_header_name_is_refused_with_its_line() {
+    let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[pool.app]\nbackends = [\"127.0.0.1:1\"]\n\n\
+                [cache]\n\ntargeted_headers = [\"bad name\"]\n";
+    let errors = gatehouse::config::parse(std::path::Path::new("bad.toml"), text)
+        .expect_err("refused")
+        .0;
+    let error = errors
+        .iter()
+        .find(|e| e.key.starts_with("cache.targeted_headers"))
+        .expect("targeted_headers error");
+    assert_eq!(error.line, 9);
+}
+
+#[tokio::test]
+async fn cache_key_options_ignore_sort_and_add_headers_and_cookies() {
+    let origin =
+        Origin::start(|_| async { answer("k", &[("cache-control", "max-age=600")]) }).await;
+    let (proxy, admin) = proxy_with_admin(
+        origin.addr,
+        "key_query = \"sorted\"\nkey_ignore_query = [\"utm_*\", \"fbclid\"]\n\
+         key_headers = [\"X-Device\"]\nkey_cookies = [\"lang\"]",
+    )
+    .await;
+    let client = client();
+    let hit = |headers: &reqwest::header::HeaderMap| cache_status(headers).contains("hit");
+
+    let (_, _, headers) = get(&client, &proxy, "/k?b=2&a=1&utm_source=news").await;
+    assert!(!hit(&headers));
+    let (_, _, headers) = get(&client, &proxy, "/k?a=1&fbclid=x&b=2").await;
+    assert!(hit(&headers), "same key: {}", cache_status(&headers));
+    assert_eq!(origin.count(), 1);
+    // The origin still gets the query as the client sent it.
+    assert_eq!(origin.last().uri.query(), Some("b=2&a=1&utm_source=news"));
+
+    let (_, _, headers) = get_with(&client, &proxy, "/k?a=1&b=2", &[("x-device", "mobile")]).await;
+    assert!(!hit(&headers), "another device is another variant");
+    let (_, _, headers) = get_with(&client, &proxy, "/k?a=1&b=2", &[("x-device", "mobile")]).await;
+    assert!(hit(&headers));
+    let (_, _, headers) = get_with(&client, &proxy, "/k?a=1&b=2", &[("cookie", "lang=fr")]).await;
+    assert!(!hit(&headers), "another language is another variant");
+    let (_, _, headers) = get_with(
+        &client,
+        &proxy,
+        "/k?a=1&b=2",
+        &[("cookie", "session=9; lang=fr")],
+    )
+    .await;
+    assert!(hit(&headers), "other cookies do not count");
+    let (_, _, headers) = get(&client, &proxy, "/k?b=2&a=1").await;
+    assert!(hit(&headers), "the first variant is still there");
+    assert_eq!(origin.count(), 3);
+
+    // A purge of the URL, written any way that keys the same, removes every variant.
+    let host = proxy.addr;
+    let (status, answer) = admin_purge(
+        admin,
+        &format!("{{\"url\": \"http://{host}/k?utm_x=1&b=2&a=1\"}}"),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["purged"].as_u64()),
+        (200, Some(1)),
+        "{answer}"
+    );
+    get_with(&client, &proxy, "/k?a=1&b=2", &[("x-device", "mobile")]).await;
+    get(&client, &proxy, "/k?a=1&b=2").await;
+    assert_eq!(origin.count(), 5);
+
+    // `ignore`: every query string of a path shares its entry.
+    let ignoring = Proxy::start(&cached_config(origin.addr, "key_query = \"ignore\"")).await;
+    get(&client, &ignoring, "/i?x=1").await;
+    let (_, _, headers) = get(&client, &ignoring, "/i?x=2").await;
+    assert!(hit(&headers));
+    assert_eq!(seen_on(&origin, "/i"), 1);
+}
+
+#[test]
+fn bad_key_options_are_refused_with_their_lines() {
+    let text = "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[pool.app]\nbackends = [\"127.0.0.1:1\"]\n\n\
+                [cache]\nkey_cookies = [\"a;b\"]\nkey_headers = [\"bad header\"]\n";
+    let errors = gatehouse::config::parse(std::path::Path::new("bad.toml"), text)
+        .expect_err("refused")
+        .0;
+    let line_of = |key: &str| {
+        errors
+            .iter()
+            .find(|e| e.key.starts_with(key))
+            .unwrap_or_else(|| panic!("{key} error in {errors:?}"))
+            .line
+    };
+    assert_eq!(line_of("cache.key_cookies"), 8);
+    assert_eq!(line_of("cache.key_headers"), 9);
+    let unknown = "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[pool.app]\nbackends = [\"127.0.0.1:1\"]\n\n\
+                   [cache]\nkey_query = \"random\"\n";
+    let errors = gatehouse::config::parse(std::path::Path::new("bad.toml"), unknown)
+        .expect_err("refused")
+        .0;
+    assert_eq!(errors[0].line, 8, "{errors:?}");
+}
