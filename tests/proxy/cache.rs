@@ -1551,3 +1551,32 @@ fn bad_key_options_are_refused_with_their_lines() {
         .0;
     assert_eq!(errors[0].line, 8, "{errors:?}");
 }
+
+#[tokio::test]
+async fn a_stale_response_stands_in_for_an_origin_that_is_down() {
+    // The origin is gone altogether (connections refused), not merely answering 5xx. It closes
+    // each connection after answering, so none is left pooled when it goes.
+    let origin = Origin::start(|_| async {
+        answer(
+            "kept",
+            &[
+                ("cache-control", "max-age=1, stale-if-error=600"),
+                ("connection", "close"),
+            ],
+        )
+    })
+    .await;
+    let proxy = Proxy::start(&cached_config(origin.addr, "")).await;
+    let client = client();
+    let (status, body, _) = get(&client, &proxy, "/down").await;
+    assert_eq!((status, body.as_str()), (200, "kept"));
+    drop(origin);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, body, headers) = get(&client, &proxy, "/down").await;
+    assert_eq!((status, body.as_str()), (200, "kept"), "{headers:?}");
+    assert!(
+        cache_status(&headers).contains("detail=stale-if-error"),
+        "{}",
+        cache_status(&headers)
+    );
+}
