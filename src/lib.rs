@@ -20,3 +20,21 @@ pub mod runtime;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+
+/// Helpers shared by the unit tests of several modules.
+#[cfg(test)]
+pub(crate) mod testing {
+    use http::{HeaderMap, HeaderName, HeaderValue};
+
+    /// A header map from `(name, value)` pairs, in order (repeated names append).
+    pub fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("test header name"),
+                HeaderValue::from_str(value).expect("test header value"),
+            );
+        }
+        headers
+    }
+}

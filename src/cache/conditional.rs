@@ -251,16 +251,7 @@ pub fn ensure_date(headers: &mut HeaderMap, received: SystemTime) {
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        headers
-    }
+    use crate::testing::header_map as map;
 
     /// RFC 9110 §8.8.3.2's comparison table.
     #[test]

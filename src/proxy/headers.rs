@@ -304,16 +304,7 @@ pub fn new_request_id() -> HeaderValue {
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        headers
-    }
+    use crate::testing::header_map as map;
 
     #[test]
     fn client_claims_are_removed_and_other_headers_kept() {

@@ -362,6 +362,19 @@ async fn proxy(
         // A background refresh must not use connections private to this client.
         let background = !route.pool.sends_proxy_header();
         let looked_up = cache.lookup(metrics, conn.proto, &host, &mut request, background);
+        // Both kinds of answer from the cache go out the same way.
+        let serve = |exchange, answer, compression, public_host: Option<HeaderValue>| {
+            serve_answer(
+                generation,
+                conn,
+                &route,
+                exchange,
+                answer,
+                compression,
+                &page_headers,
+                public_host.as_ref(),
+            )
+        };
         match Box::pin(looked_up).await {
             crate::cache::Lookup::AnswerAndRefresh(answer, forwarding) => {
                 let compression = route
@@ -381,16 +394,7 @@ async fn proxy(
                         forwarding,
                     );
                 }
-                return Ok(serve_answer(
-                    generation,
-                    conn,
-                    &route,
-                    exchange,
-                    answer,
-                    compression,
-                    &page_headers,
-                    public_host.as_ref(),
-                ));
+                return Ok(serve(exchange, answer, compression, public_host));
             }
             crate::cache::Lookup::Answer(answer) => {
                 let compression = route
@@ -398,16 +402,7 @@ async fn proxy(
                     .as_ref()
                     .map(|_| compress::RequestFacts::of(request.method(), request.headers()));
                 let public_host = HeaderValue::from_str(&host).ok();
-                return Ok(serve_answer(
-                    generation,
-                    conn,
-                    &route,
-                    exchange,
-                    answer,
-                    compression,
-                    &page_headers,
-                    public_host.as_ref(),
-                ));
+                return Ok(serve(exchange, answer, compression, public_host));
             }
             crate::cache::Lookup::Forward(forwarding) => cache_forwarding = Some(forwarding),
         }
