@@ -454,19 +454,28 @@ impl DiskStore {
     /// The stored response for `key` that `request` selects, read from its file; `None` when
     /// there is none or its file turns out damaged (it is then deleted).
     pub async fn find(&self, key: &str, request: &HeaderMap) -> Option<StoredResponse> {
-        let id = {
+        let (id, size) = {
             let mut index = self.shared.index();
             let id = index.by_key.get(key)?.iter().copied().find(|id| {
                 index.files.get(id).is_some_and(|entry| {
                     super::vary::secondary_key(&entry.vary_fields, request) == entry.vary_key
                 })
             })?;
+            let size = index.files.get(&id)?.size;
             index.touch(id);
-            id
+            (id, size)
         };
         let path = self.shared.path(id);
         let read = tokio::task::spawn_blocking(move || -> Result<_, FormatError> {
-            decode(&fs::read(path)?)
+            // Never more than the size the index knows: a file that grew since (replaced
+            // behind Gatehouse's back) is refused rather than read whole into memory.
+            let mut bytes = Vec::new();
+            io::Read::take(fs::File::open(path)?, size.saturating_add(1))
+                .read_to_end(&mut bytes)?;
+            if bytes.len() as u64 != size {
+                return Err(FormatError::Length);
+            }
+            decode(&bytes)
         })
         .await;
         match read {
