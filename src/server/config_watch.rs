@@ -21,8 +21,8 @@ use crate::config::Config;
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// The files a configuration depends on: the file itself, the `file:` IP lists of listeners,
-/// routes and `trusted_proxies`, and routes' htpasswd files. Relative paths are taken from the
-/// working directory, as the server reads them.
+/// routes, `trusted_proxies` and `cache.purge_allow`, and routes' htpasswd files. Relative
+/// paths are taken from the working directory, as the server reads them.
 pub fn watched_files(config_path: &Path, config: &Config) -> BTreeSet<PathBuf> {
     let mut files = BTreeSet::from([config_path.to_path_buf()]);
     let lists = config
@@ -36,7 +36,8 @@ pub fn watched_files(config_path: &Path, config: &Config) -> BTreeSet<PathBuf> {
                 .flat_map(|r| r.allow.iter().chain(r.deny.iter())),
         )
         .flatten()
-        .chain(config.security.trusted_proxies.iter());
+        .chain(config.security.trusted_proxies.iter())
+        .chain(config.cache.purge_allow.iter());
     for entry in lists {
         if let Some(path) = entry.get_ref().trim().strip_prefix("file:") {
             files.insert(PathBuf::from(path.trim()));
@@ -163,6 +164,9 @@ mod tests {
 [security]
 trusted_proxies = ["10.0.0.0/8", "file:/etc/gatehouse/proxies.txt"]
 
+[cache]
+purge_allow = ["file:/etc/gatehouse/purgers.txt"]
+
 [[listener]]
 address = "127.0.0.1:0"
 deny = ["file:lists/deny.txt"]
@@ -184,6 +188,7 @@ basic_auth = { htpasswd = "/etc/gatehouse/htpasswd" }
                 "/etc/gatehouse/gatehouse.toml",
                 "/etc/gatehouse/htpasswd",
                 "/etc/gatehouse/proxies.txt",
+                "/etc/gatehouse/purgers.txt",
                 "/srv/allow.txt",
                 "lists/deny.txt",
             ]
