@@ -334,6 +334,19 @@ async fn proxy(
     {
         page_headers.insert(header::ACCEPT, accept.clone());
     }
+    // Every answer the cache makes (a hit, a 304, a purge, a stale stand-in) goes out the same way.
+    let serve = |exchange, answer, compression, public_host: Option<HeaderValue>| {
+        serve_answer(
+            generation,
+            conn,
+            &route,
+            exchange,
+            answer,
+            compression,
+            &page_headers,
+            public_host.as_ref(),
+        )
+    };
     // The cache looks after the access rules, so a stored response only reaches clients the
     // route lets in; upgrades never involve it.
     let mut cache_forwarding = None;
@@ -345,16 +358,7 @@ async fn proxy(
             // Answered here on a caching route, never forwarded (the ACL is the cache's).
             let answer = cache.purge(conn.proto, &host, request.uri(), client_ip);
             let public_host = HeaderValue::from_str(&host).ok();
-            return Ok(serve_answer(
-                generation,
-                conn,
-                &route,
-                exchange,
-                answer,
-                None,
-                &page_headers,
-                public_host.as_ref(),
-            ));
+            return Ok(serve(exchange, answer, None, public_host));
         }
         // Boxed: the lookup (which may wait for a coalesced fetch) would otherwise add its
         // state to every request's future, cached route or not, and that future is moved
@@ -362,19 +366,6 @@ async fn proxy(
         // A background refresh must not use connections private to this client.
         let background = !route.pool.sends_proxy_header();
         let looked_up = cache.lookup(metrics, conn.proto, &host, &mut request, background);
-        // Both kinds of answer from the cache go out the same way.
-        let serve = |exchange, answer, compression, public_host: Option<HeaderValue>| {
-            serve_answer(
-                generation,
-                conn,
-                &route,
-                exchange,
-                answer,
-                compression,
-                &page_headers,
-                public_host.as_ref(),
-            )
-        };
         match Box::pin(looked_up).await {
             crate::cache::Lookup::AnswerAndRefresh(answer, forwarding) => {
                 let compression = route
@@ -466,16 +457,7 @@ async fn proxy(
             if error.is_upstream()
                 && let Some(answer) = cache_forwarding.take().and_then(|f| f.on_error())
             {
-                return Ok(serve_answer(
-                    generation,
-                    conn,
-                    &route,
-                    exchange,
-                    answer,
-                    compression,
-                    &page_headers,
-                    public_host.as_ref(),
-                ));
+                return Ok(serve(exchange, answer, compression, public_host));
             }
             return Err(error);
         }
@@ -498,16 +480,7 @@ async fn proxy(
         Some(forwarding) => match forwarding.on_response(response) {
             crate::cache::Completed::Answer(answer) => {
                 exchange.lease = Some(lease);
-                return Ok(serve_answer(
-                    generation,
-                    conn,
-                    &route,
-                    exchange,
-                    answer,
-                    compression,
-                    &page_headers,
-                    public_host.as_ref(),
-                ));
+                return Ok(serve(exchange, answer, compression, public_host));
             }
             crate::cache::Completed::Pass(response, status) => {
                 exchange.cache_status = Some(status.to_header_value());
