@@ -3,12 +3,15 @@
 //!
 //! Choosing is two steps: the pool filters its backends down to the eligible ones (health,
 //! ejection, drain, circuit breaking, backends already tried, backup tier), then the pool's
-//! [`Balancer`] picks among them. Each pool owns one keep-alive client; the client keeps a
-//! separate idle-connection list per backend address.
+//! [`Balancer`] picks among them. Each pool owns its connections to its backends: a keep-alive
+//! list per backend (HTTP/1.1), one multiplexed connection per backend (h2c), or connections
+//! private to a client connection (PROXY protocol).
 
 pub mod balance;
+mod dial;
 mod h2;
 pub mod health;
+mod keepalive;
 pub mod proxied;
 pub mod retry;
 pub mod state;
@@ -22,9 +25,6 @@ use std::time::Duration;
 use http::uri::Authority;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 pub use balance::{Balancer, Candidate};
 pub use state::{Availability, BackendRegistry, BackendState, Outcome};
@@ -164,23 +164,15 @@ pub enum UpstreamError {
     },
 }
 
-/// The HTTP client of a pool whose backends speak TLS.
-pub type TlsUpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, RequestBody>;
-
 /// How a pool reaches its backends.
 enum Transport {
-    /// HTTP/1.1 keep-alive pool (hyper-util); the URI authority picks the connection.
-    Http1(Box<UpstreamClient>),
-    /// The same over TLS.
-    Https1(Box<TlsUpstreamClient>),
+    /// HTTP/1.1 keep-alive connections (plain or TLS), a list per backend.
+    Http1(keepalive::KeepAlivePool),
     /// One multiplexed h2c connection per backend; the URI authority is sent as `:authority`.
     H2c(h2::H2Connections),
     /// Connections that start with a PROXY header, private to one client connection.
     Proxied(proxied::ProxiedTransport),
 }
-
-/// The HTTP client a pool uses to reach its backends.
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
 
 /// A named group of backends and the means to reach them.
 pub struct UpstreamPool {
@@ -272,38 +264,22 @@ impl UpstreamPool {
                 tls.as_ref(),
                 protocol == UpstreamProtocol::H2c,
             )?),
-            (UpstreamProtocol::Http1, None, None) => Transport::Http1(Box::new(build_client(
-                config,
-                connect_timeout,
-                idle_timeout,
-            ))),
-            (UpstreamProtocol::Http1, Some(spec), None) => {
-                // hyper-rustls decides ALPN itself (none for HTTP/1.1 only) and panics if the
-                // config already lists protocols.
-                let tls_config = crate::tls::upstream::client_config(spec, &[])?;
-                let builder = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls_config)
-                    .https_only();
-                let builder = match &spec.server_name {
-                    Some(name) => {
-                        let name = rustls_pki_types::ServerName::try_from(name.clone())
-                            .map_err(|e| format!("server_name {name:?}: {e}"))?;
-                        builder.with_server_name_resolver(
-                            hyper_rustls::FixedServerNameResolver::new(name),
-                        )
-                    }
-                    None => builder,
+            (UpstreamProtocol::Http1, tls, None) => {
+                let tls = match tls {
+                    // No ALPN: an HTTP/1.1-only client need not offer any (RFC 7301 §3.1).
+                    Some(spec) => Some(dial::UpstreamTlsSide::new(spec, &[])?),
+                    None => None,
                 };
-                let connector = builder
-                    .enable_http1()
-                    .wrap_connector(http_connector(connect_timeout));
-                Transport::Https1(Box::new(
-                    client_builder(config, idle_timeout).build(connector),
+                Transport::Http1(keepalive::KeepAlivePool::new(
+                    dial::Dialer::new(connect_timeout, tls, false),
+                    backends.len(),
+                    config.max_idle_per_backend,
+                    idle_timeout,
                 ))
             }
             (UpstreamProtocol::H2c, tls, None) => {
                 let tls = match tls {
-                    Some(spec) => Some(h2::TlsTarget::new(spec)?),
+                    Some(spec) => Some(dial::UpstreamTlsSide::new(spec, &[b"h2"])?),
                     None => None,
                 };
                 Transport::H2c(h2::H2Connections::new(backends.len(), connect_timeout, tls))
@@ -390,17 +366,16 @@ impl UpstreamPool {
 
     /// Sends `request` to `backend`.
     ///
-    /// For HTTP/1.1 the URI authority must be the backend's address (it picks the pooled
-    /// connection) and `Host` is sent as a header; for h2c the URI authority is what the backend
-    /// sees as `:authority` and the connection is chosen by `backend`.
+    /// The connection is chosen by `backend`. For HTTP/1.1 `Host` is sent as a header and the
+    /// request target in origin form (a URI scheme and authority are dropped); for h2c the URI
+    /// authority is what the backend sees as `:authority`.
     pub async fn send(
         &self,
         backend: &Backend,
         request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         match &self.transport {
-            Transport::Http1(client) => client.request(request).await.map_err(classify),
-            Transport::Https1(client) => client.request(request).await.map_err(classify),
+            Transport::Http1(pool) => pool.send(backend, request).await,
             Transport::H2c(connections) => connections.send(backend, request).await,
             Transport::Proxied(transport) => transport.send(backend, request).await,
         }
@@ -415,7 +390,7 @@ impl UpstreamPool {
     /// The URI scheme of requests to this pool's backends.
     pub fn scheme(&self) -> http::uri::Scheme {
         match &self.transport {
-            Transport::Https1(_) => http::uri::Scheme::HTTPS,
+            Transport::Http1(pool) if pool.is_tls() => http::uri::Scheme::HTTPS,
             Transport::H2c(connections) if connections.is_tls() => http::uri::Scheme::HTTPS,
             Transport::Proxied(transport) if transport.is_tls() => http::uri::Scheme::HTTPS,
             _ => http::uri::Scheme::HTTP,
@@ -695,35 +670,6 @@ impl Drop for PendingSlot<'_> {
     }
 }
 
-fn classify(error: hyper_util::client::legacy::Error) -> UpstreamError {
-    let cause = error_chain(&error);
-    if let Some(fault) = crate::body::client_body_fault(&error) {
-        return UpstreamError::ClientBody { fault, cause };
-    }
-    if error.is_connect() {
-        UpstreamError::Connect {
-            timed_out: is_timeout(&error),
-            cause,
-        }
-    } else {
-        UpstreamError::Failed(cause)
-    }
-}
-
-/// True if any cause in the chain is an I/O timeout.
-fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        current = e.source();
-    }
-    false
-}
-
 /// An error and its sources on one line, for the log.
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -734,39 +680,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-fn http_connector(connect_timeout: Duration) -> HttpConnector {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    // The TLS connector wraps this one and needs `https` URIs to pass through it.
-    connector.enforce_http(false);
-    connector
-}
-
-fn client_builder(
-    config: &PoolConfig,
-    idle_timeout: Duration,
-) -> hyper_util::client::legacy::Builder {
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(idle_timeout)
-        .pool_max_idle_per_host(config.max_idle_per_backend)
-        // The client must not invent a Host header; the pipeline decides what Host the backend sees.
-        .set_host(false);
-    builder
-}
-
-fn build_client(
-    config: &PoolConfig,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-) -> UpstreamClient {
-    client_builder(config, idle_timeout).build(http_connector(connect_timeout))
 }
 
 #[cfg(test)]

@@ -16,11 +16,8 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use super::dial::{Dialer, Sender, UpstreamTlsSide, failed, to_origin_form};
 use super::{Backend, UpstreamError};
 use crate::body::RequestBody;
 use crate::proxy_protocol::{Version, encode};
@@ -52,20 +49,6 @@ struct Kept {
     pool: u64,
     backend: usize,
     sender: Sender,
-}
-
-enum Sender {
-    Http1(http1::SendRequest<RequestBody>),
-    Http2(http2::SendRequest<RequestBody>),
-}
-
-impl Sender {
-    fn is_closed(&self) -> bool {
-        match self {
-            Sender::Http1(s) => s.is_closed(),
-            Sender::Http2(s) => s.is_closed(),
-        }
-    }
 }
 
 /// The lazily created [`PrivateConnections`] of a client connection: nothing is allocated until
@@ -144,19 +127,11 @@ impl PrivateConnections {
     }
 }
 
-/// TLS to the backends of a PROXY-protocol pool.
-struct TlsSide {
-    connector: tokio_rustls::TlsConnector,
-    server_name: Option<rustls_pki_types::ServerName<'static>>,
-}
-
 /// How a PROXY-protocol pool reaches its backends.
 pub struct ProxiedTransport {
     id: u64,
     version: Version,
-    connect_timeout: Duration,
-    tls: Option<TlsSide>,
-    http2: bool,
+    dialer: Dialer,
 }
 
 /// Why a kept connection could not be used.
@@ -178,33 +153,20 @@ impl ProxiedTransport {
         let tls = match tls {
             Some(spec) => {
                 let alpn: &[&[u8]] = if http2 { &[b"h2"] } else { &[b"http/1.1"] };
-                let config = crate::tls::upstream::client_config(spec, alpn)?;
-                let server_name = match &spec.server_name {
-                    Some(name) => Some(
-                        rustls_pki_types::ServerName::try_from(name.clone())
-                            .map_err(|e| format!("server_name {name:?}: {e}"))?,
-                    ),
-                    None => None,
-                };
-                Some(TlsSide {
-                    connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
-                    server_name,
-                })
+                Some(UpstreamTlsSide::new(spec, alpn)?)
             }
             None => None,
         };
         Ok(ProxiedTransport {
             id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             version,
-            connect_timeout,
-            tls,
-            http2,
+            dialer: Dialer::new(connect_timeout, tls, http2),
         })
     }
 
     /// True when the backends are reached over TLS.
     pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
+        self.dialer.is_tls()
     }
 
     /// Sends `request` to `backend` on a connection private to the request's client connection
@@ -215,6 +177,9 @@ impl ProxiedTransport {
         backend: &Backend,
         mut request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        if !self.dialer.is_http2() {
+            to_origin_form(request.uri_mut());
+        }
         let origin = request.extensions_mut().remove::<ClientOrigin>();
         let Some(origin) = origin else {
             let mut sender = self.connect(backend, None).await?;
@@ -245,77 +210,9 @@ impl ProxiedTransport {
         backend: &Backend,
         addresses: Option<(SocketAddr, SocketAddr)>,
     ) -> Result<Sender, UpstreamError> {
-        let address = backend.authority.as_str();
-        let connect_failed = |timed_out: bool, cause: String| UpstreamError::Connect {
-            timed_out,
-            cause: format!("{address}: {cause}"),
-        };
-        let mut stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
-                Err(_) => return Err(connect_failed(true, "connect timed out".to_owned())),
-                Ok(Err(e)) => {
-                    return Err(connect_failed(
-                        e.kind() == std::io::ErrorKind::TimedOut,
-                        format!("connect: {e}"),
-                    ));
-                }
-                Ok(Ok(stream)) => stream,
-            };
-        let _ = stream.set_nodelay(true);
-        stream
-            .write_all(&encode(self.version, addresses))
+        self.dialer
+            .dial(backend, Some(&encode(self.version, addresses)))
             .await
-            .map_err(|e| connect_failed(false, format!("writing the PROXY header: {e}")))?;
-        match &self.tls {
-            None => self.handshake(stream).await,
-            Some(tls) => {
-                let name = match &tls.server_name {
-                    Some(name) => name.clone(),
-                    None => rustls_pki_types::ServerName::try_from(
-                        backend.authority.host().trim_matches(['[', ']']).to_owned(),
-                    )
-                    .map_err(|e| {
-                        connect_failed(false, format!("host is not a TLS server name: {e}"))
-                    })?,
-                };
-                let stream = tls
-                    .connector
-                    .connect(name, stream)
-                    .await
-                    .map_err(|e| connect_failed(false, format!("TLS handshake: {e}")))?;
-                self.handshake(stream).await
-            }
-        }
-        .map_err(|e| connect_failed(false, format!("HTTP handshake: {e}")))
-    }
-
-    async fn handshake<IO>(&self, io: IO) -> Result<Sender, hyper::Error>
-    where
-        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let io = TokioIo::new(io);
-        if self.http2 {
-            let mut builder = http2::Builder::new(TokioExecutor::new());
-            builder
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Duration::from_secs(30));
-            let (sender, connection) = builder.handshake(io).await?;
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "private upstream h2 connection ended with an error");
-                }
-            });
-            Ok(Sender::Http2(sender))
-        } else {
-            let (sender, connection) = http1::Builder::new().handshake(io).await?;
-            tokio::spawn(async move {
-                // Upgrades (WebSocket) go on over the same socket once the exchange is done.
-                if let Err(error) = connection.with_upgrades().await {
-                    tracing::debug!(%error, "private upstream connection ended with an error");
-                }
-            });
-            Ok(Sender::Http1(sender))
-        }
     }
 }
 
@@ -359,15 +256,5 @@ async fn reuse(
             Some(request) => Err(Reuse::Again(Box::new(request))),
             None => Err(Reuse::Failed(failed(error.into_error()))),
         },
-    }
-}
-
-fn failed(error: hyper::Error) -> UpstreamError {
-    match crate::body::client_body_fault(&error) {
-        Some(fault) => UpstreamError::ClientBody {
-            fault,
-            cause: super::error_chain(&error),
-        },
-        None => UpstreamError::Failed(super::error_chain(&error)),
     }
 }

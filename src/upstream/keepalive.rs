@@ -1,0 +1,368 @@
+//! The shared HTTP/1.1 keep-alive connections of one pool: a list of open connections per
+//! backend, indexed by the backend's position, so a request takes an idle connection to the
+//! backend the balancer chose without hashing an address.
+//!
+//! Written over hyper's `client::conn::http1` rather than hyper-util's pooled client, which keys
+//! its pool by `(scheme, authority)` (hashed on every checkout and return), spawns a task per
+//! request to return the connection and boxes each request's future: together about a sixth of
+//! Gatehouse's instructions per request in the scenario-1 profile (docs/performance.md).
+//!
+//! A connection goes back into its backend's list as soon as the response head has arrived, while
+//! the body may still be streaming; it is taken again only once hyper reports it ready for the
+//! next request. Lists are capped at `max_idle_per_backend` connections; a background task closes
+//! the ones idle longer than the pool's idle timeout.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+
+use super::dial::{Dialer, Sender, failed, to_origin_form};
+use super::{Backend, UpstreamError};
+use crate::body::RequestBody;
+
+/// How many times a request whose kept connection closed before taking it moves on to the next
+/// kept connection before a new one is dialled.
+const MAX_STALE_TRIES: usize = 4;
+
+/// Idle-timeout checks per idle timeout: a connection closes between 1× and 1.25× the timeout
+/// after its last use.
+const CHECKS_PER_TIMEOUT: u32 = 4;
+
+/// The open connections to one backend.
+type Kept = Mutex<Vec<KeptConnection>>;
+
+struct KeptConnection {
+    sender: SendRequest<RequestBody>,
+    /// The idle-check tick at which it was last returned or last seen busy.
+    tick: u64,
+}
+
+/// The open connections to each backend, shared with the idle-timeout task.
+struct Lists {
+    per_backend: Vec<Kept>,
+    /// Advanced by the idle-timeout task at each check; connections are stamped with it.
+    tick: AtomicU64,
+}
+
+/// HTTP/1.1 keep-alive connections to a pool's backends (optionally over TLS).
+pub(super) struct KeepAlivePool {
+    dialer: Dialer,
+    lists: Arc<Lists>,
+    max_kept: usize,
+    idle_timeout: Duration,
+    /// The idle-timeout task, started with the first kept connection (building a pool needs no
+    /// runtime; `gatehouse check` builds them without one).
+    reaper: OnceLock<()>,
+}
+
+impl KeepAlivePool {
+    /// A pool of `backends` lists; nothing is connected until first use.
+    pub(super) fn new(
+        dialer: Dialer,
+        backends: usize,
+        max_kept: usize,
+        idle_timeout: Duration,
+    ) -> Self {
+        KeepAlivePool {
+            dialer,
+            lists: Arc::new(Lists {
+                per_backend: (0..backends).map(|_| Mutex::new(Vec::new())).collect(),
+                tick: AtomicU64::new(0),
+            }),
+            max_kept,
+            idle_timeout,
+            reaper: OnceLock::new(),
+        }
+    }
+
+    /// True when the connections are TLS.
+    pub(super) fn is_tls(&self) -> bool {
+        self.dialer.is_tls()
+    }
+
+    /// Sends `request` to `backend` on an idle kept connection, or on a new one.
+    pub(super) async fn send(
+        &self,
+        backend: &Backend,
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        to_origin_form(request.uri_mut());
+        for _ in 0..MAX_STALE_TRIES {
+            let Some(mut sender) = self.take(backend.index) else {
+                break;
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    self.keep(backend.index, sender);
+                    return Ok(response);
+                }
+                Err(mut error) => match error.take_message() {
+                    // It closed (the backend's own idle timeout, usually) before writing
+                    // anything: the request is untouched and may go elsewhere.
+                    Some(untouched) => request = untouched,
+                    None => return Err(failed(error.into_error())),
+                },
+            }
+        }
+        let mut sender = match self.dialer.dial(backend, None).await? {
+            Sender::Http1(sender) => sender,
+            Sender::Http2(_) => {
+                return Err(UpstreamError::Connect {
+                    timed_out: false,
+                    cause: "an HTTP/1.1 pool dialled an HTTP/2 connection".to_owned(),
+                });
+            }
+        };
+        let response = sender.send_request(request).await.map_err(failed)?;
+        self.keep(backend.index, sender);
+        Ok(response)
+    }
+
+    /// An idle connection to backend `index`, taken out of its list; closed ones are dropped on
+    /// the way.
+    fn take(&self, index: usize) -> Option<SendRequest<RequestBody>> {
+        let mut kept = lock(self.lists.per_backend.get(index)?);
+        let mut position = 0;
+        while position < kept.len() {
+            let sender = &kept[position].sender;
+            if sender.is_ready() {
+                return Some(kept.swap_remove(position).sender);
+            }
+            if sender.is_closed() {
+                kept.swap_remove(position);
+            } else {
+                position += 1;
+            }
+        }
+        None
+    }
+
+    /// Keeps `sender` for later requests (usable again once its exchange is over), unless the
+    /// backend's list is full: then it closes after its exchange.
+    fn keep(&self, index: usize, sender: SendRequest<RequestBody>) {
+        let Some(list) = self.lists.per_backend.get(index) else {
+            return;
+        };
+        let tick = self.lists.tick.load(Ordering::Relaxed);
+        {
+            let mut kept = lock(list);
+            if kept.len() >= self.max_kept {
+                return;
+            }
+            kept.push(KeptConnection { sender, tick });
+        }
+        self.reaper.get_or_init(|| {
+            let period = (self.idle_timeout / CHECKS_PER_TIMEOUT).max(Duration::from_millis(50));
+            tokio::spawn(close_idle(Arc::downgrade(&self.lists), period));
+        });
+    }
+
+    /// Connections open in backend `index`'s list (for tests).
+    #[cfg(test)]
+    pub(super) fn kept(&self, index: usize) -> usize {
+        self.lists
+            .per_backend
+            .get(index)
+            .map_or(0, |l| lock(l).len())
+    }
+}
+
+fn lock(list: &Kept) -> std::sync::MutexGuard<'_, Vec<KeptConnection>> {
+    // Nothing panics while a list is locked; if something did, the list is still consistent.
+    list.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Closes kept connections idle for longer than `CHECKS_PER_TIMEOUT` checks, until the pool is
+/// gone (a reload replaced it and its last request finished).
+async fn close_idle(lists: Weak<Lists>, period: Duration) {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        let Some(lists) = lists.upgrade() else {
+            return;
+        };
+        let now = lists.tick.fetch_add(1, Ordering::Relaxed) + 1;
+        for list in &lists.per_backend {
+            lock(list).retain_mut(|kept| {
+                if kept.sender.is_closed() {
+                    return false;
+                }
+                if !kept.sender.is_ready() {
+                    // Busy (a body still streaming): its idle time starts later.
+                    kept.tick = now;
+                    return true;
+                }
+                now - kept.tick <= u64::from(CHECKS_PER_TIMEOUT)
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use http_body_util::BodyExt;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::upstream::BackendRegistry;
+
+    /// What the test origin saw: connections accepted and request targets.
+    #[derive(Default)]
+    struct Seen {
+        connections: AtomicUsize,
+        targets: Mutex<Vec<String>>,
+    }
+
+    /// A real HTTP/1.1 origin on loopback; `close_after_each` makes it close every connection
+    /// after one response, as a backend with keep-alive off does.
+    async fn origin(close_after_each: bool) -> (std::net::SocketAddr, Arc<Seen>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let seen = Arc::new(Seen::default());
+        let counted = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.connections.fetch_add(1, Ordering::SeqCst);
+                let seen = counted.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        lock_targets(&seen).push(request.uri().to_string());
+                        // A body too large to be buffered whole keeps its connection busy
+                        // until the client reads it.
+                        let body = if request.uri().path() == "/big" {
+                            bytes::Bytes::from(vec![b'x'; 4 << 20])
+                        } else {
+                            bytes::Bytes::from_static(b"hello")
+                        };
+                        async move {
+                            Ok::<_, std::convert::Infallible>(Response::new(
+                                http_body_util::Full::new(body),
+                            ))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(!close_after_each)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (address, seen)
+    }
+
+    fn lock_targets(seen: &Seen) -> std::sync::MutexGuard<'_, Vec<String>> {
+        seen.targets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn backend(address: std::net::SocketAddr) -> Backend {
+        let authority = super::super::parse_backend_address(&address.to_string()).expect("address");
+        Backend {
+            index: 0,
+            state: BackendRegistry::new().state_for("p", authority.as_str()),
+            authority,
+            weight: 1,
+            backup: false,
+            metrics: OnceLock::new(),
+        }
+    }
+
+    fn pool(max_kept: usize, idle_timeout: Duration) -> KeepAlivePool {
+        KeepAlivePool::new(
+            Dialer::new(Duration::from_secs(5), None, false),
+            1,
+            max_kept,
+            idle_timeout,
+        )
+    }
+
+    fn get(backend: &Backend, target: &str) -> Request<RequestBody> {
+        let mut request = Request::new(RequestBody::empty());
+        *request.uri_mut() = format!("http://{}{target}", backend.authority)
+            .parse()
+            .expect("uri");
+        request
+    }
+
+    async fn exchange(pool: &KeepAlivePool, backend: &Backend, target: &str) -> bytes::Bytes {
+        let response = pool
+            .send(backend, get(backend, target))
+            .await
+            .expect("response");
+        response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_share_one_connection_and_go_in_origin_form() {
+        let (address, seen) = origin(false).await;
+        let backend = backend(address);
+        let pool = pool(8, Duration::from_secs(60));
+        for _ in 0..5 {
+            assert_eq!(exchange(&pool, &backend, "/a?b=c").await, "hello");
+            // The connection is usable again once hyper has seen the end of the exchange.
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.kept(0), 1);
+        assert!(lock_targets(&seen).iter().all(|t| t == "/a?b=c"));
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_backend_closed_is_replaced() {
+        let (address, seen) = origin(true).await;
+        let backend = backend(address);
+        let pool = pool(8, Duration::from_secs(60));
+        for _ in 0..3 {
+            assert_eq!(exchange(&pool, &backend, "/").await, "hello");
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_beyond_the_cap_are_not_kept() {
+        let (address, seen) = origin(false).await;
+        let backend = backend(address);
+        let pool = pool(1, Duration::from_secs(60));
+        // Both heads arrive before either body is read: two connections are needed at once.
+        let first = pool
+            .send(&backend, get(&backend, "/big"))
+            .await
+            .expect("first");
+        let second = pool
+            .send(&backend, get(&backend, "/big"))
+            .await
+            .expect("second");
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.kept(0), 1);
+        drop((first, second));
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_after_the_idle_timeout() {
+        let (address, _seen) = origin(false).await;
+        let backend = backend(address);
+        let pool = pool(8, Duration::from_millis(200));
+        exchange(&pool, &backend, "/").await;
+        assert_eq!(pool.kept(0), 1);
+        // Generous bound: the check runs every 50 ms; a loaded machine may delay it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while pool.kept(0) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(pool.kept(0), 0, "the idle connection was not closed");
+    }
+}
