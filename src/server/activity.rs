@@ -9,6 +9,13 @@
 //! On an HTTP/2 connection bytes between requests are mostly control frames (PING, SETTINGS,
 //! WINDOW_UPDATE), not the start of a request head, so once the connection preface is recognised
 //! only the idle clock applies.
+//!
+//! Both clocks share one timer, [`ClientClock`], and nothing on the per-request path touches it:
+//! requests only record what happened (a few relaxed atomics), and the timer is armed lazily.
+//! It is never later than the deadline that applies, so when it fires the deadline is worked out
+//! from the record and the timer either reports a timeout or is set again, later. The one event
+//! that brings a deadline forward, the first byte of a request head, is read by the connection's
+//! own task (through [`TrackedIo`]), which tells the clock at once ([`ClientClock::after_io`]).
 
 use std::io;
 use std::pin::Pin;
@@ -18,8 +25,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// Which timeout ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,15 +43,20 @@ pub struct ConnActivity {
     in_flight: AtomicUsize,
     /// Milliseconds since `epoch` when the connection last became idle.
     idle_since: AtomicU64,
-    /// Milliseconds since `epoch`, plus one, when the first byte of a new request arrived; 0 if none.
+    /// Milliseconds since `epoch`, plus one, when the first byte of a new request arrived; 0 if
+    /// none; [`HEAD_UNSTAMPED`] when it arrived and the clock has not yet noted the time.
     head_started: AtomicU64,
     /// The connection began with the HTTP/2 preface: there is no header clock.
     http2: AtomicBool,
-    changed: Notify,
 }
 
+/// `head_started` of a head whose first byte came in a read the clock has not looked at yet.
+/// Taking the time there rather than at the read costs no clock reading for the usual request,
+/// whose head is complete (and the request started) by the end of the same poll.
+const HEAD_UNSTAMPED: u64 = u64::MAX;
+
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(super) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl Default for ConnActivity {
     fn default() -> Self {
@@ -62,7 +73,6 @@ impl ConnActivity {
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
             http2: AtomicBool::new(false),
-            changed: Notify::new(),
         }
     }
 
@@ -73,9 +83,7 @@ impl ConnActivity {
     /// Marks a request as started; the returned guard marks it finished when dropped.
     pub fn start_request(self: &Arc<Self>) -> InFlight {
         self.head_started.store(0, Ordering::Relaxed);
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.changed.notify_one();
-        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
     }
 
@@ -89,9 +97,7 @@ impl ConnActivity {
             && self.head_started.load(Ordering::Relaxed) == 0
             && !self.http2.load(Ordering::Relaxed)
         {
-            self.head_started
-                .store(self.now_ms() + 1, Ordering::Relaxed);
-            self.changed.notify_one();
+            self.head_started.store(HEAD_UNSTAMPED, Ordering::Relaxed);
         }
     }
 
@@ -99,38 +105,51 @@ impl ConnActivity {
     fn http2_recognised(&self) {
         self.http2.store(true, Ordering::Relaxed);
         self.head_started.store(0, Ordering::Relaxed);
-        self.changed.notify_one();
     }
 
-    /// Resolves when a timeout runs out. Cancel-safe: it can be dropped and called again.
-    pub async fn expired(&self, header_timeout: Duration, idle_timeout: Duration) -> Expired {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.in_flight() > 0 {
-                changed.await;
-                continue;
-            }
-            let head_started = self.head_started.load(Ordering::Relaxed);
-            let (since_ms, limit, kind) = if head_started > 0 {
-                (head_started - 1, header_timeout, Expired::Header)
-            } else {
-                (
-                    self.idle_since.load(Ordering::Relaxed),
-                    idle_timeout,
-                    Expired::Idle,
-                )
-            };
-            let deadline = self.epoch + Duration::from_millis(since_ms) + limit;
-            if Instant::now() >= deadline {
-                return kind;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = changed => {}
-            }
+    /// When a request head began since the last call, notes the time and returns it.
+    fn stamp_head(&self) -> Option<Instant> {
+        if self.head_started.load(Ordering::Relaxed) != HEAD_UNSTAMPED {
+            return None;
         }
+        let now_ms = self.now_ms();
+        // A request that starts meanwhile (on another thread) wins: it clears the head.
+        self.head_started
+            .compare_exchange(
+                HEAD_UNSTAMPED,
+                now_ms + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .ok()
+            .map(|_| self.epoch + Duration::from_millis(now_ms))
+    }
+
+    /// The deadline that applies now and the timeout it is for; `None` while a request is in
+    /// flight (no clock runs).
+    fn deadline(
+        &self,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Option<(Instant, Expired)> {
+        if self.in_flight() > 0 {
+            return None;
+        }
+        let head_started = self.head_started.load(Ordering::Relaxed);
+        Some(match head_started {
+            0 => (
+                self.epoch
+                    + Duration::from_millis(self.idle_since.load(Ordering::Relaxed))
+                    + idle_timeout,
+                Expired::Idle,
+            ),
+            // Only between a read and the clock's next look; the head started about now.
+            HEAD_UNSTAMPED => (Instant::now() + header_timeout, Expired::Header),
+            started => (
+                self.epoch + Duration::from_millis(started - 1) + header_timeout,
+                Expired::Header,
+            ),
+        })
     }
 }
 
@@ -141,31 +160,108 @@ pub struct InFlight(Arc<ConnActivity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         let activity = &self.0;
+        // Before the count drops: a clock that then sees no request in flight must not read the
+        // time the connection went idle before this request.
         activity
             .idle_since
             .store(activity.now_ms(), Ordering::Relaxed);
-        if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            activity.changed.notify_one();
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The client header and idle timeouts of one connection, on one timer; see the module
+    /// comment. Poll it with [`ClientClock::poll_expired`], and call [`ClientClock::after_io`]
+    /// after each poll of the connection.
+    #[derive(Debug)]
+    pub struct ClientClock {
+        activity: Arc<ConnActivity>,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+        // Never later than the deadline that applies; when it fires, the deadline is checked.
+        #[pin]
+        timer: Sleep,
+    }
+}
+
+impl ClientClock {
+    /// The clocks of a connection that has just been accepted: idle, nothing read.
+    pub fn new(
+        activity: Arc<ConnActivity>,
+        header_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
+        let timer = tokio::time::sleep_until(activity.epoch + idle_timeout);
+        ClientClock {
+            activity,
+            header_timeout,
+            idle_timeout,
+            timer,
+        }
+    }
+
+    /// Starts the header clock if a request head began in the reads just done. Cheap (one
+    /// atomic load) unless one did.
+    pub fn after_io(self: Pin<&mut Self>) {
+        let this = self.project();
+        if let Some(started) = this.activity.stamp_head() {
+            let deadline = started + *this.header_timeout;
+            if deadline < this.timer.deadline() {
+                this.timer.reset(deadline);
+            }
+        }
+    }
+
+    /// Ready with the timeout that ran out. The waker is woken only by the timer.
+    pub fn poll_expired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Expired> {
+        let mut this = self.project();
+        loop {
+            std::task::ready!(this.timer.as_mut().poll(cx));
+            let now = Instant::now();
+            let deadline = match this
+                .activity
+                .deadline(*this.header_timeout, *this.idle_timeout)
+            {
+                Some((deadline, kind)) if deadline <= now => return Poll::Ready(kind),
+                Some((deadline, _)) => deadline,
+                // The idle clock starts when the request ends, so no earlier than the idle
+                // timeout from now; a new head after it is seen by `after_io`.
+                None => now + *this.idle_timeout,
+            };
+            this.timer.as_mut().reset(deadline);
         }
     }
 }
 
-/// Wraps a connection's I/O to notice the first byte of each request.
+/// Wraps a connection's I/O to notice the first byte of each request, and to hold each request
+/// head to the size limit exactly.
+///
+/// hyper refuses a head (431) when its read buffer reaches `max_buf_size` with the head still
+/// incomplete, but it checks only between reads, and its reads grow: whether a head somewhat
+/// over the limit is refused depends on where the reads happened to end. Here reads are cut so
+/// that the bytes of a head never run past the limit, so hyper's buffer reaches it exactly.
 #[derive(Debug)]
 pub struct TrackedIo<T> {
     inner: T,
     activity: Arc<ConnActivity>,
     /// Bytes of the HTTP/2 preface matched so far; `None` once it is known whether it was sent.
     preface: Option<usize>,
+    /// The largest request head accepted, in bytes (hyper's `max_buf_size`).
+    head_limit: usize,
+    /// Bytes read since the current request head began.
+    head_bytes: usize,
 }
 
 impl<T> TrackedIo<T> {
-    /// Wraps `inner`, reporting reads to `activity`.
-    pub fn new(inner: T, activity: Arc<ConnActivity>) -> Self {
+    /// Wraps `inner`, reporting reads to `activity`; a request head may be up to `head_limit`
+    /// bytes.
+    pub fn new(inner: T, activity: Arc<ConnActivity>, head_limit: usize) -> Self {
         TrackedIo {
             inner,
             activity,
             preface: Some(0),
+            head_limit,
+            head_bytes: 0,
         }
     }
 
@@ -185,6 +281,21 @@ impl<T> TrackedIo<T> {
             Some(matched + n)
         };
     }
+
+    /// How many more bytes the head being read may have, when the next read is (part of) an
+    /// HTTP/1 request head; `None` when it is not (a request in flight, or HTTP/2).
+    fn head_allowance(&mut self) -> Option<usize> {
+        let activity = &self.activity;
+        if activity.in_flight.load(Ordering::Relaxed) > 0 || activity.http2.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        if activity.head_started.load(Ordering::Relaxed) == 0 {
+            // No head begun: the next byte starts one.
+            self.head_bytes = 0;
+        }
+        Some(self.head_limit.saturating_sub(self.head_bytes))
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
@@ -193,9 +304,25 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let allowance = self.head_allowance();
         let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+        let result = match allowance {
+            // Only for a head near the limit; at the limit itself hyper has already refused it
+            // (were it asked to read on, it is not a head, and is not cut).
+            Some(allowed) if allowed > 0 && allowed < buf.remaining() => {
+                let mut cut = vec![0; allowed];
+                let mut cut = ReadBuf::new(&mut cut);
+                let result = Pin::new(&mut self.inner).poll_read(cx, &mut cut);
+                buf.put_slice(cut.filled());
+                result
+            }
+            _ => Pin::new(&mut self.inner).poll_read(cx, buf),
+        };
+        let read = buf.filled().len() - before;
+        if matches!(result, Poll::Ready(Ok(()))) && read > 0 {
+            if allowance.is_some() {
+                self.head_bytes = self.head_bytes.saturating_add(read);
+            }
             self.activity.bytes_read();
             if self.preface.is_some() {
                 let read = &buf.filled()[before..];
@@ -243,11 +370,20 @@ mod tests {
     const HEADER: Duration = Duration::from_secs(10);
     const IDLE: Duration = Duration::from_secs(60);
 
+    /// Runs a connection's clock until a timeout runs out, telling it of reads at the start as
+    /// the connection's task would.
+    async fn expiry(activity: &Arc<ConnActivity>) -> Expired {
+        let clock = ClientClock::new(activity.clone(), HEADER, IDLE);
+        tokio::pin!(clock);
+        clock.as_mut().after_io();
+        std::future::poll_fn(|cx| clock.as_mut().poll_expired(cx)).await
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_untouched_connection_expires_idle_after_the_idle_timeout() {
         let activity = Arc::new(ConnActivity::new());
         let start = Instant::now();
-        assert_eq!(activity.expired(HEADER, IDLE).await, Expired::Idle);
+        assert_eq!(expiry(&activity).await, Expired::Idle);
         assert_eq!(start.elapsed(), IDLE);
     }
 
@@ -257,8 +393,34 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         activity.bytes_read();
         let start = Instant::now();
-        assert_eq!(activity.expired(HEADER, IDLE).await, Expired::Header);
+        assert_eq!(expiry(&activity).await, Expired::Header);
         assert_eq!(start.elapsed(), HEADER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_started_while_the_idle_timer_runs_brings_the_deadline_forward() {
+        let activity = Arc::new(ConnActivity::new());
+        let start = Instant::now();
+        let clock = ClientClock::new(activity.clone(), HEADER, IDLE);
+        tokio::pin!(clock);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        activity.bytes_read();
+        clock.as_mut().after_io();
+        let expired = std::future::poll_fn(|cx| clock.as_mut().poll_expired(cx)).await;
+        assert_eq!(expired, Expired::Header);
+        assert_eq!(start.elapsed(), Duration::from_secs(5) + HEADER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_completes_in_the_same_poll_starts_no_header_clock() {
+        let activity = Arc::new(ConnActivity::new());
+        let clock = ClientClock::new(activity.clone(), HEADER, IDLE);
+        tokio::pin!(clock);
+        activity.bytes_read();
+        let request = activity.start_request();
+        clock.as_mut().after_io();
+        assert_eq!(clock.timer.deadline(), activity.epoch + IDLE);
+        drop(request);
     }
 
     #[tokio::test(start_paused = true)]
@@ -267,11 +429,12 @@ mod tests {
         let request = activity.start_request();
         let watcher = {
             let activity = activity.clone();
-            tokio::spawn(async move { activity.expired(HEADER, IDLE).await })
+            tokio::spawn(async move { expiry(&activity).await })
         };
         tokio::time::advance(Duration::from_secs(600)).await;
         assert!(!watcher.is_finished());
         let finished_at = Instant::now();
+        // Dropped here, not in the watcher's task, as an HTTP/2 stream's request is.
         drop(request);
         assert_eq!(watcher.await.unwrap(), Expired::Idle);
         assert_eq!(finished_at.elapsed(), IDLE);
@@ -280,7 +443,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn http2_connections_have_no_header_clock_once_the_preface_is_read() {
         let activity = Arc::new(ConnActivity::new());
-        let mut io = TrackedIo::new((), activity.clone());
+        let mut io = TrackedIo::new((), activity.clone(), 8192);
         // The preface may arrive in pieces.
         activity.bytes_read();
         io.check_preface(&H2_PREFACE[..5]);
@@ -290,14 +453,14 @@ mod tests {
         // A stray control frame between requests does not start the header clock.
         activity.bytes_read();
         let start = Instant::now();
-        assert_eq!(activity.expired(HEADER, IDLE).await, Expired::Idle);
+        assert_eq!(expiry(&activity).await, Expired::Idle);
         assert_eq!(start.elapsed(), IDLE);
     }
 
     #[test]
     fn an_http1_request_with_a_pri_method_is_not_http2() {
         let activity = Arc::new(ConnActivity::new());
-        let mut io = TrackedIo::new((), activity.clone());
+        let mut io = TrackedIo::new((), activity.clone(), 8192);
         io.check_preface(b"PRI / HTTP/1.1\r\n");
         assert!(io.preface.is_none());
         io.check_preface(&H2_PREFACE[14..]);
@@ -311,7 +474,40 @@ mod tests {
         activity.bytes_read();
         drop(activity.start_request());
         let start = Instant::now();
-        assert_eq!(activity.expired(HEADER, IDLE).await, Expired::Idle);
+        assert_eq!(expiry(&activity).await, Expired::Idle);
         assert_eq!(start.elapsed(), IDLE);
+    }
+
+    /// A stream that fills every read to the brim.
+    struct Endless;
+
+    impl AsyncRead for Endless {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            buf.put_slice(&vec![b'a'; buf.remaining()]);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_of_a_request_head_stop_at_the_limit() {
+        use tokio::io::AsyncReadExt;
+        let activity = Arc::new(ConnActivity::new());
+        let mut io = TrackedIo::new(Endless, activity.clone(), 100);
+        let mut buf = [0; 64];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 64);
+        assert_eq!(io.read(&mut buf).await.unwrap(), 36, "cut at the limit");
+        // Past it (hyper has refused the head by then), reads are not cut.
+        assert_eq!(io.read(&mut buf).await.unwrap(), 64);
+        // A request in flight: its body is not a head.
+        let request = activity.start_request();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 64);
+        drop(request);
+        // The next head has the whole allowance again.
+        assert_eq!(io.read(&mut buf).await.unwrap(), 64);
+        assert_eq!(io.read(&mut buf).await.unwrap(), 36);
     }
 }

@@ -8,14 +8,15 @@
 //! "nothing left in flight".
 
 pub mod activity;
+mod auto;
 pub mod config_watch;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Poll, Wake, Waker};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -23,11 +24,12 @@ use arc_swap::ArcSwap;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+use futures_util::task::AtomicWaker;
 
 use crate::body::ResponseBody;
 use crate::config::{Config, ListenerConfig};
@@ -38,7 +40,7 @@ use crate::protect::conn_limit::{
 use crate::proxy::{ConnInfo, ProxyState, pipeline};
 use crate::runtime::{Generation, ListenerSpec};
 use crate::tls::{CertificateWatcher, TlsTerminator};
-use activity::{ConnActivity, Expired, InFlight, TrackedIo};
+use activity::{ClientClock, ConnActivity, Expired, InFlight, TrackedIo};
 
 /// Held by anything graceful shutdown must wait for; see the module comment.
 #[derive(Debug, Clone)]
@@ -638,6 +640,7 @@ fn serving_for(
         limiter: Arc::new(limiter),
         refused: Arc::new(Refused::register(&state.metrics, &spec.name)),
         max_requests_per_connection: generation.server.max_requests_per_connection,
+        max_head_bytes: header_bytes(&generation.server),
         proxy_protocol: listener.proxy_protocol,
     })
 }
@@ -681,64 +684,54 @@ fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 fn http_builder(spec: &ListenerSpec, settings: &crate::config::ServerSettings) -> HttpBuilder {
-    let header_bytes = usize::try_from(settings.max_header_bytes.0)
-        .unwrap_or(usize::MAX)
-        .max(8192);
-    let header_list = u32::try_from(header_bytes).unwrap_or(u32::MAX);
-    // The same settings for hyper's own builders and for the auto builder's copies of them:
-    // the types differ, so each is written out (kept side by side so they cannot drift).
     match (spec.http1, spec.http2) {
-        (true, false) => {
-            let mut http1 = http1::Builder::new();
-            http1
-                .timer(TokioTimer::new())
-                // Header and idle timeouts are enforced by `activity`, which tells the two apart.
-                .header_read_timeout(None)
-                .keep_alive(true)
-                .max_headers(settings.max_headers)
-                .max_buf_size(header_bytes);
-            HttpBuilder::Http1(http1)
-        }
-        (false, true) => {
-            let mut http2 = http2::Builder::new(TokioExecutor::new());
-            http2
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(settings.h2_max_concurrent_streams)
-                .max_pending_accept_reset_streams(settings.h2_max_pending_reset_streams)
-                .max_local_error_reset_streams(settings.h2_max_local_error_resets)
-                .max_header_list_size(header_list);
-            HttpBuilder::Http2(http2)
-        }
-        _ => {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(None)
-                .keep_alive(true)
-                .max_headers(settings.max_headers)
-                .max_buf_size(header_bytes);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(settings.h2_max_concurrent_streams)
-                .max_pending_accept_reset_streams(settings.h2_max_pending_reset_streams)
-                .max_local_error_reset_streams(settings.h2_max_local_error_resets)
-                .max_header_list_size(header_list);
-            HttpBuilder::Auto(builder)
-        }
+        (true, false) => HttpBuilder::Http1(http1_builder(settings)),
+        (false, true) => HttpBuilder::Http2(http2_builder(settings)),
+        _ => HttpBuilder::Auto(auto::Builders {
+            http1: http1_builder(settings),
+            http2: http2_builder(settings),
+        }),
     }
 }
 
-/// The HTTP versions a listener serves, as the hyper builder that serves exactly those.
+/// The largest request head accepted, in bytes (hyper wants at least 8 KiB of buffer).
+fn header_bytes(settings: &crate::config::ServerSettings) -> usize {
+    usize::try_from(settings.max_header_bytes.0)
+        .unwrap_or(usize::MAX)
+        .max(8192)
+}
+
+fn http1_builder(settings: &crate::config::ServerSettings) -> http1::Builder {
+    let mut http1 = http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        // Header and idle timeouts are enforced by `activity`, which tells the two apart.
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_headers(settings.max_headers)
+        .max_buf_size(header_bytes(settings));
+    http1
+}
+
+fn http2_builder(settings: &crate::config::ServerSettings) -> http2::Builder<TokioExecutor> {
+    let header_list = u32::try_from(header_bytes(settings)).unwrap_or(u32::MAX);
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(settings.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(settings.h2_max_pending_reset_streams)
+        .max_local_error_reset_streams(settings.h2_max_local_error_resets)
+        .max_header_list_size(header_list);
+    http2
+}
+
+/// The HTTP versions a listener serves, as the hyper builder(s) that serve exactly those.
 ///
-/// A listener with one version uses hyper's builder for it rather than hyper-util's auto
-/// builder: the auto builder's `http1_only`/`http2_only` are ignored by
-/// `serve_connection_with_upgrades` (it always sniffs for the HTTP/2 preface), so a listener
-/// with `http2 = false` would otherwise still serve h2c. It also saves the sniffing read.
+/// A listener with one version uses hyper's builder for it, with no sniffing: a listener with
+/// `http2 = false` must not serve h2c, and an HTTP/2 preface there is a malformed HTTP/1 request.
 enum HttpBuilder {
-    /// HTTP/1.1 and HTTP/2, told apart by the HTTP/2 connection preface.
-    Auto(auto::Builder<TokioExecutor>),
+    /// HTTP/1.1 and HTTP/2, told apart by the HTTP/2 connection preface ([`auto`]).
+    Auto(auto::Builders),
     /// HTTP/1.1 only: an HTTP/2 preface is a malformed HTTP/1 request.
     Http1(http1::Builder),
     /// HTTP/2 only (h2c with prior knowledge on a cleartext listener).
@@ -768,6 +761,8 @@ struct Serving {
     refused: Arc<Refused>,
     /// `server.max_requests_per_connection`; 0 for no limit.
     max_requests_per_connection: u64,
+    /// The largest request head accepted, in bytes.
+    max_head_bytes: usize,
     /// Connections start with a PROXY protocol header.
     proxy_protocol: bool,
 }
@@ -846,11 +841,20 @@ async fn accept_loop(
                     };
                     let current = Serving::clone(&current);
                     let _ = stream.set_nodelay(true);
+                    let retired = retired.clone();
+                    // The connection's future is several KiB (hyper's connection state lives in
+                    // it), and tokio moves a task's future by value a few times when it spawns it
+                    // and when it ends: the task holds only the arguments, and boxes the rest
+                    // when it first runs.
                     if current.proxy_protocol {
-                        tokio::spawn(serve_proxied(stream, peer, current, admitted, retired.clone()));
+                        tokio::spawn(async move {
+                            Box::pin(serve_proxied(stream, peer, current, admitted, retired)).await;
+                        });
                     } else {
                         let local = local_of(&stream);
-                        tokio::spawn(serve_connection(stream, peer, local, current, admitted, retired.clone()));
+                        tokio::spawn(async move {
+                            Box::pin(serve_connection(stream, peer, local, current, admitted, retired)).await;
+                        });
                     }
                 }
                 Err(error) => {
@@ -988,7 +992,8 @@ async fn serve_connection(
                 client_subject: handshake.client_subject,
             };
             serve_http(
-                Admitted::new(stream, admitted),
+                // Boxed: the TLS state is over a KiB, and the stream is passed and moved.
+                Admitted::new(Box::new(stream), admitted),
                 peer,
                 local,
                 serving,
@@ -1027,6 +1032,7 @@ async fn serve_http<IO>(
         limiter,
         refused,
         max_requests_per_connection,
+        max_head_bytes,
         proxy_protocol: _,
     } = serving;
     connections.increment(1.0);
@@ -1087,7 +1093,7 @@ async fn serve_http<IO>(
             Ok::<_, Infallible>(response)
         }
     });
-    let io = TokioIo::new(TrackedIo::new(stream, activity.clone()));
+    let io = TrackedIo::new(stream, activity.clone(), max_head_bytes);
     let watch = ConnWatch {
         peer,
         activity,
@@ -1098,16 +1104,22 @@ async fn serve_http<IO>(
         retired,
     };
     match &*builder {
-        HttpBuilder::Auto(builder) => {
-            let conn = builder.serve_connection_with_upgrades(io, service);
-            drive(conn, |conn| conn.graceful_shutdown(), watch).await;
+        // Pinned here and lent to `drive`: moved into it, the connection would take room twice in
+        // the task (as `drive`'s argument and as its pinned local).
+        HttpBuilder::Auto(builders) => {
+            let conn = std::pin::pin!(auto::AutoConnection::new(io, service, builders));
+            drive(conn, auto::AutoConnection::graceful_shutdown, watch).await;
         }
         HttpBuilder::Http1(builder) => {
-            let conn = builder.serve_connection(io, service).with_upgrades();
+            let conn = std::pin::pin!(
+                builder
+                    .serve_connection(TokioIo::new(io), service)
+                    .with_upgrades()
+            );
             drive(conn, |conn| conn.graceful_shutdown(), watch).await;
         }
         HttpBuilder::Http2(builder) => {
-            let conn = builder.serve_connection(io, service);
+            let conn = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
             drive(conn, |conn| conn.graceful_shutdown(), watch).await;
         }
     }
@@ -1124,11 +1136,72 @@ struct ConnWatch {
     retired: watch::Receiver<bool>,
 }
 
+/// Wakes a connection's task for its control events (its timers, shutdown, reload, request
+/// limit) and remembers that one came, so that the connection's own wake-ups, one or more per
+/// request, poll the connection alone: each control future costs a lock or a timer look-up to
+/// poll, and they fire about once per connection.
+#[derive(Debug)]
+struct ControlSignal {
+    raised: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl ControlSignal {
+    fn new() -> Self {
+        ControlSignal {
+            // Control futures must be polled once to register.
+            raised: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }
+    }
+
+    /// Makes the next poll of the task look at its control futures (new ones must register).
+    fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+    }
+
+    /// Registers the task to be woken by a control event, then tells whether one came since
+    /// the last call (registering first, so none is missed in between).
+    fn take(&self, task: &Waker) -> bool {
+        self.task.register(task);
+        self.raised.load(Ordering::Acquire) && self.raised.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Wake for ControlSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.raise();
+        self.task.wake();
+    }
+}
+
+/// Why [`drive`] stopped polling: the connection ended, or a control event came.
+enum Event<E> {
+    Ended(Result<(), E>),
+    /// The server's phase changed, or its sender is gone (`true`).
+    Phase(bool),
+    /// The client clock ran out.
+    Expired(Expired),
+    /// A connection asked to close did not within its time.
+    CloseBy,
+    /// `max_requests_per_connection` was reached on an HTTP/2 connection.
+    Enough,
+    /// The listener was retired by a reload, or its task is gone (`true`).
+    Retired(bool),
+}
+
 /// Runs a served connection to its end, asking it to close (`shut_down`, which is hyper's
 /// `graceful_shutdown` for its type) when it goes idle, the server drains, the listener is
 /// retired or the connection has served its requests, and dropping it when the client is too
 /// slow or does not close when asked.
-async fn drive<C, E>(conn: C, shut_down: fn(Pin<&mut C>), watch: ConnWatch)
+///
+/// The connection is polled first on every wake-up; the control futures only when one of them
+/// woke the task ([`ControlSignal`]).
+async fn drive<C, E>(mut conn: Pin<&mut C>, shut_down: fn(Pin<&mut C>), watch: ConnWatch)
 where
     C: std::future::Future<Output = Result<(), E>>,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -1142,61 +1215,93 @@ where
         enough,
         mut retired,
     } = watch;
-    tokio::pin!(conn);
+    let mut clock = std::pin::pin!(ClientClock::new(
+        activity.clone(),
+        header_timeout,
+        idle_timeout
+    ));
     // Once asked to close, a connection with nothing in flight gets `header_timeout` to do so: an
     // HTTP/2 client that never acknowledges the GOAWAY's PING would otherwise keep it forever.
-    let mut close_by: Option<Instant> = None;
+    let mut close_by = std::pin::pin!(None::<tokio::time::Sleep>);
+    let signal = Arc::new(ControlSignal::new());
+    let control_waker = Waker::from(signal.clone());
     loop {
+        let event = {
+            // New futures each round (a round ends with a control event, which is rare): they
+            // borrow the receivers, which the handling below reads.
+            let mut phase_changed = std::pin::pin!(phase.changed());
+            let mut retired_changed = std::pin::pin!(retired.changed());
+            let mut enough_notified = std::pin::pin!(enough.enough.notified());
+            signal.raise();
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Ended(result));
+                }
+                clock.as_mut().after_io();
+                if !signal.take(cx.waker()) {
+                    return Poll::Pending;
+                }
+                let mut control = std::task::Context::from_waker(&control_waker);
+                if let Poll::Ready(changed) = phase_changed.as_mut().poll(&mut control) {
+                    return Poll::Ready(Event::Phase(changed.is_err()));
+                }
+                if let Some(close_by) = close_by.as_mut().as_pin_mut() {
+                    // Closing: only the phase and this deadline still matter.
+                    return close_by.poll(&mut control).map(|()| Event::CloseBy);
+                }
+                if let Poll::Ready(expired) = clock.as_mut().poll_expired(&mut control) {
+                    return Poll::Ready(Event::Expired(expired));
+                }
+                if enough_notified.as_mut().poll(&mut control).is_ready() {
+                    return Poll::Ready(Event::Enough);
+                }
+                retired_changed
+                    .as_mut()
+                    .poll(&mut control)
+                    .map(|gone| Event::Retired(gone.is_err()))
+            })
+            .await
+        };
         let closing = close_by.is_some();
-        tokio::select! {
-            result = conn.as_mut() => {
+        let ask_to_close = match event {
+            Event::Ended(result) => {
                 if let Err(error) = result {
                     log_connection_error(peer, &*error.into());
                 }
                 break;
             }
-            expired = activity.expired(header_timeout, idle_timeout), if !closing => match expired {
-                Expired::Header => {
-                    enough.refused.header_timeouts.increment(1);
-                    tracing::debug!(client = %peer, "client header timeout; closing connection");
-                    break;
-                }
-                Expired::Idle => {
-                    tracing::trace!(client = %peer, "client idle timeout");
-                    shut_down(conn.as_mut());
-                    close_by = Some(Instant::now() + header_timeout);
-                }
+            Event::Phase(gone) => match (gone, *phase.borrow()) {
+                (true, _) | (_, Phase::Closing) => break,
+                (_, Phase::Draining) => !closing,
+                _ => false,
             },
-            _ = tokio::time::sleep_until(close_by.unwrap_or_else(Instant::now)), if closing => {
+            Event::Expired(Expired::Header) => {
+                enough.refused.header_timeouts.increment(1);
+                tracing::debug!(client = %peer, "client header timeout; closing connection");
+                break;
+            }
+            Event::Expired(Expired::Idle) => {
+                tracing::trace!(client = %peer, "client idle timeout");
+                true
+            }
+            Event::CloseBy => {
                 if activity.in_flight() == 0 {
                     tracing::debug!(client = %peer, "connection did not close when asked; closing it");
                     break;
                 }
-                close_by = Some(Instant::now() + header_timeout);
+                close_by.set(Some(tokio::time::sleep(header_timeout)));
+                false
             }
-            changed = phase.changed() => {
-                let now = *phase.borrow();
-                match (changed, now) {
-                    (Err(_), _) | (_, Phase::Closing) => break,
-                    (_, Phase::Draining) if !closing => {
-                        shut_down(conn.as_mut());
-                        close_by = Some(Instant::now() + header_timeout);
-                    }
-                    _ => {}
-                }
-            }
-            _ = enough.enough.notified(), if !closing => {
+            Event::Enough => {
                 tracing::debug!(client = %peer, "max_requests_per_connection reached; closing connection");
-                shut_down(conn.as_mut());
-                close_by = Some(Instant::now() + header_timeout);
+                true
             }
-            gone = retired.changed(), if !closing => {
-                // A reload removed this listener (or its task ended): finish and close.
-                if gone.is_err() || *retired.borrow() {
-                    shut_down(conn.as_mut());
-                    close_by = Some(Instant::now() + header_timeout);
-                }
-            }
+            // A reload removed this listener (or its task ended): finish and close.
+            Event::Retired(gone) => gone || *retired.borrow(),
+        };
+        if ask_to_close {
+            shut_down(conn.as_mut());
+            close_by.set(Some(tokio::time::sleep(header_timeout)));
         }
     }
 }
