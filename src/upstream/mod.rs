@@ -377,8 +377,9 @@ impl UpstreamPool {
     ) -> Result<Response<Incoming>, UpstreamError> {
         match &self.transport {
             Transport::Http1(pool) => pool.send(backend, request).await,
-            Transport::H2c(connections) => connections.send(backend, request).await,
-            Transport::Proxied(transport) => transport.send(backend, request).await,
+            // Boxed, so their larger futures do not grow the common HTTP/1.1 path's.
+            Transport::H2c(connections) => Box::pin(connections.send(backend, request)).await,
+            Transport::Proxied(transport) => Box::pin(transport.send(backend, request)).await,
         }
     }
 
