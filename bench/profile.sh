@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Profiles scenario 1 (HTTP/1.1 keep-alive, 1 KiB, 64 connections) for each proxy, with the same
+# Profiles scenario 1 (HTTP/1.1 keep-alive, 1 KiB, 64 connections; or, with PROFILE_SCENARIO, 3: a
+# new connection per request, 4: h2c 16 connections x 4 streams) for each proxy, with the same
 # origins, configs and CPU pinning as bench/run.sh:
 #
 #   1. instructions per request and where they go: valgrind --tool=callgrind (needs no hardware
@@ -11,7 +12,7 @@
 #
 # Each tool slows the proxy down, so these runs give costs per request, never throughput.
 #
-# Knobs: PROFILE_TARGETS="gatehouse nginx haproxy", PROFILE_SECONDS=10, PROFILE_STEPS="callgrind
+# Knobs: PROFILE_SCENARIO=1 (or 3, 4), PROFILE_TARGETS="gatehouse nginx haproxy", PROFILE_SECONDS=10, PROFILE_STEPS="callgrind
 # strace perf", and those of bench/lib.sh (GATEHOUSE_BIN, BENCH_PROXY_CPU, BENCH_LOAD_CPU, ...).
 # For symbol names, the release profile keeps line tables (`debug = "line-tables-only"`).
 # Output: bench/results/profile-<timestamp>/ (git-ignored); summary.md is printed at the end.
@@ -23,14 +24,24 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PROFILE_TARGETS=${PROFILE_TARGETS:-gatehouse nginx haproxy}
 PROFILE_SECONDS=${PROFILE_SECONDS:-10}
 PROFILE_STEPS=${PROFILE_STEPS:-callgrind strace perf}
+PROFILE_SCENARIO=${PROFILE_SCENARIO:-1}
+[[ $PROFILE_SCENARIO =~ ^[134]$ ]] || die "PROFILE_SCENARIO must be 1, 3 or 4"
 read -r -a PROFILE_TARGET_LIST <<<"$PROFILE_TARGETS"
 TARGET_LIST=("${PROFILE_TARGET_LIST[@]}")
 has_step() { [[ " $PROFILE_STEPS " == *" $1 "* ]]; }
 
-# wrk on scenario 1 for SECONDS; prints the number of completed requests.
+# The profiled scenario's load for SECONDS (wrk, or h2load for scenario 4); prints the number of
+# completed requests.
 load_requests() {
-    local url=$1 seconds=$2 out="$RUN_DIR/logs/profile-load.out"
-    on_cpu "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${seconds}s" --timeout 30s \
+    local url=$1 seconds=$2 out="$RUN_DIR/logs/profile-load.out" close=()
+    if [[ $PROFILE_SCENARIO == 4 ]]; then
+        on_cpu "$LOAD_CPU" h2load -c16 -m4 -D "$seconds" "$url" >"$out" 2>&1 ||
+            die "h2load failed: $(cat "$out")"
+        sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' "$out"
+        return 0
+    fi
+    [[ $PROFILE_SCENARIO == 3 ]] && close=(-H "Connection: close")
+    on_cpu "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${seconds}s" --timeout 30s "${close[@]}" \
         -s "$BENCH_DIR/tools/wrk_json.lua" "$url" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
     grep '^WRK_JSON ' "$out" | sed 's/.*"requests":\([0-9]*\).*/\1/'
 }
@@ -153,16 +164,16 @@ main() {
     OUT="$BENCH_DIR/results/profile-$stamp"
     mkdir -p "$OUT"
     {
-        echo "# Profile of scenario 1, $stamp"
+        echo "# Profile of scenario $PROFILE_SCENARIO, $stamp"
         echo
         echo "Repository at $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)," \
             "Gatehouse binary ${GATEHOUSE_BIN:-not profiled};" \
-            "$CONNECTIONS connections, 1 KiB bodies, ${PROFILE_SECONDS} s per step; proxy on CPU $PROXY_CPU."
+            "scenario $PROFILE_SCENARIO, 1 KiB bodies, ${PROFILE_SECONDS} s per step; proxy on CPU $PROXY_CPU."
         echo
     } >"$OUT/summary.md"
     start_origin
     for target in "${TARGET_LIST[@]}"; do
-        url="http://127.0.0.1:$(target_port "$target" 1)/1k"
+        url="http://127.0.0.1:$(target_port "$target" "$PROFILE_SCENARIO")/1k"
         if has_step callgrind; then
             log "$target: callgrind"
             profile_callgrind "$target" "$url"

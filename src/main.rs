@@ -129,12 +129,14 @@ fn serve(config: Config, path: std::path::PathBuf, watch: bool) -> ExitCode {
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut rotate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
-        let server = server::start_with_path(&config, Some(path.clone())).await?;
+        // Watching starts (and takes its snapshot of the files) before the listeners open: a
+        // change made as soon as the proxy answers must not slip in before the snapshot.
         let mut watching = if watch {
             Some(start_watch(&path, &config)?)
         } else {
             None
         };
+        let server = server::start_with_path(&config, Some(path.clone())).await?;
         loop {
             tokio::select! {
                 _ = wait_for_signal() => break,

@@ -108,7 +108,10 @@ impl KeepAlivePool {
                 },
             }
         }
-        let mut sender = match self.dialer.dial(backend, None).await? {
+        // Boxed: connecting (TCP, TLS, handshake) is the rare path and its future is large;
+        // inline, it would grow every request's future, which is moved around and kept per
+        // client connection.
+        let mut sender = match Box::pin(self.dialer.dial(backend, None)).await? {
             Sender::Http1(sender) => sender,
             Sender::Http2(_) => {
                 return Err(UpstreamError::Connect {
@@ -349,6 +352,18 @@ mod tests {
         assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
         assert_eq!(pool.kept(0), 1);
         drop((first, second));
+    }
+
+    #[tokio::test]
+    async fn the_request_future_stays_small() {
+        // Every request's future holds this one; connecting (boxed; its future is several KiB)
+        // must not be inline in it. The bound has room for debug builds, whose futures are
+        // larger than release ones (1.2 KiB here in debug, mostly the request, held twice).
+        let backend = backend("127.0.0.1:1".parse().expect("address"));
+        let pool = pool(8, Duration::from_secs(60));
+        let future = pool.send(&backend, get(&backend, "/"));
+        let size = std::mem::size_of_val(&future);
+        assert!(size <= 2048, "KeepAlivePool::send's future is {size} bytes");
     }
 
     #[tokio::test]

@@ -25,6 +25,7 @@ use std::time::Duration;
 use http::uri::Authority;
 use http::{Request, Response};
 use hyper::body::Incoming;
+use smallvec::SmallVec;
 
 pub use balance::{Balancer, Candidate};
 pub use state::{Availability, BackendRegistry, BackendState, Outcome};
@@ -376,8 +377,9 @@ impl UpstreamPool {
     ) -> Result<Response<Incoming>, UpstreamError> {
         match &self.transport {
             Transport::Http1(pool) => pool.send(backend, request).await,
-            Transport::H2c(connections) => connections.send(backend, request).await,
-            Transport::Proxied(transport) => transport.send(backend, request).await,
+            // Boxed, so their larger futures do not grow the common HTTP/1.1 path's.
+            Transport::H2c(connections) => Box::pin(connections.send(backend, request)).await,
+            Transport::Proxied(transport) => Box::pin(transport.send(backend, request)).await,
         }
     }
 
@@ -435,10 +437,10 @@ impl UpstreamPool {
         key: SelectionKey,
         tried: &[usize],
     ) -> Result<BackendLease, SelectError> {
-        let deadline = tokio::time::Instant::now() + self.queue_wait;
+        let mut now = tokio::time::Instant::now();
+        let deadline = now + self.queue_wait;
         let mut queued = None;
         loop {
-            let now = tokio::time::Instant::now();
             match self.try_select(key, tried, now) {
                 Choice::Leased(lease) => return Ok(lease),
                 Choice::Nothing => return Err(SelectError::NoBackend),
@@ -458,6 +460,7 @@ impl UpstreamPool {
                     if tokio::time::timeout_at(deadline, released).await.is_err() {
                         return Err(SelectError::Overloaded);
                     }
+                    now = tokio::time::Instant::now();
                 }
             }
         }
@@ -475,15 +478,19 @@ impl UpstreamPool {
         {
             return Choice::Leased(self.lease(backend));
         }
-        let mut candidates: Vec<Candidate> = Vec::with_capacity(self.backends.len());
+        // On the stack for pools of up to 16 backends: no allocation per request.
+        let mut candidates: SmallVec<[Candidate; 16]> = SmallVec::new();
         let mut saturated: Option<(usize, u32)> = None;
         for backup in [false, true] {
             for backend in self.backends.iter().filter(|b| b.backup == backup) {
                 if tried.contains(&backend.index) {
                     continue;
                 }
-                let Some((latency_ns, factor)) = backend.state.eligibility(self.slow_start, now)
-                else {
+                let Some((latency_ns, factor)) = backend.state.eligibility(
+                    self.slow_start,
+                    now,
+                    self.policy == BalancePolicy::PeakEwma,
+                ) else {
                     continue;
                 };
                 let in_flight = backend.state.in_flight();

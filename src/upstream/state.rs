@@ -144,8 +144,14 @@ impl BackendState {
     }
 
     /// In one look (one lock): whether the backend is available at `now`, and if so its
-    /// latency estimate and slow-start factor, for the balancer.
-    pub fn eligibility(&self, window: Option<Duration>, now: Instant) -> Option<(f64, f64)> {
+    /// latency estimate (0 unless `with_latency`: decaying it costs an `exp` per backend and
+    /// request, which only the latency balancer needs) and slow-start factor, for the balancer.
+    pub fn eligibility(
+        &self,
+        window: Option<Duration>,
+        now: Instant,
+        with_latency: bool,
+    ) -> Option<(f64, f64)> {
         if self.is_draining() {
             return None;
         }
@@ -162,7 +168,12 @@ impl BackendState {
             None => {}
         }
         let factor = slow_start(window, inner.available_since, now);
-        Some((inner.latency.estimate_ns(now), factor))
+        let latency = if with_latency {
+            inner.latency.estimate_ns(now)
+        } else {
+            0.0
+        };
+        Some((latency, factor))
     }
 
     /// Latency estimate in nanoseconds at `now`.
