@@ -1119,7 +1119,9 @@ async fn serve_http<IO>(
             drive(conn, |conn| conn.graceful_shutdown(), watch).await;
         }
         HttpBuilder::Http2(builder) => {
-            let conn = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
+            let conn = std::pin::pin!(
+                builder.serve_connection(TokioIo::new(io), auto::BoxedFutures(service))
+            );
             drive(conn, |conn| conn.graceful_shutdown(), watch).await;
         }
     }
