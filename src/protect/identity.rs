@@ -43,15 +43,31 @@ const PROTECTED: [&str; 9] = [
 
 /// The compiled `hide_headers` list: which response headers never reach the client.
 ///
-/// Exact names are kept sorted for a binary search and prefixes (`x-backend*` → `x-backend`) in
-/// a short list, all lower-case like every [`HeaderName`], so matching a response header costs a
-/// few byte comparisons and no allocation.
+/// Exact names and prefixes (`x-backend*` → `x-backend`) are short lists, all lower-case like
+/// every [`HeaderName`]. Every response header is checked against them, so a mask of the exact
+/// names' lengths turns most names away with one bit test, and a prefix is compared only with
+/// names that start with its first byte: no allocation, and rarely a byte comparison.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HidePolicy {
-    /// Names removed exactly, sorted by their text, without duplicates.
-    exact: Vec<HeaderName>,
-    /// Lower-case prefixes: a header whose name starts with one is removed.
+    /// Names removed exactly (valid header names, so lower case), sorted, without duplicates.
+    exact: Vec<Box<str>>,
+    /// Bit `n` is set when an exact name is `n` bytes long (bit 63: 63 bytes or more).
+    exact_lengths: u64,
+    /// Lower-case prefixes, none empty: a header whose name starts with one is removed.
     prefixes: Vec<Box<str>>,
+    /// Bit `b` is set when a prefix starts with the (ASCII) byte `b`.
+    prefix_starts: u128,
+}
+
+/// The bit of [`HidePolicy::exact_lengths`] for a name of `len` bytes.
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
+}
+
+/// The bit of [`HidePolicy::prefix_starts`] for a name starting with `first` (none for a
+/// non-ASCII byte, which no header name has).
+fn start_bit(first: u8) -> u128 {
+    1u128.checked_shl(u32::from(first)).unwrap_or(0)
 }
 
 impl HidePolicy {
@@ -94,7 +110,7 @@ impl HidePolicy {
                     let name = HeaderName::from_bytes(lower.as_bytes()).map_err(|_| {
                         format!("hide_headers entry {entry:?} is not a header name")
                     })?;
-                    exact.push(name);
+                    exact.push(Box::<str>::from(name.as_str()));
                 }
             }
         }
@@ -106,12 +122,21 @@ impl HidePolicy {
                 kept.push(prefix);
             }
         }
-        exact.retain(|name| !kept.iter().any(|k| name.as_str().starts_with(&**k)));
-        exact.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        exact.retain(|name| !kept.iter().any(|k| name.starts_with(&**k)));
+        exact.sort();
         exact.dedup();
+        let exact_lengths = exact
+            .iter()
+            .fold(0, |mask, name| mask | length_bit(name.len()));
+        let prefix_starts = kept
+            .iter()
+            .filter_map(|prefix| prefix.as_bytes().first())
+            .fold(0, |mask, &first| mask | start_bit(first));
         Ok(HidePolicy {
             exact,
+            exact_lengths,
             prefixes: kept,
+            prefix_starts,
         })
     }
 
@@ -122,14 +147,22 @@ impl HidePolicy {
 
     /// True when a response header called `name` is hidden.
     pub fn matches(&self, name: &HeaderName) -> bool {
-        let text = name.as_str();
-        self.exact
-            .binary_search_by(|hidden| hidden.as_str().cmp(text))
-            .is_ok()
-            || self
-                .prefixes
-                .iter()
-                .any(|prefix| text.starts_with(&**prefix))
+        self.matches_str(name.as_str())
+    }
+
+    /// [`HidePolicy::matches`] for the text of a header name (lower case, as every
+    /// [`HeaderName`] is).
+    pub fn matches_str(&self, text: &str) -> bool {
+        let Some(&first) = text.as_bytes().first() else {
+            return false;
+        };
+        (self.exact_lengths & length_bit(text.len()) != 0
+            && self.exact.iter().any(|hidden| **hidden == *text))
+            || (self.prefix_starts & start_bit(first) != 0
+                && self
+                    .prefixes
+                    .iter()
+                    .any(|prefix| text.starts_with(&**prefix)))
     }
 
     /// Removes every hidden header (all of its values) from `headers`.
@@ -213,9 +246,8 @@ pub fn rewrite_location_among<'a, I>(
 ) where
     I: IntoIterator<Item = &'a Authority> + Clone,
 {
-    let target = Target::of(public_host, public_scheme);
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
-        rewrite_field(headers, name, backends.clone(), &target);
+        rewrite_field(headers, name, backends.clone(), public_host, public_scheme);
     }
 }
 
@@ -248,18 +280,25 @@ impl<'a> Target<'a> {
     }
 }
 
-fn rewrite_field<'a, I>(headers: &mut HeaderMap, name: HeaderName, backends: I, target: &Target<'_>)
-where
+fn rewrite_field<'a, I>(
+    headers: &mut HeaderMap,
+    name: HeaderName,
+    backends: I,
+    public_host: Option<&HeaderValue>,
+    public_scheme: &str,
+) where
     I: IntoIterator<Item = &'a Authority> + Clone,
 {
     let values = headers.get_all(&name);
-    // The common case: no such header, or one that names no backend (nothing allocated).
+    // The common case: no such header, or one that names no backend (nothing allocated, and
+    // the public host is not even validated).
     if !values
         .iter()
         .any(|v| backend_reference(v.as_bytes(), backends.clone()).is_some())
     {
         return;
     }
+    let target = &Target::of(public_host, public_scheme);
     let replaced: Vec<HeaderValue> = values
         .iter()
         .filter_map(
@@ -753,6 +792,22 @@ mod tests {
     }
 
     #[test]
+    fn long_names_and_names_of_a_hidden_length_are_told_apart() {
+        let long = "x-".repeat(40);
+        let longer = format!("{long}z");
+        let policy = HidePolicy::from_entries(&[long.as_str(), "x-tag"]).unwrap();
+        let name = |text: &str| HeaderName::from_bytes(text.as_bytes()).unwrap();
+        assert!(policy.matches(&name(&long)));
+        assert!(!policy.matches(&name(&longer)));
+        assert!(policy.matches(&name("x-tag")));
+        // Same length as `x-tag`, or the same first byte as the long entry: still kept.
+        assert!(!policy.matches(&name("x-taf")));
+        assert!(!policy.matches(&name("x-ta")));
+        assert!(HidePolicy::default().is_empty());
+        assert!(!HidePolicy::default().matches(&name("server")));
+    }
+
+    #[test]
     fn redundant_entries_collapse() {
         let policy = HidePolicy::from_entries(&[
             "x-backend-id",
@@ -763,7 +818,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(policy.prefixes, vec![Box::from("x-back")]);
-        assert_eq!(policy.exact, vec![HeaderName::from_static("server")]);
+        assert_eq!(policy.exact, vec![Box::from("server")]);
     }
 
     #[test]

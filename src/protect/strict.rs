@@ -36,18 +36,50 @@ use http::{Request, Version};
 ///   (`http` 80, `https` 443).
 pub fn check_request<B>(request: &Request<B>) -> Result<(), &'static str> {
     let headers = request.headers();
-    let has_length = check_content_length(headers.get_all(header::CONTENT_LENGTH).iter())?;
-    let has_coding = check_transfer_encoding(
-        headers.get_all(header::TRANSFER_ENCODING).iter(),
-        request.version(),
-    )?;
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let framing = Framing {
+        host: hosts.next(),
+        more_hosts: hosts.next().is_some(),
+        content_length: true,
+        transfer_encoding: true,
+    };
+    check_request_with(request, framing)
+}
+
+/// What a caller of [`check_request_with`] already knows about the request's headers, so that
+/// nothing is looked up twice (each lookup hashes the name).
+#[derive(Debug, Clone, Copy)]
+pub struct Framing<'a> {
+    /// The first `Host` line.
+    pub host: Option<&'a HeaderValue>,
+    /// There is more than one `Host` line.
+    pub more_hosts: bool,
+    /// The request may have `Content-Length` (false only when it surely has none).
+    pub content_length: bool,
+    /// The request may have `Transfer-Encoding` (false only when it surely has none).
+    pub transfer_encoding: bool,
+}
+
+/// [`check_request`] with the `Host` lines already found and the framing headers known to be
+/// absent where `framing` says so.
+pub fn check_request_with<B>(
+    request: &Request<B>,
+    framing: Framing<'_>,
+) -> Result<(), &'static str> {
+    let headers = request.headers();
+    let has_length = framing.content_length
+        && check_content_length(headers.get_all(header::CONTENT_LENGTH).iter())?;
+    let has_coding = framing.transfer_encoding
+        && check_transfer_encoding(
+            headers.get_all(header::TRANSFER_ENCODING).iter(),
+            request.version(),
+        )?;
     if has_length && has_coding {
         return Err("both Content-Length and Transfer-Encoding");
     }
 
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
+    let host = framing.host;
+    if framing.more_hosts {
         return Err("more than one Host header");
     }
     if let Some(host) = host

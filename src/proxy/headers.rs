@@ -7,6 +7,7 @@ use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
 use crate::config::ForwardedSettings;
+use crate::protect::identity::HidePolicy;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -36,12 +37,152 @@ pub fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
     connection_has(headers, "upgrade").then(|| upgrade.clone())
 }
 
+/// Which of the headers the pipeline acts on a message carries, found in one pass over its names.
+///
+/// Looking a header up in a `HeaderMap` hashes its name and probes the table, whether the header
+/// is there or not, and most messages carry few of the headers a proxy asks about. One pass over
+/// the names answers all those questions at once; the pipeline then looks up only what is there.
+/// A `Present` describes the map when it was taken: whoever removes headers afterwards clears
+/// their flags ([`Present::without`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Present(u32);
+
+impl Present {
+    /// Nothing.
+    pub const NONE: Present = Present(0);
+    /// `Host`.
+    pub const HOST: Present = Present(1);
+    /// `Accept`.
+    pub const ACCEPT: Present = Present(1 << 1);
+    /// `X-Request-Id`.
+    pub const X_REQUEST_ID: Present = Present(1 << 2);
+    /// `Content-Length`.
+    pub const CONTENT_LENGTH: Present = Present(1 << 3);
+    /// `Transfer-Encoding` (also a [`Present::HOP_FIXED`] header).
+    pub const TRANSFER_ENCODING: Present = Present(1 << 4);
+    /// `Connection`.
+    pub const CONNECTION: Present = Present(1 << 5);
+    /// `TE`.
+    pub const TE: Present = Present(1 << 6);
+    /// `Upgrade` (also a [`Present::HOP_FIXED`] header).
+    pub const UPGRADE: Present = Present(1 << 7);
+    /// `Expect`.
+    pub const EXPECT: Present = Present(1 << 8);
+    /// A hop-by-hop header removed whatever `Connection` says: `Keep-Alive`, `Proxy-Connection`,
+    /// `Proxy-Authenticate`, `Proxy-Authorization`, `Transfer-Encoding` or `Upgrade`.
+    pub const HOP_FIXED: Present = Present(1 << 9);
+    /// One of the [`CLIENT_CLAIMS`].
+    pub const CLIENT_CLAIM: Present = Present(1 << 10);
+    /// `X-Forwarded-For` (also a [`Present::CLIENT_CLAIM`]).
+    pub const X_FORWARDED_FOR: Present = Present(1 << 11);
+    /// `Forwarded` (also a [`Present::CLIENT_CLAIM`]).
+    pub const FORWARDED: Present = Present(1 << 12);
+    /// `Location` or `Content-Location`.
+    pub const LOCATION: Present = Present(1 << 13);
+    /// Every flag: what a caller that knows nothing about a map must assume.
+    pub const ALL: Present = Present(u32::MAX);
+
+    /// One pass over the names of `headers`.
+    pub fn of(headers: &HeaderMap) -> Present {
+        let mut present = Present::NONE;
+        for name in headers.keys() {
+            present.0 |= classify(name.as_str()).0;
+        }
+        present
+    }
+
+    /// The flags of a header called `name`.
+    pub fn of_name(name: &HeaderName) -> Present {
+        classify(name.as_str())
+    }
+
+    /// True if any of the headers `flags` names is present.
+    pub fn any(self, flags: Present) -> bool {
+        self.0 & flags.0 != 0
+    }
+
+    /// These flags as well.
+    pub fn with(self, flags: Present) -> Present {
+        Present(self.0 | flags.0)
+    }
+
+    /// These flags cleared: the headers were removed.
+    pub fn without(self, flags: Present) -> Present {
+        Present(self.0 & !flags.0)
+    }
+}
+
+/// The flags of the header called `name` (lower case, as every [`HeaderName`] is). The match
+/// goes by length first, so most names cost a length comparison or two.
+fn classify(name: &str) -> Present {
+    let hop = |flag: Present| flag.with(Present::HOP_FIXED);
+    let claim = |flag: Present| flag.with(Present::CLIENT_CLAIM);
+    match name.len() {
+        2 if name == "te" => Present::TE,
+        4 if name == "host" => Present::HOST,
+        6 => match name {
+            "accept" => Present::ACCEPT,
+            "expect" => Present::EXPECT,
+            _ => Present::NONE,
+        },
+        7 if name == "upgrade" => hop(Present::UPGRADE),
+        8 if name == "location" => Present::LOCATION,
+        9 => match name {
+            "forwarded" => claim(Present::FORWARDED),
+            "x-real-ip" => Present::CLIENT_CLAIM,
+            _ => Present::NONE,
+        },
+        10 => match name {
+            "connection" => Present::CONNECTION,
+            "keep-alive" => Present::HOP_FIXED,
+            _ => Present::NONE,
+        },
+        11 if name == "x-client-ip" => Present::CLIENT_CLAIM,
+        12 if name == "x-request-id" => Present::X_REQUEST_ID,
+        14 => match name {
+            "content-length" => Present::CONTENT_LENGTH,
+            "true-client-ip" => Present::CLIENT_CLAIM,
+            _ => Present::NONE,
+        },
+        15 if name == "x-forwarded-for" => claim(Present::X_FORWARDED_FOR),
+        16 => match name {
+            "x-forwarded-host" | "x-forwarded-port" | "cf-connecting-ip" | "fastly-client-ip" => {
+                Present::CLIENT_CLAIM
+            }
+            "proxy-connection" => Present::HOP_FIXED,
+            "content-location" => Present::LOCATION,
+            _ => Present::NONE,
+        },
+        17 => match name {
+            "x-forwarded-proto" => Present::CLIENT_CLAIM,
+            "transfer-encoding" => hop(Present::TRANSFER_ENCODING),
+            _ => Present::NONE,
+        },
+        18 => match name {
+            "x-forwarded-prefix" => Present::CLIENT_CLAIM,
+            "proxy-authenticate" => Present::HOP_FIXED,
+            _ => Present::NONE,
+        },
+        19 => match name {
+            "x-cluster-client-ip" => Present::CLIENT_CLAIM,
+            "proxy-authorization" => Present::HOP_FIXED,
+            _ => Present::NONE,
+        },
+        _ => Present::NONE,
+    }
+}
+
 /// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
 /// `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `Transfer-Encoding`,
 /// `Upgrade`, and `TE` except its `trailers` token (RFC 9110 §7.6.1, §10.1.4).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names first: most messages carry none of these or only `Connection`,
-    // and a removal costs a hash lookup each (this runs twice per request).
+    remove_hop_by_hop_present(headers, Present::of(headers));
+}
+
+/// [`remove_hop_by_hop`] for a caller that has already passed over the names: `present` says
+/// which hop-by-hop headers the map holds, and only those are looked up (a removal costs a hash
+/// lookup each, and this runs on every request and every response).
+pub fn remove_hop_by_hop_present(headers: &mut HeaderMap, present: Present) {
     const FIXED: [&HeaderName; 6] = [
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
@@ -50,40 +191,43 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         &header::TRANSFER_ENCODING,
         &header::UPGRADE,
     ];
-    let mut connection = false;
-    let mut te = false;
-    let mut fixed = false;
-    for name in headers.keys() {
-        if name == header::CONNECTION {
-            connection = true;
-        } else if name == header::TE {
-            te = true;
-        } else if FIXED.contains(&name) {
-            fixed = true;
+    if present.any(Present::CONNECTION) {
+        let mut named = NameList::default();
+        for value in headers.get_all(header::CONNECTION) {
+            let bytes = value.as_bytes();
+            // What nearly every message says, and names no header.
+            if bytes.eq_ignore_ascii_case(b"keep-alive") || bytes.eq_ignore_ascii_case(b"close") {
+                continue;
+            }
+            // A value that is not text names nothing.
+            let Ok(text) = value.to_str() else {
+                continue;
+            };
+            // Text has no byte that `trim_ascii` and `str::trim` would treat differently.
+            for token in text
+                .as_bytes()
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+            {
+                // `close` names no header and `keep-alive` is removed below anyway.
+                if token.eq_ignore_ascii_case(b"close") || token.eq_ignore_ascii_case(b"keep-alive")
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token) {
+                    named.push(name);
+                }
+            }
         }
-    }
-    if connection {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            // `close` names no header and `keep-alive` is removed below anyway.
-            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+        named.remove_from(headers);
         headers.remove(header::CONNECTION);
     }
-    if fixed {
+    if present.any(Present::HOP_FIXED) {
         for name in FIXED {
             headers.remove(name);
         }
     }
-    if te {
+    if present.any(Present::TE) {
         let trailers = headers
             .get_all(header::TE)
             .iter()
@@ -98,6 +242,62 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         if trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
+    }
+}
+
+/// Removes a response's hop-by-hop headers (as [`remove_hop_by_hop`]) and then every header
+/// `hide` hides, finding both in one pass over the names; returns what that pass found (before
+/// the removals), so the caller can skip work on headers that are not there (`Location`).
+///
+/// Nothing is allocated unless `Connection` names headers or more than a few are hidden.
+pub fn strip_response(headers: &mut HeaderMap, hide: &HidePolicy) -> Present {
+    let mut present = Present::NONE;
+    let mut hidden = NameList::default();
+    for name in headers.keys() {
+        let text = name.as_str();
+        present.0 |= classify(text).0;
+        if hide.matches_str(text) {
+            hidden.push(name.clone());
+        }
+    }
+    remove_hop_by_hop_present(headers, present);
+    // After the hop-by-hop removal, as identity hiding always ran: a hidden `TE` goes even when
+    // its `trailers` token was kept.
+    hidden.remove_from(headers);
+    present
+}
+
+/// A few header names held without allocating; more spill into a `Vec`.
+#[derive(Default)]
+struct NameList {
+    inline: [Option<HeaderName>; 4],
+    len: usize,
+    spill: Vec<HeaderName>,
+}
+
+impl NameList {
+    fn push(&mut self, name: HeaderName) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = Some(name),
+            None => self.spill.push(name),
+        }
+        self.len += 1;
+    }
+
+    /// Removes every header named; nothing to do (the common case) costs one comparison.
+    fn remove_from(&mut self, headers: &mut HeaderMap) {
+        if self.len == 0 {
+            return;
+        }
+        for slot in &mut self.inline {
+            if let Some(name) = slot.take() {
+                headers.remove(name);
+            }
+        }
+        for name in self.spill.drain(..) {
+            headers.remove(name);
+        }
+        self.len = 0;
     }
 }
 
@@ -152,8 +352,25 @@ pub fn add_forwarding(
     settings: &ForwardedSettings,
     client: ClientFacts<'_>,
 ) {
+    add_forwarding_present(headers, settings, client, Present::ALL);
+}
+
+/// [`add_forwarding`] for a caller that knows which forwarding headers the request holds: prior
+/// `X-Forwarded-For` and `Forwarded` values are looked up only when `present` has them, and a
+/// stale `X-Forwarded-Host` only when it has a [`Present::CLIENT_CLAIM`].
+pub fn add_forwarding_present(
+    headers: &mut HeaderMap,
+    settings: &ForwardedSettings,
+    client: ClientFacts<'_>,
+    present: Present,
+) {
     if settings.x_forwarded_for {
-        match joined(headers, &X_FORWARDED_FOR) {
+        let prior = if present.any(Present::X_FORWARDED_FOR) {
+            joined(headers, &X_FORWARDED_FOR)
+        } else {
+            None
+        };
+        match prior {
             Some(prior) => {
                 let ip = client.ip_text.to_str().unwrap_or("");
                 if let Ok(value) = HeaderValue::try_from(format!("{prior}, {ip}")) {
@@ -167,20 +384,27 @@ pub fn add_forwarding(
         }
     }
     if settings.x_forwarded_proto {
-        headers.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(client.proto),
-        );
+        headers.insert(X_FORWARDED_PROTO.clone(), proto_value(client.proto));
     }
     if settings.x_forwarded_host {
         match client.host {
-            Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host.clone()),
-            None => headers.remove(&X_FORWARDED_HOST),
-        };
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+            }
+            None if present.any(Present::CLIENT_CLAIM) => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+            None => {}
+        }
     }
     if settings.forwarded {
         let element = forwarded_element(client);
-        let combined = match joined(headers, &FORWARDED) {
+        let prior = if present.any(Present::FORWARDED) {
+            joined(headers, &FORWARDED)
+        } else {
+            None
+        };
+        let combined = match prior {
             Some(prior) => format!("{prior}, {element}"),
             None => element,
         };
@@ -190,6 +414,17 @@ pub fn add_forwarding(
     }
     if settings.via {
         add_via(headers);
+    }
+}
+
+/// `client.proto` as a header value; the usual two are made once, not validated per request.
+fn proto_value(proto: &'static str) -> HeaderValue {
+    static HTTP: HeaderValue = HeaderValue::from_static("http");
+    static HTTPS: HeaderValue = HeaderValue::from_static("https");
+    match proto {
+        "http" => HTTP.clone(),
+        "https" => HTTPS.clone(),
+        other => HeaderValue::from_static(other),
     }
 }
 
@@ -273,7 +508,14 @@ impl HeaderEdits {
 /// A client id is kept only when it is 1–128 characters of `[A-Za-z0-9._:-]`, so it is safe to
 /// log and to pass on; anything else is replaced rather than trusted.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(value) = headers.get(&X_REQUEST_ID) {
+    request_id_present(headers, Present::ALL)
+}
+
+/// [`request_id`] for a caller that knows whether the request has an `X-Request-Id`.
+pub fn request_id_present(headers: &HeaderMap, present: Present) -> HeaderValue {
+    if present.any(Present::X_REQUEST_ID)
+        && let Some(value) = headers.get(&X_REQUEST_ID)
+    {
         let bytes = value.as_bytes();
         let valid = !bytes.is_empty()
             && bytes.len() <= 128
@@ -290,14 +532,20 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 /// A random 128-bit id as 32 lower-case hex digits.
 pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = fastrand::u128(..);
     let mut out = [0u8; 32];
-    for slot in out.iter_mut().rev() {
-        *slot = HEX[(n & 0xf) as usize];
-        n >>= 4;
+    // Most significant digit first: a byte at a time, two digits each.
+    for (pair, byte) in out
+        .chunks_exact_mut(2)
+        .zip(fastrand::u128(..).to_be_bytes())
+    {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
+    // One allocation that every copy shares (the id goes to the backend, the client and the
+    // log); bytes copied into a plain `Bytes` would take a second one at the first copy.
     // Hex digits are always a valid header value.
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
@@ -338,6 +586,164 @@ mod tests {
         remove_hop_by_hop(&mut h);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-end-to-end"]);
+    }
+
+    #[test]
+    fn connection_tokens_are_read_case_and_space_insensitively() {
+        let mut h = map(&[
+            ("connection", " Close ,X-A,, x-b\t"),
+            ("connection", "KEEP-ALIVE"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+            ("close", "not named: `close` is an option"),
+            ("keep-alive", "timeout=5"),
+            ("x-c", "kept"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["close", "x-c"]);
+        // More named headers than are held without allocating.
+        let mut h = map(&[
+            ("connection", "a, b, c, d, e, f"),
+            ("a", "1"),
+            ("b", "1"),
+            ("c", "1"),
+            ("d", "1"),
+            ("e", "1"),
+            ("f", "1"),
+            ("g", "kept"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["g"]);
+    }
+
+    #[test]
+    fn every_name_the_pipeline_acts_on_is_classified() {
+        let flags =
+            |name: &str| Present::of_name(&HeaderName::from_bytes(name.as_bytes()).unwrap());
+        for claim in CLIENT_CLAIMS {
+            assert!(flags(claim).any(Present::CLIENT_CLAIM), "{claim}");
+        }
+        for hop in [
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(flags(hop).any(Present::HOP_FIXED), "{hop}");
+        }
+        for (name, flag) in [
+            ("host", Present::HOST),
+            ("accept", Present::ACCEPT),
+            ("x-request-id", Present::X_REQUEST_ID),
+            ("content-length", Present::CONTENT_LENGTH),
+            ("transfer-encoding", Present::TRANSFER_ENCODING),
+            ("connection", Present::CONNECTION),
+            ("te", Present::TE),
+            ("upgrade", Present::UPGRADE),
+            ("expect", Present::EXPECT),
+            ("x-forwarded-for", Present::X_FORWARDED_FOR),
+            ("forwarded", Present::FORWARDED),
+            ("location", Present::LOCATION),
+            ("content-location", Present::LOCATION),
+        ] {
+            assert_eq!(
+                flags(name)
+                    .without(Present::HOP_FIXED)
+                    .without(Present::CLIENT_CLAIM),
+                flag,
+                "{name}"
+            );
+        }
+        for other in [
+            "date",
+            "server",
+            "x-forwarded",
+            "hosts",
+            "accept-encoding",
+            "content-type",
+        ] {
+            assert_eq!(flags(other), Present::NONE, "{other}");
+        }
+        let h = map(&[("Host", "a"), ("X-Real-IP", "1.2.3.4"), ("te", "trailers")]);
+        let present = Present::of(&h);
+        assert!(present.any(Present::HOST));
+        assert!(present.any(Present::CLIENT_CLAIM));
+        assert!(present.any(Present::TE));
+        assert!(!present.any(Present::CONNECTION.with(Present::ACCEPT)));
+        assert_eq!(present.without(Present::ALL), Present::NONE);
+    }
+
+    #[test]
+    fn response_stripping_removes_hop_by_hop_and_hidden_headers_in_one_go() {
+        let hide = HidePolicy::from_entries(&["server", "x-backend*", "te", "x-gone"]).unwrap();
+        let mut h = map(&[
+            ("connection", "keep-alive, x-gone"),
+            ("keep-alive", "timeout=5"),
+            ("server", "nginx"),
+            ("x-backend-id", "3"),
+            ("x-gone", "1"),
+            ("te", "trailers"),
+            ("location", "/next"),
+            ("content-type", "text/plain"),
+            ("date", "now"),
+        ]);
+        let present = strip_response(&mut h, &hide);
+        assert!(present.any(Present::LOCATION));
+        assert!(present.any(Present::CONNECTION));
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        // A hidden `TE` goes, `trailers` or not, as when hiding ran after hop-by-hop removal.
+        assert_eq!(names, ["content-type", "date", "location"]);
+        // Without a policy it is hop-by-hop removal alone.
+        let mut h = map(&[("te", "trailers"), ("server", "nginx"), ("upgrade", "h2c")]);
+        let present = strip_response(&mut h, &HidePolicy::default());
+        assert!(!present.any(Present::LOCATION));
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert_eq!(h.get("server").unwrap(), "nginx");
+        assert!(h.get("upgrade").is_none());
+        // More hidden names than are held without allocating.
+        let mut h = map(&[
+            ("x-backend-a", "1"),
+            ("x-backend-b", "1"),
+            ("x-backend-c", "1"),
+            ("x-backend-d", "1"),
+            ("x-backend-e", "1"),
+            ("server", "x"),
+            ("etag", "kept"),
+        ]);
+        strip_response(&mut h, &hide);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["etag"]);
+    }
+
+    #[test]
+    fn known_absent_headers_are_not_looked_up_and_known_present_ones_are() {
+        let h = map(&[("x-request-id", "abc")]);
+        assert_eq!(request_id_present(&h, Present::of(&h)), "abc");
+        assert_ne!(request_id_present(&h, Present::NONE), "abc");
+        let host = HeaderValue::from_static("example.com");
+        let mut with = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-host", "old")]);
+        let present = Present::of(&with);
+        add_forwarding_present(
+            &mut with,
+            &ForwardedSettings::default(),
+            client("10.0.0.9", None),
+            present,
+        );
+        assert_eq!(with.get("x-forwarded-for").unwrap(), "1.1.1.1, 10.0.0.9");
+        assert!(with.get("x-forwarded-host").is_none());
+        let mut without = HeaderMap::new();
+        add_forwarding_present(
+            &mut without,
+            &ForwardedSettings::default(),
+            client("10.0.0.9", Some(&host)),
+            Present::NONE,
+        );
+        assert_eq!(without.get("x-forwarded-for").unwrap(), "10.0.0.9");
+        assert_eq!(without.get("x-forwarded-host").unwrap(), "example.com");
     }
 
     #[test]

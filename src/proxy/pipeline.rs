@@ -16,7 +16,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use super::error::{ProxyError, error_response};
-use super::headers::{self, ClientFacts, X_REQUEST_ID};
+use super::headers::{self, ClientFacts, Present, X_REQUEST_ID};
 use super::upgrade;
 use super::{ConnInfo, ProxyState};
 use crate::body::{ClientFault, RequestBody, ResponseBody};
@@ -31,11 +31,15 @@ use crate::server::activity::InFlight;
 use crate::upstream::retry::AttemptFailure;
 use crate::upstream::{Backend, BackendLease, Outcome, SelectError, SelectionKey, UpstreamError};
 
+/// `Cache-Status` (RFC 9211), named once rather than parsed from text on every response.
+static CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
+
 /// What the pipeline learned about a request, for the log line.
 struct Exchange {
     request_id: HeaderValue,
     route: Option<Arc<str>>,
-    upstream: Option<String>,
+    /// The backend last tried (its authority is shared, not copied: this is set per request).
+    upstream: Option<Authority>,
     /// The backend serving the request, counted in flight until the response ends.
     lease: Option<BackendLease>,
     /// A sticky-session cookie to set on the response.
@@ -73,8 +77,10 @@ pub async fn handle(
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let generation = state.generation();
+    // One pass over the header names; from here on only headers that are there are looked up.
+    let present = Present::of(request.headers());
     let mut exchange = Exchange {
-        request_id: headers::request_id(request.headers()),
+        request_id: headers::request_id_present(request.headers(), present),
         route: None,
         upstream: None,
         lease: None,
@@ -86,7 +92,11 @@ pub async fn handle(
     // Kept for the log line and the error page; the request itself moves on to the backend.
     let access_log = state.access_log();
     let log_parts = access_log.is_enabled().then(|| LogParts::of(&request));
-    let accept = request.headers().get(header::ACCEPT).cloned();
+    let accept = if present.any(Present::ACCEPT) {
+        request.headers().get(header::ACCEPT).cloned()
+    } else {
+        None
+    };
     let uri = request.uri().clone();
 
     let method = request.method().clone();
@@ -103,6 +113,7 @@ pub async fn handle(
         &state.metrics,
         conn,
         client_ip,
+        present,
         &mut exchange,
         request,
     )
@@ -174,7 +185,10 @@ pub async fn handle(
             version: parts.version,
             status,
             route: exchange.route.clone().unwrap_or_else(|| Arc::from("-")),
-            upstream: exchange.upstream.take().unwrap_or_else(|| "-".to_owned()),
+            upstream: exchange
+                .upstream
+                .take()
+                .map_or_else(|| "-".to_owned(), |a| a.as_str().to_owned()),
             request_id: exchange.request_id.clone(),
             referer: parts.referer,
             user_agent: parts.user_agent,
@@ -261,13 +275,22 @@ impl LogParts {
 fn report(error: &ProxyError, exchange: &Exchange, conn: &ConnInfo, uri: &Uri) {
     let request_id = exchange.request_id.to_str().unwrap_or("-");
     let route = exchange.route.as_deref().unwrap_or("-");
-    let upstream = exchange.upstream.as_deref().unwrap_or("-");
+    let upstream = exchange.upstream.as_ref().map_or("-", Authority::as_str);
     let status = error.status().as_u16();
     let cause = error.cause();
     if error.is_upstream() {
         tracing::warn!(request_id, route, upstream, status, client = %conn.peer, path = uri.path(), "{cause}");
     } else {
         tracing::debug!(request_id, route, status, client = %conn.peer, path = uri.path(), "{cause}");
+    }
+}
+
+/// The protocol an HTTP/1.1 upgrade request asks for (see [`headers::upgrade_requested`]).
+fn upgrade_requested<B>(request: &Request<B>, present: Present) -> Option<HeaderValue> {
+    if present.any(Present::UPGRADE) {
+        headers::upgrade_requested(request.headers())
+    } else {
+        None
     }
 }
 
@@ -286,16 +309,41 @@ async fn proxy(
     metrics: &crate::observe::metrics::Metrics,
     conn: &ConnInfo,
     client_ip: std::net::IpAddr,
+    present: Present,
     exchange: &mut Exchange,
     mut request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    check_framing(&request)?;
-    crate::protect::strict::check_request(&request).map_err(ProxyError::BadRequest)?;
+    // The `Host` lines, looked up once for the checks, routing and the forwarding headers.
+    let (host_line, more_hosts) = if present.any(Present::HOST) {
+        let mut lines = request.headers().get_all(header::HOST).iter();
+        (lines.next().cloned(), lines.next().is_some())
+    } else {
+        (None, false)
+    };
+    check_framing(&request, host_line.as_ref(), more_hosts)?;
+    crate::protect::strict::check_request_with(
+        &request,
+        crate::protect::strict::Framing {
+            host: host_line.as_ref(),
+            more_hosts,
+            content_length: present.any(Present::CONTENT_LENGTH),
+            transfer_encoding: present.any(Present::TRANSFER_ENCODING),
+        },
+    )
+    .map_err(ProxyError::BadRequest)?;
+    // The host the client asked for (see `request_host`), as the header value that `Host`,
+    // `X-Forwarded-Host` and `Location` rewriting pass on; checked above, so it is text.
+    let client_host = match request.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        // Valid (`check_framing`), so text.
+        None => host_line,
+    };
+    let host = client_host.as_ref().and_then(|h| h.to_str().ok());
     normalize_target(&mut request, generation.security.merge_slashes)?;
     if let Some(port) = conn.redirect_https {
-        return redirect_to_https(&request, port);
+        return redirect_to_https(&request, host, port);
     }
-    let route = route_for(generation, &request)?;
+    let route = route_for(generation, &request, host)?;
     exchange.route = Some(route.name.clone());
     exchange.matched = Some(route.clone());
     // Addresses and method first (cheap), then the rate limit, then credentials: password
@@ -351,9 +399,9 @@ async fn proxy(
     // route lets in; upgrades never involve it.
     let mut cache_forwarding = None;
     if let Some(cache) = &route.cache
-        && headers::upgrade_requested(request.headers()).is_none()
+        && upgrade_requested(&request, present).is_none()
     {
-        let host = request_host(&request).unwrap_or("").to_owned();
+        let host = host.unwrap_or("").to_owned();
         if request.method().as_str() == "PURGE" {
             // Answered here on a caching route, never forwarded (the ACL is the cache's).
             let answer = cache.purge(conn.proto, &host, request.uri(), client_ip);
@@ -376,7 +424,16 @@ async fn proxy(
                 let key = route
                     .pool
                     .selection_key(request.uri(), request.headers(), client_ip);
-                if let Ok((head, _body)) = client_head(generation, conn, &route, request) {
+                // Finished per attempt, as the refresh changes the head first.
+                if let Ok((head, _body)) = client_head(
+                    generation,
+                    conn,
+                    &route,
+                    request,
+                    present,
+                    client_host,
+                    None,
+                ) {
                     spawn_refresh(
                         route.clone(),
                         key,
@@ -398,7 +455,7 @@ async fn proxy(
             crate::cache::Lookup::Forward(forwarding) => cache_forwarding = Some(forwarding),
         }
     }
-    let limit_flag = check_body_size(&route, &request)?;
+    let limit_flag = check_body_size(&route, &request, present)?;
     let decoding = route
         .request_decoding
         .and_then(|d| compress::request_coding(request.headers()).map(|encoding| (encoding, d)));
@@ -408,8 +465,8 @@ async fn proxy(
         (_, flag) => flag,
     };
 
-    let upgrade = headers::upgrade_requested(request.headers())
-        .filter(|_| request.version() == Version::HTTP_11);
+    let upgrade =
+        upgrade_requested(&request, present).filter(|_| request.version() == Version::HTTP_11);
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
     let compression = route
         .compression
@@ -418,10 +475,22 @@ async fn proxy(
     let key = route
         .pool
         .selection_key(request.uri(), request.headers(), client_ip);
-    let (mut head, body) = client_head(generation, conn, &route, request)?;
+    let finish = Finish {
+        request_id: &exchange.request_id,
+        upgrade: upgrade.as_ref(),
+        decoded: decoding.is_some(),
+    };
+    let (head, body) = client_head(
+        generation,
+        conn,
+        &route,
+        request,
+        present,
+        client_host,
+        Some(finish),
+    )?;
     // The host backend addresses in `Location` are rewritten to.
     let public_host = head.client_host.clone();
-    head.decoded = decoding.is_some();
     let request_bytes = route
         .metrics
         .get_or_init(|| Arc::new(metrics.route(&route.name)))
@@ -466,15 +535,17 @@ async fn proxy(
         && response.status() == StatusCode::SWITCHING_PROTOCOLS
     {
         // The tunnel holds the lease until it closes.
-        let response = upgrade::splice(response, client_upgrade, conn.drain.clone(), Some(lease))?;
-        return Ok(rewrite_response(
+        let mut response =
+            upgrade::splice(response, client_upgrade, conn.drain.clone(), Some(lease))?;
+        rewrite_response(
             generation,
             conn,
             &route,
             exchange,
-            response,
+            &mut response,
             public_host.as_ref(),
-        ));
+        );
+        return Ok(response);
     }
     let response = match cache_forwarding {
         Some(forwarding) => match forwarding.on_response(response) {
@@ -499,16 +570,17 @@ async fn proxy(
             .extend(identity::kept_error_headers(response.headers()));
         drop(response);
         exchange.lease = Some(lease);
-        return Ok(rewrite_response(
+        rewrite_response(
             generation,
             conn,
             &route,
             exchange,
-            page,
+            &mut page,
             public_host.as_ref(),
-        ));
+        );
+        return Ok(page);
     }
-    let response = match (&route.compression, compression) {
+    let mut response = match (&route.compression, compression) {
         (Some(policy), Some(facts)) => {
             let plan = compress::plan(policy, &facts, response.status(), response.headers());
             compress::apply(policy, plan, response).await
@@ -517,14 +589,15 @@ async fn proxy(
     };
     // Held until the response body ends.
     exchange.lease = Some(lease);
-    Ok(rewrite_response(
+    rewrite_response(
         generation,
         conn,
         &route,
         exchange,
-        response,
+        &mut response,
         public_host.as_ref(),
-    ))
+    );
+    Ok(response)
 }
 
 /// Refreshes a stored response in a task of its own (RFC 5861 `stale-while-revalidate`), while
@@ -626,28 +699,38 @@ fn serve_answer(
         let mut page = error_response(status, &exchange.request_id, page_headers);
         page.headers_mut()
             .extend(identity::kept_error_headers(&answer.headers));
-        return rewrite_response(generation, conn, route, exchange, page, public_host);
+        rewrite_response(generation, conn, route, exchange, &mut page, public_host);
+        return page;
     }
     let mut response = Response::new(answer.body);
     *response.status_mut() = status;
     *response.headers_mut() = answer.headers;
-    let response = match (&route.compression, compression) {
+    let mut response = match (&route.compression, compression) {
         (Some(policy), Some(facts)) => {
             let plan = compress::plan(policy, &facts, status, response.headers());
             compress::apply_stored(policy, plan, response)
         }
         _ => response.map(ResponseBody::full),
     };
-    rewrite_response(generation, conn, route, exchange, response, public_host)
+    rewrite_response(
+        generation,
+        conn,
+        route,
+        exchange,
+        &mut response,
+        public_host,
+    );
+    response
 }
 
 /// A `308 Permanent Redirect` to the same host, path and query over HTTPS (308 keeps the method
 /// and body, unlike 301).
 fn redirect_to_https(
     request: &Request<Incoming>,
+    host: Option<&str>,
     port: u16,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let host = request_host(request).ok_or(ProxyError::BadRequest("no host to redirect to"))?;
+    let host = host.ok_or(ProxyError::BadRequest("no host to redirect to"))?;
     let name = crate::routing::normalize_host(host);
     let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let location = if port == 443 {
@@ -664,17 +747,24 @@ fn redirect_to_https(
 }
 
 /// Refuses requests whose framing the HTTP parser accepted but a proxy must not pass on.
-fn check_framing(request: &Request<Incoming>) -> Result<(), ProxyError> {
-    let hosts = request.headers().get_all(header::HOST).iter().count();
-    if hosts > 1 {
+/// `host` is the first `Host` line; `more_hosts` says there are others.
+fn check_framing(
+    request: &Request<Incoming>,
+    host: Option<&HeaderValue>,
+    more_hosts: bool,
+) -> Result<(), ProxyError> {
+    if more_hosts {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
-    if request.version() == Version::HTTP_11 && hosts == 0 && request.uri().authority().is_none() {
+    if request.version() == Version::HTTP_11
+        && host.is_none()
+        && request.uri().authority().is_none()
+    {
         // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400.
         return Err(ProxyError::BadRequest("HTTP/1.1 request without Host"));
     }
     // RFC 9112 §3.2: a Host with an invalid value is a 400 too; so is userinfo in the target.
-    if let Some(host) = request.headers().get(header::HOST)
+    if let Some(host) = host
         && !is_valid_host(host.as_bytes())
     {
         return Err(ProxyError::BadRequest("invalid Host header"));
@@ -720,9 +810,10 @@ fn normalize_target<B>(request: &mut Request<B>, merge_slashes: bool) -> Result<
 fn route_for(
     generation: &Generation,
     request: &Request<Incoming>,
+    host: Option<&str>,
 ) -> Result<Arc<Route>, ProxyError> {
     let facts = RequestFacts {
-        host: request_host(request),
+        host,
         path: request.uri().path(),
         method: request.method(),
         headers: request.headers(),
@@ -739,15 +830,17 @@ fn route_for(
 fn check_body_size(
     route: &Route,
     request: &Request<Incoming>,
+    present: Present,
 ) -> Result<Option<Arc<AtomicBool>>, ProxyError> {
     let Some(limit) = route.max_body else {
         return Ok(None);
     };
-    if let Some(length) = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+    if present.any(Present::CONTENT_LENGTH)
+        && let Some(length) = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
     {
         return if length > limit {
             Err(ProxyError::BodyTooLarge)
@@ -768,19 +861,41 @@ struct ClientHead {
     headers: http::HeaderMap,
     /// The body is decoded on its way: the backend gets no coding and no length.
     decoded: bool,
+    /// `headers` are final for every backend ([`finish_headers`] ran): an attempt only sends
+    /// them. False when the `Host` depends on the backend, or the head is still to change.
+    finished: bool,
 }
 
+/// What [`client_head`] needs to finish the headers once for every attempt.
+struct Finish<'a> {
+    request_id: &'a HeaderValue,
+    upgrade: Option<&'a HeaderValue>,
+    decoded: bool,
+}
+
+/// `present` says which headers the request has (see [`Present`]); `client_host` is the host
+/// the client asked for. With `finish`, the headers are finished here unless the `Host` a
+/// backend gets depends on the backend.
 fn client_head(
     generation: &Generation,
     conn: &ConnInfo,
     route: &Route,
     request: Request<Incoming>,
+    mut present: Present,
+    client_host: Option<HeaderValue>,
+    finish: Option<Finish<'_>>,
 ) -> Result<(ClientHead, Incoming), ProxyError> {
-    let client_host = request_host(&request).and_then(|h| HeaderValue::from_str(h).ok());
     let path_and_query = rewrite_path(route, request.uri())?;
+    // `client_host` is the client's `Host` line, and nothing below may remove that line: a
+    // preserved host needs no second write.
+    let host_in_place = matches!(route.host, HostRewrite::Preserve)
+        && request.uri().authority().is_none()
+        && !present.any(Present::CONNECTION)
+        && generation.subject_headers.is_empty()
+        && conn.subject_header.is_none();
     let (parts, body) = request.into_parts();
     let mut headers = parts.headers;
-    headers::remove_hop_by_hop(&mut headers);
+    headers::remove_hop_by_hop_present(&mut headers, present);
     // Only a certificate verified by a listener may speak through these headers.
     for name in &generation.subject_headers {
         headers.remove(name);
@@ -789,17 +904,26 @@ fn client_head(
         headers.remove(name);
         if let Some(subject) = &conn.client_subject {
             headers.insert(name.clone(), subject.clone());
+            present = present.with(Present::of_name(name));
         }
     }
     // hyper answers `Expect: 100-continue` itself when the body is first read; the backend
     // must not wait for a second `100 Continue`.
-    headers.remove(header::EXPECT);
+    if present.any(Present::EXPECT) {
+        headers.remove(header::EXPECT);
+    }
     // Forwarding headers from a peer that is not a trusted proxy are the client's own say-so:
     // the header this proxy writes starts afresh at the address it saw.
-    if !generation.trusted_proxies.is_trusted(conn.peer.ip()) {
+    if present.any(Present::CLIENT_CLAIM) && !generation.trusted_proxies.is_trusted(conn.peer.ip())
+    {
         headers::remove_client_claims(&mut headers);
+        present = present.without(
+            Present::CLIENT_CLAIM
+                .with(Present::X_FORWARDED_FOR)
+                .with(Present::FORWARDED),
+        );
     }
-    headers::add_forwarding(
+    headers::add_forwarding_present(
         &mut headers,
         &generation.forwarded,
         ClientFacts {
@@ -808,17 +932,82 @@ fn client_head(
             proto: conn.proto,
             host: client_host.as_ref(),
         },
+        present,
     );
-    Ok((
-        ClientHead {
-            method: parts.method,
-            path_and_query,
-            client_host,
-            headers,
-            decoded: false,
-        },
-        body,
-    ))
+    let mut head = ClientHead {
+        method: parts.method,
+        path_and_query,
+        client_host,
+        headers,
+        decoded: false,
+        finished: false,
+    };
+    if let Some(finish) = finish {
+        head.decoded = finish.decoded;
+        if !matches!(route.host, HostRewrite::Backend) {
+            let host = if host_in_place {
+                None
+            } else {
+                backend_host(&head, route, None)
+            };
+            finish_headers(
+                &mut head.headers,
+                route,
+                host,
+                head.decoded,
+                finish.request_id,
+                finish.upgrade,
+            );
+            head.finished = true;
+        }
+    }
+    Ok((head, body))
+}
+
+/// The `Host` a backend gets; `backend` is needed only for [`HostRewrite::Backend`].
+fn backend_host(
+    head: &ClientHead,
+    route: &Route,
+    backend: Option<&Backend>,
+) -> Option<HeaderValue> {
+    match &route.host {
+        HostRewrite::Preserve => head.client_host.clone(),
+        HostRewrite::Backend => {
+            backend.and_then(|b| HeaderValue::from_str(b.authority.as_str()).ok())
+        }
+        HostRewrite::Fixed(value) => Some(value.clone()),
+    }
+}
+
+/// The last changes to the headers a backend gets, in this order: the decoded body's coding and
+/// length go, `Host` is set (HTTP/2 carries it in the URI instead), the route's edits apply, and
+/// the request id and an upgrade's headers override whatever the edits did.
+fn finish_headers(
+    headers: &mut http::HeaderMap,
+    route: &Route,
+    host: Option<HeaderValue>,
+    decoded: bool,
+    request_id: &HeaderValue,
+    upgrade: Option<&HeaderValue>,
+) {
+    if decoded {
+        // The backend gets the decoded bytes: no coding, length unknown until the end.
+        headers.remove(header::CONTENT_ENCODING);
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    if route.pool.protocol == UpstreamProtocol::H2c {
+        // HTTP/2 carries the host as `:authority` (taken from the URI); a `Host` header that
+        // differs from it may be refused (RFC 9113 §8.3.1).
+        headers.remove(header::HOST);
+    } else if let Some(host) = host {
+        headers.insert(header::HOST, host);
+    }
+    route.request_edits.apply(headers);
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
 }
 
 /// Where each attempt's request body comes from.
@@ -956,6 +1145,8 @@ async fn forward_with_retries(
     let mut last_error = None;
     // A response with a retried status, kept in case no other backend does better.
     let mut fallback: Option<(Response<Incoming>, BackendLease)> = None;
+    // The headers for the next attempt, while one may follow (an attempt consumes its own).
+    let mut spare: Option<SpareHeaders> = None;
     for attempt in 1..=pool.retry.tries {
         let lease = match pool.select(key, &tried).await {
             Ok(lease) => lease,
@@ -980,13 +1171,18 @@ async fn forward_with_retries(
         let backend_metrics = backend
             .metrics
             .get_or_init(|| metrics.backend(&pool.name, backend.authority.as_str()));
-        exchange.upstream = Some(backend.authority.as_str().to_owned());
-        let last_try = attempt == pool.retry.tries;
-        let headers = if last_try {
-            std::mem::take(&mut head.headers)
-        } else {
-            head.headers.clone()
-        };
+        exchange.upstream = Some(backend.authority.clone());
+        // Retrying spends budget: only worth it when some backend is left to try.
+        let another_left = pool.backends.len() > tried.len() + 1;
+        // No attempt after this one: the headers need no copy.
+        let last_try = attempt == pool.retry.tries || !another_left;
+        if let Some(copy) = spare.take() {
+            head.headers = copy.into_map();
+        }
+        let headers = std::mem::take(&mut head.headers);
+        if !last_try {
+            spare = Some(SpareHeaders::of(&headers));
+        }
         let mut request = aim(
             &head,
             headers,
@@ -1003,8 +1199,6 @@ async fn forward_with_retries(
         // When the request was all sent: the backend's latency runs from there, so a slow
         // client upload does not make a backend look slow to the balancer.
         let mut sent_at = tokio::time::Instant::now();
-        // Retrying spends budget: only worth it when some backend is left to try.
-        let another_left = pool.backends.len() > tried.len() + 1;
         match forward(route, backend, request, limit_flag, &mut sent_at).await {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -1089,6 +1283,33 @@ async fn forward_with_retries(
     }
 }
 
+/// A copy of an attempt's headers for the next attempt. A plain list costs one allocation to
+/// make and one to free, where a `HeaderMap` clone costs two of each and copies its index
+/// table; every request that may be retried makes one, and only a retry turns it back into a
+/// map.
+struct SpareHeaders(Vec<(header::HeaderName, HeaderValue)>);
+
+impl SpareHeaders {
+    fn of(headers: &http::HeaderMap) -> SpareHeaders {
+        let mut list = Vec::with_capacity(headers.len());
+        list.extend(
+            headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone())),
+        );
+        SpareHeaders(list)
+    }
+
+    /// The map again, its names and values in the same order.
+    fn into_map(self) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::with_capacity(self.0.len());
+        for (name, value) in self.0 {
+            headers.append(name, value);
+        }
+        headers
+    }
+}
+
 /// The request for one attempt: the client head aimed at `backend`.
 fn aim(
     head: &ClientHead,
@@ -1110,37 +1331,34 @@ fn aim(
     *upstream.uri_mut() = uri;
     *upstream.version_mut() = Version::HTTP_11;
     *upstream.headers_mut() = headers;
-    let headers = upstream.headers_mut();
-    if head.decoded {
-        // The backend gets the decoded bytes: no coding, length unknown until the end.
-        headers.remove(header::CONTENT_ENCODING);
-        headers.remove(header::CONTENT_LENGTH);
+    let h2c = route.pool.protocol == UpstreamProtocol::H2c;
+    if head.finished && !h2c {
+        return Ok(upstream);
     }
-    let host = match &route.host {
-        HostRewrite::Preserve => head.client_host.clone(),
-        HostRewrite::Backend => HeaderValue::from_str(backend.authority.as_str()).ok(),
-        HostRewrite::Fixed(value) => Some(value.clone()),
-    };
-    if route.pool.protocol == UpstreamProtocol::H2c {
+    let host = backend_host(head, route, Some(backend));
+    if h2c {
         // HTTP/2 carries the host as `:authority` (taken from the URI); a `Host` header that
         // differs from it may be refused (RFC 9113 §8.3.1).
-        headers.remove(header::HOST);
-        if let Some(authority) = host.and_then(|h| Authority::try_from(h.as_bytes()).ok()) {
+        if let Some(authority) = host
+            .as_ref()
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        {
             let mut uri_parts = upstream.uri().clone().into_parts();
             uri_parts.authority = Some(authority);
             if let Ok(uri) = Uri::from_parts(uri_parts) {
                 *upstream.uri_mut() = uri;
             }
         }
-    } else if let Some(host) = host {
-        headers.insert(header::HOST, host);
     }
-    let headers = upstream.headers_mut();
-    route.request_edits.apply(headers);
-    headers.insert(X_REQUEST_ID.clone(), exchange.request_id.clone());
-    if let Some(protocol) = upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, protocol.clone());
+    if !head.finished {
+        finish_headers(
+            upstream.headers_mut(),
+            route,
+            host,
+            head.decoded,
+            &exchange.request_id,
+            upgrade,
+        );
     }
     Ok(upstream)
 }
@@ -1268,22 +1486,23 @@ fn rewrite_response(
     conn: &ConnInfo,
     route: &Route,
     exchange: &Exchange,
-    mut response: Response<ResponseBody>,
+    response: &mut Response<ResponseBody>,
     public_host: Option<&HeaderValue>,
-) -> Response<ResponseBody> {
+) {
     let upgrading = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     let upgrade_to = upgrading
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten();
-    headers::remove_hop_by_hop(headers);
+    // Hop-by-hop headers and identity hiding in one pass over the names; hiding comes before
+    // the configured edits, so a header an operator adds on purpose stays. (Hiding never
+    // removes `Connection` or `Upgrade`, so the upgrade's pair can go back afterwards.)
+    let present = headers::strip_response(headers, &generation.hide);
     if let Some(protocol) = upgrade_to {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
-    // Identity hiding before the configured edits, so a header an operator adds on purpose stays.
-    generation.hide.hide(headers);
-    if generation.security.rewrite_location {
+    if generation.security.rewrite_location && present.any(Present::LOCATION) {
         identity::rewrite_location_among(
             headers,
             route.pool.backends.iter().map(|b| &b.authority),
@@ -1297,7 +1516,7 @@ fn rewrite_response(
     }
     if let Some(status) = &exchange.cache_status {
         // RFC 9211.
-        headers.insert("cache-status", status.clone());
+        headers.insert(CACHE_STATUS.clone(), status.clone());
     }
     headers.insert(X_REQUEST_ID.clone(), exchange.request_id.clone());
     if conn.proto == "https"
@@ -1309,7 +1528,6 @@ fn rewrite_response(
         headers::add_via(headers);
     }
     *response.version_mut() = Version::HTTP_11;
-    response
 }
 
 #[cfg(test)]

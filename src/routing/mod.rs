@@ -132,6 +132,8 @@ pub struct RouteTable<T> {
     by_host: HashMap<String, Vec<usize>>,
     /// Candidate entries for any other host (wildcards and host-less routes), in precedence order.
     other_hosts: Vec<usize>,
+    /// No route has a host condition: lookups need not normalise the request's host.
+    any_host: bool,
 }
 
 impl<T> RouteTable<T> {
@@ -167,17 +169,20 @@ impl<T> RouteTable<T> {
         for list in by_host.values_mut() {
             list.extend_from_slice(&other_hosts);
         }
+        let any_host = entries.iter().all(|entry| entry.host.is_none());
         RouteTable {
             routes,
             entries,
             by_host,
             other_hosts,
+            any_host,
         }
     }
 
     /// The route the request belongs to, with its index in file order; `None` is a 404.
     pub fn route_for(&self, request: &RequestFacts<'_>) -> Option<(usize, &T)> {
-        let host = request.host.map(normalize_host);
+        // Without host conditions the host decides nothing (and `by_host` is empty).
+        let host = request.host.filter(|_| !self.any_host).map(normalize_host);
         let candidates = match host.as_deref().and_then(|h| self.by_host.get(h)) {
             Some(list) => list,
             None => &self.other_hosts,
@@ -260,12 +265,44 @@ fn precedence(entry: &Entry, route: &RouteMatch) -> Precedence {
     )
 }
 
+/// Bytes a host name (registered name or IPv4 address) may hold: URI unreserved characters,
+/// sub-delims and `%` (RFC 3986 §3.2.2). A table, so checking a byte is one load rather than a
+/// search of the punctuation list (this runs on every request).
+const NAME_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b'%'
+            );
+        byte += 1;
+    }
+    table
+};
+
 /// True if `host` is a valid `Host` value or request authority without userinfo (RFC 9110 §7.2,
 /// RFC 3986 §3.2.2): a name or IPv4 address of URI characters, or a bracketed IPv6 literal,
 /// then an optional `:port` of at most 65535. Whitespace, `/`, `@`, non-ASCII and control
 /// bytes are all refused.
 pub fn is_valid_host(host: &[u8]) -> bool {
-    let (name, rest) = if let Some(literal) = host.strip_prefix(b"[") {
+    let rest = if let Some(literal) = host.strip_prefix(b"[") {
         let Some(end) = literal.iter().position(|&b| b == b']') else {
             return false;
         };
@@ -277,25 +314,33 @@ pub fn is_valid_host(host: &[u8]) -> bool {
         {
             return false;
         }
-        (None, &literal[end + 1..])
+        &literal[end + 1..]
     } else {
-        let colon = host.iter().position(|&b| b == b':').unwrap_or(host.len());
-        (Some(&host[..colon]), &host[colon..])
+        // The name runs up to the first `:` and must not be empty.
+        let name_len = host
+            .iter()
+            .position(|&b| !NAME_BYTES[usize::from(b)])
+            .unwrap_or(host.len());
+        if name_len == 0 {
+            return false;
+        }
+        &host[name_len..]
     };
-    if let Some(name) = name
-        && (name.is_empty()
-            || !name
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b)))
-    {
-        return false;
-    }
     match rest {
         [] => true,
         [b':', digits @ ..] => {
-            digits.iter().all(u8::is_ascii_digit)
-                && (digits.is_empty()
-                    || std::str::from_utf8(digits).is_ok_and(|d| d.parse::<u16>().is_ok()))
+            // Leading zeros are allowed (`:080`); the value may not pass 65535.
+            let mut port: u32 = 0;
+            for &digit in digits {
+                if !digit.is_ascii_digit() {
+                    return false;
+                }
+                port = port * 10 + u32::from(digit - b'0');
+                if port > u32::from(u16::MAX) {
+                    return false;
+                }
+            }
+            true
         }
         _ => false,
     }
@@ -303,13 +348,25 @@ pub fn is_valid_host(host: &[u8]) -> bool {
 
 /// Lower-cases a host and drops its port and trailing dot, borrowing when nothing changes.
 pub fn normalize_host(host: &str) -> Cow<'_, str> {
-    let without_port = if host.starts_with('[') {
+    let bytes = host.as_bytes();
+    let end = if bytes.first() == Some(&b'[') {
         // IPv6 literal: keep the brackets, drop what follows them.
-        host.find(']').map_or(host, |end| &host[..=end])
+        bytes
+            .iter()
+            .position(|&b| b == b']')
+            .map_or(bytes.len(), |close| close + 1)
     } else {
-        host.rsplit_once(':').map_or(host, |(name, _)| name)
+        bytes
+            .iter()
+            .rposition(|&b| b == b':')
+            .unwrap_or(bytes.len())
     };
-    let trimmed = without_port.strip_suffix('.').unwrap_or(without_port);
+    let end = match end.checked_sub(1) {
+        Some(last) if bytes.get(last) == Some(&b'.') => last,
+        _ => end,
+    };
+    // `end` is at an ASCII byte (or the end), so always a character boundary.
+    let trimmed = host.get(..end).unwrap_or(host);
     if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(trimmed.to_ascii_lowercase())
     } else {
@@ -566,5 +623,45 @@ mod tests {
         ));
         assert_eq!(normalize_host("EXAMPLE.com."), "example.com");
         assert_eq!(normalize_host("[::1]:8080"), "[::1]");
+        assert_eq!(normalize_host("a.test.:80"), "a.test");
+        assert_eq!(normalize_host("a.test:"), "a.test");
+        assert_eq!(normalize_host("[::1]."), "[::1]");
+        assert_eq!(normalize_host("[::1"), "[::1");
+        assert_eq!(normalize_host("."), "");
+        assert_eq!(normalize_host(""), "");
+    }
+
+    #[test]
+    fn ports_are_checked_by_value() {
+        for good in ["a:0", "a:00080", "a:65535", "[::1]:065535"] {
+            assert!(
+                is_valid_host(good.as_bytes()),
+                "{good:?} should be accepted"
+            );
+        }
+        for bad in ["a:65536", "a:0000065536", "a:-1", "[::1]:70000", "a:8 0"] {
+            assert!(!is_valid_host(bad.as_bytes()), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn without_host_conditions_any_host_matches_and_none_is_needed() {
+        let table = RouteTable::new(vec![
+            (route(&[], prefix("/api")), "api"),
+            (route(&[], PathMatcher::Any), "rest"),
+        ]);
+        assert_eq!(
+            lookup(&table, "WHATEVER.test:1", "GET", "/api/x"),
+            Some("api")
+        );
+        let method = Method::GET;
+        let headers = HeaderMap::new();
+        let facts = RequestFacts {
+            host: None,
+            path: "/x",
+            method: &method,
+            headers: &headers,
+        };
+        assert_eq!(table.route_for(&facts).map(|(_, r)| *r), Some("rest"));
     }
 }
