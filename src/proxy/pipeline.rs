@@ -480,44 +480,48 @@ async fn proxy(
         upgrade: upgrade.as_ref(),
         decoded: decoding.is_some(),
     };
-    let (head, body) = client_head(
-        generation,
-        conn,
-        &route,
-        request,
-        present,
-        client_host,
-        Some(finish),
-    )?;
-    // The host backend addresses in `Location` are rewritten to.
-    let public_host = head.client_host.clone();
-    let request_bytes = route
-        .metrics
-        .get_or_init(|| Arc::new(metrics.route(&route.name)))
-        .request_bytes
-        .clone();
-    let body = body_source(
-        generation,
-        &route,
-        body,
-        limit_flag.clone(),
-        decoding,
-        request_bytes,
-    )
-    .await?;
-
-    let forwarded = forward_with_retries(
-        metrics,
-        conn,
-        exchange,
-        &route,
-        key,
-        head,
-        body,
-        upgrade.as_ref(),
-        limit_flag.as_deref(),
-    )
-    .await;
+    // The head and body live in this block: the attempts borrow them (their future then holds
+    // two references, not copies), and whatever is left of them goes when the attempts end.
+    let (public_host, forwarded) = {
+        let (mut head, body) = client_head(
+            generation,
+            conn,
+            &route,
+            request,
+            present,
+            client_host,
+            Some(finish),
+        )?;
+        // The host backend addresses in `Location` are rewritten to.
+        let public_host = head.client_host.clone();
+        let request_bytes = route
+            .metrics
+            .get_or_init(|| Arc::new(metrics.route(&route.name)))
+            .request_bytes
+            .clone();
+        let mut body = body_source(
+            generation,
+            &route,
+            body,
+            limit_flag.clone(),
+            decoding,
+            request_bytes,
+        )
+        .await?;
+        let forwarded = forward_with_retries(
+            metrics,
+            conn,
+            exchange,
+            &route,
+            key,
+            &mut head,
+            &mut body,
+            upgrade.as_ref(),
+            limit_flag.as_deref(),
+        )
+        .await;
+        (public_host, forwarded)
+    };
     let (response, lease) = match forwarded {
         Ok(forwarded) => forwarded,
         Err(error) => {
@@ -1134,8 +1138,8 @@ async fn forward_with_retries(
     exchange: &mut Exchange,
     route: &Route,
     key: SelectionKey,
-    mut head: ClientHead,
-    mut body: BodySource,
+    head: &mut ClientHead,
+    body: &mut BodySource,
     upgrade: Option<&HeaderValue>,
     limit_flag: Option<&AtomicBool>,
 ) -> Result<(Response<Incoming>, BackendLease), ProxyError> {
@@ -1184,7 +1188,7 @@ async fn forward_with_retries(
             spare = Some(SpareHeaders::of(&headers));
         }
         let mut request = aim(
-            &head,
+            head,
             headers,
             route,
             backend,
@@ -1202,14 +1206,14 @@ async fn forward_with_retries(
         match forward(route, backend, request, limit_flag, &mut sent_at).await {
             Ok(response) => {
                 let status = response.status().as_u16();
-                let elapsed = sent_at.elapsed();
+                // One reading of the clock for the latency and the instant it was observed.
+                let now = tokio::time::Instant::now();
+                let elapsed = now.saturating_duration_since(sent_at);
                 backend_metrics.response_time.record(elapsed.as_secs_f64());
                 let failed = pool.is_failure_status(status);
                 if !failed {
                     // A backend that fails fast must not look fast to the latency balancer.
-                    backend
-                        .state
-                        .observe_latency(elapsed, tokio::time::Instant::now());
+                    backend.state.observe_latency(elapsed, now);
                 }
                 pool.record_outcome(
                     lease.index,
