@@ -712,7 +712,8 @@ pub struct PoolConfig {
     pub connect_timeout: Option<HumanDuration>,
     /// Overrides `timeouts.upstream_idle` for this pool.
     pub idle_timeout: Option<HumanDuration>,
-    /// Most idle connections kept per backend.
+    /// Most keep-alive connections kept per backend for reuse (including those still finishing
+    /// an exchange); one opened beyond it closes after its exchange.
     #[serde(default = "default_max_idle")]
     pub max_idle_per_backend: usize,
     /// Speak TLS to the backends: `tls = true` or a table.
