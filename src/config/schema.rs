@@ -119,6 +119,10 @@ pub struct Timeouts {
     pub client_header: HumanDuration,
     /// Time a client connection may stay open with no request in flight.
     pub client_idle: HumanDuration,
+    /// Time an HTTP/1 client connection waits between requests before its buffers are released
+    /// until the client sends again (idle keep-alive connections then hold ~3 KiB, not ~25 KiB).
+    /// `0s` keeps them for the connection's life.
+    pub client_idle_release: HumanDuration,
     /// Longest pause between two pieces of a request body the proxy reads before forwarding
     /// (small bodies held for retries); past it the client gets 408.
     pub client_body: HumanDuration,
@@ -142,6 +146,7 @@ impl Default for Timeouts {
         Self {
             client_header: HumanDuration::secs(10),
             client_idle: HumanDuration::secs(60),
+            client_idle_release: HumanDuration::secs(1),
             client_body: HumanDuration::secs(60),
             min_upload_rate: ByteSize(500),
             min_upload_grace: HumanDuration::secs(20),

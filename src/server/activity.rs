@@ -34,6 +34,9 @@ pub enum Expired {
     Idle,
     /// A request head was started but not finished within `client_header`.
     Header,
+    /// No request for `client_idle_release`: time to park the connection (not a timeout:
+    /// reported once per idle period, and the clock runs on).
+    Park,
 }
 
 /// Shared between a connection's I/O, its requests and its timeout watcher.
@@ -178,6 +181,12 @@ pin_project_lite::pin_project! {
         activity: Arc<ConnActivity>,
         header_timeout: Duration,
         idle_timeout: Duration,
+        // `client_idle_release`: `None` if the connection is never parked.
+        park_after: Option<Duration>,
+        // The `idle_since` of the idle period the connection was last told to park in.
+        parked_since: u64,
+        // Told to park, and no request since.
+        parked: bool,
         // Never later than the deadline that applies; when it fires, the deadline is checked.
         #[pin]
         timer: Sleep,
@@ -186,16 +195,26 @@ pin_project_lite::pin_project! {
 
 impl ClientClock {
     /// The clocks of a connection that has just been accepted: idle, nothing read.
+    ///
+    /// With `park_after`, the clock also tells when the connection has been idle that long
+    /// ([`Expired::Park`]): between `park_after` and twice that after its last request ended.
+    /// The timer then also fires at least every `park_after` while requests run (never while
+    /// parked), as a request's end does not touch it.
     pub fn new(
         activity: Arc<ConnActivity>,
         header_timeout: Duration,
         idle_timeout: Duration,
+        park_after: Option<Duration>,
     ) -> Self {
-        let timer = tokio::time::sleep_until(activity.epoch + idle_timeout);
+        let first = park_after.map_or(idle_timeout, |after| after.min(idle_timeout));
+        let timer = tokio::time::sleep_until(activity.epoch + first);
         ClientClock {
             activity,
             header_timeout,
             idle_timeout,
+            park_after,
+            parked_since: u64::MAX,
+            parked: false,
             timer,
         }
     }
@@ -203,9 +222,21 @@ impl ClientClock {
     /// Starts the header clock if a request head began in the reads just done. Cheap (one
     /// atomic load) unless one did.
     pub fn after_io(self: Pin<&mut Self>) {
-        let this = self.project();
+        let mut this = self.project();
         if let Some(started) = this.activity.stamp_head() {
             let deadline = started + *this.header_timeout;
+            if deadline < this.timer.deadline() {
+                this.timer.as_mut().reset(deadline);
+            }
+        }
+        if *this.parked
+            && let Some(after) = *this.park_after
+            && (this.activity.in_flight() > 0
+                || this.activity.head_started.load(Ordering::Relaxed) != 0)
+        {
+            // Unparked by a new request: look again within `park_after` of it.
+            *this.parked = false;
+            let deadline = Instant::now() + after;
             if deadline < this.timer.deadline() {
                 this.timer.reset(deadline);
             }
@@ -218,17 +249,38 @@ impl ClientClock {
         loop {
             std::task::ready!(this.timer.as_mut().poll(cx));
             let now = Instant::now();
-            let deadline = match this
+            let applies = this
                 .activity
-                .deadline(*this.header_timeout, *this.idle_timeout)
-            {
+                .deadline(*this.header_timeout, *this.idle_timeout);
+            let mut next = match applies {
                 Some((deadline, kind)) if deadline <= now => return Poll::Ready(kind),
                 Some((deadline, _)) => deadline,
                 // The idle clock starts when the request ends, so no earlier than the idle
                 // timeout from now; a new head after it is seen by `after_io`.
                 None => now + *this.idle_timeout,
             };
-            this.timer.as_mut().reset(deadline);
+            if let Some(after) = *this.park_after
+                && !this.activity.http2.load(Ordering::Relaxed)
+            {
+                if let Some((_, Expired::Idle)) = applies {
+                    let since = this.activity.idle_since.load(Ordering::Relaxed);
+                    if *this.parked_since != since {
+                        let park_at = this.activity.epoch + Duration::from_millis(since) + after;
+                        if park_at <= now {
+                            *this.parked_since = since;
+                            *this.parked = true;
+                            // The timer stays fired: the next poll sets it again.
+                            return Poll::Ready(Expired::Park);
+                        }
+                        next = next.min(park_at);
+                    }
+                } else {
+                    // A request runs or a head is coming: its end does not touch the timer, so
+                    // look again within `park_after`.
+                    next = next.min(now + after);
+                }
+            }
+            this.timer.as_mut().reset(next);
         }
     }
 }
@@ -333,6 +385,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
     }
 }
 
+impl<T: super::auto::WaitReadable> super::auto::WaitReadable for TrackedIo<T> {
+    fn can_wait(&self) -> bool {
+        self.inner.can_wait()
+    }
+
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_read_ready(cx)
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -373,7 +435,7 @@ mod tests {
     /// Runs a connection's clock until a timeout runs out, telling it of reads at the start as
     /// the connection's task would.
     async fn expiry(activity: &Arc<ConnActivity>) -> Expired {
-        let clock = ClientClock::new(activity.clone(), HEADER, IDLE);
+        let clock = ClientClock::new(activity.clone(), HEADER, IDLE, None);
         tokio::pin!(clock);
         clock.as_mut().after_io();
         std::future::poll_fn(|cx| clock.as_mut().poll_expired(cx)).await
@@ -401,7 +463,7 @@ mod tests {
     async fn a_head_started_while_the_idle_timer_runs_brings_the_deadline_forward() {
         let activity = Arc::new(ConnActivity::new());
         let start = Instant::now();
-        let clock = ClientClock::new(activity.clone(), HEADER, IDLE);
+        let clock = ClientClock::new(activity.clone(), HEADER, IDLE, None);
         tokio::pin!(clock);
         tokio::time::advance(Duration::from_secs(5)).await;
         activity.bytes_read();
@@ -414,7 +476,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_head_that_completes_in_the_same_poll_starts_no_header_clock() {
         let activity = Arc::new(ConnActivity::new());
-        let clock = ClientClock::new(activity.clone(), HEADER, IDLE);
+        let clock = ClientClock::new(activity.clone(), HEADER, IDLE, None);
         tokio::pin!(clock);
         activity.bytes_read();
         let request = activity.start_request();
@@ -476,6 +538,75 @@ mod tests {
         let start = Instant::now();
         assert_eq!(expiry(&activity).await, Expired::Idle);
         assert_eq!(start.elapsed(), IDLE);
+    }
+
+    const PARK: Duration = Duration::from_secs(1);
+
+    /// The next event of a connection's clock with parking on, and when it came.
+    async fn next_event(clock: Pin<&mut ClientClock>) -> (Expired, Instant) {
+        let mut clock = clock;
+        let expired = std::future::poll_fn(|cx| clock.as_mut().poll_expired(cx)).await;
+        (expired, Instant::now())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_told_to_park_once_then_expires_idle() {
+        let activity = Arc::new(ConnActivity::new());
+        let start = Instant::now();
+        let clock = ClientClock::new(activity.clone(), HEADER, IDLE, Some(PARK));
+        tokio::pin!(clock);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        drop(activity.start_request());
+        let ended = Instant::now();
+        let (event, at) = next_event(clock.as_mut()).await;
+        assert_eq!(event, Expired::Park);
+        // Within `park_after` of when it could first park: the timer looks at least that often.
+        assert!(
+            at >= ended + PARK && at <= ended + 2 * PARK,
+            "{:?}",
+            at - ended
+        );
+        let (event, at) = next_event(clock.as_mut()).await;
+        assert_eq!(event, Expired::Idle, "parking is told once per idle period");
+        assert_eq!(at - start, Duration::from_secs(3) + IDLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_on_a_parked_connection_makes_it_park_again_after_it() {
+        let activity = Arc::new(ConnActivity::new());
+        let clock = ClientClock::new(activity.clone(), HEADER, IDLE, Some(PARK));
+        tokio::pin!(clock);
+        drop(activity.start_request());
+        assert_eq!(next_event(clock.as_mut()).await.0, Expired::Park);
+        // Long after, the client sends again: the request runs over two seconds.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        let request = activity.start_request();
+        clock.as_mut().after_io();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        drop(request);
+        let ended = Instant::now();
+        let (event, at) = next_event(clock.as_mut()).await;
+        assert_eq!(event, Expired::Park);
+        assert!(
+            at >= ended + PARK && at <= ended + 2 * PARK,
+            "{:?}",
+            at - ended
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_started_head_is_not_parked_but_times_out() {
+        let activity = Arc::new(ConnActivity::new());
+        let clock = ClientClock::new(activity.clone(), HEADER, IDLE, Some(PARK));
+        tokio::pin!(clock);
+        drop(activity.start_request());
+        assert_eq!(next_event(clock.as_mut()).await.0, Expired::Park);
+        activity.bytes_read();
+        clock.as_mut().after_io();
+        let started = Instant::now();
+        let (event, at) = next_event(clock.as_mut()).await;
+        assert_eq!(event, Expired::Header);
+        assert_eq!(at - started, HEADER);
     }
 
     /// A stream that fills every read to the brim.

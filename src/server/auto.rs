@@ -1,19 +1,33 @@
 //! HTTP/1.1 and HTTP/2 on one connection (h2c with prior knowledge on a cleartext listener),
-//! told apart by the HTTP/2 connection preface, in one read.
+//! told apart by the HTTP/2 connection preface, in one read; and idle HTTP/1 connections
+//! parked without buffers.
 //!
-//! hyper-util's auto builder does the same, but its first read asks for exactly the 24 bytes of
-//! the preface, so every new HTTP/1 connection costs a second read for the rest of its first
-//! request. Here the first read is a full-size one, and the bytes it got are handed to hyper
-//! ahead of the stream, so a request that came in one segment is read with one system call.
+//! hyper-util's auto builder does the same sniffing, but its first read asks for exactly the 24
+//! bytes of the preface, so every new HTTP/1 connection costs a second read for the rest of its
+//! first request. Here the first read is a full-size one, and the bytes it got are handed to
+//! hyper ahead of the stream, so a request that came in one segment is read with one system call.
+//!
+//! Parking: hyper keeps an HTTP/1 connection's read and write buffers and the slot for the
+//! request future (together ~25 KiB) for the connection's whole life, idle or not. nginx and
+//! HAProxy hold no buffer while a keep-alive connection waits. hyper has no such mode, but it
+//! can hand the stream back: asked to close while idle, it finishes, and the stream, the bytes it
+//! read ahead and the service come back (`into_parts`). A parked connection holds only those and
+//! waits for the socket to become readable, without a buffer; then a new hyper connection
+//! carries on from where the old one stopped. Only a connection between requests is parked (the
+//! caller's clock knows: no request in flight, no byte of a new head), and the stream's
+//! `poll_shutdown` is held back meanwhile, so the client never sees the close.
 
 use std::error::Error as StdError;
 use std::future::Future;
 use std::io;
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Incoming};
 use hyper::rt::bounds::Http2ServerConnExec;
 use hyper::server::conn::{http1, http2};
@@ -28,12 +42,36 @@ use super::activity::H2_PREFACE;
 /// request head fits unless it is a very large one (hyper then reads the rest itself).
 const FIRST_READ: usize = 8192;
 
-/// The builders a listener serving both versions picks from, once the first bytes are in.
+/// The builders a listener picks from, once the first bytes are in.
 pub(super) struct Builders {
     /// For connections that do not start with the HTTP/2 preface.
     pub http1: http1::Builder,
-    /// For connections that do.
-    pub http2: http2::Builder<TokioExecutor>,
+    /// For connections that do; `None` on an HTTP/1-only listener, where the preface is a
+    /// malformed HTTP/1 request like any other.
+    pub http2: Option<http2::Builder<TokioExecutor>>,
+    /// `gatehouse_client_connections_parked_total` of the listener.
+    pub parked: metrics::Counter,
+}
+
+/// A client stream an idle HTTP/1 connection can wait on for its next bytes without reading
+/// them (so without a buffer).
+pub(super) trait WaitReadable {
+    /// Whether [`WaitReadable::poll_read_ready`] works for this stream; a connection on a
+    /// stream that cannot is never parked.
+    fn can_wait(&self) -> bool;
+
+    /// Ready when a read would not block: bytes, end of stream or an error are there.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl WaitReadable for tokio::net::TcpStream {
+    fn can_wait(&self) -> bool {
+        true
+    }
+
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
 }
 
 /// A stream whose first bytes were already read: reads return those, then the stream's own.
@@ -41,40 +79,62 @@ pub(super) struct Builders {
 pub(super) struct Prefixed<IO> {
     prefix: Bytes,
     io: IO,
+    /// Set while the connection is being parked: `poll_shutdown` then only flushes, as the
+    /// stream lives on.
+    parking: Option<Arc<AtomicBool>>,
 }
 
 /// The stream hyper serves: the bytes of the first read, then the client's.
 type Io<IO> = TokioIo<Prefixed<IO>>;
 
-pin_project_lite::pin_project! {
-    /// Serves one connection with HTTP/1.1 or HTTP/2, whichever its first bytes say.
-    #[project = AutoProj]
-    pub(super) enum AutoConnection<'a, IO, S, B>
-    where
-        S: Service<Request<Incoming>, Response = Response<B>>,
-        S::Error: Into<Box<dyn StdError + Send + Sync>>,
-        B: Body,
-    {
-        /// Waiting for the first bytes. `io` and `service` are taken when they are in.
-        Sniffing {
-            io: Option<IO>,
-            service: Option<S>,
-            // What came so far of a connection that may yet send the whole preface (rare: the
-            // preface split over segments).
-            partial: Vec<u8>,
-            builders: &'a Builders,
-            // Asked to close before any request: the connection ends at the next poll.
-            cancelled: bool,
-        },
-        Http1 {
-            #[pin]
-            conn: http1::UpgradeableConnection<Io<IO>, S>,
-        },
-        Http2 {
-            #[pin]
-            conn: http2::Connection<Io<IO>, BoxedFutures<S>, TokioExecutor>,
-        },
-    }
+/// hyper's HTTP/2 connection as served here.
+type Http2Connection<IO, S> = http2::Connection<Io<IO>, BoxedFutures<S>, TokioExecutor>;
+
+/// Serves one connection with HTTP/1.1 or HTTP/2, whichever its first bytes say, parking it
+/// between HTTP/1 requests when asked to ([`AutoConnection::park`]).
+// The HTTP/1 connection is the large variant and most connections' state for most of their
+// life: kept inline, where a box would cost an allocation per connection and per unpark.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum AutoConnection<'a, IO, S, B>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: Body,
+{
+    /// Waiting for the first bytes. `io` and `service` are taken when they are in.
+    Sniffing {
+        io: Option<IO>,
+        service: Option<S>,
+        // What came so far of a connection that may yet send the whole preface (rare: the
+        // preface split over segments).
+        partial: Vec<u8>,
+        builders: &'a Builders,
+        // Asked to close before any request: the connection ends at the next poll.
+        cancelled: bool,
+    },
+    Http1 {
+        conn: http1::UpgradeableConnection<Io<IO>, S>,
+        builders: &'a Builders,
+        /// Shared with the stream inside `conn` when the connection can be parked; set while it
+        /// is being parked.
+        parking: Option<Arc<AtomicBool>>,
+    },
+    /// Between two HTTP/1 requests, with no hyper connection: waiting for the client's next
+    /// bytes.
+    Parked {
+        io: Option<IO>,
+        service: Option<S>,
+        builders: &'a Builders,
+        parking: Arc<AtomicBool>,
+        cancelled: bool,
+    },
+    /// Boxed: HTTP/2 connections are few and long, and the box keeps this enum (in every
+    /// connection's task) as small as the HTTP/1 connection.
+    Http2 {
+        conn: Pin<Box<Http2Connection<IO, S>>>,
+    },
+    /// Parts are being moved between states (never seen by a poll).
+    Moving(PhantomData<fn() -> B>),
 }
 
 impl<'a, IO, S, B> AutoConnection<'a, IO, S, B>
@@ -97,73 +157,204 @@ where
 
 impl<IO, S, B> AutoConnection<'_, IO, S, B>
 where
-    S: Service<Request<Incoming>, Response = Response<B>>,
+    S: Service<Request<Incoming>, Response = Response<B>> + Unpin,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + WaitReadable + Unpin + Send + 'static,
     B: Body + 'static,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
     TokioExecutor: Http2ServerConnExec<Pin<Box<S::Future>>, B>,
 {
-    /// hyper's `graceful_shutdown` for the version in use; before the first bytes, the
-    /// connection just ends.
+    /// hyper's `graceful_shutdown` for the version in use; before the first bytes, or while
+    /// parked, the connection just ends.
     pub(super) fn graceful_shutdown(self: Pin<&mut Self>) {
-        match self.project() {
-            AutoProj::Sniffing { cancelled, .. } => *cancelled = true,
-            AutoProj::Http1 { conn } => conn.graceful_shutdown(),
-            AutoProj::Http2 { conn } => conn.graceful_shutdown(),
+        match self.get_mut() {
+            AutoConnection::Sniffing { cancelled, .. }
+            | AutoConnection::Parked { cancelled, .. } => *cancelled = true,
+            AutoConnection::Http1 { conn, parking, .. } => {
+                // A close asked for while parking is a real close.
+                if let Some(parking) = parking {
+                    parking.store(false, Ordering::Release);
+                }
+                Pin::new(conn).graceful_shutdown();
+            }
+            AutoConnection::Http2 { conn } => conn.as_mut().graceful_shutdown(),
+            AutoConnection::Moving(_) => {}
+        }
+    }
+
+    /// Puts an idle HTTP/1 connection's hyper connection away until the client sends again.
+    /// Call it only between requests: no request in flight and no byte of a new one read
+    /// (a head already partly in hyper's buffer is kept and served). Does nothing for other
+    /// connections.
+    pub(super) fn park(self: Pin<&mut Self>) {
+        if let AutoConnection::Http1 {
+            conn,
+            parking: Some(parking),
+            ..
+        } = self.get_mut()
+        {
+            parking.store(true, Ordering::Release);
+            // Idle, hyper closes at once (flushing first); the poll that sees it done parks.
+            Pin::new(conn).graceful_shutdown();
         }
     }
 }
 
 impl<IO, S, B> Future for AutoConnection<'_, IO, S, B>
 where
-    S: Service<Request<Incoming>, Response = Response<B>>,
+    S: Service<Request<Incoming>, Response = Response<B>> + Unpin,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + WaitReadable + Unpin + Send + 'static,
     B: Body + 'static,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
     TokioExecutor: Http2ServerConnExec<Pin<Box<S::Future>>, B>,
 {
     type Output = Result<(), Box<dyn StdError + Send + Sync>>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let next = match self.as_mut().project() {
-            AutoProj::Http1 { conn } => return conn.poll(cx).map_err(Into::into),
-            AutoProj::Http2 { conn } => return conn.poll(cx).map_err(Into::into),
-            AutoProj::Sniffing {
-                io,
-                service,
-                partial,
-                builders,
-                cancelled,
-            } => {
-                if *cancelled {
-                    return Poll::Ready(Ok(()));
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match this {
+                AutoConnection::Http2 { conn } => {
+                    return conn.as_mut().poll(cx).map_err(Into::into);
                 }
-                let Some(stream) = io.as_mut() else {
-                    return Poll::Ready(Ok(()));
-                };
-                let Some((http2, prefix)) = ready!(poll_first_bytes(stream, partial, cx))? else {
-                    // Closed before sending anything: nothing to serve.
-                    return Poll::Ready(Ok(()));
-                };
-                let (Some(io), Some(service)) = (io.take(), service.take()) else {
-                    return Poll::Ready(Ok(()));
-                };
-                let io = TokioIo::new(Prefixed { prefix, io });
-                if http2 {
-                    AutoConnection::Http2 {
-                        conn: builders.http2.serve_connection(io, BoxedFutures(service)),
+                AutoConnection::Http1 { conn, parking, .. } => {
+                    ready!(Pin::new(conn).poll(cx))?;
+                    if !parking.as_ref().is_some_and(|p| p.load(Ordering::Acquire)) {
+                        return Poll::Ready(Ok(()));
                     }
-                } else {
-                    AutoConnection::Http1 {
-                        conn: builders.http1.serve_connection(io, service).with_upgrades(),
-                    }
+                    // Parked: hyper closed the idle connection and left the stream open.
+                    let AutoConnection::Http1 {
+                        conn,
+                        builders,
+                        parking: Some(parking),
+                    } = std::mem::replace(this, AutoConnection::Moving(PhantomData))
+                    else {
+                        return Poll::Ready(Ok(()));
+                    };
+                    parking.store(false, Ordering::Release);
+                    // `None` after an upgrade, which ends the connection here.
+                    let Some(parts) = conn.into_parts() else {
+                        return Poll::Ready(Ok(()));
+                    };
+                    let Prefixed { prefix, io, .. } = parts.io.into_inner();
+                    // What hyper read ahead comes first, then what it had not yet taken.
+                    let unread = if prefix.is_empty() {
+                        parts.read_buf
+                    } else {
+                        let mut both = BytesMut::from(&parts.read_buf[..]);
+                        both.extend_from_slice(&prefix);
+                        both.freeze()
+                    };
+                    *this = if unread.is_empty() {
+                        builders.parked.increment(1);
+                        AutoConnection::Parked {
+                            io: Some(io),
+                            service: Some(parts.service),
+                            builders,
+                            parking,
+                            cancelled: false,
+                        }
+                    } else {
+                        // The client had already sent more: serve it at once.
+                        http1_connection(builders, unread, io, parts.service, Some(parking))
+                    };
                 }
+                AutoConnection::Parked {
+                    io,
+                    service,
+                    builders,
+                    parking,
+                    cancelled,
+                } => {
+                    if *cancelled {
+                        return Poll::Ready(Ok(()));
+                    }
+                    let Some(stream) = io.as_ref() else {
+                        return Poll::Ready(Ok(()));
+                    };
+                    ready!(stream.poll_read_ready(cx))?;
+                    let (Some(io), Some(service)) = (io.take(), service.take()) else {
+                        return Poll::Ready(Ok(()));
+                    };
+                    *this = http1_connection(
+                        builders,
+                        Bytes::new(),
+                        io,
+                        service,
+                        Some(parking.clone()),
+                    );
+                }
+                AutoConnection::Sniffing {
+                    io,
+                    service,
+                    partial,
+                    builders,
+                    cancelled,
+                } => {
+                    if *cancelled {
+                        return Poll::Ready(Ok(()));
+                    }
+                    let Some(stream) = io.as_mut() else {
+                        return Poll::Ready(Ok(()));
+                    };
+                    let sniff = builders.http2.is_some();
+                    let Some((http2, prefix)) =
+                        ready!(poll_first_bytes(stream, partial, sniff, cx))?
+                    else {
+                        // Closed before sending anything: nothing to serve.
+                        return Poll::Ready(Ok(()));
+                    };
+                    let (Some(io), Some(service)) = (io.take(), service.take()) else {
+                        return Poll::Ready(Ok(()));
+                    };
+                    *this = match (http2, &builders.http2) {
+                        (true, Some(http2)) => AutoConnection::Http2 {
+                            conn: Box::pin(http2.serve_connection(
+                                TokioIo::new(Prefixed {
+                                    prefix,
+                                    io,
+                                    parking: None,
+                                }),
+                                BoxedFutures(service),
+                            )),
+                        },
+                        _ => {
+                            let parking = io.can_wait().then(|| Arc::new(AtomicBool::new(false)));
+                            http1_connection(builders, prefix, io, service, parking)
+                        }
+                    };
+                }
+                AutoConnection::Moving(_) => return Poll::Ready(Ok(())),
             }
-        };
-        self.set(next);
-        self.poll(cx)
+        }
+    }
+}
+
+/// A new hyper HTTP/1 connection on `io`, with `prefix` read before it.
+fn http1_connection<'a, IO, S, B>(
+    builders: &'a Builders,
+    prefix: Bytes,
+    io: IO,
+    service: S,
+    parking: Option<Arc<AtomicBool>>,
+) -> AutoConnection<'a, IO, S, B>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let io = TokioIo::new(Prefixed {
+        prefix,
+        io,
+        parking: parking.clone(),
+    });
+    AutoConnection::Http1 {
+        conn: builders.http1.serve_connection(io, service).with_upgrades(),
+        builders,
+        parking,
     }
 }
 
@@ -191,11 +382,13 @@ where
 }
 
 /// Reads the first bytes of a connection, as many as come in one read, and tells whether they
-/// are the HTTP/2 preface: `Some((http2, bytes read))`, or `None` if the client closed without
-/// sending anything. Reads on only while what came is a strict prefix of the preface.
+/// are the HTTP/2 preface (only if `sniff`): `Some((http2, bytes read))`, or `None` if the
+/// client closed without sending anything. Reads on only while what came is a strict prefix of
+/// the preface.
 fn poll_first_bytes<IO: AsyncRead + Unpin>(
     io: &mut IO,
     partial: &mut Vec<u8>,
+    sniff: bool,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<Option<(bool, Bytes)>>> {
     // On the stack, so a connection waiting for its first bytes holds no buffer; what was read
@@ -213,7 +406,7 @@ fn poll_first_bytes<IO: AsyncRead + Unpin>(
         }
         let seen = partial.len();
         let compared = read.len().min(H2_PREFACE.len() - seen);
-        let http2 = if read[..compared] != H2_PREFACE[seen..seen + compared] {
+        let http2 = if !sniff || read[..compared] != H2_PREFACE[seen..seen + compared] {
             false
         } else if seen + compared == H2_PREFACE.len() {
             true
@@ -277,6 +470,14 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self
+            .parking
+            .as_ref()
+            .is_some_and(|p| p.load(Ordering::Acquire))
+        {
+            // Parking: the stream lives on, only what was written must be out.
+            return Pin::new(&mut self.io).poll_flush(cx);
+        }
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
@@ -306,7 +507,7 @@ mod tests {
     async fn first_bytes(segments: Vec<&'static [u8]>) -> (Option<(bool, Bytes)>, Segments) {
         let mut io = Segments(segments);
         let mut partial = Vec::new();
-        let found = std::future::poll_fn(|cx| poll_first_bytes(&mut io, &mut partial, cx))
+        let found = std::future::poll_fn(|cx| poll_first_bytes(&mut io, &mut partial, true, cx))
             .await
             .expect("no I/O error");
         (found, io)
@@ -361,6 +562,7 @@ mod tests {
         let mut io = Prefixed {
             prefix: Bytes::from_static(b"hello "),
             io: Segments(vec![b"world"]),
+            parking: None,
         };
         let mut out = String::new();
         io.read_to_string(&mut out).await.expect("reads");

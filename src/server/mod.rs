@@ -625,11 +625,19 @@ fn serving_for(
     };
     Ok(Serving {
         state: state.clone(),
-        builder: Arc::new(http_builder(spec, &generation.server)),
+        builder: Arc::new(http_builder(
+            spec,
+            &generation.server,
+            state.metrics.counter(
+                "gatehouse_client_connections_parked_total",
+                &[("listener", &spec.name)],
+            ),
+        )),
         phase: phase.clone(),
         drain: drain.clone(),
         header_timeout: generation.timeouts.client_header.0,
         idle_timeout: generation.timeouts.client_idle.0,
+        park_after: Some(generation.timeouts.client_idle_release.0).filter(|d| !d.is_zero()),
         tls,
         redirect_https: spec.redirect_https,
         access: spec.access.clone(),
@@ -683,15 +691,20 @@ fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-fn http_builder(spec: &ListenerSpec, settings: &crate::config::ServerSettings) -> HttpBuilder {
-    match (spec.http1, spec.http2) {
-        (true, false) => HttpBuilder::Http1(http1_builder(settings)),
-        (false, true) => HttpBuilder::Http2(http2_builder(settings)),
-        _ => HttpBuilder::Auto(auto::Builders {
-            http1: http1_builder(settings),
-            http2: http2_builder(settings),
-        }),
+fn http_builder(
+    spec: &ListenerSpec,
+    settings: &crate::config::ServerSettings,
+    parked: metrics::Counter,
+) -> HttpBuilder {
+    if spec.http2 && !spec.http1 {
+        return HttpBuilder::Http2(http2_builder(settings));
     }
+    HttpBuilder::Auto(auto::Builders {
+        http1: http1_builder(settings),
+        // HTTP/1-only: no sniffing, an HTTP/2 preface is a malformed HTTP/1 request.
+        http2: spec.http2.then(|| http2_builder(settings)),
+        parked,
+    })
 }
 
 /// The largest request head accepted, in bytes (hyper wants at least 8 KiB of buffer).
@@ -727,13 +740,12 @@ fn http2_builder(settings: &crate::config::ServerSettings) -> http2::Builder<Tok
 
 /// The HTTP versions a listener serves, as the hyper builder(s) that serve exactly those.
 ///
-/// A listener with one version uses hyper's builder for it, with no sniffing: a listener with
-/// `http2 = false` must not serve h2c, and an HTTP/2 preface there is a malformed HTTP/1 request.
+/// A listener with `http2 = false` must not serve h2c: there an HTTP/2 preface is a malformed
+/// HTTP/1 request.
 enum HttpBuilder {
-    /// HTTP/1.1 and HTTP/2, told apart by the HTTP/2 connection preface ([`auto`]).
+    /// HTTP/1.1, and HTTP/2 when the listener serves it, told apart by the HTTP/2 connection
+    /// preface ([`auto`]), which also parks idle HTTP/1 connections.
     Auto(auto::Builders),
-    /// HTTP/1.1 only: an HTTP/2 preface is a malformed HTTP/1 request.
-    Http1(http1::Builder),
     /// HTTP/2 only (h2c with prior knowledge on a cleartext listener).
     Http2(http2::Builder<TokioExecutor>),
 }
@@ -747,6 +759,8 @@ struct Serving {
     drain: DrainToken,
     header_timeout: Duration,
     idle_timeout: Duration,
+    /// `timeouts.client_idle_release`; `None` for never.
+    park_after: Option<Duration>,
     tls: Option<Arc<TlsTerminator>>,
     redirect_https: Option<u16>,
     connections: metrics::Gauge,
@@ -1015,7 +1029,7 @@ async fn serve_http<IO>(
     secured: Secured,
     retired: watch::Receiver<bool>,
 ) where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + auto::WaitReadable + Unpin + Send + 'static,
 {
     let Serving {
         state,
@@ -1024,6 +1038,7 @@ async fn serve_http<IO>(
         drain,
         header_timeout,
         idle_timeout,
+        park_after,
         tls: _,
         redirect_https,
         connections,
@@ -1099,6 +1114,7 @@ async fn serve_http<IO>(
         activity,
         header_timeout,
         idle_timeout,
+        park_after: park_after.filter(|_| auto::WaitReadable::can_wait(&io)),
         phase,
         enough,
         retired,
@@ -1108,21 +1124,21 @@ async fn serve_http<IO>(
         // the task (as `drive`'s argument and as its pinned local).
         HttpBuilder::Auto(builders) => {
             let conn = std::pin::pin!(auto::AutoConnection::new(io, service, builders));
-            drive(conn, auto::AutoConnection::graceful_shutdown, watch).await;
-        }
-        HttpBuilder::Http1(builder) => {
-            let conn = std::pin::pin!(
-                builder
-                    .serve_connection(TokioIo::new(io), service)
-                    .with_upgrades()
-            );
-            drive(conn, |conn| conn.graceful_shutdown(), watch).await;
+            let control = ConnControl {
+                shut_down: auto::AutoConnection::graceful_shutdown,
+                park: auto::AutoConnection::park,
+            };
+            drive(conn, control, watch).await;
         }
         HttpBuilder::Http2(builder) => {
             let conn = std::pin::pin!(
                 builder.serve_connection(TokioIo::new(io), auto::BoxedFutures(service))
             );
-            drive(conn, |conn| conn.graceful_shutdown(), watch).await;
+            let control = ConnControl {
+                shut_down: http2::Connection::graceful_shutdown,
+                park: |_| {},
+            };
+            drive(conn, control, watch).await;
         }
     }
 }
@@ -1133,6 +1149,8 @@ struct ConnWatch {
     activity: Arc<ConnActivity>,
     header_timeout: Duration,
     idle_timeout: Duration,
+    /// `timeouts.client_idle_release`, where the connection can be parked.
+    park_after: Option<Duration>,
     phase: watch::Receiver<Phase>,
     enough: Arc<RequestLimits>,
     retired: watch::Receiver<bool>,
@@ -1181,6 +1199,15 @@ impl Wake for ControlSignal {
     }
 }
 
+/// How [`drive`] acts on a connection of type `C`.
+struct ConnControl<C: ?Sized> {
+    /// Asks it to close (hyper's `graceful_shutdown` for its type).
+    shut_down: fn(Pin<&mut C>),
+    /// Parks it between requests ([`auto::AutoConnection::park`]); a no-op where there is no
+    /// parking.
+    park: fn(Pin<&mut C>),
+}
+
 /// Why [`drive`] stopped polling: the connection ended, or a control event came.
 enum Event<E> {
     Ended(Result<(), E>),
@@ -1203,7 +1230,7 @@ enum Event<E> {
 ///
 /// The connection is polled first on every wake-up; the control futures only when one of them
 /// woke the task ([`ControlSignal`]).
-async fn drive<C, E>(mut conn: Pin<&mut C>, shut_down: fn(Pin<&mut C>), watch: ConnWatch)
+async fn drive<C, E>(mut conn: Pin<&mut C>, control: ConnControl<C>, watch: ConnWatch)
 where
     C: std::future::Future<Output = Result<(), E>>,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -1213,6 +1240,7 @@ where
         activity,
         header_timeout,
         idle_timeout,
+        park_after,
         mut phase,
         enough,
         mut retired,
@@ -1220,7 +1248,8 @@ where
     let mut clock = std::pin::pin!(ClientClock::new(
         activity.clone(),
         header_timeout,
-        idle_timeout
+        idle_timeout,
+        park_after,
     ));
     // Once asked to close, a connection with nothing in flight gets `header_timeout` to do so: an
     // HTTP/2 client that never acknowledges the GOAWAY's PING would otherwise keep it forever.
@@ -1286,6 +1315,13 @@ where
                 tracing::trace!(client = %peer, "client idle timeout");
                 true
             }
+            Event::Expired(Expired::Park) => {
+                // Not while closing: the close is under way.
+                if !closing {
+                    (control.park)(conn.as_mut());
+                }
+                false
+            }
             Event::CloseBy => {
                 if activity.in_flight() == 0 {
                     tracing::debug!(client = %peer, "connection did not close when asked; closing it");
@@ -1302,7 +1338,7 @@ where
             Event::Retired(gone) => gone || *retired.borrow(),
         };
         if ask_to_close {
-            shut_down(conn.as_mut());
+            (control.shut_down)(conn.as_mut());
             close_by.set(Some(tokio::time::sleep(header_timeout)));
         }
     }
@@ -1390,6 +1426,28 @@ struct Admitted<IO> {
 impl<IO> Admitted<IO> {
     fn new(io: IO, place: ConnGuard) -> Self {
         Admitted { io, _place: place }
+    }
+}
+
+impl<IO: auto::WaitReadable> auto::WaitReadable for Admitted<IO> {
+    fn can_wait(&self) -> bool {
+        self.io.can_wait()
+    }
+
+    fn poll_read_ready(&self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        self.io.poll_read_ready(cx)
+    }
+}
+
+/// TLS connections are not parked: rustls keeps its own buffers whatever hyper does, and a
+/// readable socket may hold records with no request bytes in them.
+impl auto::WaitReadable for Box<tokio_rustls::server::TlsStream<TcpStream>> {
+    fn can_wait(&self) -> bool {
+        false
+    }
+
+    fn poll_read_ready(&self, _cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 

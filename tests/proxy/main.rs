@@ -18,6 +18,7 @@ mod identity;
 mod limits;
 mod malformed;
 mod operations;
+mod parking;
 mod proxy_protocol;
 mod rate_limit;
 mod routing;
