@@ -17,6 +17,9 @@ if [[ $EUID -eq 0 ]]; then NICE=${BENCH_NICE:--20}; else NICE=${BENCH_NICE:-0}; 
 ROUNDS=${BENCH_ROUNDS:-3}
 IDLE_CONNS=${BENCH_IDLE_CONNS:-10000}
 IDLE_ROUNDS=${BENCH_IDLE_ROUNDS:-$ROUNDS}
+# Seconds between the last idle connection's response and the memory reading: past Gatehouse's
+# `client_idle_release` window (1-2 s), the same wait for every proxy.
+IDLE_SETTLE=${BENCH_IDLE_SETTLE:-4}
 SCENARIOS=${BENCH_SCENARIOS:-1 2 3 4 5 7}
 TARGETS=${BENCH_TARGETS:-direct nginx haproxy gatehouse}
 CONNECTIONS=${BENCH_CONNECTIONS:-64}

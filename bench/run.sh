@@ -16,6 +16,7 @@
 #   BENCH_ROUNDS=3           rounds; each round runs every target once in every scenario
 #   BENCH_IDLE_CONNS=10000   connections held open in scenario 7 (capped by the open-file limit)
 #   BENCH_IDLE_ROUNDS=       rounds of scenario 7 (default: BENCH_ROUNDS)
+#   BENCH_IDLE_SETTLE=4      seconds from the last idle connection's response to the memory reading
 #   BENCH_SCENARIOS="1 2 3 4 5 7"  (5 = 5a and 5b, HTTPS; they can be chosen alone too;
 #                            6 = cache hits, only when chosen)
 #   BENCH_TARGETS="direct nginx haproxy gatehouse"
@@ -102,7 +103,7 @@ measure_idle() {
     done
     [[ -s $ready ]] || die "idle client did not finish opening connections within 120 s"
     read -r opened failed <"$ready"
-    sleep 2
+    sleep "$IDLE_SETTLE"
     after=$(status_kib VmRSS "${pids[@]}")
     hwm=$(status_kib VmHWM "${pids[@]}")
     kill -USR1 "$client"
