@@ -95,7 +95,7 @@ type Http2Connection<IO, S> = http2::Connection<Io<IO>, BoxedFutures<S>, TokioEx
 // The HTTP/1 connection is the large variant and most connections' state for most of their
 // life: kept inline, where a box would cost an allocation per connection and per unpark.
 #[allow(clippy::large_enum_variant)]
-pub(super) enum AutoConnection<'a, IO, S, B>
+pub(super) enum AutoConnection<IO, S, B>
 where
     S: Service<Request<Incoming>, Response = Response<B>>,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
@@ -108,13 +108,13 @@ where
         // What came so far of a connection that may yet send the whole preface (rare: the
         // preface split over segments).
         partial: Vec<u8>,
-        builders: &'a Builders,
+        builders: Arc<Builders>,
         // Asked to close before any request: the connection ends at the next poll.
         cancelled: bool,
     },
     Http1 {
         conn: http1::UpgradeableConnection<Io<IO>, S>,
-        builders: &'a Builders,
+        builders: Arc<Builders>,
         /// Shared with the stream inside `conn` when the connection can be parked; set while it
         /// is being parked.
         parking: Option<Arc<AtomicBool>>,
@@ -124,7 +124,7 @@ where
     Parked {
         io: Option<IO>,
         service: Option<S>,
-        builders: &'a Builders,
+        builders: Arc<Builders>,
         parking: Arc<AtomicBool>,
         cancelled: bool,
     },
@@ -137,14 +137,14 @@ where
     Moving(PhantomData<fn() -> B>),
 }
 
-impl<'a, IO, S, B> AutoConnection<'a, IO, S, B>
+impl<IO, S, B> AutoConnection<IO, S, B>
 where
     S: Service<Request<Incoming>, Response = Response<B>>,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
     B: Body,
 {
     /// Serves `io` with `service`, with the builder for the version the client speaks.
-    pub(super) fn new(io: IO, service: S, builders: &'a Builders) -> Self {
+    pub(super) fn new(io: IO, service: S, builders: Arc<Builders>) -> Self {
         AutoConnection::Sniffing {
             io: Some(io),
             service: Some(service),
@@ -155,7 +155,7 @@ where
     }
 }
 
-impl<IO, S, B> AutoConnection<'_, IO, S, B>
+impl<IO, S, B> AutoConnection<IO, S, B>
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Unpin,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
@@ -200,7 +200,7 @@ where
     }
 }
 
-impl<IO, S, B> Future for AutoConnection<'_, IO, S, B>
+impl<IO, S, B> Future for AutoConnection<IO, S, B>
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Unpin,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
@@ -278,7 +278,7 @@ where
                         return Poll::Ready(Ok(()));
                     };
                     *this = http1_connection(
-                        builders,
+                        builders.clone(),
                         Bytes::new(),
                         io,
                         service,
@@ -308,6 +308,7 @@ where
                     let (Some(io), Some(service)) = (io.take(), service.take()) else {
                         return Poll::Ready(Ok(()));
                     };
+                    let builders = builders.clone();
                     *this = match (http2, &builders.http2) {
                         (true, Some(http2)) => AutoConnection::Http2 {
                             conn: Box::pin(http2.serve_connection(
@@ -332,13 +333,13 @@ where
 }
 
 /// A new hyper HTTP/1 connection on `io`, with `prefix` read before it.
-fn http1_connection<'a, IO, S, B>(
-    builders: &'a Builders,
+fn http1_connection<IO, S, B>(
+    builders: Arc<Builders>,
     prefix: Bytes,
     io: IO,
     service: S,
     parking: Option<Arc<AtomicBool>>,
-) -> AutoConnection<'a, IO, S, B>
+) -> AutoConnection<IO, S, B>
 where
     S: Service<Request<Incoming>, Response = Response<B>>,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,

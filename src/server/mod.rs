@@ -699,12 +699,12 @@ fn http_builder(
     if spec.http2 && !spec.http1 {
         return HttpBuilder::Http2(http2_builder(settings));
     }
-    HttpBuilder::Auto(auto::Builders {
+    HttpBuilder::Auto(Arc::new(auto::Builders {
         http1: http1_builder(settings),
         // HTTP/1-only: no sniffing, an HTTP/2 preface is a malformed HTTP/1 request.
         http2: spec.http2.then(|| http2_builder(settings)),
         parked,
-    })
+    }))
 }
 
 /// The largest request head accepted, in bytes (hyper wants at least 8 KiB of buffer).
@@ -745,7 +745,7 @@ fn http2_builder(settings: &crate::config::ServerSettings) -> http2::Builder<Tok
 enum HttpBuilder {
     /// HTTP/1.1, and HTTP/2 when the listener serves it, told apart by the HTTP/2 connection
     /// preface ([`auto`]), which also parks idle HTTP/1 connections.
-    Auto(auto::Builders),
+    Auto(Arc<auto::Builders>),
     /// HTTP/2 only (h2c with prior knowledge on a cleartext listener).
     Http2(http2::Builder<TokioExecutor>),
 }
@@ -867,9 +867,12 @@ async fn accept_loop(
                     } else {
                         let local = local_of(&stream);
                         if current.tls.is_none() {
-                            tokio::spawn(async move {
-                                Box::pin(serve_plain(stream, peer, local, current, admitted, retired)).await;
-                            });
+                            // Set up here and boxed once: the task then holds a pointer for the
+                            // connection's life, not also the set-up's arguments (an idle
+                            // connection's memory is mostly its task).
+                            tokio::spawn(Box::pin(serve_plain(
+                                stream, peer, local, current, admitted, retired,
+                            )));
                         } else {
                             tokio::spawn(async move {
                                 Box::pin(serve_connection(stream, peer, local, current, admitted, retired)).await;
@@ -1150,31 +1153,34 @@ where
         enough,
         retired,
     };
-    async move {
-        let _open = open;
-        match &*builder {
-            // Pinned here and lent to `drive`: moved into it, the connection would take room twice in
-            // the task (as `drive`'s argument and as its pinned local).
-            HttpBuilder::Auto(builders) => {
-                let conn = std::pin::pin!(auto::AutoConnection::new(io, service, builders));
+    let mut watch = watch;
+    match &*builder {
+        HttpBuilder::Auto(builders) => {
+            // Built here and moved into the future whole, where it is polled in place (it is
+            // `Unpin`): the future holds it once, not also the stream and service it is made of.
+            let mut conn = auto::AutoConnection::new(io, service, builders.clone());
+            futures_util::future::Either::Left(async move {
+                let _open = open;
                 let control = ConnControl {
                     shut_down: auto::AutoConnection::graceful_shutdown,
                     park: auto::AutoConnection::park,
                 };
-                drive(conn, control, watch).await;
-            }
-            HttpBuilder::Http2(builder) => {
-                // Boxed: inline, hyper's HTTP/2 connection (several KiB) would size the task of
-                // every connection, HTTP/1 ones included, parked ones too.
-                let mut conn = Box::pin(
-                    builder.serve_connection(TokioIo::new(io), auto::BoxedFutures(service)),
-                );
+                drive(Pin::new(&mut conn), control, &mut watch).await;
+            })
+        }
+        HttpBuilder::Http2(builder) => {
+            // Boxed: inline, hyper's HTTP/2 connection (several KiB) would size the task of
+            // every connection, HTTP/1 ones included, parked ones too.
+            let mut conn =
+                Box::pin(builder.serve_connection(TokioIo::new(io), auto::BoxedFutures(service)));
+            futures_util::future::Either::Right(async move {
+                let _open = open;
                 let control = ConnControl {
                     shut_down: http2::Connection::graceful_shutdown,
                     park: |_| {},
                 };
-                drive(conn.as_mut(), control, watch).await;
-            }
+                drive(conn.as_mut(), control, &mut watch).await;
+            })
         }
     }
 }
@@ -1266,26 +1272,28 @@ enum Event<E> {
 ///
 /// The connection is polled first on every wake-up; the control futures only when one of them
 /// woke the task ([`ControlSignal`]).
-async fn drive<C, E>(mut conn: Pin<&mut C>, control: ConnControl<C>, watch: ConnWatch)
+async fn drive<C, E>(mut conn: Pin<&mut C>, control: ConnControl<C>, watch: &mut ConnWatch)
 where
     C: std::future::Future<Output = Result<(), E>>,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // Borrowed, not moved: the caller's future holds the watch already.
     let ConnWatch {
         peer,
         activity,
         header_timeout,
         idle_timeout,
         park_after,
-        mut phase,
+        phase,
         enough,
-        mut retired,
+        retired,
     } = watch;
+    let (peer, header_timeout) = (*peer, *header_timeout);
     let mut clock = std::pin::pin!(ClientClock::new(
         activity.clone(),
         header_timeout,
-        idle_timeout,
-        park_after,
+        *idle_timeout,
+        *park_after,
     ));
     // Once asked to close, a connection with nothing in flight gets `header_timeout` to do so: an
     // HTTP/2 client that never acknowledges the GOAWAY's PING would otherwise keep it forever.
@@ -1596,4 +1604,51 @@ fn log_connection_error(peer: SocketAddr, error: &(dyn std::error::Error + 'stat
         }
     }
     tracing::debug!(client = %peer, %error, "client connection ended with an error");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parked idle connection holds little more than its task's future, so that future must
+    /// stay small: set-up locals, the TLS handshake or hyper's HTTP/2 connection inline in it
+    /// would cost every idle connection KiB (it was 5.6 KiB with `serve_connection`'s layer and
+    /// the handshake inline; 1,840 bytes in debug when this test was written).
+    #[tokio::test]
+    async fn a_cleartext_connection_future_stays_small() {
+        let text = "[access_log]\nenabled = false\n[[listener]]\naddress = \"127.0.0.1:0\"\n\
+                    [pool.p]\nbackends = [\"127.0.0.1:1\"]\n[[route]]\npool = \"p\"\n";
+        let config =
+            crate::config::parse(std::path::Path::new("t.toml"), text).expect("valid config");
+        let registry = crate::upstream::BackendRegistry::new();
+        let generation = Generation::compile_with(&config, &registry).expect("generation");
+        let access_log = AccessLog::open(&config.access_log).expect("access log");
+        let state = Arc::new(ProxyState::new(generation, access_log, registry));
+        let (_phase, phase) = watch::channel(Phase::Running);
+        let (token, _drained) = mpsc::channel(1);
+        let generation = state.generation();
+        let serving = serving_for(
+            &generation.listeners[0],
+            &config.listeners[0],
+            &generation,
+            &state,
+            &phase,
+            &DrainToken(token),
+            None,
+        )
+        .expect("serving");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let _client = TcpStream::connect(address).await.expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        let admitted = admit(&serving, peer).expect("admitted");
+        let (_retire, retired) = watch::channel(false);
+        let local = local_of(&stream);
+        let future = serve_plain(stream, peer, local, serving, admitted, retired);
+        let size = std::mem::size_of_val(&future);
+        assert!(
+            size <= 3072,
+            "a cleartext connection's future is {size} bytes"
+        );
+    }
 }
