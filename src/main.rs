@@ -26,6 +26,20 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// (a burst of connections that all parked) stay resident; at 0 every emptied page is purged at
 /// once, which costs `madvise` calls and page faults when connections come and go (0.50 per
 /// request in scenario 3, against 0.08 at 100 ms; docs/performance.md).
+/// Once a second, has mimalloc return the pages whose purge delay has passed. It purges only
+/// when it is called, so after a burst that ends in a quiet spell (connections that all parked)
+/// pages would stay resident for as long as the quiet lasts. One call is a walk over the
+/// calling thread's pages and the arenas' bitmaps.
+async fn collect_freed_memory() {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        ticks.tick().await;
+        // SAFETY: `mi_collect` takes no pointers; it is mimalloc's own routine, safe to call
+        // from any thread at any time.
+        unsafe { libmimalloc_sys::mi_collect(false) };
+    }
+}
+
 fn tune_allocator() {
     // SAFETY: `mi_option_set` only stores the option's value (mimalloc reads it atomically);
     // it takes no pointers.
@@ -147,6 +161,7 @@ fn serve(config: Config, path: std::path::PathBuf, watch: bool) -> ExitCode {
     logging::init(&config.log);
     let workers = config.server.workers;
     with_runtime(workers, async move {
+        tokio::spawn(collect_freed_memory());
         // Installed before the listeners open, so a SIGHUP right after start cannot kill us.
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let mut rotate =

@@ -120,7 +120,7 @@ pub struct Timeouts {
     /// Time a client connection may stay open with no request in flight.
     pub client_idle: HumanDuration,
     /// Time an HTTP/1 client connection waits between requests before its buffers are released
-    /// until the client sends again (idle keep-alive connections then hold ~3 KiB, not ~25 KiB).
+    /// until the client sends again (idle keep-alive connections then hold ~3.5 KiB, not ~25 KiB).
     /// `0s` keeps them for the connection's life.
     pub client_idle_release: HumanDuration,
     /// Longest pause between two pieces of a request body the proxy reads before forwarding
