@@ -549,6 +549,16 @@ mod tests {
         (expired, Instant::now())
     }
 
+    /// Parking is told within `park_after` of when it could first be: the timer looks at least
+    /// that often.
+    fn assert_parked_in_time(ended: Instant, at: Instant) {
+        assert!(
+            at >= ended + PARK && at <= ended + 2 * PARK,
+            "told to park {:?} after the request ended",
+            at - ended
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_is_told_to_park_once_then_expires_idle() {
         let activity = Arc::new(ConnActivity::new());
@@ -560,12 +570,7 @@ mod tests {
         let ended = Instant::now();
         let (event, at) = next_event(clock.as_mut()).await;
         assert_eq!(event, Expired::Park);
-        // Within `park_after` of when it could first park: the timer looks at least that often.
-        assert!(
-            at >= ended + PARK && at <= ended + 2 * PARK,
-            "{:?}",
-            at - ended
-        );
+        assert_parked_in_time(ended, at);
         let (event, at) = next_event(clock.as_mut()).await;
         assert_eq!(event, Expired::Idle, "parking is told once per idle period");
         assert_eq!(at - start, Duration::from_secs(3) + IDLE);
@@ -587,11 +592,7 @@ mod tests {
         let ended = Instant::now();
         let (event, at) = next_event(clock.as_mut()).await;
         assert_eq!(event, Expired::Park);
-        assert!(
-            at >= ended + PARK && at <= ended + 2 * PARK,
-            "{:?}",
-            at - ended
-        );
+        assert_parked_in_time(ended, at);
     }
 
     #[tokio::test(start_paused = true)]
