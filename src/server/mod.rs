@@ -913,17 +913,47 @@ fn local_of(stream: &TcpStream) -> SocketAddr {
 /// timeout, before any TLS), then the listener's access lists and per-client limits on the
 /// client it names, then TLS and HTTP as on any listener.
 ///
+/// Its own future ends before the connection is served, so that a long-lived (and parked)
+/// connection's task does not carry the header reading's state.
+async fn serve_proxied(
+    stream: TcpStream,
+    peer: SocketAddr,
+    serving: Serving,
+    admitted: ConnGuard,
+    retired: watch::Receiver<bool>,
+) {
+    let Some((stream, client, local, serving, admitted)) =
+        Box::pin(admit_proxied(stream, peer, serving, admitted)).await
+    else {
+        return;
+    };
+    if serving.tls.is_none() {
+        Box::pin(serve_plain(
+            stream, client, local, serving, admitted, retired,
+        ))
+        .await;
+    } else {
+        Box::pin(serve_connection(
+            stream, client, local, serving, admitted, retired,
+        ))
+        .await;
+    }
+}
+
+/// Reads a `proxy_protocol` connection's header and admits the client it names: the stream,
+/// the client and local addresses to serve it with, the settings and its place in the limits;
+/// `None` when it was refused (and closed).
+///
 /// The header's addresses are believed only from a peer in `security.trusted_proxies`; from any
 /// other peer the header is read and ignored, and the peer stays the client (as nginx does), so
 /// a client that reaches the listener directly cannot claim another address. A connection with
 /// no valid header is closed unanswered.
-async fn serve_proxied(
+async fn admit_proxied(
     mut stream: TcpStream,
     peer: SocketAddr,
     serving: Serving,
     mut admitted: ConnGuard,
-    retired: watch::Receiver<bool>,
-) {
+) -> Option<(TcpStream, SocketAddr, SocketAddr, Serving, ConnGuard)> {
     use crate::proxy_protocol::{Announced, read_header};
     let announced = match tokio::time::timeout(serving.header_timeout, read_header(&mut stream))
         .await
@@ -931,11 +961,13 @@ async fn serve_proxied(
         Ok(Ok(announced)) => announced,
         Ok(Err(error)) => {
             tracing::debug!(listener = %serving.name, client = %peer, %error, "no valid PROXY header");
-            return refuse(&serving, peer, Refusal::ProxyProtocol);
+            refuse(&serving, peer, Refusal::ProxyProtocol);
+            return None;
         }
         Err(_) => {
             tracing::debug!(listener = %serving.name, client = %peer, "no PROXY header within the client header timeout");
-            return refuse(&serving, peer, Refusal::ProxyProtocol);
+            refuse(&serving, peer, Refusal::ProxyProtocol);
+            return None;
         }
     };
     let local = local_of(&stream);
@@ -961,15 +993,17 @@ async fn serve_proxied(
     if let Some(access) = &serving.access
         && !access.admits(client.ip())
     {
-        return refuse(&serving, client, Refusal::Acl);
+        refuse(&serving, client, Refusal::Acl);
+        return None;
     }
     if let Err(reason) = serving
         .limiter
         .admit_client(&mut admitted, client.ip(), Instant::now())
     {
-        return refuse(&serving, client, reason);
+        refuse(&serving, client, reason);
+        return None;
     }
-    serve_connection(stream, client, local, serving, admitted, retired).await;
+    Some((stream, client, local, serving, admitted))
 }
 
 /// The listener's access lists, then its connection limits: the place the connection holds, or

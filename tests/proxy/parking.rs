@@ -217,3 +217,32 @@ async fn http2_connections_and_a_zero_release_time_are_never_parked() {
     conn.send(&get("/still")).await;
     assert_eq!(conn.response().await.body, b"/still");
 }
+
+#[tokio::test]
+async fn a_proxy_protocol_connection_parks_and_keeps_its_client_address() {
+    let origin = Origin::start(|request: http::Request<hyper::body::Incoming>| async move {
+        let forwarded = request
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        text(200, &forwarded)
+    })
+    .await;
+    let config = parking_config(&origin, "[security]\ntrusted_proxies = [\"127.0.0.1\"]\n")
+        .replace(
+            "address = \"127.0.0.1:0\"\n",
+            "address = \"127.0.0.1:0\"\nproxy_protocol = true\n",
+        );
+    let proxy = Proxy::start(&config).await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    let mut first = b"PROXY TCP4 203.0.113.9 192.0.2.1 5555 80\r\n".to_vec();
+    first.extend_from_slice(&get("/one"));
+    conn.send(&first).await;
+    assert_eq!(conn.response().await.body, b"203.0.113.9");
+    wait_parked(&proxy, 1).await;
+    // After the park, the connection still speaks for the client the header named.
+    conn.send(&get("/two")).await;
+    assert_eq!(conn.response().await.body, b"203.0.113.9");
+}
