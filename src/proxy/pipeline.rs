@@ -286,6 +286,14 @@ fn report(error: &ProxyError, exchange: &Exchange, conn: &ConnInfo, uri: &Uri) {
 }
 
 /// The protocol an HTTP/1.1 upgrade request asks for (see [`headers::upgrade_requested`]).
+/// What response compression is negotiated on, for a route that compresses.
+fn compression_facts<B>(route: &Route, request: &Request<B>) -> Option<compress::RequestFacts> {
+    route
+        .compression
+        .as_ref()
+        .map(|_| compress::RequestFacts::of(request.method(), request.headers()))
+}
+
 fn upgrade_requested<B>(request: &Request<B>, present: Present) -> Option<HeaderValue> {
     if present.any(Present::UPGRADE) {
         headers::upgrade_requested(request.headers())
@@ -416,10 +424,7 @@ async fn proxy(
         let looked_up = cache.lookup(metrics, conn.proto, &host, &mut request, background);
         match Box::pin(looked_up).await {
             crate::cache::Lookup::AnswerAndRefresh(answer, forwarding) => {
-                let compression = route
-                    .compression
-                    .as_ref()
-                    .map(|_| compress::RequestFacts::of(request.method(), request.headers()));
+                let compression = compression_facts(&route, &request);
                 let public_host = HeaderValue::from_str(&host).ok();
                 let key = route
                     .pool
@@ -445,10 +450,7 @@ async fn proxy(
                 return Ok(serve(exchange, answer, compression, public_host));
             }
             crate::cache::Lookup::Answer(answer) => {
-                let compression = route
-                    .compression
-                    .as_ref()
-                    .map(|_| compress::RequestFacts::of(request.method(), request.headers()));
+                let compression = compression_facts(&route, &request);
                 let public_host = HeaderValue::from_str(&host).ok();
                 return Ok(serve(exchange, answer, compression, public_host));
             }
@@ -468,10 +470,7 @@ async fn proxy(
     let upgrade =
         upgrade_requested(&request, present).filter(|_| request.version() == Version::HTTP_11);
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
-    let compression = route
-        .compression
-        .as_ref()
-        .map(|_| compress::RequestFacts::of(request.method(), request.headers()));
+    let compression = compression_facts(&route, &request);
     let key = route
         .pool
         .selection_key(request.uri(), request.headers(), client_ip);
