@@ -423,11 +423,57 @@ pub trait BodyTap: Send + 'static {
     fn end(&mut self, complete: bool);
 }
 
+/// A body received from a peer: from hyper (a client's request body; a backend's response
+/// through hyper's client: HTTP/2, requests with a body, upgrades), or from Gatehouse's own
+/// HTTP/1.1 exchange (responses to bodiless GET and HEAD).
+pub enum UpstreamBody {
+    /// Read by hyper.
+    Hyper(Incoming),
+    /// From Gatehouse's own exchange.
+    Direct(crate::upstream::DirectBody),
+}
+
+impl From<Incoming> for UpstreamBody {
+    fn from(inner: Incoming) -> Self {
+        UpstreamBody::Hyper(inner)
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+            UpstreamBody::Direct(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(body) => body.is_end_stream(),
+            UpstreamBody::Direct(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Hyper(body) => body.size_hint(),
+            UpstreamBody::Direct(body) => body.size_hint(),
+        }
+    }
+}
+
 pin_project! {
-    /// A body received from a peer (hyper's [`Incoming`]), optionally watched by a [`BodyTap`].
+    /// A body received from a peer, optionally watched by a [`BodyTap`].
     pub struct IncomingBody {
-        #[pin]
-        inner: Incoming,
+        inner: UpstreamBody,
         tap: Option<Box<dyn BodyTap>>,
     }
 
@@ -444,12 +490,12 @@ pin_project! {
 
 impl IncomingBody {
     /// `inner` as it is.
-    pub fn new(inner: Incoming) -> Self {
+    pub fn new(inner: UpstreamBody) -> Self {
         IncomingBody { inner, tap: None }
     }
 
     /// `inner`, with every frame shown to `tap`.
-    pub fn tapped(inner: Incoming, tap: Box<dyn BodyTap>) -> Self {
+    pub fn tapped(inner: UpstreamBody, tap: Box<dyn BodyTap>) -> Self {
         IncomingBody {
             inner,
             tap: Some(tap),
@@ -459,20 +505,26 @@ impl IncomingBody {
 
 impl From<Incoming> for IncomingBody {
     fn from(inner: Incoming) -> Self {
+        IncomingBody::new(UpstreamBody::Hyper(inner))
+    }
+}
+
+impl From<UpstreamBody> for IncomingBody {
+    fn from(inner: UpstreamBody) -> Self {
         IncomingBody::new(inner)
     }
 }
 
 impl Body for IncomingBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        let polled = match this.inner.poll_frame(cx) {
+        let polled = match Pin::new(this.inner).poll_frame(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(polled) => polled,
         };
@@ -607,7 +659,7 @@ impl Body for ResponseBody {
         let polled = match this.kind.project() {
             KindProj::Upstream { body } => match body.poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(result) => result.map(|r| r.map_err(|e| Box::new(e) as BoxError)),
+                Poll::Ready(result) => result,
             },
             KindProj::Full { data } => data.take().map(|d| Ok(Frame::data(d))),
             KindProj::Coded { body } => match Pin::new(body.as_mut()).poll_frame(cx) {

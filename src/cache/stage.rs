@@ -14,7 +14,6 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, HeaderName, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use super::coalesce::{self, Acquired, FillGuard, FillOutcome, Locks};
 use super::conditional;
@@ -27,7 +26,7 @@ use super::status::{CacheStatus, Forward};
 use super::store::{Found, Store, StoredResponse};
 use super::targeted;
 use super::vary;
-use crate::body::{BodyTap, IncomingBody};
+use crate::body::{BodyTap, IncomingBody, UpstreamBody};
 use crate::config::{CacheSettings, KeyQueryMode, RouteCacheSettings, SetCookieMode};
 use crate::observe::metrics::Metrics;
 use crate::protect::ip::IpList;
@@ -657,7 +656,7 @@ impl Forwarding {
     }
 
     /// Handles the backend's response.
-    pub fn on_response(mut self, response: Response<Incoming>) -> Completed {
+    pub fn on_response(mut self, response: Response<UpstreamBody>) -> Completed {
         let response_time = SystemTime::now();
         let status = response.status();
         self.status.fwd_status = Some(status.as_u16());

@@ -85,7 +85,7 @@ impl Body for CodecBody {
                         }
                     }
                 },
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(None) => {
                     this.source = None;
                     let Some(codec) = this.codec.take() else {

@@ -19,7 +19,7 @@ use super::error::{ProxyError, error_response};
 use super::headers::{self, ClientFacts, Present, X_REQUEST_ID};
 use super::upgrade;
 use super::{ConnInfo, ProxyState};
-use crate::body::{ClientFault, RequestBody, ResponseBody};
+use crate::body::{ClientFault, RequestBody, ResponseBody, UpstreamBody};
 use crate::compress;
 use crate::config::UpstreamProtocol;
 use crate::observe::access_log::AccessRecord;
@@ -1141,13 +1141,13 @@ async fn forward_with_retries(
     body: &mut BodySource,
     upgrade: Option<&HeaderValue>,
     limit_flag: Option<&AtomicBool>,
-) -> Result<(Response<Incoming>, BackendLease), ProxyError> {
+) -> Result<(Response<UpstreamBody>, BackendLease), ProxyError> {
     let pool = &route.pool;
     pool.retry.on_request(tokio::time::Instant::now());
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error = None;
     // A response with a retried status, kept in case no other backend does better.
-    let mut fallback: Option<(Response<Incoming>, BackendLease)> = None;
+    let mut fallback: Option<(Response<UpstreamBody>, BackendLease)> = None;
     // The headers for the next attempt, while one may follow (an attempt consumes its own).
     let mut spare: Option<SpareHeaders> = None;
     for attempt in 1..=pool.retry.tries {
@@ -1368,7 +1368,7 @@ fn aim(
 
 /// How a send ended when it did not end with the backend's answer or error.
 enum Sent {
-    Answered(Result<Response<Incoming>, UpstreamError>),
+    Answered(Result<Response<UpstreamBody>, UpstreamError>),
     /// The backend sent no response head in time after the whole body was sent.
     TimedOut,
     /// The body stopped moving for the whole timeout: the client stalled (or the backend
@@ -1413,7 +1413,7 @@ async fn forward(
     request: Request<RequestBody>,
     limit_flag: Option<&AtomicBool>,
     sent_at: &mut tokio::time::Instant,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<UpstreamBody>, ProxyError> {
     let timeout = route.upstream_header_timeout;
     let outcome = if http_body::Body::is_end_stream(request.body()) {
         // No body (most GETs): one timer, armed once.

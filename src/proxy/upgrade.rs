@@ -3,12 +3,11 @@
 //! side closes.
 
 use http::Response;
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::error::ProxyError;
-use crate::body::ResponseBody;
+use crate::body::{ResponseBody, UpstreamBody};
 use crate::server::DrainToken;
 use crate::upstream::BackendLease;
 
@@ -18,7 +17,7 @@ use crate::upstream::BackendLease;
 /// The task holds `drain`, so graceful shutdown waits for open tunnels up to its grace period,
 /// and `lease`, so the tunnel counts as a request in flight to its backend while it is open.
 pub fn splice(
-    mut response: Response<Incoming>,
+    mut response: Response<UpstreamBody>,
     client_upgrade: OnUpgrade,
     drain: DrainToken,
     lease: Option<BackendLease>,

@@ -1,16 +1,19 @@
 //! Opening one backend connection: TCP connect within the pool's connect timeout, an optional
-//! PROXY protocol header, optional TLS, then the HTTP/1.1 or HTTP/2 handshake, with the
-//! connection driven by a task of its own.
+//! PROXY protocol header, optional TLS (`connect`), then for hyper's client the HTTP/1.1 or
+//! HTTP/2 handshake, with the connection driven by a task of its own (`dial`). Gatehouse's own
+//! HTTP/1.1 exchanges (`h1.rs`) take the stream as `connect` leaves it.
 //!
 //! Every transport (the shared keep-alive pool, h2c, PROXY-protocol connections) dials through
 //! here, so connect errors read the same whichever way a pool reaches its backends.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::{Backend, UpstreamError};
@@ -62,6 +65,72 @@ impl Sender {
     }
 }
 
+/// An open connection to a backend, before any HTTP is spoken on it.
+pub(super) enum BackendStream {
+    /// Cleartext TCP.
+    Tcp(TcpStream),
+    /// TLS over TCP (boxed: rustls' connection state is large and rarely used).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for BackendStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BackendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            BackendStream::Tcp(s) => s.is_write_vectored(),
+            BackendStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// How a pool opens connections to its backends.
 pub(super) struct Dialer {
     connect_timeout: Duration,
@@ -102,6 +171,23 @@ impl Dialer {
         backend: &Backend,
         preface: Option<&[u8]>,
     ) -> Result<Sender, UpstreamError> {
+        let stream = self.connect(backend, preface).await?;
+        self.handshake(stream)
+            .await
+            .map_err(|e| UpstreamError::Connect {
+                timed_out: false,
+                cause: format!("{}: HTTP handshake: {e}", backend.authority),
+            })
+    }
+
+    /// Connects to `backend`: TCP within the connect timeout, `preface` (a PROXY protocol
+    /// header) when given, then TLS when the pool's backends speak it. Every failure is a
+    /// [`UpstreamError::Connect`].
+    pub(super) async fn connect(
+        &self,
+        backend: &Backend,
+        preface: Option<&[u8]>,
+    ) -> Result<BackendStream, UpstreamError> {
         let address = backend.authority.as_str();
         let connect_failed = |timed_out: bool, cause: String| UpstreamError::Connect {
             timed_out,
@@ -128,27 +214,22 @@ impl Dialer {
                 .await
                 .map_err(|e| connect_failed(false, format!("writing the PROXY header: {e}")))?;
         }
-        match &self.tls {
-            None => self.handshake(stream).await,
-            Some(tls) => {
-                let name = match &tls.server_name {
-                    Some(name) => name.clone(),
-                    None => rustls_pki_types::ServerName::try_from(
-                        backend.authority.host().trim_matches(['[', ']']).to_owned(),
-                    )
-                    .map_err(|e| {
-                        connect_failed(false, format!("host is not a TLS server name: {e}"))
-                    })?,
-                };
-                let stream = tls
-                    .connector
-                    .connect(name, stream)
-                    .await
-                    .map_err(|e| connect_failed(false, format!("TLS handshake: {e}")))?;
-                self.handshake(stream).await
-            }
-        }
-        .map_err(|e| connect_failed(false, format!("HTTP handshake: {e}")))
+        let Some(tls) = &self.tls else {
+            return Ok(BackendStream::Tcp(stream));
+        };
+        let name = match &tls.server_name {
+            Some(name) => name.clone(),
+            None => rustls_pki_types::ServerName::try_from(
+                backend.authority.host().trim_matches(['[', ']']).to_owned(),
+            )
+            .map_err(|e| connect_failed(false, format!("host is not a TLS server name: {e}")))?,
+        };
+        let stream = tls
+            .connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| connect_failed(false, format!("TLS handshake: {e}")))?;
+        Ok(BackendStream::Tls(Box::new(stream)))
     }
 
     async fn handshake<IO>(&self, io: IO) -> Result<Sender, hyper::Error>

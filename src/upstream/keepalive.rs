@@ -7,22 +7,26 @@
 //! request to return the connection and boxes each request's future: together about a sixth of
 //! Gatehouse's instructions per request in the scenario-1 profile (docs/performance.md).
 //!
-//! A connection goes back into its backend's list as soon as the response head has arrived, while
-//! the body may still be streaming; it is taken again only once hyper reports it ready for the
-//! next request. Lists are capped at `max_idle_per_backend` connections; a background task closes
-//! the ones idle longer than the pool's idle timeout.
+//! GET and HEAD requests without a body (nearly all of a typical site's requests) are exchanged by
+//! Gatehouse itself (`h1.rs`) on connections of their own: one list per backend of idle
+//! [`DirectConnection`]s, each back in its list once its response body has ended. Other
+//! requests go through hyper's client connection, whose own task drives it: such a connection
+//! goes back into its list as soon as the response head has arrived, while the body may still be
+//! streaming, and is taken again only once hyper reports it ready for the next request. Lists are
+//! capped at `max_idle_per_backend` connections each; a background task closes the ones idle
+//! longer than the pool's idle timeout.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
+use http::{Method, Request, Response};
 use hyper::client::conn::http1::SendRequest;
 
 use super::dial::{Dialer, Sender, failed, to_origin_form};
+use super::h1::DirectConnection;
 use super::{Backend, UpstreamError};
-use crate::body::RequestBody;
+use crate::body::{RequestBody, UpstreamBody};
 
 /// How many times a request whose kept connection closed before taking it moves on to the next
 /// kept connection before a new one is dialled.
@@ -41,18 +45,60 @@ struct KeptConnection {
     tick: u64,
 }
 
-/// The open connections to each backend, shared with the idle-timeout task.
+/// An idle connection for Gatehouse's own exchanges.
+struct KeptDirect {
+    connection: Box<DirectConnection>,
+    /// The idle-check tick at which it was returned.
+    tick: u64,
+}
+
+/// The open connections to each backend, shared with the idle-timeout task and with the
+/// response bodies that will return their connections.
 struct Lists {
     per_backend: Vec<Kept>,
+    direct: Vec<Mutex<Vec<KeptDirect>>>,
     /// Advanced by the idle-timeout task at each check; connections are stamped with it.
     tick: AtomicU64,
+    /// Connections kept per backend and list, at most.
+    max_kept: usize,
+}
+
+/// Where a [`DirectConnection`] goes back to when its exchange is over: its backend's list.
+pub(super) struct Homecoming {
+    lists: Arc<Lists>,
+    index: usize,
+}
+
+impl Homecoming {
+    /// Keeps `connection` for the next request to its backend, unless the list is full.
+    pub(super) fn put(self, connection: Box<DirectConnection>) {
+        let Some(list) = self.lists.direct.get(self.index) else {
+            return;
+        };
+        let tick = self.lists.tick.load(Ordering::Relaxed);
+        let mut kept = lock(list);
+        if kept.len() < self.lists.max_kept {
+            kept.push(KeptDirect { connection, tick });
+        }
+    }
+}
+
+/// Whether Gatehouse's own exchange (`h1.rs`) can carry `request`: a GET or HEAD without a body,
+/// no upgrade and no `Expect`.
+fn is_direct(request: &Request<RequestBody>) -> bool {
+    (request.method() == Method::GET || request.method() == Method::HEAD)
+        && http_body::Body::is_end_stream(request.body())
+        && !request
+            .headers()
+            .contains_key(http::header::TRANSFER_ENCODING)
+        && !request.headers().contains_key(http::header::UPGRADE)
+        && !request.headers().contains_key(http::header::EXPECT)
 }
 
 /// HTTP/1.1 keep-alive connections to a pool's backends (optionally over TLS).
 pub(super) struct KeepAlivePool {
     dialer: Dialer,
     lists: Arc<Lists>,
-    max_kept: usize,
     idle_timeout: Duration,
     /// The idle-timeout task, started with the first kept connection (building a pool needs no
     /// runtime; `gatehouse check` builds them without one).
@@ -71,9 +117,10 @@ impl KeepAlivePool {
             dialer,
             lists: Arc::new(Lists {
                 per_backend: (0..backends).map(|_| Mutex::new(Vec::new())).collect(),
+                direct: (0..backends).map(|_| Mutex::new(Vec::new())).collect(),
                 tick: AtomicU64::new(0),
+                max_kept,
             }),
-            max_kept,
             idle_timeout,
             reaper: OnceLock::new(),
         }
@@ -89,8 +136,96 @@ impl KeepAlivePool {
         &self,
         backend: &Backend,
         mut request: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         to_origin_form(request.uri_mut());
+        if is_direct(&request) {
+            let kept = self.take_direct(backend.index);
+            // With none of its own idle, a GET reuses an idle hyper connection rather than
+            // opening a new one (a backend that also serves other methods needs no more
+            // connections than before).
+            if kept.is_some() || !self.has_ready(backend.index) {
+                return self
+                    .send_direct(backend, request, kept)
+                    .await
+                    .map(|r| r.map(UpstreamBody::Direct));
+            }
+        }
+        self.send_hyper(backend, request)
+            .await
+            .map(|r| r.map(UpstreamBody::Hyper))
+    }
+
+    /// Sends a GET or HEAD without a body by Gatehouse's own exchange, on `kept` or another kept
+    /// connection, or a new one.
+    ///
+    /// Not an `async fn`: the request is taken apart before the future is made, so the future
+    /// (inline in every request's) holds only the parts it sends.
+    fn send_direct<'a>(
+        &'a self,
+        backend: &'a Backend,
+        request: Request<RequestBody>,
+        mut kept: Option<Box<DirectConnection>>,
+    ) -> impl Future<Output = Result<Response<super::h1::DirectBody>, UpstreamError>> + 'a {
+        let (parts, _) = request.into_parts();
+        async move {
+            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            for _ in 0..MAX_STALE_TRIES {
+                let Some(connection) = kept.take().or_else(|| self.take_direct(backend.index))
+                else {
+                    break;
+                };
+                let home = self.homecoming(backend.index);
+                match connection
+                    .exchange(&parts.method, target, &parts.headers, home)
+                    .await
+                {
+                    Ok(response) => return Ok(response),
+                    // Nothing came back on a kept connection: the backend closed it while it
+                    // was idle (its keep-alive timeout), most likely before it saw the request.
+                    // A GET or HEAD may be repeated (RFC 9110 §9.2.2), as nginx and hyper's
+                    // client do.
+                    Err(error) if error.silent => {
+                        tracing::debug!(backend = %backend.authority, cause = %error.cause, "kept connection failed; trying another");
+                    }
+                    Err(error) => return Err(UpstreamError::Failed(error.cause)),
+                }
+            }
+            // Boxed, like the hyper path's dial: connecting is the rare path.
+            let stream = Box::pin(self.dialer.connect(backend, None)).await?;
+            let home = self.homecoming(backend.index);
+            DirectConnection::new(stream)
+                .exchange(&parts.method, target, &parts.headers, home)
+                .await
+                .map_err(|error| UpstreamError::Failed(error.cause))
+        }
+    }
+
+    fn homecoming(&self, index: usize) -> Homecoming {
+        self.start_reaper();
+        Homecoming {
+            lists: self.lists.clone(),
+            index,
+        }
+    }
+
+    /// An idle connection for Gatehouse's own exchanges to backend `index`; ones the backend
+    /// closed are dropped on the way.
+    fn take_direct(&self, index: usize) -> Option<Box<DirectConnection>> {
+        let mut kept = lock(self.lists.direct.get(index)?);
+        while let Some(mut last) = kept.pop() {
+            if last.connection.is_usable() {
+                return Some(last.connection);
+            }
+        }
+        None
+    }
+
+    /// Sends `request` through hyper's client connection, on an idle kept one or a new one.
+    async fn send_hyper(
+        &self,
+        backend: &Backend,
+        mut request: Request<RequestBody>,
+    ) -> Result<Response<hyper::body::Incoming>, UpstreamError> {
         for _ in 0..MAX_STALE_TRIES {
             let Some(mut sender) = self.take(backend.index) else {
                 break;
@@ -144,6 +279,14 @@ impl KeepAlivePool {
         None
     }
 
+    /// True when backend `index` has an idle hyper connection ready for a request.
+    fn has_ready(&self, index: usize) -> bool {
+        self.lists
+            .per_backend
+            .get(index)
+            .is_some_and(|list| lock(list).iter().any(|kept| kept.sender.is_ready()))
+    }
+
     /// Keeps `sender` for later requests (usable again once its exchange is over), unless the
     /// backend's list is full: then it closes after its exchange.
     fn keep(&self, index: usize, sender: SendRequest<RequestBody>) {
@@ -153,28 +296,35 @@ impl KeepAlivePool {
         let tick = self.lists.tick.load(Ordering::Relaxed);
         {
             let mut kept = lock(list);
-            if kept.len() >= self.max_kept {
+            if kept.len() >= self.lists.max_kept {
                 return;
             }
             kept.push(KeptConnection { sender, tick });
         }
+        self.start_reaper();
+    }
+
+    fn start_reaper(&self) {
         self.reaper.get_or_init(|| {
             let period = (self.idle_timeout / CHECKS_PER_TIMEOUT).max(Duration::from_millis(50));
             tokio::spawn(close_idle(Arc::downgrade(&self.lists), period));
         });
     }
 
-    /// Connections open in backend `index`'s list (for tests).
+    /// Connections open in backend `index`'s lists (for tests).
     #[cfg(test)]
     pub(super) fn kept(&self, index: usize) -> usize {
-        self.lists
+        let hyper = self
+            .lists
             .per_backend
             .get(index)
-            .map_or(0, |l| lock(l).len())
+            .map_or(0, |l| lock(l).len());
+        let direct = self.lists.direct.get(index).map_or(0, |l| lock(l).len());
+        hyper + direct
     }
 }
 
-fn lock(list: &Kept) -> std::sync::MutexGuard<'_, Vec<KeptConnection>> {
+fn lock<T>(list: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Nothing panics while a list is locked; if something did, the list is still consistent.
     list.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -204,6 +354,11 @@ async fn close_idle(lists: Weak<Lists>, period: Duration) {
                 now - kept.tick <= u64::from(CHECKS_PER_TIMEOUT)
             });
         }
+        for list in &lists.direct {
+            lock(list).retain_mut(|kept| {
+                now - kept.tick <= u64::from(CHECKS_PER_TIMEOUT) && kept.connection.is_usable()
+            });
+        }
     }
 }
 
@@ -212,6 +367,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use http_body_util::BodyExt;
+    use hyper::body::Incoming;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
     use tokio::net::TcpListener;
@@ -350,20 +506,63 @@ mod tests {
             .await
             .expect("second");
         assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
-        assert_eq!(pool.kept(0), 1);
-        drop((first, second));
+        // A direct exchange's connection comes back when its body has ended.
+        assert_eq!(pool.kept(0), 0);
+        for response in [first, second] {
+            let body = response.into_body().collect().await.expect("body");
+            assert_eq!(body.to_bytes().len(), 4 << 20);
+        }
+        assert_eq!(pool.kept(0), 1, "the second connection is over the cap");
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_closes_its_connection() {
+        let (address, seen) = origin(false).await;
+        let backend = backend(address);
+        let pool = pool(8, Duration::from_secs(60));
+        let response = pool
+            .send(&backend, get(&backend, "/big"))
+            .await
+            .expect("response");
+        drop(response);
+        assert_eq!(pool.kept(0), 0);
+        assert_eq!(exchange(&pool, &backend, "/").await, "hello");
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn requests_with_a_body_go_through_hyper_on_connections_of_their_own() {
+        let (address, seen) = origin(false).await;
+        let backend = backend(address);
+        let pool = pool(8, Duration::from_secs(60));
+        assert_eq!(exchange(&pool, &backend, "/").await, "hello");
+        let mut post = get(&backend, "/form");
+        *post.method_mut() = Method::POST;
+        let response = pool.send(&backend, post).await.expect("response");
+        assert!(matches!(response.body(), UpstreamBody::Hyper(_)));
+        let body = response.into_body().collect().await.expect("body");
+        assert_eq!(body.to_bytes(), "hello");
+        tokio::task::yield_now().await;
+        let response = pool
+            .send(&backend, get(&backend, "/"))
+            .await
+            .expect("response");
+        assert!(matches!(response.body(), UpstreamBody::Direct(_)));
+        drop(response);
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn the_request_future_stays_small() {
         // Every request's future holds this one; connecting (boxed; its future is several KiB)
         // must not be inline in it. The bound has room for debug builds, whose futures are
-        // larger than release ones (1.2 KiB here in debug, mostly the request, held twice).
+        // larger than release ones (2.0 KiB here in debug: the request, and the direct
+        // exchange's parts, kept connection and write state).
         let backend = backend("127.0.0.1:1".parse().expect("address"));
         let pool = pool(8, Duration::from_secs(60));
         let future = pool.send(&backend, get(&backend, "/"));
         let size = std::mem::size_of_val(&future);
-        assert!(size <= 2048, "KeepAlivePool::send's future is {size} bytes");
+        assert!(size <= 2304, "KeepAlivePool::send's future is {size} bytes");
     }
 
     #[tokio::test]

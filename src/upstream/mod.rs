@@ -9,6 +9,7 @@
 
 pub mod balance;
 mod dial;
+mod h1;
 mod h2;
 pub mod health;
 mod keepalive;
@@ -24,13 +25,13 @@ use std::time::Duration;
 
 use http::uri::Authority;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use smallvec::SmallVec;
 
 pub use balance::{Balancer, Candidate};
+pub use h1::DirectBody;
 pub use state::{Availability, BackendRegistry, BackendState, Outcome};
 
-use crate::body::RequestBody;
+use crate::body::{RequestBody, UpstreamBody};
 use crate::config::{BalancePolicy, PoolConfig, Timeouts, UpstreamProtocol};
 use balance::{HashRing, LeastRequests, PeakEwmaBalancer, SmoothRoundRobin, WeightedRandom};
 use retry::RetryPolicy;
@@ -374,12 +375,16 @@ impl UpstreamPool {
         &self,
         backend: &Backend,
         request: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         match &self.transport {
             Transport::Http1(pool) => pool.send(backend, request).await,
             // Boxed, so their larger futures do not grow the common HTTP/1.1 path's.
-            Transport::H2c(connections) => Box::pin(connections.send(backend, request)).await,
-            Transport::Proxied(transport) => Box::pin(transport.send(backend, request)).await,
+            Transport::H2c(connections) => Box::pin(connections.send(backend, request))
+                .await
+                .map(|r| r.map(UpstreamBody::Hyper)),
+            Transport::Proxied(transport) => Box::pin(transport.send(backend, request))
+                .await
+                .map(|r| r.map(UpstreamBody::Hyper)),
         }
     }
 

@@ -29,4 +29,5 @@ mod strict;
 mod timeouts;
 mod tls;
 mod under_attack;
+mod upstream_h1;
 mod websocket;

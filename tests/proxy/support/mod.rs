@@ -385,6 +385,11 @@ impl RawConn {
         }
     }
 
+    /// The connection, to read it raw.
+    pub fn stream_mut(&mut self) -> &mut tokio::io::BufReader<TcpStream> {
+        &mut self.stream
+    }
+
     /// Writes `bytes` as they are.
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.get_mut().write_all(bytes).await.expect("write");

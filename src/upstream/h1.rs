@@ -1,0 +1,754 @@
+//! Gatehouse's own HTTP/1.1 exchange with a backend, for requests without a body (GET and HEAD):
+//! the request's task writes the head and reads the response itself, on a kept connection.
+//!
+//! hyper's client connection runs in a task of its own and hands each request and response
+//! across channels (request in, response head out, body chunks out): two extra task wake-ups per
+//! request and about a third of Gatehouse's user-space instructions in the scenario-1 profile
+//! (docs/performance.md). No crate offers an HTTP/1.1 client that reads in the caller's task, so
+//! this is written here, over `httparse` (the parser hyper uses) and `http`'s types. It covers
+//! what a bodiless request can meet: interim 1xx responses (skipped, as hyper does), bodies
+//! framed by `Content-Length`, by chunked coding (trailers included) or by the connection's
+//! close, and responses that have no body (HEAD, 204, 304). Requests with a body, upgrades and
+//! `Expect` still go through hyper (`keepalive.rs`).
+
+use std::future::poll_fn;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use smallvec::SmallVec;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+
+use super::dial::BackendStream;
+use super::keepalive::Homecoming;
+use crate::body::BoxError;
+
+/// The largest response head accepted: hyper's default read-buffer limit, so a backend that
+/// worked behind the hyper client works here too.
+const MAX_HEAD: usize = 8192 + 4096 * 100;
+
+/// The most header fields in a response head or trailer section (hyper's default too).
+const MAX_HEADERS: usize = 100;
+
+/// Free space a read needs in the buffer; below it, the buffer grows by [`READ_RESERVE`].
+const MIN_READ_SPACE: usize = 1024;
+
+/// How much room a read buffer is given at a time.
+const READ_RESERVE: usize = 8192;
+
+/// The longest chunk-size line accepted (size, extensions, CRLF).
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// A kept HTTP/1.1 connection to a backend, idle between exchanges.
+pub(super) struct DirectConnection {
+    stream: BackendStream,
+    /// Bytes read from the backend and not yet used.
+    read: BytesMut,
+    /// The request head being written (kept for the next one's allocation).
+    write: Vec<u8>,
+}
+
+/// Why an exchange failed.
+pub(super) struct ExchangeError {
+    /// Nothing at all came back (the write failed, or the connection closed before a byte of
+    /// a response): on a kept connection the backend most likely closed it while idle.
+    pub silent: bool,
+    /// What happened, for the log.
+    pub cause: String,
+}
+
+impl ExchangeError {
+    fn silent(cause: String) -> Self {
+        ExchangeError {
+            silent: true,
+            cause,
+        }
+    }
+
+    fn failed(cause: String) -> Self {
+        ExchangeError {
+            silent: false,
+            cause,
+        }
+    }
+}
+
+impl DirectConnection {
+    /// A connection just opened. Boxed for life: it moves between its list and the response
+    /// body that reads from it, and the body is moved along the pipeline with every response.
+    pub(super) fn new(stream: BackendStream) -> Box<Self> {
+        Box::new(DirectConnection {
+            stream,
+            read: BytesMut::new(),
+            write: Vec::new(),
+        })
+    }
+
+    /// False when the backend closed the connection, or sent something, while it was idle.
+    ///
+    /// Costs no system call when nothing happened: the stream is polled once with a no-op waker,
+    /// and tokio answers from the readiness epoll last reported.
+    pub(super) fn is_usable(&mut self) -> bool {
+        if !self.read.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut probe);
+        // Pending: nothing to read, still open. Anything else (end, bytes, error) ends it.
+        Pin::new(&mut self.stream)
+            .poll_read(&mut cx, &mut buf)
+            .is_pending()
+    }
+
+    /// Sends a bodiless request (`method`, `target`, `headers`) and reads the response head.
+    /// The response's body reads from this connection, which `home` takes back once the body
+    /// has ended (when the backend lets it be reused).
+    pub(super) async fn exchange(
+        mut self: Box<Self>,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        home: Homecoming,
+    ) -> Result<Response<DirectBody>, ExchangeError> {
+        encode_head(&mut self.write, method, target, headers);
+        let written = async {
+            self.stream.write_all(&self.write).await?;
+            self.stream.flush().await
+        };
+        if let Err(e) = written.await {
+            return Err(ExchangeError::silent(format!("writing the request: {e}")));
+        }
+        let mut received_any = false;
+        loop {
+            match parse_head(&mut self.read) {
+                Err(cause) => return Err(ExchangeError::failed(cause)),
+                Ok(Some(head)) if head.status.is_informational() => {
+                    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                        return Err(ExchangeError::failed(
+                            "101 Switching Protocols to a request that asked for no upgrade"
+                                .to_owned(),
+                        ));
+                    }
+                    // 100 Continue, 103 Early Hints...: interim, the final response follows.
+                    received_any = true;
+                    continue;
+                }
+                Ok(Some(head)) => {
+                    let (framing, reusable) =
+                        framing(method, head.status, head.version, &head.headers)
+                            .map_err(ExchangeError::failed)?;
+                    let mut response = Response::new(DirectBody {
+                        connection: Some(self),
+                        framing,
+                        reusable,
+                        home: Some(home),
+                    });
+                    *response.status_mut() = head.status;
+                    *response.version_mut() = head.version;
+                    *response.headers_mut() = head.headers;
+                    if response.body().framing.is_done() {
+                        response.body_mut().finish();
+                    }
+                    return Ok(response);
+                }
+                Ok(None) => {}
+            }
+            received_any |= !self.read.is_empty();
+            match poll_fn(|cx| self.poll_fill(cx)).await {
+                Ok(0) if received_any => {
+                    return Err(ExchangeError::failed(
+                        "the connection closed within the response head".to_owned(),
+                    ));
+                }
+                Ok(0) => {
+                    return Err(ExchangeError::silent(
+                        "the connection closed before a response".to_owned(),
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) if received_any => {
+                    return Err(ExchangeError::failed(format!("reading the response: {e}")));
+                }
+                Err(e) => {
+                    return Err(ExchangeError::silent(format!("reading the response: {e}")));
+                }
+            }
+        }
+    }
+
+    /// Reads what the backend sent next into the buffer; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < MIN_READ_SPACE {
+            self.read.reserve(READ_RESERVE);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read)
+    }
+}
+
+/// Writes a request head for a backend: request line in origin form, then the headers as they
+/// are (names lowercase, as hyper writes them).
+fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap) {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A parsed response head.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+}
+
+/// Parses a response head at the start of `read` and takes it out of the buffer; `None` while
+/// it is incomplete.
+fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, String> {
+    // Each field's name, and where its value lies in the head, so the values can share the
+    // head's bytes once it is split off (no copy per value). Inline for typical heads; nothing
+    // is initialised up front (a zeroed array of `MAX_HEADERS` spans cost more than the parse).
+    let mut fields: SmallVec<[(HeaderName, usize, usize); 24]> = SmallVec::new();
+    let (length, code, minor) = {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let base = read.as_ptr() as usize;
+        // httparse's defaults are hyper's client defaults: nothing lenient (no obs-fold, no space
+        // before the colon).
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            read,
+            &mut slots,
+        ) {
+            Ok(httparse::Status::Complete(length)) => {
+                for field in response.headers.iter() {
+                    let name = HeaderName::from_bytes(field.name.as_bytes())
+                        .map_err(|_| "invalid response header name".to_owned())?;
+                    let at = field.value.as_ptr() as usize - base;
+                    fields.push((name, at, at + field.value.len()));
+                }
+                (
+                    length,
+                    response.code.unwrap_or(0),
+                    response.version.unwrap_or(1),
+                )
+            }
+            Ok(httparse::Status::Partial) if read.len() >= MAX_HEAD => {
+                return Err(format!("response head larger than {MAX_HEAD} bytes"));
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(format!("more than {MAX_HEADERS} response header fields"));
+            }
+            Err(e) => return Err(format!("invalid response head: {e}")),
+        }
+    };
+    let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status code {code}"))?;
+    let head = read.split_to(length).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, start, end) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| format!("invalid value in response header {name}"))?;
+        headers.append(name, value);
+    }
+    Ok(Some(Head {
+        status,
+        version: if minor == 0 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        },
+        headers,
+    }))
+}
+
+/// How a response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, PartialEq)]
+enum Framing {
+    /// This many bytes are still to come.
+    Length(u64),
+    /// Chunked transfer coding, at this point of it.
+    Chunked(ChunkState),
+    /// Everything until the backend closes the connection.
+    UntilClose,
+    /// Nothing more (no body, or all of it read).
+    Done,
+}
+
+impl Framing {
+    fn is_done(&self) -> bool {
+        matches!(self, Framing::Done | Framing::Length(0))
+    }
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Debug, PartialEq)]
+enum ChunkState {
+    /// At a chunk-size line.
+    Size,
+    /// Within a chunk's data; this many bytes left.
+    Data(u64),
+    /// After a chunk's data, at its CRLF.
+    DataEnd,
+    /// After the last chunk, at the trailer section.
+    Trailers,
+}
+
+/// How the response's body is framed, and whether the connection may serve another request
+/// after it.
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<(Framing, bool), String> {
+    let mut reusable = keeps_alive(version, headers);
+    if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        // No body, whatever Content-Length says (for HEAD and 304 it describes another one).
+        return Ok((Framing::Done, reusable));
+    }
+    let mut codings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_some() {
+        if version == Version::HTTP_10 {
+            return Err("Transfer-Encoding in an HTTP/1.0 response".to_owned());
+        }
+        let last = codings
+            .last()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        if headers.contains_key(CONTENT_LENGTH) {
+            // Both: Transfer-Encoding wins (RFC 9112 §6.3), and a backend that sends both is
+            // not trusted with another request on this connection.
+            reusable = false;
+        }
+        return Ok(match last {
+            Some(coding) if coding.eq_ignore_ascii_case("chunked") => {
+                (Framing::Chunked(ChunkState::Size), reusable)
+            }
+            // Not chunked last: the body runs until the connection closes.
+            _ => (Framing::UntilClose, false),
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let n = parse_length(part.trim_ascii())
+                .ok_or_else(|| "invalid Content-Length in the response".to_owned())?;
+            if length.is_some_and(|l| l != n) {
+                return Err("conflicting Content-Length values in the response".to_owned());
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Framing::Done, reusable),
+        Some(n) => (Framing::Length(n), reusable),
+        None => (Framing::UntilClose, false),
+    })
+}
+
+/// A Content-Length value: decimal digits only, no sign, no overflow.
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
+}
+
+/// Whether the connection may carry another request after this response.
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let mut close = false;
+    let mut keep_alive = false;
+    for value in headers.get_all(CONNECTION) {
+        for token in value.as_bytes().split(|b| *b == b',') {
+            let token = token.trim_ascii();
+            close |= token.eq_ignore_ascii_case(b"close");
+            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    !close && (version == Version::HTTP_11 || keep_alive)
+}
+
+/// A response body read from a [`DirectConnection`] by whoever polls it; the connection goes
+/// back to its pool when the body has ended, or is closed if the body is dropped before that.
+pub struct DirectBody {
+    connection: Option<Box<DirectConnection>>,
+    framing: Framing,
+    reusable: bool,
+    home: Option<Homecoming>,
+}
+
+impl DirectBody {
+    /// The body is over: the connection goes home when it may be used again.
+    fn finish(&mut self) {
+        self.framing = Framing::Done;
+        if let Some(connection) = self.connection.take()
+            && self.reusable
+            // Bytes after the end of the body: the backend is out of step with us.
+            && connection.read.is_empty()
+            && let Some(home) = self.home.take()
+        {
+            home.put(connection);
+        }
+    }
+
+    /// Drops the connection (its stream can no longer be trusted) and reports `cause`.
+    fn fail(&mut self, cause: impl Into<String>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.connection = None;
+        self.framing = Framing::Done;
+        Poll::Ready(Some(Err(cause.into().into())))
+    }
+}
+
+impl Body for DirectBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(connection) = this.connection.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let buffered = connection.read.len();
+            match &mut this.framing {
+                Framing::Done => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) if buffered > 0 => {
+                    let n = usize::try_from(*left).unwrap_or(usize::MAX).min(buffered);
+                    let data = connection.read.split_to(n).freeze();
+                    *left -= n as u64;
+                    if *left == 0 {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::UntilClose if buffered > 0 => {
+                    let data = connection.read.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Chunked(state) => match decode_chunked(state, &mut connection.read) {
+                    Err(cause) => return this.fail(cause),
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Decoded::End(trailers)) => {
+                        this.finish();
+                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                    }
+                    Ok(Decoded::NeedMore) => {}
+                },
+                Framing::Length(_) | Framing::UntilClose => {}
+            }
+            let Some(connection) = this.connection.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match ready!(connection.poll_fill(cx)) {
+                Ok(0) if this.framing == Framing::UntilClose => {
+                    this.connection = None;
+                    this.framing = Framing::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail("the backend closed the connection within the body"),
+                Ok(_) => {}
+                Err(e) => return this.fail(format!("reading the response body: {e}")),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.connection.is_none() || self.framing.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(left) => SizeHint::with_exact(left),
+            Framing::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+/// What the chunked decoder made of the buffer.
+enum Decoded {
+    /// Some of a chunk's data.
+    Data(Bytes),
+    /// The last chunk and the trailer section (with its fields, if any) were read.
+    End(Option<HeaderMap>),
+    /// More bytes are needed.
+    NeedMore,
+}
+
+/// Decodes chunked coding from the front of `read` (RFC 9112 §7.1).
+fn decode_chunked(state: &mut ChunkState, read: &mut BytesMut) -> Result<Decoded, String> {
+    loop {
+        match state {
+            ChunkState::Size => {
+                if !read.first().is_some_and(u8::is_ascii_hexdigit) {
+                    if read.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    return Err("invalid chunk size".to_owned());
+                }
+                match httparse::parse_chunk_size(read) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        read.advance(used);
+                        *state = if size == 0 {
+                            ChunkState::Trailers
+                        } else {
+                            ChunkState::Data(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) if read.len() > MAX_CHUNK_LINE => {
+                        return Err("chunk-size line too long".to_owned());
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(Decoded::NeedMore),
+                    Err(_) => return Err("invalid chunk size".to_owned()),
+                }
+            }
+            ChunkState::Data(left) => {
+                if read.is_empty() {
+                    return Ok(Decoded::NeedMore);
+                }
+                let n = usize::try_from(*left).unwrap_or(usize::MAX).min(read.len());
+                let data = read.split_to(n).freeze();
+                *left -= n as u64;
+                if *left == 0 {
+                    *state = ChunkState::DataEnd;
+                }
+                return Ok(Decoded::Data(data));
+            }
+            ChunkState::DataEnd => {
+                if read.len() < 2 {
+                    return Ok(Decoded::NeedMore);
+                }
+                if &read[..2] != b"\r\n" {
+                    return Err("chunk data not followed by CRLF".to_owned());
+                }
+                read.advance(2);
+                *state = ChunkState::Size;
+            }
+            ChunkState::Trailers => {
+                if read.starts_with(b"\r\n") {
+                    read.advance(2);
+                    return Ok(Decoded::End(None));
+                }
+                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                return match httparse::parse_headers(read, &mut fields) {
+                    Ok(httparse::Status::Complete((used, fields))) => {
+                        let mut trailers = HeaderMap::with_capacity(fields.len());
+                        for field in fields {
+                            let name = HeaderName::from_bytes(field.name.as_bytes())
+                                .map_err(|_| "invalid trailer name".to_owned())?;
+                            let value = HeaderValue::from_bytes(field.value)
+                                .map_err(|_| "invalid trailer value".to_owned())?;
+                            trailers.append(name, value);
+                        }
+                        read.advance(used);
+                        Ok(Decoded::End(Some(trailers)))
+                    }
+                    Ok(httparse::Status::Partial) if read.len() >= MAX_HEAD => {
+                        Err("trailer section too large".to_owned())
+                    }
+                    Ok(httparse::Status::Partial) => Ok(Decoded::NeedMore),
+                    Err(e) => Err(format!("invalid trailer section: {e}")),
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head_of(text: &str) -> Result<Option<Head>, String> {
+        parse_head(&mut BytesMut::from(text))
+    }
+
+    fn framing_of(method: Method, text: &str) -> Result<(Framing, bool), String> {
+        let head = head_of(text)?.expect("complete head");
+        framing(&method, head.status, head.version, &head.headers)
+    }
+
+    #[test]
+    fn a_head_is_parsed_and_taken_out_of_the_buffer() {
+        let mut read =
+            BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello");
+        let head = parse_head(&mut read).expect("valid").expect("complete");
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(head.version, Version::HTTP_11);
+        assert_eq!(head.headers["content-length"], "5");
+        let values: Vec<_> = head.headers.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(&read[..], b"hello");
+    }
+
+    #[test]
+    fn an_incomplete_head_waits_and_a_bad_one_is_refused() {
+        assert!(
+            head_of("HTTP/1.1 200 OK\r\nContent-Le")
+                .expect("partial")
+                .is_none()
+        );
+        assert!(head_of("HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n").is_err());
+        assert!(head_of("HTTP/1.1 20 OK\r\n\r\n").is_err());
+        assert!(
+            head_of("HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n").is_err(),
+            "obs-fold"
+        );
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("h{i}: v\r\n")).collect();
+        assert!(head_of(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")).is_err());
+        let huge = "HTTP/1.1 200 OK\r\nX: ".to_owned() + &"a".repeat(MAX_HEAD);
+        assert!(head_of(&huge).is_err());
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let ok = "HTTP/1.1 200 OK\r\n";
+        let f = |m: Method, h: &str| framing_of(m, &format!("{ok}{h}\r\n"));
+        assert_eq!(
+            f(Method::GET, "Content-Length: 7\r\n"),
+            Ok((Framing::Length(7), true))
+        );
+        assert_eq!(
+            f(Method::GET, "Content-Length: 0\r\n"),
+            Ok((Framing::Done, true))
+        );
+        assert_eq!(
+            f(Method::HEAD, "Content-Length: 7\r\n"),
+            Ok((Framing::Done, true))
+        );
+        assert_eq!(
+            f(Method::GET, "Transfer-Encoding: gzip, chunked\r\n"),
+            Ok((Framing::Chunked(ChunkState::Size), true))
+        );
+        assert_eq!(
+            f(
+                Method::GET,
+                "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n"
+            ),
+            Ok((Framing::Chunked(ChunkState::Size), false)),
+            "both: chunked wins, the connection is not reused"
+        );
+        assert_eq!(
+            f(Method::GET, "Transfer-Encoding: gzip\r\n"),
+            Ok((Framing::UntilClose, false))
+        );
+        assert_eq!(f(Method::GET, ""), Ok((Framing::UntilClose, false)));
+        assert_eq!(
+            f(Method::GET, "Content-Length: 7\r\nConnection: close\r\n"),
+            Ok((Framing::Length(7), false))
+        );
+        assert_eq!(
+            f(Method::GET, "Content-Length: 7, 7\r\n"),
+            Ok((Framing::Length(7), true))
+        );
+        assert!(f(Method::GET, "Content-Length: 7\r\nContent-Length: 8\r\n").is_err());
+        assert!(f(Method::GET, "Content-Length: +7\r\n").is_err());
+        assert!(f(Method::GET, "Content-Length: 99999999999999999999\r\n").is_err());
+        let no_content = framing_of(
+            Method::GET,
+            "HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n",
+        );
+        assert_eq!(no_content, Ok((Framing::Done, true)));
+        let old = |h: &str| framing_of(Method::GET, &format!("HTTP/1.0 200 OK\r\n{h}\r\n"));
+        assert_eq!(
+            old("Content-Length: 1\r\n"),
+            Ok((Framing::Length(1), false))
+        );
+        assert_eq!(
+            old("Content-Length: 1\r\nConnection: keep-alive\r\n"),
+            Ok((Framing::Length(1), true))
+        );
+        assert!(old("Transfer-Encoding: chunked\r\n").is_err());
+    }
+
+    /// Runs the chunked decoder over `input` fed in pieces of `step` bytes.
+    fn decode_all(input: &[u8], step: usize) -> Result<(Vec<u8>, Option<HeaderMap>), String> {
+        let mut state = ChunkState::Size;
+        let mut read = BytesMut::new();
+        let mut data = Vec::new();
+        let mut pieces = input.chunks(step);
+        loop {
+            match decode_chunked(&mut state, &mut read)? {
+                Decoded::Data(d) => data.extend_from_slice(&d),
+                Decoded::End(trailers) => {
+                    assert!(read.is_empty(), "bytes left after the body");
+                    return Ok((data, trailers));
+                }
+                Decoded::NeedMore => match pieces.next() {
+                    Some(piece) => read.extend_from_slice(piece),
+                    None => return Err("ran out of input".to_owned()),
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_reads_split() {
+        let input = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 9\r\n\r\n";
+        for step in [1, 2, 3, 7, input.len()] {
+            let (data, trailers) = decode_all(input, step).expect("valid");
+            assert_eq!(data, b"hello world", "step {step}");
+            assert_eq!(trailers.expect("trailers")["x-sum"], "9");
+        }
+        let (data, trailers) = decode_all(b"A\r\n0123456789\r\n0\r\n\r\n", 4).expect("valid");
+        assert_eq!(data, b"0123456789");
+        assert!(trailers.is_none());
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_fail() {
+        for bad in [
+            &b"5\r\nhelloXX0\r\n\r\n"[..],
+            b"\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"-5\r\nhello\r\n0\r\n\r\n",
+            b"zz\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+        ] {
+            assert!(
+                decode_all(bad, 3).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = format!("5;{}\r\n", "e".repeat(MAX_CHUNK_LINE));
+        assert!(decode_all(long.as_bytes(), 64).is_err());
+    }
+
+    #[test]
+    fn request_heads_are_written_in_origin_form_with_every_field() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("example.com"));
+        headers.append("x-a", HeaderValue::from_static("1"));
+        headers.append("x-a", HeaderValue::from_static("2"));
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::GET, "/p?q=1", &headers);
+        assert_eq!(
+            String::from_utf8(out).expect("ascii"),
+            "GET /p?q=1 HTTP/1.1\r\nhost: example.com\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
+        );
+    }
+}

@@ -1,0 +1,272 @@
+//! Gatehouse's own HTTP/1.1 exchange with backends (bodiless GET and HEAD), against a scripted
+//! origin that writes its responses byte for byte: framings and interim responses hyper's server
+//! would never send, responses split across many writes, and connections closed while idle.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+/// What a scripted origin does for one request.
+struct Reply {
+    /// Written in this order, each piece its own write after a short pause, so the proxy reads
+    /// the response in pieces.
+    pieces: Vec<Vec<u8>>,
+    /// Close the connection after the reply.
+    close: bool,
+}
+
+impl Reply {
+    fn whole(bytes: &[u8]) -> Reply {
+        Reply {
+            pieces: vec![bytes.to_vec()],
+            close: false,
+        }
+    }
+
+    fn split(bytes: &[u8], size: usize) -> Reply {
+        Reply {
+            pieces: bytes.chunks(size).map(<[u8]>::to_vec).collect(),
+            close: false,
+        }
+    }
+
+    fn then_close(mut self) -> Reply {
+        self.close = true;
+        self
+    }
+}
+
+/// An origin that answers each request head with the reply its script gives for the request's
+/// path; counts the connections it accepted.
+struct ScriptedOrigin {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+impl ScriptedOrigin {
+    async fn start(script: fn(&str) -> Reply) -> ScriptedOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve_scripted(stream, script));
+            }
+        });
+        ScriptedOrigin { addr, connections }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve_scripted(mut stream: TcpStream, script: fn(&str) -> Reply) {
+    let mut pending = Vec::new();
+    loop {
+        let head_end = loop {
+            if let Some(at) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let mut buf = [0u8; 4096];
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&pending[..head_end]).into_owned();
+        pending.drain(..head_end);
+        let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+        let reply = script(&path);
+        for piece in &reply.pieces {
+            if stream.write_all(piece).await.is_err() {
+                return;
+            }
+            // Lets the proxy read what came so far before the next piece.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if reply.close {
+            return;
+        }
+    }
+}
+
+async fn get(conn: &mut RawConn, path: &str) -> RawResponse {
+    conn.send(
+        format!("GET {path} HTTP/1.1\r\nHost: example.test\r\nTE: trailers\r\n\r\n").as_bytes(),
+    )
+    .await;
+    conn.response().await
+}
+
+#[tokio::test]
+async fn a_body_delimited_by_the_close_arrives_whole_and_its_connection_is_not_reused() {
+    let origin = ScriptedOrigin::start(|_| {
+        Reply::split(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the very end",
+            5,
+        )
+        .then_close()
+    })
+    .await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    for _ in 0..2 {
+        let response = get(&mut conn, "/").await;
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, b"until the very end");
+    }
+    assert_eq!(origin.connections(), 2);
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped_and_the_final_one_is_forwarded() {
+    let origin = ScriptedOrigin::start(|_| {
+        Reply::whole(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
+              HTTP/1.1 100 Continue\r\n\r\n\
+              HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+        )
+    })
+    .await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    for _ in 0..2 {
+        let response = get(&mut conn, "/").await;
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, b"final");
+    }
+    assert_eq!(origin.connections(), 1, "the connection is reused");
+}
+
+#[tokio::test]
+async fn a_chunked_body_split_across_many_writes_is_decoded_with_its_trailers() {
+    let origin = ScriptedOrigin::start(|_| {
+        Reply::split(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
+              6;name=value\r\nhello \r\n5\r\nworld\r\n0\r\nx-sum: 42\r\n\r\n",
+            3,
+        )
+    })
+    .await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    for _ in 0..2 {
+        let response = get(&mut conn, "/").await;
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, b"hello world");
+        assert_eq!(
+            response.trailer("x-sum"),
+            Some("42"),
+            "{:?}",
+            response.trailers
+        );
+    }
+    assert_eq!(origin.connections(), 1, "the connection is reused");
+}
+
+#[tokio::test]
+async fn invalid_response_framing_is_a_502_that_names_nothing_of_the_backend() {
+    let origin = ScriptedOrigin::start(|path| match path {
+        "/conflict" => Reply::whole(
+            b"HTTP/1.1 200 OK\r\nServer: secret-backend\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        ),
+        "/bad-chunk" => Reply::whole(
+            b"HTTP/1.1 200 OK\r\nServer: secret-backend\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        )
+        .then_close(),
+        _ => Reply::whole(b"HTTP/1.1 200 OK\r\nBroken Header\r\n\r\n").then_close(),
+    })
+    .await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let client = client();
+    for path in ["/conflict", "/garbled"] {
+        let response = client.get(proxy.url(path)).send().await.expect("response");
+        assert_eq!(response.status(), 502, "{path}");
+        let body = response.text().await.expect("body");
+        assert!(!body.contains("secret"), "{path}: {body}");
+    }
+    // A body that goes bad after the head: the head has been forwarded, so the client sees the
+    // response cut short rather than a complete one.
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(b"GET /bad-chunk HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        .await;
+    let mut raw = Vec::new();
+    let mut stream_end = [0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let stream = conn.stream_mut();
+        loop {
+            match stream.read(&mut stream_end).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&stream_end[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the client connection was not closed");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        !text.contains("\r\n0\r\n\r\n"),
+        "a cut body must not look complete: {text}"
+    );
+}
+
+#[tokio::test]
+async fn bytes_after_the_body_keep_its_connection_from_being_reused() {
+    let origin = ScriptedOrigin::start(|_| {
+        Reply::whole(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokXX")
+    })
+    .await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    for _ in 0..2 {
+        let response = get(&mut conn, "/").await;
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, b"ok");
+    }
+    assert_eq!(origin.connections(), 2);
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_backend_closed_while_idle_is_replaced_unseen() {
+    let origin = ScriptedOrigin::start(|_| {
+        // Keep-alive announced, then the connection closes: the next request finds it dead
+        // (either already seen closed, or failing when used).
+        Reply::whole(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").then_close()
+    })
+    .await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    for round in 1..=3 {
+        let response = get(&mut conn, "/").await;
+        assert_eq!(response.status, 200, "round {round}");
+        assert_eq!(response.body, b"ok");
+    }
+    assert_eq!(origin.connections(), 3);
+}
+
+#[tokio::test]
+async fn head_responses_carry_no_body_and_leave_the_connection_usable() {
+    let origin = ScriptedOrigin::start(|_| {
+        Reply::whole(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nContent-Type: text/plain\r\n\r\n")
+    })
+    .await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    for _ in 0..2 {
+        conn.send(b"HEAD / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+            .await;
+        let response = conn.head_response().await;
+        assert_eq!(response.status, 200);
+        assert_eq!(response.header("content-length"), Some("1234"));
+    }
+    assert_eq!(origin.connections(), 1);
+}
