@@ -34,11 +34,13 @@ const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// The most header fields in a response head or trailer section (hyper's default too).
 const MAX_HEADERS: usize = 100;
 
-/// Free space a read needs in the buffer; below it, the buffer grows by [`READ_RESERVE`].
-const MIN_READ_SPACE: usize = 1024;
+/// The room a connection's first read is given, and the least any read is given.
+const READ_MIN: usize = 8192;
 
-/// How much room a read buffer is given at a time.
-const READ_RESERVE: usize = 8192;
+/// The most room a read is given. A read that fills its room doubles the next one's up to this,
+/// so a large body is read in few system calls; one that uses under a quarter halves it (hyper's
+/// adaptive read strategy does the same).
+const READ_MAX: usize = 128 * 1024;
 
 /// The longest chunk-size line accepted (size, extensions, CRLF).
 const MAX_CHUNK_LINE: usize = 4096;
@@ -50,6 +52,8 @@ pub(super) struct DirectConnection {
     read: BytesMut,
     /// The request head being written (kept for the next one's allocation).
     write: Vec<u8>,
+    /// The room the next read is given, between [`READ_MIN`] and [`READ_MAX`].
+    read_size: usize,
 }
 
 /// Why an exchange failed.
@@ -85,6 +89,7 @@ impl DirectConnection {
             stream,
             read: BytesMut::new(),
             write: Vec::new(),
+            read_size: READ_MIN,
         })
     }
 
@@ -183,10 +188,22 @@ impl DirectConnection {
 
     /// Reads what the backend sent next into the buffer; `Ok(0)` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        if self.read.capacity() - self.read.len() < MIN_READ_SPACE {
-            self.read.reserve(READ_RESERVE);
+        if self.read.capacity() - self.read.len() < self.read_size / 2 {
+            // Reuses the buffer's space when the bytes split off it earlier are gone.
+            self.read.reserve(self.read_size);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.read)
+        let room = self.read.capacity() - self.read.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.stream),
+            cx,
+            &mut self.read
+        ))?;
+        if n == room {
+            self.read_size = (self.read_size * 2).min(READ_MAX);
+        } else if n < self.read_size / 4 {
+            self.read_size = (self.read_size / 2).max(READ_MIN);
+        }
+        Poll::Ready(Ok(n))
     }
 }
 
