@@ -512,6 +512,13 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 }
 
 /// [`request_id`] for a caller that knows whether the request has an `X-Request-Id`.
+///
+/// The id is marked sensitive: HTTP/2's HPACK then sends it as a literal never indexed. A value
+/// unique to each message would otherwise be inserted into the connection's dynamic table on
+/// every response, evicting the fields that do repeat (`content-type`, `etag`, ...), and the
+/// encoder would compare each new id against every earlier one still in the table (h2 chains
+/// equal names): 7.9 % of the instructions per h2c request in the scenario-4 profile were in
+/// HPACK encoding.
 pub fn request_id_present(headers: &HeaderMap, present: Present) -> HeaderValue {
     if present.any(Present::X_REQUEST_ID)
         && let Some(value) = headers.get(&X_REQUEST_ID)
@@ -523,7 +530,9 @@ pub fn request_id_present(headers: &HeaderMap, present: Present) -> HeaderValue 
                 .iter()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
         if valid {
-            return value.clone();
+            let mut value = value.clone();
+            value.set_sensitive(true);
+            return value;
         }
     }
     new_request_id()
@@ -544,8 +553,10 @@ pub fn new_request_id() -> HeaderValue {
     // One allocation that every copy shares (the id goes to the backend, the client and the
     // log); bytes copied into a plain `Bytes` would take a second one at the first copy.
     // Hex digits are always a valid header value.
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
-        .unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let mut id = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"));
+    id.set_sensitive(true);
+    id
 }
 
 #[cfg(test)]
@@ -873,5 +884,12 @@ mod tests {
             request_id(&map(&[("x-request-id", &too_long)])),
             too_long.as_str()
         );
+    }
+
+    #[test]
+    fn request_ids_are_sensitive_so_hpack_never_indexes_them() {
+        assert!(new_request_id().is_sensitive());
+        assert!(request_id(&map(&[("x-request-id", "abc-123")])).is_sensitive());
+        assert!(request_id(&map(&[])).is_sensitive());
     }
 }
