@@ -18,13 +18,18 @@ pub mod retry;
 pub mod state;
 pub mod sticky;
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::uri::Authority;
 use http::{Request, Response};
+use hyper::body::Incoming;
 use smallvec::SmallVec;
 
 pub use balance::{Balancer, Candidate};
@@ -371,21 +376,23 @@ impl UpstreamPool {
     /// The connection is chosen by `backend`. For HTTP/1.1 `Host` is sent as a header and the
     /// request target in origin form (a URI scheme and authority are dropped); for h2c the URI
     /// authority is what the backend sees as `:authority`.
-    pub async fn send(
-        &self,
-        backend: &Backend,
+    ///
+    /// Not an `async fn`, so the future holds the chosen transport's state only, not the request
+    /// beside it.
+    pub fn send<'a>(
+        &'a self,
+        backend: &'a Backend,
         request: Request<RequestBody>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        match &self.transport {
-            Transport::Http1(pool) => pool.send(backend, request).await,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + 'a {
+        type Other<'a> =
+            Pin<Box<dyn Future<Output = Result<Response<Incoming>, UpstreamError>> + Send + 'a>>;
+        let other: Other<'a> = match &self.transport {
+            Transport::Http1(pool) => return Either::Left(pool.send(backend, request)),
             // Boxed, so their larger futures do not grow the common HTTP/1.1 path's.
-            Transport::H2c(connections) => Box::pin(connections.send(backend, request))
-                .await
-                .map(|r| r.map(UpstreamBody::Hyper)),
-            Transport::Proxied(transport) => Box::pin(transport.send(backend, request))
-                .await
-                .map(|r| r.map(UpstreamBody::Hyper)),
-        }
+            Transport::H2c(connections) => Box::pin(connections.send(backend, request)),
+            Transport::Proxied(transport) => Box::pin(transport.send(backend, request)),
+        };
+        Either::Right(other.map(|sent| sent.map(|r| r.map(UpstreamBody::Hyper))))
     }
 
     /// True when the pool's backend connections start with a PROXY header: requests must then
