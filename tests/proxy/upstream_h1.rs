@@ -107,70 +107,65 @@ async fn get(conn: &mut RawConn, path: &str) -> RawResponse {
     conn.response().await
 }
 
+/// Starts `script`'s origin and the proxy in front of it, sends `rounds` GETs on one client
+/// connection and checks that each is a 200 with `body`; returns the last response and how many
+/// connections the origin accepted.
+async fn gets_through_proxy(
+    script: fn(&str) -> Reply,
+    rounds: usize,
+    body: &[u8],
+) -> (RawResponse, usize) {
+    let origin = ScriptedOrigin::start(script).await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    let mut last = None;
+    for round in 1..=rounds {
+        let response = get(&mut conn, "/").await;
+        assert_eq!(response.status, 200, "round {round}");
+        assert_eq!(response.body, body, "round {round}");
+        last = Some(response);
+    }
+    (last.expect("at least one round"), origin.connections())
+}
+
 #[tokio::test]
 async fn a_body_delimited_by_the_close_arrives_whole_and_its_connection_is_not_reused() {
-    let origin = ScriptedOrigin::start(|_| {
+    let script = |_: &str| {
         Reply::split(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the very end",
             5,
         )
         .then_close()
-    })
-    .await;
-    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
-    let mut conn = RawConn::connect(proxy.addr).await;
-    for _ in 0..2 {
-        let response = get(&mut conn, "/").await;
-        assert_eq!(response.status, 200);
-        assert_eq!(response.body, b"until the very end");
-    }
-    assert_eq!(origin.connections(), 2);
+    };
+    let (_, connections) = gets_through_proxy(script, 2, b"until the very end").await;
+    assert_eq!(connections, 2);
 }
 
 #[tokio::test]
 async fn interim_responses_are_skipped_and_the_final_one_is_forwarded() {
-    let origin = ScriptedOrigin::start(|_| {
+    let script = |_: &str| {
         Reply::whole(
             b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
               HTTP/1.1 100 Continue\r\n\r\n\
               HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
         )
-    })
-    .await;
-    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
-    let mut conn = RawConn::connect(proxy.addr).await;
-    for _ in 0..2 {
-        let response = get(&mut conn, "/").await;
-        assert_eq!(response.status, 200);
-        assert_eq!(response.body, b"final");
-    }
-    assert_eq!(origin.connections(), 1, "the connection is reused");
+    };
+    let (_, connections) = gets_through_proxy(script, 2, b"final").await;
+    assert_eq!(connections, 1, "the connection is reused");
 }
 
 #[tokio::test]
 async fn a_chunked_body_split_across_many_writes_is_decoded_with_its_trailers() {
-    let origin = ScriptedOrigin::start(|_| {
+    let script = |_: &str| {
         Reply::split(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n\
               6;name=value\r\nhello \r\n5\r\nworld\r\n0\r\nx-sum: 42\r\n\r\n",
             3,
         )
-    })
-    .await;
-    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
-    let mut conn = RawConn::connect(proxy.addr).await;
-    for _ in 0..2 {
-        let response = get(&mut conn, "/").await;
-        assert_eq!(response.status, 200);
-        assert_eq!(response.body, b"hello world");
-        assert_eq!(
-            response.trailer("x-sum"),
-            Some("42"),
-            "{:?}",
-            response.trailers
-        );
-    }
-    assert_eq!(origin.connections(), 1, "the connection is reused");
+    };
+    let (last, connections) = gets_through_proxy(script, 2, b"hello world").await;
+    assert_eq!(last.trailer("x-sum"), Some("42"), "{:?}", last.trailers);
+    assert_eq!(connections, 1, "the connection is reused");
 }
 
 #[tokio::test]
@@ -221,36 +216,19 @@ async fn invalid_response_framing_is_a_502_that_names_nothing_of_the_backend() {
 
 #[tokio::test]
 async fn bytes_after_the_body_keep_its_connection_from_being_reused() {
-    let origin = ScriptedOrigin::start(|_| {
-        Reply::whole(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokXX")
-    })
-    .await;
-    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
-    let mut conn = RawConn::connect(proxy.addr).await;
-    for _ in 0..2 {
-        let response = get(&mut conn, "/").await;
-        assert_eq!(response.status, 200);
-        assert_eq!(response.body, b"ok");
-    }
-    assert_eq!(origin.connections(), 2);
+    let script = |_: &str| Reply::whole(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokXX");
+    let (_, connections) = gets_through_proxy(script, 2, b"ok").await;
+    assert_eq!(connections, 2);
 }
 
 #[tokio::test]
 async fn a_kept_connection_the_backend_closed_while_idle_is_replaced_unseen() {
-    let origin = ScriptedOrigin::start(|_| {
-        // Keep-alive announced, then the connection closes: the next request finds it dead
-        // (either already seen closed, or failing when used).
-        Reply::whole(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").then_close()
-    })
-    .await;
-    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
-    let mut conn = RawConn::connect(proxy.addr).await;
-    for round in 1..=3 {
-        let response = get(&mut conn, "/").await;
-        assert_eq!(response.status, 200, "round {round}");
-        assert_eq!(response.body, b"ok");
-    }
-    assert_eq!(origin.connections(), 3);
+    // Keep-alive announced, then the connection closes: the next request finds it dead (either
+    // already seen closed, or failing when used) and must not fail for it.
+    let script =
+        |_: &str| Reply::whole(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").then_close();
+    let (_, connections) = gets_through_proxy(script, 3, b"ok").await;
+    assert_eq!(connections, 3);
 }
 
 #[tokio::test]
