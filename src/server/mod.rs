@@ -686,6 +686,10 @@ fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    // Responses are written whole; waiting to coalesce small writes only adds latency. On Linux
+    // accepted connections inherit it from the listener, which saves a system call per
+    // connection (the accept loop sets it per connection elsewhere).
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&address.into())?;
     socket.listen(4096)?;
     TcpListener::from_std(socket.into())
@@ -831,6 +835,12 @@ async fn accept_loop(
     retired: watch::Receiver<bool>,
 ) {
     let mut phase = serving.load().phase.clone();
+    // A connection's local address is the listener's, unless the listener is bound to every
+    // address: then it takes a `getsockname` per connection to know which.
+    let bound = listener
+        .local_addr()
+        .ok()
+        .filter(|a| !a.ip().is_unspecified());
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -854,6 +864,8 @@ async fn accept_loop(
                         }
                     };
                     let current = Serving::clone(&current);
+                    // Inherited from the listener on Linux (see `bind`).
+                    #[cfg(not(target_os = "linux"))]
                     let _ = stream.set_nodelay(true);
                     let retired = retired.clone();
                     // Boxed: tokio moves a task's future by value a few times when it spawns it
@@ -863,7 +875,7 @@ async fn accept_loop(
                             stream, peer, current, admitted, retired,
                         )));
                     } else {
-                        let local = local_of(&stream);
+                        let local = bound.unwrap_or_else(|| local_of(&stream));
                         tokio::spawn(serve_admitted(
                             stream, peer, local, current, admitted, retired,
                         ));
@@ -1683,5 +1695,16 @@ mod tests {
             size <= 3072,
             "a cleartext connection's future is {size} bytes"
         );
+    }
+
+    /// The accept loop leaves TCP_NODELAY to the listener on Linux: the accepted socket must
+    /// have it all the same.
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay_from_the_listener() {
+        let listener = bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+        let address = listener.local_addr().expect("address");
+        let _client = TcpStream::connect(address).await.expect("connect");
+        let (stream, _) = listener.accept().await.expect("accept");
+        assert!(stream.nodelay().expect("nodelay"));
     }
 }
