@@ -580,6 +580,33 @@ fn assert_protocol(seen: &TlsSeen, protocol: &str) {
     }
 }
 
+/// Gatehouse's own HTTP/1.1 exchange keeps TLS connections to backends too: a kept connection is
+/// checked for use by polling it once, which must not mistake TLS records the backend sends after
+/// the handshake (TLS 1.3 session tickets) for the end of the connection.
+#[tokio::test]
+async fn kept_tls_backend_connections_are_reused() {
+    let dir = TempDir::new("tls-up-reuse");
+    let ca = TestCa::new("Gatehouse Test CA");
+    let origin_leaf = ca.server(&["127.0.0.1"]);
+    let ca_file = ca.write(&dir, "ca");
+    let origin = TlsOrigin::start(origin_config(&origin_leaf, None)).await;
+    let proxy = Proxy::start(&upstream_tls_config(
+        origin.addr,
+        "http1",
+        &format!("{{ ca = {} }}", toml_path(&ca_file)),
+    ))
+    .await;
+    for round in 1..=3 {
+        assert_eq!(status_through(&proxy).await, 200, "round {round}");
+    }
+    assert_eq!(origin.count(), 3);
+    assert_eq!(
+        origin.handshakes.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one TLS connection for three requests"
+    );
+}
+
 #[tokio::test]
 async fn backends_requiring_client_certificates_get_the_configured_one() {
     let dir = TempDir::new("tls-up-mtls");

@@ -524,6 +524,8 @@ pub struct TlsOrigin {
     pub seen: Arc<Mutex<Vec<TlsSeen>>>,
     /// Handshakes that failed.
     pub failed_handshakes: Arc<AtomicUsize>,
+    /// Handshakes that succeeded (one per connection).
+    pub handshakes: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -562,14 +564,17 @@ impl TlsOrigin {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let failed_handshakes = Arc::new(AtomicUsize::new(0));
+        let handshakes = Arc::new(AtomicUsize::new(0));
         let task = {
             let (seen, failed) = (seen.clone(), failed_handshakes.clone());
+            let handshaken = handshakes.clone();
             tokio::spawn(async move {
                 loop {
                     let Ok((tcp, _)) = listener.accept().await else {
                         continue;
                     };
                     let (acceptor, seen, failed) = (acceptor.clone(), seen.clone(), failed.clone());
+                    let handshaken = handshaken.clone();
                     tokio::spawn(async move {
                         let accepted =
                             tokio::time::timeout(Duration::from_secs(20), acceptor.accept(tcp))
@@ -578,6 +583,7 @@ impl TlsOrigin {
                             failed.fetch_add(1, Ordering::SeqCst);
                             return;
                         };
+                        handshaken.fetch_add(1, Ordering::SeqCst);
                         let (_, connection) = stream.get_ref();
                         let sni = connection.server_name().map(str::to_owned);
                         let alpn = connection.alpn_protocol().map(<[u8]>::to_vec);
@@ -606,6 +612,7 @@ impl TlsOrigin {
             addr,
             seen,
             failed_handshakes,
+            handshakes,
             task,
         }
     }
