@@ -253,7 +253,12 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, String> {
                 for field in response.headers.iter() {
                     let name = HeaderName::from_bytes(field.name.as_bytes())
                         .map_err(|_| "invalid response header name".to_owned())?;
-                    let at = field.value.as_ptr() as usize - base;
+                    // httparse's slices lie within `read`; checked all the same, since the
+                    // values are sliced out of the head below.
+                    let at = (field.value.as_ptr() as usize)
+                        .checked_sub(base)
+                        .filter(|at| at + field.value.len() <= length)
+                        .ok_or_else(|| "response header value outside the head".to_owned())?;
                     fields.push((name, at, at + field.value.len()));
                 }
                 (
