@@ -21,11 +21,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// they are returned to the system. The crate exports no name for it.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Freed pages go back to the system 100 ms after they empty. mimalloc purges lazily, when it
-/// is next called: with its default delay, pages freed in the last second before a quiet spell
-/// (a burst of connections that all parked) stay resident; at 0 every emptied page is purged at
-/// once, which costs `madvise` calls and page faults when connections come and go (0.50 per
-/// request in scenario 3, against 0.08 at 100 ms; docs/performance.md).
 /// Once a second, has mimalloc return the pages whose purge delay has passed. It purges only
 /// when it is called, so after a burst that ends in a quiet spell (connections that all parked)
 /// pages would stay resident for as long as the quiet lasts. One call is a walk over the
@@ -40,6 +35,11 @@ async fn collect_freed_memory() {
     }
 }
 
+/// Freed pages go back to the system 100 ms after they empty. mimalloc purges lazily, when it
+/// is next called: with its default delay, pages freed in the last second before a quiet spell
+/// (a burst of connections that all parked) stay resident; at 0 every emptied page is purged at
+/// once, which costs `madvise` calls and page faults when connections come and go (0.50 per
+/// request in scenario 3, against 0.08 at 100 ms; docs/performance.md).
 fn tune_allocator() {
     // SAFETY: `mi_option_set` only stores the option's value (mimalloc reads it atomically);
     // it takes no pointers.

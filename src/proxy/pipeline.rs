@@ -285,7 +285,6 @@ fn report(error: &ProxyError, exchange: &Exchange, conn: &ConnInfo, uri: &Uri) {
     }
 }
 
-/// The protocol an HTTP/1.1 upgrade request asks for (see [`headers::upgrade_requested`]).
 /// What response compression is negotiated on, for a route that compresses.
 fn compression_facts<B>(route: &Route, request: &Request<B>) -> Option<compress::RequestFacts> {
     route
@@ -294,6 +293,7 @@ fn compression_facts<B>(route: &Route, request: &Request<B>) -> Option<compress:
         .map(|_| compress::RequestFacts::of(request.method(), request.headers()))
 }
 
+/// The protocol an HTTP/1.1 upgrade request asks for (see [`headers::upgrade_requested`]).
 fn upgrade_requested<B>(request: &Request<B>, present: Present) -> Option<HeaderValue> {
     if present.any(Present::UPGRADE) {
         headers::upgrade_requested(request.headers())
