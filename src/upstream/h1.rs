@@ -164,25 +164,19 @@ impl DirectConnection {
                 Ok(None) => {}
             }
             received_any |= !self.read.is_empty();
-            match poll_fn(|cx| self.poll_fill(cx)).await {
+            let cause = match poll_fn(|cx| self.poll_fill(cx)).await {
                 Ok(0) if received_any => {
-                    return Err(ExchangeError::failed(
-                        "the connection closed within the response head".to_owned(),
-                    ));
+                    "the connection closed within the response head".to_owned()
                 }
-                Ok(0) => {
-                    return Err(ExchangeError::silent(
-                        "the connection closed before a response".to_owned(),
-                    ));
-                }
-                Ok(_) => {}
-                Err(e) if received_any => {
-                    return Err(ExchangeError::failed(format!("reading the response: {e}")));
-                }
-                Err(e) => {
-                    return Err(ExchangeError::silent(format!("reading the response: {e}")));
-                }
-            }
+                Ok(0) => "the connection closed before a response".to_owned(),
+                Ok(_) => continue,
+                Err(e) => format!("reading the response: {e}"),
+            };
+            // Silent when nothing of a response came: see `send_direct`'s retry.
+            return Err(ExchangeError {
+                silent: !received_any,
+                cause,
+            });
         }
     }
 
