@@ -188,9 +188,9 @@ impl RequestBody {
     }
 
     /// Streams `inner` unchanged.
-    pub fn new(inner: Incoming) -> Self {
+    pub fn new(inner: ClientBody) -> Self {
         RequestBody {
-            inner: Some(inner),
+            inner: inner.into_incoming(),
             limit: u64::MAX,
             seen: 0,
             exceeded: None,
@@ -206,9 +206,9 @@ impl RequestBody {
 
     /// Streams `inner` but fails with [`BodyTooLarge`] once more than `limit` bytes have passed;
     /// `flag` is set when that happens so the caller can answer 413 instead of 502.
-    pub fn limited(inner: Incoming, limit: u64, flag: Arc<AtomicBool>) -> Self {
+    pub fn limited(inner: ClientBody, limit: u64, flag: Arc<AtomicBool>) -> Self {
         RequestBody {
-            inner: Some(inner),
+            inner: inner.into_incoming(),
             limit,
             seen: 0,
             exceeded: Some(flag),
@@ -421,6 +421,54 @@ pub trait BodyTap: Send + 'static {
     fn trailers(&mut self);
     /// Called once: the body ended (`complete`) or failed or was dropped before its end.
     fn end(&mut self, complete: bool);
+}
+
+/// A client's request body: read by hyper, or none (a request Gatehouse's own HTTP/1.1 server
+/// path read, which takes only requests without a body; see `server::h1`).
+#[derive(Debug, Default)]
+pub struct ClientBody(Option<Incoming>);
+
+impl ClientBody {
+    /// A request without a body.
+    pub fn empty() -> Self {
+        ClientBody(None)
+    }
+
+    /// hyper's body, when there is one.
+    pub fn into_incoming(self) -> Option<Incoming> {
+        self.0
+    }
+}
+
+impl From<Incoming> for ClientBody {
+    fn from(inner: Incoming) -> Self {
+        ClientBody(Some(inner))
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.get_mut().0 {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
 }
 
 /// A body received from a peer: from hyper (a client's request body; a backend's response

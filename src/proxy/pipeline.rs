@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::body::ClientBody;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 
 use super::error::{ProxyError, error_response};
 use super::headers::{self, ClientFacts, Present, X_REQUEST_ID};
@@ -73,7 +73,7 @@ pub async fn handle(
     state: &ProxyState,
     conn: &ConnInfo,
     in_flight: InFlight,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let generation = state.generation();
@@ -249,7 +249,7 @@ struct LogParts {
 }
 
 impl LogParts {
-    fn of(request: &Request<Incoming>) -> Self {
+    fn of(request: &Request<ClientBody>) -> Self {
         let text = |name: header::HeaderName| {
             request
                 .headers()
@@ -319,7 +319,7 @@ async fn proxy(
     client_ip: std::net::IpAddr,
     present: Present,
     exchange: &mut Exchange,
-    mut request: Request<Incoming>,
+    mut request: Request<ClientBody>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     // The `Host` lines, looked up once for the checks, routing and the forwarding headers.
     let (host_line, more_hosts) = if present.any(Present::HOST) {
@@ -729,7 +729,7 @@ fn serve_answer(
 /// A `308 Permanent Redirect` to the same host, path and query over HTTPS (308 keeps the method
 /// and body, unlike 301).
 fn redirect_to_https(
-    request: &Request<Incoming>,
+    request: &Request<ClientBody>,
     host: Option<&str>,
     port: u16,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -752,7 +752,7 @@ fn redirect_to_https(
 /// Refuses requests whose framing the HTTP parser accepted but a proxy must not pass on.
 /// `host` is the first `Host` line; `more_hosts` says there are others.
 fn check_framing(
-    request: &Request<Incoming>,
+    request: &Request<ClientBody>,
     host: Option<&HeaderValue>,
     more_hosts: bool,
 ) -> Result<(), ProxyError> {
@@ -812,7 +812,7 @@ fn normalize_target<B>(request: &mut Request<B>, merge_slashes: bool) -> Result<
 
 fn route_for(
     generation: &Generation,
-    request: &Request<Incoming>,
+    request: &Request<ClientBody>,
     host: Option<&str>,
 ) -> Result<Arc<Route>, ProxyError> {
     let facts = RequestFacts {
@@ -832,7 +832,7 @@ fn route_for(
 /// `Expect: 100-continue` never uploads); returns the flag that marks a streamed body going over.
 fn check_body_size(
     route: &Route,
-    request: &Request<Incoming>,
+    request: &Request<ClientBody>,
     present: Present,
 ) -> Result<Option<Arc<AtomicBool>>, ProxyError> {
     let Some(limit) = route.max_body else {
@@ -883,11 +883,11 @@ fn client_head(
     generation: &Generation,
     conn: &ConnInfo,
     route: &Route,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     mut present: Present,
     client_host: Option<HeaderValue>,
     finish: Option<Finish<'_>>,
-) -> Result<(ClientHead, Incoming), ProxyError> {
+) -> Result<(ClientHead, ClientBody), ProxyError> {
     let path_and_query = rewrite_path(route, request.uri())?;
     // `client_host` is the client's `Host` line, and nothing below may remove that line: a
     // preserved host needs no second write.
@@ -1050,7 +1050,7 @@ impl BodySource {
 async fn body_source(
     generation: &Generation,
     route: &Route,
-    body: Incoming,
+    body: ClientBody,
     limit_flag: Option<Arc<AtomicBool>>,
     decoding: Option<(compress::Encoding, compress::RequestDecoding)>,
     bytes: metrics::Counter,
@@ -1078,7 +1078,8 @@ async fn body_source(
         (Some((encoding, decoding)), _, Some(flag)) => {
             let codec = compress::Codec::decoder(encoding)
                 .map_err(|_| ProxyError::BadRequest("cannot decode the request body"))?;
-            let decoder = compress::CodecBody::new(codec, Vec::new(), Some(body.into()));
+            let decoder =
+                compress::CodecBody::new(codec, Vec::new(), body.into_incoming().map(Into::into));
             RequestBody::decoded(decoder, decoding.max_decoded, flag)
         }
         (_, Some(limit), Some(flag)) => RequestBody::limited(body, limit, flag),
@@ -1096,7 +1097,7 @@ async fn body_source(
 /// Reads a (small, declared) body whole, allowing at most `pause` between two pieces of it, and
 /// holding the client to `min_rate` over the whole of it.
 async fn read_whole_body(
-    mut body: Incoming,
+    mut body: ClientBody,
     pause: Duration,
     min_rate: Option<MinUploadRate>,
 ) -> Result<bytes::Bytes, ProxyError> {

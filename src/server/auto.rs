@@ -29,6 +29,9 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Incoming};
+
+use super::h1::{self, Http1Connection};
+use crate::body::{BoxError, ClientBody};
 use hyper::rt::bounds::Http2ServerConnExec;
 use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
@@ -51,6 +54,8 @@ pub(super) struct Builders {
     pub http2: Option<http2::Builder<TokioExecutor>>,
     /// `gatehouse_client_connections_parked_total` of the listener.
     pub parked: metrics::Counter,
+    /// The limits hyper's HTTP/1 server has, for plain requests served without it.
+    pub limits: h1::Limits,
 }
 
 /// A client stream an idle HTTP/1 connection can wait on for its next bytes without reading
@@ -88,16 +93,20 @@ pub(super) struct Prefixed<IO> {
 type Io<IO> = TokioIo<Prefixed<IO>>;
 
 /// hyper's HTTP/2 connection as served here.
-type Http2Connection<IO, S> = http2::Connection<Io<IO>, BoxedFutures<S>, TokioExecutor>;
+type Http2Connection<IO, S> = http2::Connection<Io<IO>, BoxedFutures<FromHyper<S>>, TokioExecutor>;
 
 /// Serves one connection with HTTP/1.1 or HTTP/2, whichever its first bytes say, parking it
 /// between HTTP/1 requests when asked to ([`AutoConnection::park`]).
-// The HTTP/1 connection is the large variant and most connections' state for most of their
+///
+/// HTTP/1 requests are served by [`h1`] while they are plain; the first that is not goes to
+/// hyper's HTTP/1 server with the connection, which keeps it until it is parked (the next
+/// bytes after that start with [`h1`] again).
+// The HTTP/1 connections are the large variants and most connections' state for most of their
 // life: kept inline, where a box would cost an allocation per connection and per unpark.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum AutoConnection<IO, S, B>
 where
-    S: Service<Request<Incoming>, Response = Response<B>>,
+    S: Service<Request<ClientBody>, Response = Response<B>>,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
     B: Body,
 {
@@ -112,12 +121,19 @@ where
         // Asked to close before any request: the connection ends at the next poll.
         cancelled: bool,
     },
+    /// Plain HTTP/1 requests, served by [`h1`].
+    Plain {
+        conn: Http1Connection<IO, S, B>,
+        builders: Arc<Builders>,
+    },
     Http1 {
-        conn: http1::UpgradeableConnection<Io<IO>, S>,
+        conn: http1::UpgradeableConnection<Io<IO>, FromHyper<S>>,
         builders: Arc<Builders>,
         /// Shared with the stream inside `conn` when the connection can be parked; set while it
         /// is being parked.
         parking: Option<Arc<AtomicBool>>,
+        /// Asked to close: a connection parked meanwhile ends instead.
+        closing: bool,
     },
     /// Between two HTTP/1 requests, with no hyper connection: waiting for the client's next
     /// bytes.
@@ -125,7 +141,6 @@ where
         io: Option<IO>,
         service: Option<S>,
         builders: Arc<Builders>,
-        parking: Arc<AtomicBool>,
         cancelled: bool,
     },
     /// Boxed: HTTP/2 connections are few and long, and the box keeps this enum (in every
@@ -139,7 +154,7 @@ where
 
 impl<IO, S, B> AutoConnection<IO, S, B>
 where
-    S: Service<Request<Incoming>, Response = Response<B>>,
+    S: Service<Request<ClientBody>, Response = Response<B>>,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
     B: Body,
 {
@@ -157,24 +172,32 @@ where
 
 impl<IO, S, B> AutoConnection<IO, S, B>
 where
-    S: Service<Request<Incoming>, Response = Response<B>> + Unpin,
+    S: Service<Request<ClientBody>, Response = Response<B>> + Unpin,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
     IO: AsyncRead + AsyncWrite + WaitReadable + Unpin + Send + 'static,
-    B: Body + 'static,
+    B: Body<Data = Bytes> + 'static,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
-    TokioExecutor: Http2ServerConnExec<Pin<Box<S::Future>>, B>,
+    TokioExecutor:
+        Http2ServerConnExec<Pin<Box<<FromHyper<S> as Service<Request<Incoming>>>::Future>>, B>,
 {
-    /// hyper's `graceful_shutdown` for the version in use; before the first bytes, or while
-    /// parked, the connection just ends.
+    /// hyper's `graceful_shutdown` for the version in use (or [`h1`]'s); before the first
+    /// bytes, or while parked, the connection just ends.
     pub(super) fn graceful_shutdown(self: Pin<&mut Self>) {
         match self.get_mut() {
             AutoConnection::Sniffing { cancelled, .. }
             | AutoConnection::Parked { cancelled, .. } => *cancelled = true,
-            AutoConnection::Http1 { conn, parking, .. } => {
+            AutoConnection::Plain { conn, .. } => conn.graceful_shutdown(),
+            AutoConnection::Http1 {
+                conn,
+                parking,
+                closing,
+                ..
+            } => {
                 // A close asked for while parking is a real close.
                 if let Some(parking) = parking {
                     parking.store(false, Ordering::Release);
                 }
+                *closing = true;
                 Pin::new(conn).graceful_shutdown();
             }
             AutoConnection::Http2 { conn } => conn.as_mut().graceful_shutdown(),
@@ -182,34 +205,41 @@ where
         }
     }
 
-    /// Puts an idle HTTP/1 connection's hyper connection away until the client sends again.
-    /// Call it only between requests: no request in flight and no byte of a new one read
-    /// (a head already partly in hyper's buffer is kept and served). Does nothing for other
+    /// Puts an idle HTTP/1 connection's buffers (and hyper's connection) away until the client
+    /// sends again. Call it only between requests: no request in flight and no byte of a new
+    /// one read (a head already partly read is kept and served). Does nothing for other
     /// connections.
     pub(super) fn park(self: Pin<&mut Self>) {
-        if let AutoConnection::Http1 {
-            conn,
-            parking: Some(parking),
-            ..
-        } = self.get_mut()
-        {
-            parking.store(true, Ordering::Release);
-            // Idle, hyper closes at once (flushing first); the poll that sees it done parks.
-            Pin::new(conn).graceful_shutdown();
+        match self.get_mut() {
+            AutoConnection::Plain { conn, builders } => {
+                builders.parked.increment(u64::from(conn.park()));
+            }
+            AutoConnection::Http1 {
+                conn,
+                parking: Some(parking),
+                closing: false,
+                ..
+            } => {
+                parking.store(true, Ordering::Release);
+                // Idle, hyper closes at once (flushing first); the poll that sees it done parks.
+                Pin::new(conn).graceful_shutdown();
+            }
+            _ => {}
         }
     }
 }
 
 impl<IO, S, B> Future for AutoConnection<IO, S, B>
 where
-    S: Service<Request<Incoming>, Response = Response<B>> + Unpin,
+    S: Service<Request<ClientBody>, Response = Response<B>> + Unpin,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
     IO: AsyncRead + AsyncWrite + WaitReadable + Unpin + Send + 'static,
-    B: Body + 'static,
+    B: Body<Data = Bytes> + 'static,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
-    TokioExecutor: Http2ServerConnExec<Pin<Box<S::Future>>, B>,
+    TokioExecutor:
+        Http2ServerConnExec<Pin<Box<<FromHyper<S> as Service<Request<Incoming>>>::Future>>, B>,
 {
-    type Output = Result<(), Box<dyn StdError + Send + Sync>>;
+    type Output = Result<(), BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -218,21 +248,31 @@ where
                 AutoConnection::Http2 { conn } => {
                     return conn.as_mut().poll(cx).map_err(Into::into);
                 }
+                AutoConnection::Plain { conn, .. } => {
+                    if ready!(conn.poll(cx))? == h1::Progress::Closed {
+                        return Poll::Ready(Ok(()));
+                    }
+                    let AutoConnection::Plain { conn, builders } =
+                        std::mem::replace(this, AutoConnection::Moving(PhantomData))
+                    else {
+                        return Poll::Ready(Ok(()));
+                    };
+                    // A request for hyper: it reads it (and what follows) from the start.
+                    let (io, service, unread) = conn.into_parts();
+                    let parking = io.can_wait().then(|| Arc::new(AtomicBool::new(false)));
+                    *this = http1_connection(builders, unread, io, service, parking);
+                }
                 AutoConnection::Http1 { conn, parking, .. } => {
                     ready!(Pin::new(conn).poll(cx))?;
                     if !parking.as_ref().is_some_and(|p| p.load(Ordering::Acquire)) {
                         return Poll::Ready(Ok(()));
                     }
                     // Parked: hyper closed the idle connection and left the stream open.
-                    let AutoConnection::Http1 {
-                        conn,
-                        builders,
-                        parking: Some(parking),
-                    } = std::mem::replace(this, AutoConnection::Moving(PhantomData))
+                    let AutoConnection::Http1 { conn, builders, .. } =
+                        std::mem::replace(this, AutoConnection::Moving(PhantomData))
                     else {
                         return Poll::Ready(Ok(()));
                     };
-                    parking.store(false, Ordering::Release);
                     // `None` after an upgrade, which ends the connection here.
                     let Some(parts) = conn.into_parts() else {
                         return Poll::Ready(Ok(()));
@@ -246,25 +286,24 @@ where
                         both.extend_from_slice(&prefix);
                         both.freeze()
                     };
+                    let service = parts.service.0;
                     *this = if unread.is_empty() {
                         builders.parked.increment(1);
                         AutoConnection::Parked {
                             io: Some(io),
-                            service: Some(parts.service),
+                            service: Some(service),
                             builders,
-                            parking,
                             cancelled: false,
                         }
                     } else {
                         // The client had already sent more: serve it at once.
-                        http1_connection(builders, unread, io, parts.service, Some(parking))
+                        plain_connection(builders, unread, io, service)
                     };
                 }
                 AutoConnection::Parked {
                     io,
                     service,
                     builders,
-                    parking,
                     cancelled,
                 } => {
                     if *cancelled {
@@ -277,13 +316,7 @@ where
                     let (Some(io), Some(service)) = (io.take(), service.take()) else {
                         return Poll::Ready(Ok(()));
                     };
-                    *this = http1_connection(
-                        builders.clone(),
-                        Bytes::new(),
-                        io,
-                        service,
-                        Some(parking.clone()),
-                    );
+                    *this = plain_connection(builders.clone(), Bytes::new(), io, service);
                 }
                 AutoConnection::Sniffing {
                     io,
@@ -317,18 +350,36 @@ where
                                     io,
                                     parking: None,
                                 }),
-                                BoxedFutures(service),
+                                BoxedFutures(FromHyper(service)),
                             )),
                         },
-                        _ => {
-                            let parking = io.can_wait().then(|| Arc::new(AtomicBool::new(false)));
-                            http1_connection(builders, prefix, io, service, parking)
-                        }
+                        _ => plain_connection(builders, prefix, io, service),
                     };
                 }
                 AutoConnection::Moving(_) => return Poll::Ready(Ok(())),
             }
         }
+    }
+}
+
+/// A connection whose next requests [`h1`] serves, `prefix` read before it.
+fn plain_connection<IO, S, B>(
+    builders: Arc<Builders>,
+    prefix: Bytes,
+    io: IO,
+    service: S,
+) -> AutoConnection<IO, S, B>
+where
+    S: Service<Request<ClientBody>, Response = Response<B>>,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    IO: AsyncRead + AsyncWrite + WaitReadable + Unpin,
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let limits = builders.limits;
+    AutoConnection::Plain {
+        conn: Http1Connection::new(io, service, prefix, limits),
+        builders,
     }
 }
 
@@ -341,7 +392,7 @@ fn http1_connection<IO, S, B>(
     parking: Option<Arc<AtomicBool>>,
 ) -> AutoConnection<IO, S, B>
 where
-    S: Service<Request<Incoming>, Response = Response<B>>,
+    S: Service<Request<ClientBody>, Response = Response<B>>,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     B: Body + 'static,
@@ -353,9 +404,31 @@ where
         parking: parking.clone(),
     });
     AutoConnection::Http1 {
-        conn: builders.http1.serve_connection(io, service).with_upgrades(),
+        conn: builders
+            .http1
+            .serve_connection(io, FromHyper(service))
+            .with_upgrades(),
         builders,
         parking,
+        closing: false,
+    }
+}
+
+/// A service taking requests with [`ClientBody`], as hyper's servers call it (with hyper's
+/// body).
+#[derive(Debug, Clone)]
+pub(super) struct FromHyper<S>(pub(super) S);
+
+impl<S> Service<Request<Incoming>> for FromHyper<S>
+where
+    S: Service<Request<ClientBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        self.0.call(request.map(ClientBody::from))
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod activity;
 mod auto;
 pub mod config_watch;
+mod h1;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -708,6 +709,10 @@ fn http_builder(
         // HTTP/1-only: no sniffing, an HTTP/2 preface is a malformed HTTP/1 request.
         http2: spec.http2.then(|| http2_builder(settings)),
         parked,
+        limits: h1::Limits {
+            max_headers: settings.max_headers,
+            max_head: header_bytes(settings),
+        },
     }))
 }
 
@@ -1154,7 +1159,7 @@ where
         enough: Notify::new(),
     });
     let enough = limits.clone();
-    let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+    let service = service_fn(move |request: http::Request<crate::body::ClientBody>| {
         let state = state.clone();
         let info = info.clone();
         let limits = limits.clone();
@@ -1216,8 +1221,10 @@ where
         HttpBuilder::Http2(builder) => {
             // Boxed: inline, hyper's HTTP/2 connection (several KiB) would size the task of
             // every connection, HTTP/1 ones included, parked ones too.
-            let mut conn =
-                Box::pin(builder.serve_connection(TokioIo::new(io), auto::BoxedFutures(service)));
+            let mut conn = Box::pin(builder.serve_connection(
+                TokioIo::new(io),
+                auto::BoxedFutures(auto::FromHyper(service)),
+            ));
             futures_util::future::Either::Right(async move {
                 let _open = open;
                 let control = ConnControl {
@@ -1461,7 +1468,7 @@ impl RequestLimits {
         state: &ProxyState,
         info: &ConnInfo,
         in_flight: InFlight,
-        request: &http::Request<hyper::body::Incoming>,
+        request: &http::Request<crate::body::ClientBody>,
     ) -> http::Response<ResponseBody> {
         self.refused.requests.increment(1);
         let request_id = crate::proxy::headers::request_id(request.headers());

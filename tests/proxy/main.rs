@@ -8,6 +8,7 @@ mod access_log;
 mod balancing;
 mod basics;
 mod cache;
+mod client_h1;
 mod compression;
 mod config_errors;
 mod demo;

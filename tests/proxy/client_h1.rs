@@ -1,0 +1,220 @@
+//! Gatehouse's own client-side HTTP/1.1 for plain requests (GET and HEAD without a body), and
+//! the hand-over to hyper's server for every other request: the two must answer alike, and a
+//! connection must move from one to the other at any request boundary, pipelined or not.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+/// An origin with one kind of response per path: a fixed length, a streamed body of unknown
+/// length, an empty body, 204, 304 and 404.
+async fn varied_origin() -> Origin {
+    Origin::start(|request| async move {
+        match request.uri().path() {
+            "/fixed" => text(200, "a body of fixed length"),
+            "/stream" => {
+                let pieces = ["streamed ", "in ", "pieces"].map(|piece| {
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(
+                        bytes::Bytes::from_static(piece.as_bytes()),
+                    ))
+                });
+                let body = http_body_util::StreamBody::new(futures_util::stream::iter(pieces));
+                http::Response::new(http_body_util::BodyExt::boxed(body))
+            }
+            "/empty" => text(200, ""),
+            "/none" => text(204, ""),
+            "/same" => {
+                let mut response = text(304, "");
+                response
+                    .headers_mut()
+                    .insert("etag", http::HeaderValue::from_static("\"v1\""));
+                response
+            }
+            _ => text(404, "no such page"),
+        }
+    })
+    .await
+}
+
+/// A response with the fields that differ per response (date, request id) left out, sorted, so
+/// two answers to the same request can be compared.
+fn comparable(response: &RawResponse) -> (u16, Vec<(String, String)>, Vec<u8>, bool) {
+    let mut headers: Vec<_> = response
+        .headers
+        .iter()
+        .filter(|(name, _)| name != "date" && name != "x-request-id")
+        .cloned()
+        .collect();
+    headers.sort();
+    (
+        response.status,
+        headers,
+        response.body.clone(),
+        response.chunked,
+    )
+}
+
+/// Every kind of response, to GET and HEAD, with and without `Connection: close`: served plain
+/// and served by hyper (the same request with `Content-Length: 0`, which is not plain), the
+/// answers are the same field for field, framing included.
+#[tokio::test]
+async fn plain_requests_are_answered_as_hyper_answers_them() {
+    let origin = varied_origin().await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let paths = ["/fixed", "/stream", "/empty", "/none", "/same", "/missing"];
+    for method in ["GET", "HEAD"] {
+        for path in paths {
+            for connection in ["", "Connection: close\r\n"] {
+                let mut answers = Vec::new();
+                for extra in ["", "Content-Length: 0\r\n"] {
+                    let mut conn = RawConn::connect(proxy.addr).await;
+                    let request =
+                        format!("{method} {path} HTTP/1.1\r\nHost: t\r\n{connection}{extra}\r\n");
+                    conn.send(request.as_bytes()).await;
+                    let response = if method == "HEAD" {
+                        conn.head_response().await
+                    } else {
+                        conn.response().await
+                    };
+                    assert!(
+                        response.has("date"),
+                        "{method} {path} {extra:?}: no date field"
+                    );
+                    answers.push(comparable(&response));
+                }
+                assert_eq!(
+                    answers[0], answers[1],
+                    "{method} {path} {connection:?}: plain answer (left) differs from hyper's (right)"
+                );
+                if connection.is_empty() {
+                    assert!(
+                        !answers[0].1.iter().any(|(name, _)| name == "connection"),
+                        "{method} {path}: a kept connection says {:?}",
+                        answers[0].1
+                    );
+                } else {
+                    assert!(
+                        answers[0]
+                            .1
+                            .contains(&("connection".to_owned(), "close".to_owned())),
+                        "{method} {path}: a closing connection must say so: {:?}",
+                        answers[0].1
+                    );
+                }
+            }
+        }
+    }
+    let fixed = {
+        let mut conn = RawConn::connect(proxy.addr).await;
+        conn.send(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n").await;
+        conn.response().await
+    };
+    assert!(fixed.chunked, "a body of unknown length is sent chunked");
+    assert_eq!(fixed.body, b"streamed in pieces");
+}
+
+/// A client that asks to close gets its answer, then the connection closes.
+#[tokio::test]
+async fn a_plain_request_asking_to_close_closes_after_its_answer() {
+    let origin = varied_origin().await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(b"GET /fixed HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await;
+    let response = conn.response().await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, b"a body of fixed length");
+    assert!(conn.closed_within(Duration::from_secs(10)).await);
+}
+
+/// Requests sent back to back in one write are answered in order, across hand-overs both ways:
+/// plain, then one with a body (hyper's), then plain again on the same connection.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_across_hand_overs() {
+    let origin = Origin::start(|request| async move {
+        let path = request.uri().path().to_owned();
+        let body = http_body_util::BodyExt::collect(request.into_body())
+            .await
+            .map(|collected| collected.to_bytes())
+            .unwrap_or_default();
+        text(200, &format!("{path}:{}", String::from_utf8_lossy(&body)))
+    })
+    .await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(
+        b"GET /one HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /two HTTP/1.1\r\nHost: t\r\n\r\n\
+          POST /three HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello\
+          GET /four HTTP/1.1\r\nHost: t\r\n\r\n\
+          HEAD /five HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await;
+    for expected in ["/one:", "/two:", "/three:hello", "/four:"] {
+        let response = conn.response().await;
+        assert_eq!(response.status, 200, "{expected}");
+        assert_eq!(String::from_utf8_lossy(&response.body), expected);
+    }
+    let head = conn.head_response().await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("6"));
+    // And the connection is still good for more.
+    conn.send(b"GET /six HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert_eq!(conn.response().await.body, b"/six:");
+}
+
+/// A head that arrives a few bytes at a time is read whole, and what is not plain in it is
+/// noticed wherever it falls (here the last field, which hands the request to hyper).
+#[tokio::test]
+async fn heads_arriving_in_pieces_are_read_whole() {
+    let origin = varied_origin().await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    for head in [
+        &b"GET /fixed HTTP/1.1\r\nHost: t\r\nAccept: */*\r\n\r\n"[..],
+        &b"GET /fixed HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"[..],
+    ] {
+        let mut conn = RawConn::connect(proxy.addr).await;
+        for piece in head.chunks(3) {
+            conn.send(piece).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let response = conn.response().await;
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, b"a body of fixed length");
+    }
+}
+
+/// Malformed or unusual heads are hyper's to answer, as before: a bad header name is a 400, a
+/// head over the limit a 431, and HTTP/1.0 still gets an HTTP/1.0 answer.
+#[tokio::test]
+async fn requests_that_are_not_plain_get_hypers_answers() {
+    let origin = varied_origin().await;
+    let proxy = Proxy::start(&single_pool_config(
+        &[origin.addr],
+        "[server]\nmax_header_bytes = \"8KiB\"\n",
+    ))
+    .await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(b"GET /fixed HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n")
+        .await;
+    assert_eq!(conn.response().await.status, 400);
+
+    let mut conn = RawConn::connect(proxy.addr).await;
+    let big = format!(
+        "GET /fixed HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
+    conn.send(big.as_bytes()).await;
+    assert_eq!(conn.response().await.status, 431);
+
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(b"GET /fixed HTTP/1.0\r\nHost: t\r\n\r\n").await;
+    let mut status_line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(conn.stream_mut(), &mut status_line)
+        .await
+        .expect("status line");
+    assert!(
+        status_line.starts_with("HTTP/1.0 200"),
+        "HTTP/1.0 request answered with {status_line:?}"
+    );
+}
