@@ -39,6 +39,9 @@ NGINX_H2_PORT=$((PORT_BASE + 202))
 HAPROXY_H1_PORT=$((PORT_BASE + 301))
 HAPROXY_H2_PORT=$((PORT_BASE + 302))
 GATEHOUSE_PORT=$((PORT_BASE + 401))
+# Target gatehouse-b: a second Gatehouse binary (GATEHOUSE_BIN_B) for paired A/B runs.
+GATEHOUSE_B_PORT=$((PORT_BASE + 411))
+GATEHOUSE_B_TLS_PORT=$((PORT_BASE + 412))
 # Scenario 5: HTTPS listeners, all with the same certificate (generated per run).
 NGINX_TLS_PORT=$((PORT_BASE + 203))
 HAPROXY_TLS_PORT=$((PORT_BASE + 303))
@@ -70,7 +73,7 @@ done
 SCENARIO_LIST=("${expanded[@]}")
 unset expanded scenario
 for target in "${TARGET_LIST[@]}"; do
-    case $target in direct | nginx | haproxy | gatehouse) ;; *) die "unknown target '$target'" ;; esac
+    case $target in direct | nginx | haproxy | gatehouse | gatehouse-b) ;; *) die "unknown target '$target'" ;; esac
 done
 has_target() {
     local t
@@ -208,11 +211,15 @@ target_pids() {
 # ---------------------------------------------------------------------------------------------
 # /proc readings
 
-# Sum of utime+stime (clock ticks) over PIDs.
+# Sum of utime+stime (clock ticks) over PIDs. A process that has exited meanwhile counts 0: nginx's
+# cache loader (a child of the proxy's master) exits about a minute after start, often between the
+# listing of the proxy's processes and the reading (its own CPU time is negligible); reading its
+# gone /proc entry used to print errors and could end the run.
 cpu_ticks() {
     local pid stat total=0 fields
     for pid in "$@"; do
-        stat=$(<"/proc/$pid/stat")
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        [[ -n $stat ]] || continue
         read -r -a fields <<<"${stat##*) }"
         total=$((total + fields[11] + fields[12]))
     done
@@ -224,7 +231,8 @@ status_kib() {
     local field=$1 pid total=0 value
     shift
     for pid in "$@"; do
-        value=$(awk -v f="$field:" '$1 == f { print $2 }' "/proc/$pid/status")
+        # 0 for a process that has exited meanwhile (see cpu_ticks).
+        value=$(awk -v f="$field:" '$1 == f { print $2 }' "/proc/$pid/status" 2>/dev/null) || value=0
         total=$((total + ${value:-0}))
     done
     echo "$total"
@@ -337,6 +345,10 @@ prepare_run_dir() {
     for config in origin-nginx.conf nginx-proxy.conf haproxy.cfg gatehouse.toml; do
         render "$config"
     done
+    # gatehouse-b: the same config on its own ports.
+    sed -e "s|127.0.0.1:$GATEHOUSE_PORT\"|127.0.0.1:$GATEHOUSE_B_PORT\"|" \
+        -e "s|127.0.0.1:$GATEHOUSE_TLS_PORT\"|127.0.0.1:$GATEHOUSE_B_TLS_PORT\"|" \
+        "$RUN_DIR/gatehouse.toml" >"$RUN_DIR/gatehouse-b.toml"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -369,6 +381,10 @@ start_target() {
         start_bg gatehouse "$PROXY_CPU" "${TARGET_WRAPPER[@]}" "$GATEHOUSE_BIN" run -c "$RUN_DIR/gatehouse.toml"
         wait_listening gatehouse "$STARTED_PID" "$GATEHOUSE_PORT" "$GATEHOUSE_TLS_PORT"
         ;;
+    gatehouse-b)
+        start_bg gatehouse-b "$PROXY_CPU" "${TARGET_WRAPPER[@]}" "${GATEHOUSE_BIN_B:?}" run -c "$RUN_DIR/gatehouse-b.toml"
+        wait_listening gatehouse-b "$STARTED_PID" "$GATEHOUSE_B_PORT" "$GATEHOUSE_B_TLS_PORT"
+        ;;
     esac
     MAIN_PID[$target]=$STARTED_PID
     for worker in $(children_of "$STARTED_PID"); do PIDS+=("$worker"); done
@@ -390,6 +406,7 @@ target_port() {
         nginx) echo "$NGINX_TLS_PORT" ;;
         haproxy) echo "$HAPROXY_TLS_PORT" ;;
         gatehouse) echo "$GATEHOUSE_TLS_PORT" ;;
+        gatehouse-b) echo "$GATEHOUSE_B_TLS_PORT" ;;
         esac
         return 0
     fi
@@ -398,6 +415,7 @@ target_port() {
     nginx) ((h2)) && echo "$NGINX_H2_PORT" || echo "$NGINX_H1_PORT" ;;
     haproxy) ((h2)) && echo "$HAPROXY_H2_PORT" || echo "$HAPROXY_H1_PORT" ;;
     gatehouse) echo "$GATEHOUSE_PORT" ;;
+    gatehouse-b) echo "$GATEHOUSE_B_PORT" ;;
     esac
 }
 

@@ -27,6 +27,10 @@
 #                            HAProxy, +401 Gatehouse; HTTPS (scenario 5): +203 nginx, +303
 #                            HAProxy, +402 Gatehouse (all on 127.0.0.1)
 #   GATEHOUSE_BIN=PATH       benchmark this binary instead of building target/release/gatehouse
+#   GATEHOUSE_BIN_B=PATH     with target gatehouse-b: a second Gatehouse binary, run beside the
+#                            first (ports +411/+412) for a paired A/B; the report adds a section
+#                            comparing the two round by round. BENCH_GATEHOUSE_B_COMMIT labels it.
+#                            e.g. BENCH_TARGETS="nginx gatehouse gatehouse-b" BENCH_SCENARIOS="1 4"
 #   BENCH_KEEP=1             keep the temp run directory (rendered configs, logs, raw data)
 #
 # Every process it starts is recorded by PID and stopped on exit (nginx workers included); it
@@ -161,6 +165,9 @@ main() {
     ensure_tools
     if [[ -n ${GATEHOUSE_BIN:-} ]]; then BENCH_PREBUILT=1; fi
     if has_target gatehouse; then build_gatehouse; fi
+    if has_target gatehouse-b; then
+        [[ -x ${GATEHOUSE_BIN_B:-} ]] || die "target gatehouse-b needs GATEHOUSE_BIN_B, an executable"
+    fi
     CLK_TCK=$(getconf CLK_TCK)
 
     # Scenario 7 needs ~10,000 descriptors in the client and in each proxy.
@@ -176,7 +183,7 @@ main() {
     for port in "$ORIGIN_PORT_1" "$ORIGIN_PORT_2" "$ORIGIN_PORT_3" "$ORIGIN_H2C_PORT" \
         "$ORIGIN_STATUS_PORT" "$NGINX_H1_PORT" "$NGINX_H2_PORT" "$HAPROXY_H1_PORT" \
         "$HAPROXY_H2_PORT" "$GATEHOUSE_PORT" "$NGINX_TLS_PORT" "$HAPROXY_TLS_PORT" \
-        "$GATEHOUSE_TLS_PORT"; do
+        "$GATEHOUSE_TLS_PORT" "$GATEHOUSE_B_PORT" "$GATEHOUSE_B_TLS_PORT"; do
         if listening "$port"; then die "port $port is in use (set BENCH_PORT_BASE)"; fi
     done
 
@@ -203,6 +210,10 @@ main() {
         )"
     fi
     write_meta gatehouse_bin "${GATEHOUSE_BIN:-not benchmarked}"
+    if has_target gatehouse-b; then
+        write_meta gatehouse_bin_b "$GATEHOUSE_BIN_B"
+        write_meta commit_b "${BENCH_GATEHOUSE_B_COMMIT:-not known (set BENCH_GATEHOUSE_B_COMMIT)}"
+    fi
     write_meta nginx "$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')"
     write_meta haproxy "$("$HAPROXY_BIN" -v 2>&1 | head -n 1 | awk '{print $3}')"
     write_meta wrk "$(wrk -v 2>&1 | head -n 1 | awk '{print $2}')"

@@ -24,8 +24,14 @@ SCENARIOS = {
     "(wrk); each proxy's cache on (nginx `proxy_cache` on tmpfs, HAProxy `cache`, Gatehouse's "
     "memory tier); direct = the origin serving the file",
 }
-NAMES = {"direct": "direct to origin", "nginx": "nginx", "haproxy": "HAProxy", "gatehouse": "Gatehouse"}
-ORDER = ["direct", "nginx", "haproxy", "gatehouse"]
+NAMES = {
+    "direct": "direct to origin",
+    "nginx": "nginx",
+    "haproxy": "HAProxy",
+    "gatehouse": "Gatehouse",
+    "gatehouse-b": "Gatehouse B",
+}
+ORDER = ["direct", "nginx", "haproxy", "gatehouse", "gatehouse-b"]
 REUSE_SCENARIOS = {"1", "2", "4", "5a"}
 
 
@@ -77,6 +83,55 @@ class Row:
         )
 
 
+def paired_ab(records, idle_per_conn, say):
+    """Gatehouse B against Gatehouse, round by round: the two ran back to back in every round,
+    so each round's ratio compares them under the same machine conditions (this VM drifts by
+    more between rounds than most single changes are worth)."""
+    by_round = {}
+    for r in records:
+        if r["target"] in ("gatehouse", "gatehouse-b") and r["scenario"] in SCENARIOS:
+            by_round.setdefault((r["scenario"], r["round"]), {})[r["target"]] = r
+    pairs = {}
+    for (scenario, _), both in by_round.items():
+        if len(both) == 2:
+            pairs.setdefault(scenario, []).append((both["gatehouse"], both["gatehouse-b"]))
+    if not pairs:
+        return
+
+    def rps(r):
+        return r["requests"] / (r["duration_us"] / 1e6)
+
+    def cpu(r):
+        return r["proxy_cpu_ticks"] / max(r["requests"], 1)
+
+    def spread(values):
+        return f"{med(values):.3f} ({min(values):.3f}-{max(values):.3f})"
+
+    say("## A/B: Gatehouse B against Gatehouse (paired by round)")
+    say("")
+    say(
+        "Each figure is B's value divided by Gatehouse's in the same round; median over rounds "
+        "(min-max). Below 1.000 in CPU and p99, above 1.000 in req/s, is B being better."
+    )
+    say("")
+    say("| scenario | rounds | req/s B / A | CPU per request B / A | p99 B / A |")
+    say("|---|---:|---:|---:|---:|")
+    for scenario in SCENARIOS:
+        if scenario not in pairs:
+            continue
+        ps = pairs[scenario]
+        say(
+            f"| {scenario} | {len(ps)} | {spread([rps(b) / rps(a) for a, b in ps])} "
+            f"| {spread([cpu(b) / cpu(a) for a, b in ps if cpu(a)])} "
+            f"| {spread([b['p99_us'] / a['p99_us'] for a, b in ps if a['p99_us']])} |"
+        )
+    a, b = idle_per_conn("gatehouse"), idle_per_conn("gatehouse-b")
+    if a and b:
+        say("")
+        say(f"Idle connection memory (scenario 7): B {b:.2f} KiB, Gatehouse {a:.2f} KiB per connection.")
+    say("")
+
+
 def main():
     records = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8") if line.strip()]
     for r in records:
@@ -91,6 +146,8 @@ def main():
     say(f"# Gatehouse benchmark, {meta.get('date', '?')}")
     say("")
     say(f"- Gatehouse commit: `{meta.get('commit', '?')}` (binary: `{meta.get('gatehouse_bin', '?')}`)")
+    if meta.get("gatehouse_bin_b"):
+        say(f"- Gatehouse B commit: `{meta.get('commit_b', '?')}` (binary: `{meta['gatehouse_bin_b']}`)")
     say(
         f"- Machine: {meta.get('cpu', '?')}, {meta.get('memory', '?')}, Linux {meta.get('kernel', '?')}; "
         f"load average {meta.get('loadavg_start', '?')} at the start, {meta.get('loadavg_end', '?')} at the end"
@@ -189,6 +246,8 @@ def main():
                 f"target <= 4 KiB: {mark(per <= 4)}" + (f" ({others})." if others else ".")
             )
         say("")
+
+    paired_ab(records, idle_per_conn, say)
 
     for scenario, title in SCENARIOS.items():
         present = [t for t in ORDER if (scenario, t) in rows]
