@@ -101,8 +101,8 @@ type Http2Connection<IO, S> = http2::Connection<Io<IO>, BoxedFutures<FromHyper<S
 /// HTTP/1 requests are served by [`h1`] while they are plain; the first that is not goes to
 /// hyper's HTTP/1 server with the connection, which keeps it until it is parked (the next
 /// bytes after that start with [`h1`] again).
-// The HTTP/1 connections are the large variants and most connections' state for most of their
-// life: kept inline, where a box would cost an allocation per connection and per unpark.
+// `Plain` is the large variant and most connections' state for most of their life: kept inline,
+// where a box would cost an allocation per connection.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum AutoConnection<IO, S, B>
 where
@@ -126,8 +126,11 @@ where
         conn: Http1Connection<IO, S, B>,
         builders: Arc<Builders>,
     },
+    /// Boxed: hyper's connection is twice the size of [`Http1Connection`], and only connections
+    /// that sent a request that is not plain have one; inline, it would size every connection's
+    /// task, idle ones too.
     Http1 {
-        conn: http1::UpgradeableConnection<Io<IO>, FromHyper<S>>,
+        conn: Box<http1::UpgradeableConnection<Io<IO>, FromHyper<S>>>,
         builders: Arc<Builders>,
         /// Shared with the stream inside `conn` when the connection can be parked; set while it
         /// is being parked.
@@ -198,7 +201,7 @@ where
                     parking.store(false, Ordering::Release);
                 }
                 *closing = true;
-                Pin::new(conn).graceful_shutdown();
+                Pin::new(&mut **conn).graceful_shutdown();
             }
             AutoConnection::Http2 { conn } => conn.as_mut().graceful_shutdown(),
             AutoConnection::Moving(_) => {}
@@ -222,7 +225,7 @@ where
             } => {
                 parking.store(true, Ordering::Release);
                 // Idle, hyper closes at once (flushing first); the poll that sees it done parks.
-                Pin::new(conn).graceful_shutdown();
+                Pin::new(&mut **conn).graceful_shutdown();
             }
             _ => {}
         }
@@ -263,7 +266,7 @@ where
                     *this = http1_connection(builders, unread, io, service, parking);
                 }
                 AutoConnection::Http1 { conn, parking, .. } => {
-                    ready!(Pin::new(conn).poll(cx))?;
+                    ready!(Pin::new(&mut **conn).poll(cx))?;
                     if !parking.as_ref().is_some_and(|p| p.load(Ordering::Acquire)) {
                         return Poll::Ready(Ok(()));
                     }
@@ -274,7 +277,7 @@ where
                         return Poll::Ready(Ok(()));
                     };
                     // `None` after an upgrade, which ends the connection here.
-                    let Some(parts) = conn.into_parts() else {
+                    let Some(parts) = (*conn).into_parts() else {
                         return Poll::Ready(Ok(()));
                     };
                     let Prefixed { prefix, io, .. } = parts.io.into_inner();
@@ -404,10 +407,12 @@ where
         parking: parking.clone(),
     });
     AutoConnection::Http1 {
-        conn: builders
-            .http1
-            .serve_connection(io, FromHyper(service))
-            .with_upgrades(),
+        conn: Box::new(
+            builders
+                .http1
+                .serve_connection(io, FromHyper(service))
+                .with_upgrades(),
+        ),
         builders,
         parking,
         closing: false,

@@ -274,7 +274,8 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, String> {
     let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status code {code}"))?;
     let head = read.split_to(length).freeze();
     let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, start, end) in fields {
+    // `drain`, not `into_iter`: that would move the whole inline array (hundreds of bytes).
+    for (name, start, end) in fields.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| format!("invalid value in response header {name}"))?;
         headers.append(name, value);
