@@ -21,6 +21,41 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The `Via` value: a pseudonym and no version, so the response names no software release.
 const VIA_VALUE: &str = "1.1 gatehouse";
 
+/// A client address as a header value (`X-Forwarded-For`), formatted once per connection.
+///
+/// IPv4 is written digit by digit: `Ipv4Addr`'s `Display` goes through the formatting machinery
+/// and a growing `String` (1,600 instructions, 4 % of a connection-per-request exchange).
+pub fn address_value(ip: IpAddr) -> HeaderValue {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut text = [0u8; 15];
+            let mut length = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text[length] = b'.';
+                    length += 1;
+                }
+                let digits = [octet / 100, octet / 10 % 10, octet % 10];
+                let skip = if octet >= 100 {
+                    0
+                } else if octet >= 10 {
+                    1
+                } else {
+                    2
+                };
+                for digit in &digits[skip..] {
+                    text[length] = b'0' + digit;
+                    length += 1;
+                }
+            }
+            HeaderValue::from_bytes(&text[..length])
+        }
+        IpAddr::V6(_) => HeaderValue::from_str(&ip.to_string()),
+    }
+    // Digits, dots, hex and colons: always a valid value.
+    .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// True if a `Connection` header of `headers` lists `token` (case-insensitive).
 pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
@@ -783,6 +818,24 @@ mod tests {
             ip,
             proto: "http",
             host,
+        }
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "10.200.30.4",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(address_value(ip), ip.to_string().as_str(), "{text}");
         }
     }
 

@@ -37,6 +37,8 @@ const MAX_TARGET: usize = u16::MAX as usize - 1;
 /// Data frames up to this size are copied beside the head (one write for a small response);
 /// larger ones are written from their own buffers.
 const COPY_BELOW: usize = 8192;
+/// Room reserved for a response head beyond its fields (status line, framing, `date`).
+const HEAD_ROOM: usize = 128;
 /// Output queued beyond this is written before the body is polled again (backpressure).
 const MAX_QUEUED: usize = 256 * 1024;
 /// Buffers handed to one `writev`.
@@ -241,6 +243,15 @@ where
                             .exact()
                             .map_or(BodyLength::Unknown, BodyLength::Known)
                     };
+                    // One allocation for the head and a small body, not a doubling series (a
+                    // new connection's buffer starts empty).
+                    let small_body = match length {
+                        BodyLength::Known(n) if n < COPY_BELOW as u64 => n as usize,
+                        _ => 0,
+                    };
+                    self.out
+                        .gather
+                        .reserve(HEAD_ROOM + parts.headers.len() * 64 + small_body);
                     let keep_alive = facts.keep_alive && !self.closing;
                     let encoded =
                         encode_head(&parts, facts.head, length, keep_alive, &mut self.out);
@@ -861,7 +872,7 @@ impl Outgoing {
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.queued -= written;
+            self.queued = self.queued.saturating_sub(written);
             while written > 0 {
                 let Some(front) = self.queue.front_mut() else {
                     break;

@@ -1142,8 +1142,7 @@ where
         local,
         private_upstreams: Default::default(),
         // An IP address is always a valid header value.
-        peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
-            .unwrap_or_else(|_| http::HeaderValue::from_static("unknown")),
+        peer_ip: crate::proxy::headers::address_value(peer.ip()),
         proto: secured.proto,
         activity: activity.clone(),
         drain,
