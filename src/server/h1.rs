@@ -547,7 +547,9 @@ fn span(base: usize, part: &[u8], length: usize) -> Option<(usize, usize)> {
 /// framing it chooses (the response's own `content-length` or `transfer-encoding`, else the
 /// body's exact length, else chunked; nothing for HEAD, 204 and 304), `connection: close` when
 /// the connection will close, and `date`. Returns how the body is sent and whether the
-/// connection stays open after it.
+/// connection stays open after it. A 1xx from the service gets hyper's bare 500 and a close;
+/// responses hyper refuses to send (an invalid or differing `content-length`, `content-length`
+/// and `transfer-encoding` both) are an error, and the connection is dropped with nothing sent.
 fn encode_head(
     parts: &http::response::Parts,
     head_request: bool,
@@ -558,10 +560,11 @@ fn encode_head(
     let status = parts.status;
     if status.is_informational() {
         // hyper answers a 1xx from the service with a bare 500 and ends the connection.
-        out.put_slice(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n");
+        tracing::debug!(%status, "the service answered a plain request with a 1xx status; sending 500");
+        out.put_slice(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\ndate: ");
         put_date(out);
-        out.put_slice(b"\r\n");
-        return Err("the service answered with a 1xx status");
+        out.put_slice(b"\r\n\r\n");
+        return Ok((Framing::Nothing, false));
     }
     let can_body =
         !(head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED);
@@ -1161,9 +1164,13 @@ mod tests {
             &[("transfer-encoding", "chunked"), ("content-length", "2")],
         );
         assert!(encode(both, false, BodyLength::Unknown, true).1.is_err());
+        // A 1xx is answered with hyper's bare 500, and the connection closes.
         let (text, result) = encode(response(103, &[]), false, BodyLength::Empty, true);
-        assert!(result.is_err());
-        assert!(text.starts_with("HTTP/1.1 500 Internal Server Error\r\n"));
+        assert_eq!(result, Ok((Framing::Nothing, false)));
+        assert_eq!(
+            text,
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\ndate: D\r\n\r\n"
+        );
     }
 
     #[test]
