@@ -29,9 +29,6 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Incoming};
-
-use super::h1::{self, Http1Connection};
-use crate::body::{BoxError, ClientBody};
 use hyper::rt::bounds::Http2ServerConnExec;
 use hyper::server::conn::{http1, http2};
 use hyper::service::Service;
@@ -40,6 +37,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::activity::H2_PREFACE;
+use super::h1::{self, Http1Connection};
+use crate::body::{BoxError, ClientBody};
 
 /// Bytes asked for by the first read: as much as hyper's own first read, so that the first
 /// request head fits unless it is a very large one (hyper then reads the rest itself).
@@ -135,7 +134,7 @@ where
         /// Shared with the stream inside `conn` when the connection can be parked; set while it
         /// is being parked.
         parking: Option<Arc<AtomicBool>>,
-        /// Asked to close: a connection parked meanwhile ends instead.
+        /// Asked to close: never parked after that (the close must end it).
         closing: bool,
     },
     /// Between two HTTP/1 requests, with no hyper connection: waiting for the client's next
