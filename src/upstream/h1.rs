@@ -144,9 +144,14 @@ impl DirectConnection {
                     continue;
                 }
                 Ok(Some(head)) => {
-                    let (framing, reusable) =
-                        framing(method, head.status, head.version, &head.headers)
-                            .map_err(ExchangeError::failed)?;
+                    let (framing, reusable) = framing(
+                        method,
+                        head.status,
+                        head.version,
+                        &head.headers,
+                        head.fields,
+                    )
+                    .map_err(ExchangeError::failed)?;
                     let mut response = Response::new(DirectBody {
                         connection: Some(self),
                         framing,
@@ -223,6 +228,19 @@ struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    fields: FramingFields,
+}
+
+/// What the head's framing fields said, noted during the parse so that [`framing`] looks up
+/// only fields that are there.
+#[derive(Debug, Default, Clone, Copy)]
+struct FramingFields {
+    /// `Connection` lists `close`.
+    close: bool,
+    /// `Connection` lists `keep-alive`.
+    keep_alive: bool,
+    transfer_encoding: bool,
+    content_length: bool,
 }
 
 /// Parses a response head at the start of `read` and takes it out of the buffer; `None` while
@@ -232,6 +250,7 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, String> {
     // head's bytes once it is split off (no copy per value). Inline for typical heads; nothing
     // is initialised up front (a zeroed array of `MAX_HEADERS` spans cost more than the parse).
     let mut fields: SmallVec<[(HeaderName, usize, usize); 24]> = SmallVec::new();
+    let mut framing_fields = FramingFields::default();
     let (length, code, minor) = {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut []);
@@ -253,6 +272,29 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, String> {
                         .checked_sub(base)
                         .filter(|at| at + field.value.len() <= length)
                         .ok_or_else(|| "response header value outside the head".to_owned())?;
+                    match name {
+                        CONNECTION => {
+                            let mut only_persistence = true;
+                            for token in field.value.split(|b| *b == b',') {
+                                let token = token.trim_ascii();
+                                if token.eq_ignore_ascii_case(b"close") {
+                                    framing_fields.close = true;
+                                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                                    framing_fields.keep_alive = true;
+                                } else {
+                                    only_persistence = false;
+                                }
+                            }
+                            if only_persistence {
+                                // Hop-by-hop and naming no other field: the pipeline would only
+                                // remove it again (an insertion and a removal per response).
+                                continue;
+                            }
+                        }
+                        TRANSFER_ENCODING => framing_fields.transfer_encoding = true,
+                        CONTENT_LENGTH => framing_fields.content_length = true,
+                        _ => {}
+                    }
                     fields.push((name, at, at + field.value.len()));
                 }
                 (
@@ -288,6 +330,7 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, String> {
             Version::HTTP_11
         },
         headers,
+        fields: framing_fields,
     }))
 }
 
@@ -330,8 +373,9 @@ fn framing(
     status: StatusCode,
     version: Version,
     headers: &HeaderMap,
+    fields: FramingFields,
 ) -> Result<(Framing, bool), String> {
-    let mut reusable = keeps_alive(version, headers);
+    let mut reusable = !fields.close && (version == Version::HTTP_11 || fields.keep_alive);
     if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -339,17 +383,18 @@ fn framing(
         // No body, whatever Content-Length says (for HEAD and 304 it describes another one).
         return Ok((Framing::Done, reusable));
     }
-    let mut codings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
-    if codings.peek().is_some() {
+    if fields.transfer_encoding {
         if version == Version::HTTP_10 {
             return Err("Transfer-Encoding in an HTTP/1.0 response".to_owned());
         }
-        let last = codings
-            .last()
+        let last = headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .next_back()
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit(',').next())
             .map(str::trim);
-        if headers.contains_key(CONTENT_LENGTH) {
+        if fields.content_length {
             // Both: Transfer-Encoding wins (RFC 9112 §6.3), and a backend that sends both is
             // not trusted with another request on this connection.
             reusable = false;
@@ -363,7 +408,12 @@ fn framing(
         });
     }
     let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
+    let lengths = fields
+        .content_length
+        .then(|| headers.get_all(CONTENT_LENGTH))
+        .into_iter()
+        .flatten();
+    for value in lengths {
         for part in value.as_bytes().split(|b| *b == b',') {
             let n = parse_length(part.trim_ascii())
                 .ok_or_else(|| "invalid Content-Length in the response".to_owned())?;
@@ -388,20 +438,6 @@ fn parse_length(digits: &[u8]) -> Option<u64> {
     digits.iter().try_fold(0u64, |n, d| {
         d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
     })
-}
-
-/// Whether the connection may carry another request after this response.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut close = false;
-    let mut keep_alive = false;
-    for value in headers.get_all(CONNECTION) {
-        for token in value.as_bytes().split(|b| *b == b',') {
-            let token = token.trim_ascii();
-            close |= token.eq_ignore_ascii_case(b"close");
-            keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-        }
-    }
-    !close && (version == Version::HTTP_11 || keep_alive)
 }
 
 /// A response body read from a [`DirectConnection`] by whoever polls it; the connection goes
@@ -606,7 +642,35 @@ mod tests {
 
     fn framing_of(method: Method, text: &str) -> Result<(Framing, bool), String> {
         let head = head_of(text)?.expect("complete head");
-        framing(&method, head.status, head.version, &head.headers)
+        framing(
+            &method,
+            head.status,
+            head.version,
+            &head.headers,
+            head.fields,
+        )
+    }
+
+    #[test]
+    fn connection_fields_that_only_say_keep_alive_or_close_are_not_kept() {
+        let head =
+            head_of("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n")
+                .expect("valid")
+                .expect("complete");
+        assert!(!head.headers.contains_key(CONNECTION));
+        assert!(head.fields.keep_alive && !head.fields.close && head.fields.content_length);
+        let head = head_of("HTTP/1.1 200 OK\r\nConnection: Close\r\n\r\n")
+            .expect("valid")
+            .expect("complete");
+        assert!(!head.headers.contains_key(CONNECTION));
+        assert!(head.fields.close);
+        // Naming another field: kept, so that the pipeline removes the named field too.
+        let head =
+            head_of("HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\r\n")
+                .expect("valid")
+                .expect("complete");
+        assert_eq!(head.headers[CONNECTION], "keep-alive, X-Secret");
+        assert!(head.fields.keep_alive);
     }
 
     #[test]
