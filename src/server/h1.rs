@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::auto::WaitReadable;
 use crate::body::{BoxError, ClientBody};
+use crate::proxy::headers::{ends_chunked, lists_token, parse_content_length};
 
 /// Header slots parsed in place; a listener allowing more fields hands heads with more to hyper.
 const SLOTS: usize = 128;
@@ -597,9 +598,9 @@ fn encode_head(
                 out.put_slice(b", ");
                 out.put_slice(value.as_bytes());
                 if name == header::CONNECTION {
-                    said_close |= has_token(value, "close");
+                    said_close |= lists_token(value, "close");
                 } else if name == header::TRANSFER_ENCODING {
-                    last_chunked = is_chunked(value);
+                    last_chunked = ends_chunked(value);
                 }
                 continue;
             }
@@ -620,7 +621,7 @@ fn encode_head(
                         framing = Some(Framing::Length(known));
                     }
                     BodyLength::Unknown => {
-                        let parsed = parse_content_length(value)
+                        let parsed = parse_content_length(value.as_bytes())
                             .ok_or("invalid content-length in the response")?;
                         match content_length {
                             Some(previous) if previous != parsed => {
@@ -653,14 +654,14 @@ fn encode_head(
                     continue;
                 }
                 framing = Some(Framing::Chunked);
-                last_chunked = is_chunked(value);
+                last_chunked = ends_chunked(value);
                 out.put_slice(b"transfer-encoding: ");
                 out.put_slice(value.as_bytes());
                 open = Some(name);
                 continue;
             }
             header::CONNECTION => {
-                said_close |= has_token(value, "close");
+                said_close |= lists_token(value, "close");
                 out.put_slice(b"connection: ");
                 out.put_slice(value.as_bytes());
                 open = Some(name);
@@ -736,31 +737,6 @@ fn end_line(out: &mut Outgoing, name: &HeaderName, last_chunked: bool) {
     out.put_slice(b"\r\n");
 }
 
-/// Whether a comma-separated header value lists `token` (case-insensitively).
-fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-}
-
-/// Whether a transfer-encoding value's last coding is chunked.
-fn is_chunked(value: &HeaderValue) -> bool {
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| v.rsplit(',').next())
-        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
-}
-
-/// A content-length value: digits only, as hyper reads it.
-fn parse_content_length(value: &HeaderValue) -> Option<u64> {
-    let bytes = value.as_bytes();
-    if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(bytes).ok()?.parse().ok()
-}
-
 thread_local! {
     /// The `Date` value of the current second, formatted once per second per thread.
     static DATE: std::cell::RefCell<(u64, [u8; 29])> = const { std::cell::RefCell::new((0, [0; 29])) };
@@ -827,14 +803,8 @@ impl Outgoing {
     /// A chunk-size line.
     fn chunk_size(&mut self, size: usize) {
         use std::fmt::Write;
-        struct Hex<'a>(&'a mut BytesMut);
-        impl Write for Hex<'_> {
-            fn write_str(&mut self, s: &str) -> std::fmt::Result {
-                self.0.extend_from_slice(s.as_bytes());
-                Ok(())
-            }
-        }
-        let _ = write!(Hex(&mut self.gather), "{size:X}\r\n");
+        // `BytesMut` is a `fmt::Write`, which cannot fail (it grows).
+        let _ = write!(self.gather, "{size:X}\r\n");
     }
 
     /// Moves the gathered bytes to the queue, so that what comes next goes after them.

@@ -387,24 +387,21 @@ fn framing(
         if version == Version::HTTP_10 {
             return Err("Transfer-Encoding in an HTTP/1.0 response".to_owned());
         }
-        let last = headers
+        let chunked = headers
             .get_all(TRANSFER_ENCODING)
             .iter()
             .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
+            .is_some_and(crate::proxy::headers::ends_chunked);
         if fields.content_length {
             // Both: Transfer-Encoding wins (RFC 9112 §6.3), and a backend that sends both is
             // not trusted with another request on this connection.
             reusable = false;
         }
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case("chunked") => {
-                (Framing::Chunked(ChunkState::Size), reusable)
-            }
+        return Ok(if chunked {
+            (Framing::Chunked(ChunkState::Size), reusable)
+        } else {
             // Not chunked last: the body runs until the connection closes.
-            _ => (Framing::UntilClose, false),
+            (Framing::UntilClose, false)
         });
     }
     let mut length = None;
@@ -415,7 +412,7 @@ fn framing(
         .flatten();
     for value in lengths {
         for part in value.as_bytes().split(|b| *b == b',') {
-            let n = parse_length(part.trim_ascii())
+            let n = crate::proxy::headers::parse_content_length(part.trim_ascii())
                 .ok_or_else(|| "invalid Content-Length in the response".to_owned())?;
             if length.is_some_and(|l| l != n) {
                 return Err("conflicting Content-Length values in the response".to_owned());
@@ -427,16 +424,6 @@ fn framing(
         Some(0) => (Framing::Done, reusable),
         Some(n) => (Framing::Length(n), reusable),
         None => (Framing::UntilClose, false),
-    })
-}
-
-/// A Content-Length value: decimal digits only, no sign, no overflow.
-fn parse_length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |n, d| {
-        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
     })
 }
 
