@@ -2,6 +2,7 @@
 //! turns a client request into a backend request and back.
 
 pub mod error;
+pub mod field_memo;
 pub mod headers;
 pub mod pipeline;
 mod upgrade;

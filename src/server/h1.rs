@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::auto::WaitReadable;
 use crate::body::{BoxError, ClientBody};
+use crate::proxy::field_memo::FieldMemo;
 use crate::proxy::headers::{ends_chunked, lists_token, parse_content_length};
 
 /// Header slots parsed in place; a listener allowing more fields hands heads with more to hyper.
@@ -131,6 +132,11 @@ where
     slot: Option<InFlight<S::Future, B>>,
     /// A response's emptied header map, reused for the next request's headers.
     spare_headers: Option<HeaderMap>,
+    /// The last request's field names, from the second request on (a client sends the same ones
+    /// every time; a connection that serves one request has no use for it). Dropped when parked.
+    memo: Option<Box<FieldMemo>>,
+    /// A response has been written on this connection.
+    answered: bool,
     phase: Phase,
     limits: Limits,
     /// Asked to close: no new request is read, the one in flight is the last.
@@ -156,6 +162,8 @@ where
             out: Outgoing::default(),
             slot: None,
             spare_headers: None,
+            memo: None,
+            answered: false,
             phase: Phase::Idle,
             limits,
             closing: false,
@@ -184,6 +192,7 @@ where
         self.out = Outgoing::default();
         self.slot = None;
         self.spare_headers = None;
+        self.memo = None;
         self.parked = true;
         true
     }
@@ -197,7 +206,11 @@ where
                         return self.poll_close(cx);
                     }
                     let spare = self.spare_headers.take().unwrap_or_default();
-                    match parse_plain(&mut self.read, self.limits.max_headers, spare) {
+                    if self.answered && self.memo.is_none() {
+                        self.memo = Some(Box::default());
+                    }
+                    let memo = self.memo.as_deref_mut();
+                    match parse_plain(&mut self.read, self.limits.max_headers, spare, memo) {
                         Parsed::Plain(request, facts) => {
                             let future = self.service.call(request);
                             match &mut self.slot {
@@ -258,6 +271,7 @@ where
                         encode_head(&parts, facts.head, length, keep_alive, &mut self.out);
                     parts.headers.clear();
                     self.spare_headers = Some(parts.headers);
+                    self.answered = true;
                     let (framing, keep_alive) = match encoded {
                         Ok(encoded) => encoded,
                         Err(error) => {
@@ -428,6 +442,11 @@ fn client_gone<IO: AsyncRead + Unpin>(
     }
 }
 
+/// The fewest fields for which a request's map is copied from the last one's shape
+/// ([`FieldMemo::map`]) rather than filled into the spare map: the copy costs two allocations,
+/// filling costs a hashed insertion per field.
+const SHAPE_MIN: usize = 4;
+
 /// What the front of the read buffer holds.
 enum Parsed {
     /// A plain request, taken off the buffer.
@@ -439,11 +458,16 @@ enum Parsed {
 }
 
 /// Takes a plain request off the front of `read`, if one is there whole. `headers` is an empty
-/// map to fill (reused between requests).
-fn parse_plain(read: &mut BytesMut, max_headers: usize, mut headers: HeaderMap) -> Parsed {
+/// map to fill (reused between requests); `memo`, the connection's last request's names.
+fn parse_plain(
+    read: &mut BytesMut,
+    max_headers: usize,
+    mut headers: HeaderMap,
+    mut memo: Option<&mut FieldMemo>,
+) -> Parsed {
     // Each field's name, and where its value lies in the head, so the values can share the
     // head's bytes once it is split off.
-    let mut fields: SmallVec<[(HeaderName, usize, usize); 16]> = SmallVec::new();
+    let mut fields: SmallVec<[(HeaderName, (usize, usize)); 16]> = SmallVec::new();
     let (length, method, target, keep_alive) = {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; SLOTS];
         let slots = &mut slots[..max_headers.min(SLOTS)];
@@ -475,8 +499,12 @@ fn parse_plain(read: &mut BytesMut, max_headers: usize, mut headers: HeaderMap) 
             return Parsed::Other;
         };
         let mut keep_alive = true;
-        for field in request.headers.iter() {
-            let Ok(name) = HeaderName::from_bytes(field.name.as_bytes()) else {
+        for (index, field) in request.headers.iter().enumerate() {
+            let name = match memo.as_deref_mut() {
+                Some(memo) => memo.name(index, field.name.as_bytes()),
+                None => HeaderName::from_bytes(field.name.as_bytes()),
+            };
+            let Ok(name) = name else {
                 return Parsed::Other;
             };
             match name {
@@ -495,10 +523,10 @@ fn parse_plain(read: &mut BytesMut, max_headers: usize, mut headers: HeaderMap) 
                 }
                 _ => {}
             }
-            let Some((start, end)) = span(base, field.value, length) else {
+            let Some(value) = span(base, field.value, length) else {
                 return Parsed::Other;
             };
-            fields.push((name, start, end));
+            fields.push((name, value));
         }
         (length, method, target, keep_alive)
     };
@@ -506,14 +534,26 @@ fn parse_plain(read: &mut BytesMut, max_headers: usize, mut headers: HeaderMap) 
     let Ok(uri) = http::Uri::from_maybe_shared(head.slice(target.0..target.1)) else {
         return give_back(read, &head);
     };
-    headers.reserve(fields.len());
-    // `drain`, not `into_iter`: that would move the whole inline array (hundreds of bytes).
-    for (name, start, end) in fields.drain(..) {
-        // httparse accepts exactly the bytes a header value may hold; checked all the same.
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(start..end)) else {
-            return give_back(read, &head);
-        };
-        headers.append(name, value);
+    // httparse accepts exactly the bytes a header value may hold; checked all the same.
+    let value_of =
+        |(start, end): &(usize, usize)| HeaderValue::from_maybe_shared(head.slice(*start..*end));
+    match memo {
+        Some(memo) if fields.len() >= SHAPE_MIN => {
+            match memo.map(&fields, |_, value| value_of(value)) {
+                Ok(map) => headers = map,
+                Err(_) => return give_back(read, &head),
+            }
+        }
+        _ => {
+            headers.reserve(fields.len());
+            // `drain`, not `into_iter`: that would move the whole inline array.
+            for (name, value) in fields.drain(..) {
+                let Ok(value) = value_of(&value) else {
+                    return give_back(read, &head);
+                };
+                headers.append(name, value);
+            }
+        }
     }
     let facts = Facts {
         head: method == Method::HEAD,
@@ -869,8 +909,48 @@ mod tests {
 
     fn parse(bytes: &[u8]) -> (Parsed, BytesMut) {
         let mut read = BytesMut::from(bytes);
-        let parsed = parse_plain(&mut read, 100, HeaderMap::new());
+        let parsed = parse_plain(&mut read, 100, HeaderMap::new(), None);
         (parsed, read)
+    }
+
+    #[test]
+    fn requests_on_one_connection_parse_as_they_would_alone() {
+        // The connection's memo of the last request's names must never change what a request
+        // parses to: same names, other values, other case, more, fewer, repeated, invalid.
+        let heads: [&[u8]; 10] = [
+            b"GET /1 HTTP/1.1\r\nHost: t\r\nUser-Agent: u\r\nAccept: a\r\nCookie: c=1\r\nX-Custom: 1\r\n\r\n",
+            b"GET /2 HTTP/1.1\r\nHost: t\r\nUser-Agent: u\r\nAccept: b\r\nCookie: c=2\r\nX-Custom: 2\r\n\r\n",
+            b"GET /3 HTTP/1.1\r\nhost: t\r\nuser-agent: u\r\naccept: b\r\ncookie: c=3\r\nx-custom: 3\r\n\r\n",
+            b"GET /3b HTTP/1.1\r\nhost: t\r\nuser-agent: u\r\naccept: b\r\nreferer: c=3\r\nx-custom: 3\r\n\r\n",
+            b"GET /4 HTTP/1.1\r\nhost: t\r\nuser-agent: u\r\naccept: b\r\ncookie: c=3\r\nx-custom: 3\r\nX-More: m\r\n\r\n",
+            b"GET /5 HTTP/1.1\r\nhost: t\r\nuser-agent: u\r\n\r\n",
+            b"GET /6 HTTP/1.1\r\nhost: t\r\nAccept: x\r\nAccept: y\r\nCookie: a\r\nCookie: b\r\n\r\n",
+            b"GET /7 HTTP/1.1\r\nhost: t\r\nAccept: z\r\nAccept: w\r\nCookie: c\r\nCookie: d\r\n\r\n",
+            b"GET /8 HTTP/1.1\r\nhost: t\r\nuser-agent: u\r\naccept: b\r\nBad Name: c=3\r\nx-custom: 3\r\n\r\n",
+            b"GET /9 HTTP/1.1\r\nHost: t\r\nUser-Agent: u\r\nAccept: a\r\nCookie: c=1\r\nX-Custom: 1\r\n\r\n",
+        ];
+        let listed = |parsed: Parsed| match parsed {
+            Parsed::Plain(request, _) => Some(
+                request
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| format!("{n}: {v:?}"))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        };
+        let mut memo = FieldMemo::default();
+        let mut spare = HeaderMap::new();
+        for head in heads {
+            let alone = listed(parse(head).0);
+            let along = parse_plain(&mut BytesMut::from(head), 100, spare, Some(&mut memo));
+            spare = HeaderMap::new();
+            assert_eq!(listed(along), alone, "{}", String::from_utf8_lossy(head));
+        }
+        assert!(
+            listed(parse(heads[8]).0).is_none(),
+            "a bad name goes to hyper"
+        );
     }
 
     #[test]
@@ -949,11 +1029,11 @@ mod tests {
         many.extend_from_slice(b"\r\n");
         let mut read = BytesMut::from(&many[..]);
         assert!(matches!(
-            parse_plain(&mut read, 4, HeaderMap::new()),
+            parse_plain(&mut read, 4, HeaderMap::new(), None),
             Parsed::Other
         ));
         assert!(matches!(
-            parse_plain(&mut read, 5, HeaderMap::new()),
+            parse_plain(&mut read, 5, HeaderMap::new(), None),
             Parsed::Plain(..)
         ));
     }

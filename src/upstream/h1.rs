@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use super::dial::BackendStream;
 use super::keepalive::Homecoming;
 use crate::body::BoxError;
+use crate::proxy::field_memo::FieldMemo;
 
 /// The largest response head accepted: hyper's default read-buffer limit, so a backend that
 /// worked behind the hyper client works here too.
@@ -54,6 +55,8 @@ pub(super) struct DirectConnection {
     write: Vec<u8>,
     /// The room the next read is given, between [`READ_MIN`] and [`READ_MAX`].
     read_size: usize,
+    /// The field names of the last response head (a backend sends the same ones every time).
+    fields: FieldMemo,
 }
 
 /// Why an exchange failed.
@@ -90,6 +93,7 @@ impl DirectConnection {
             read: BytesMut::new(),
             write: Vec::new(),
             read_size: READ_MIN,
+            fields: FieldMemo::default(),
         })
     }
 
@@ -130,7 +134,7 @@ impl DirectConnection {
         }
         let mut received_any = false;
         loop {
-            match parse_head(&mut self.read) {
+            match parse_head(&mut self.read, &mut self.fields) {
                 Err(cause) => return Err(ExchangeError::failed(cause)),
                 Ok(Some(head)) if head.status.is_informational() => {
                     if head.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -244,12 +248,12 @@ struct FramingFields {
 }
 
 /// Parses a response head at the start of `read` and takes it out of the buffer; `None` while
-/// it is incomplete.
-fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, String> {
+/// it is incomplete. `memo` holds the connection's last head's names.
+fn parse_head(read: &mut BytesMut, memo: &mut FieldMemo) -> Result<Option<Head>, String> {
     // Each field's name, and where its value lies in the head, so the values can share the
     // head's bytes once it is split off (no copy per value). Inline for typical heads; nothing
     // is initialised up front (a zeroed array of `MAX_HEADERS` spans cost more than the parse).
-    let mut fields: SmallVec<[(HeaderName, usize, usize); 24]> = SmallVec::new();
+    let mut fields: SmallVec<[(HeaderName, (usize, usize)); 24]> = SmallVec::new();
     let mut framing_fields = FramingFields::default();
     let (length, code, minor) = {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -263,8 +267,9 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, String> {
             &mut slots,
         ) {
             Ok(httparse::Status::Complete(length)) => {
-                for field in response.headers.iter() {
-                    let name = HeaderName::from_bytes(field.name.as_bytes())
+                for (index, field) in response.headers.iter().enumerate() {
+                    let name = memo
+                        .name(index, field.name.as_bytes())
                         .map_err(|_| "invalid response header name".to_owned())?;
                     // httparse's slices lie within `read`; checked all the same, since the
                     // values are sliced out of the head below.
@@ -295,7 +300,7 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, String> {
                         CONTENT_LENGTH => framing_fields.content_length = true,
                         _ => {}
                     }
-                    fields.push((name, at, at + field.value.len()));
+                    fields.push((name, (at, at + field.value.len())));
                 }
                 (
                     length,
@@ -315,13 +320,10 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, String> {
     };
     let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status code {code}"))?;
     let head = read.split_to(length).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    // `drain`, not `into_iter`: that would move the whole inline array (hundreds of bytes).
-    for (name, start, end) in fields.drain(..) {
-        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-            .map_err(|_| format!("invalid value in response header {name}"))?;
-        headers.append(name, value);
-    }
+    let headers = memo.map(&fields, |name, (start, end)| {
+        HeaderValue::from_maybe_shared(head.slice(*start..*end))
+            .map_err(|_| format!("invalid value in response header {name}"))
+    })?;
     Ok(Some(Head {
         status,
         version: if minor == 0 {
@@ -624,7 +626,7 @@ mod tests {
     use super::*;
 
     fn head_of(text: &str) -> Result<Option<Head>, String> {
-        parse_head(&mut BytesMut::from(text))
+        parse_head(&mut BytesMut::from(text), &mut FieldMemo::default())
     }
 
     fn framing_of(method: Method, text: &str) -> Result<(Framing, bool), String> {
@@ -661,10 +663,45 @@ mod tests {
     }
 
     #[test]
+    fn heads_read_one_after_another_on_a_connection_parse_as_they_would_alone() {
+        // The connection remembers the last head's names; the fields the parse leaves out
+        // (a `Connection` that only says keep-alive/close) must not shift what it remembers.
+        let heads = [
+            "HTTP/1.1 200 OK\r\nServer: o\r\nConnection: keep-alive\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nServer: o\r\nConnection: keep-alive\r\nX-A: 2\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nServer: o\r\nConnection: keep-alive, X-A\r\nX-A: 3\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nServer: o\r\nConnection: close\r\nX-A: 4\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nServer: o\r\nX-A: 5\r\nX-A: 6\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nServer: o\r\nX-B: 7\r\nX-A: 8\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nServer: o\r\nX-B: 9\r\nX-A: 10\r\n\r\n",
+        ];
+        let mut memo = FieldMemo::default();
+        for text in heads {
+            let alone = head_of(text).expect("valid").expect("complete");
+            let along = parse_head(&mut BytesMut::from(text), &mut memo)
+                .expect("valid")
+                .expect("complete");
+            let list = |map: &HeaderMap| {
+                map.iter()
+                    .map(|(n, v)| format!("{n}: {v:?}"))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(list(&along.headers), list(&alone.headers), "{text}");
+            assert_eq!(
+                along.headers.get_all("x-a").iter().collect::<Vec<_>>(),
+                alone.headers.get_all("x-a").iter().collect::<Vec<_>>()
+            );
+            assert_eq!(format!("{:?}", along.fields), format!("{:?}", alone.fields));
+        }
+    }
+
+    #[test]
     fn a_head_is_parsed_and_taken_out_of_the_buffer() {
         let mut read =
             BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nx-a: 2\r\n\r\nhello");
-        let head = parse_head(&mut read).expect("valid").expect("complete");
+        let head = parse_head(&mut read, &mut FieldMemo::default())
+            .expect("valid")
+            .expect("complete");
         assert_eq!(head.status, StatusCode::OK);
         assert_eq!(head.version, Version::HTTP_11);
         assert_eq!(head.headers["content-length"], "5");
