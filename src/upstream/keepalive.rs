@@ -90,11 +90,12 @@ impl Homecoming {
 fn is_direct(request: &Request<RequestBody>) -> bool {
     (request.method() == Method::GET || request.method() == Method::HEAD)
         && http_body::Body::is_end_stream(request.body())
-        && !request
-            .headers()
-            .contains_key(http::header::TRANSFER_ENCODING)
-        && !request.headers().contains_key(http::header::UPGRADE)
-        && !request.headers().contains_key(http::header::EXPECT)
+        // One pass over the names: cheaper than three hashed lookups for a request's handful.
+        && !request.headers().keys().any(|name| {
+            name == http::header::TRANSFER_ENCODING
+                || name == http::header::UPGRADE
+                || name == http::header::EXPECT
+        })
 }
 
 /// HTTP/1.1 keep-alive connections to a pool's backends (optionally over TLS).
