@@ -13,7 +13,9 @@
 # Each tool slows the proxy down, so these runs give costs per request, never throughput.
 #
 # Knobs: PROFILE_SCENARIO=1 (or 3, 4), PROFILE_TARGETS="gatehouse nginx haproxy", PROFILE_SECONDS=10, PROFILE_STEPS="callgrind
-# strace perf", and those of bench/lib.sh (GATEHOUSE_BIN, BENCH_PROXY_CPU, BENCH_LOAD_CPU, ...).
+# strace perf", PROFILE_BROWSER=1 (scenarios 1 and 3: each request carries the ten header fields a
+# browser sends with a page request, instead of wrk's lone Host), and those of bench/lib.sh
+# (GATEHOUSE_BIN, BENCH_PROXY_CPU, BENCH_LOAD_CPU, ...).
 # For symbol names, the release profile keeps line tables (`debug = "line-tables-only"`).
 # Output: bench/results/profile-<timestamp>/ (git-ignored); summary.md is printed at the end.
 set -euo pipefail
@@ -33,15 +35,23 @@ has_step() { [[ " $PROFILE_STEPS " == *" $1 "* ]]; }
 # The profiled scenario's load for SECONDS (wrk, or h2load for scenario 4); prints the number of
 # completed requests.
 load_requests() {
-    local url=$1 seconds=$2 out="$RUN_DIR/logs/profile-load.out" close=()
+    local url=$1 seconds=$2 out="$RUN_DIR/logs/profile-load.out" headers=()
     if [[ $PROFILE_SCENARIO == 4 ]]; then
         on_cpu "$LOAD_CPU" h2load -c16 -m4 -D "$seconds" "$url" >"$out" 2>&1 ||
             die "h2load failed: $(cat "$out")"
         sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' "$out"
         return 0
     fi
-    [[ $PROFILE_SCENARIO == 3 ]] && close=(-H "Connection: close")
-    on_cpu "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${seconds}s" --timeout 30s "${close[@]}" \
+    [[ $PROFILE_SCENARIO == 3 ]] && headers=(-H "Connection: close")
+    if [[ ${PROFILE_BROWSER:-0} == 1 ]]; then
+        headers+=(-H "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
+            -H "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+            -H "Accept-Language: en-GB,en;q=0.5" -H "Accept-Encoding: gzip, deflate, br, zstd"
+            -H "Referer: http://127.0.0.1/index.html" -H "Cookie: session=4f1c2a9b7e; theme=dark"
+            -H "Upgrade-Insecure-Requests: 1" -H "Sec-Fetch-Dest: document"
+            -H "Sec-Fetch-Mode: navigate" -H "Sec-Fetch-Site: same-origin")
+    fi
+    on_cpu "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${seconds}s" --timeout 30s "${headers[@]}" \
         -s "$BENCH_DIR/tools/wrk_json.lua" "$url" >"$out" 2>&1 || die "wrk failed: $(cat "$out")"
     grep '^WRK_JSON ' "$out" | sed 's/.*"requests":\([0-9]*\).*/\1/'
 }
@@ -169,6 +179,7 @@ main() {
         echo "Repository at $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)," \
             "Gatehouse binary ${GATEHOUSE_BIN:-not profiled};" \
             "scenario $PROFILE_SCENARIO, 1 KiB bodies, ${PROFILE_SECONDS} s per step; proxy on CPU $PROXY_CPU."
+        [[ ${PROFILE_BROWSER:-0} == 1 ]] && echo && echo "Requests carry a browser's header fields (PROFILE_BROWSER=1)."
         echo
     } >"$OUT/summary.md"
     start_origin
