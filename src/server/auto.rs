@@ -38,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::activity::H2_PREFACE;
 use super::h1::{self, Http1Connection};
+use super::write_coalesce::{Coalesced, Hold};
 use crate::body::{BoxError, ClientBody};
 
 /// Bytes asked for by the first read: as much as hyper's own first read, so that the first
@@ -91,8 +92,9 @@ pub(super) struct Prefixed<IO> {
 /// The stream hyper serves: the bytes of the first read, then the client's.
 type Io<IO> = TokioIo<Prefixed<IO>>;
 
-/// hyper's HTTP/2 connection as served here.
-type Http2Connection<IO, S> = http2::Connection<Io<IO>, BoxedFutures<FromHyper<S>>, TokioExecutor>;
+/// hyper's HTTP/2 connection as served here: its writes are coalesced ([`super::write_coalesce`]).
+type Http2Connection<IO, S> =
+    http2::Connection<TokioIo<Coalesced<Prefixed<IO>>>, BoxedFutures<FromHyper<S>>, TokioExecutor>;
 
 /// Serves one connection with HTTP/1.1 or HTTP/2, whichever its first bytes say, parking it
 /// between HTTP/1 requests when asked to ([`AutoConnection::park`]).
@@ -149,6 +151,10 @@ where
     /// connection's task) as small as the HTTP/1 connection.
     Http2 {
         conn: Pin<Box<Http2Connection<IO, S>>>,
+        /// Whether what h2 writes is held (shared with the connection's stream).
+        hold: Arc<Hold>,
+        /// Held bytes are waiting for the other ready tasks to run once.
+        deferred: bool,
     },
     /// Parts are being moved between states (never seen by a poll).
     Moving(PhantomData<fn() -> B>),
@@ -202,7 +208,7 @@ where
                 *closing = true;
                 Pin::new(&mut **conn).graceful_shutdown();
             }
-            AutoConnection::Http2 { conn } => conn.as_mut().graceful_shutdown(),
+            AutoConnection::Http2 { conn, .. } => conn.as_mut().graceful_shutdown(),
             AutoConnection::Moving(_) => {}
         }
     }
@@ -247,7 +253,29 @@ where
         let this = self.get_mut();
         loop {
             match this {
-                AutoConnection::Http2 { conn } => {
+                AutoConnection::Http2 {
+                    conn,
+                    hold,
+                    deferred,
+                } => {
+                    // What h2 writes in this poll is held; if anything is, the other ready
+                    // tasks run once (streams of this connection about to answer, typically) and
+                    // the next poll lets it all go out in one write.
+                    hold.set(true);
+                    let polled = conn.as_mut().poll(cx);
+                    if polled.is_ready() || !hold.is_pending() {
+                        // Ending: h2 shuts the stream down, which writes what is held.
+                        *deferred = false;
+                        return polled.map_err(Into::into);
+                    }
+                    if !*deferred {
+                        *deferred = true;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    *deferred = false;
+                    hold.set(false);
+                    // h2 ends every poll with a flush, which writes what is held now.
                     return conn.as_mut().poll(cx).map_err(Into::into);
                 }
                 AutoConnection::Plain { conn, .. } => {
@@ -345,16 +373,22 @@ where
                     };
                     let builders = builders.clone();
                     *this = match (http2, &builders.http2) {
-                        (true, Some(http2)) => AutoConnection::Http2 {
-                            conn: Box::pin(http2.serve_connection(
-                                TokioIo::new(Prefixed {
-                                    prefix,
-                                    io,
-                                    parking: None,
-                                }),
-                                BoxedFutures(FromHyper(service)),
-                            )),
-                        },
+                        (true, Some(http2)) => {
+                            let hold = Arc::new(Hold::default());
+                            let stream = Prefixed {
+                                prefix,
+                                io,
+                                parking: None,
+                            };
+                            AutoConnection::Http2 {
+                                conn: Box::pin(http2.serve_connection(
+                                    TokioIo::new(Coalesced::new(stream, hold.clone())),
+                                    BoxedFutures(FromHyper(service)),
+                                )),
+                                hold,
+                                deferred: false,
+                            }
+                        }
                         _ => plain_connection(builders, prefix, io, service),
                     };
                 }

@@ -11,6 +11,7 @@ pub mod activity;
 mod auto;
 pub mod config_watch;
 mod h1;
+mod write_coalesce;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

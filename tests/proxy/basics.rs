@@ -1,5 +1,9 @@
 //! Forwarding basics: round robin, HTTP/2 from clients and to backends, the default route.
 
+use std::sync::Arc;
+
+use http::Response;
+
 use crate::support::*;
 
 #[tokio::test]
@@ -32,6 +36,45 @@ async fn http2_clients_are_served_over_h2c_and_backends_see_http11() {
     let seen = origin.last();
     assert_eq!(seen.version, http::Version::HTTP_11);
     assert_eq!(seen.headers["host"], proxy.addr.to_string().as_str());
+}
+
+#[tokio::test]
+async fn http2_streams_answered_at_once_each_get_their_own_whole_response() {
+    // The backend holds every request until all have come, then answers them together, so the
+    // proxy has many streams' frames of one HTTP/2 connection to write at once (its writes are
+    // coalesced: small ones gathered, large ones after what is held; the unit tests in
+    // `server/write_coalesce.rs` pin the order). Every body must arrive whole and unmixed.
+    const STREAMS: usize = 12;
+    let arrived = Arc::new(tokio::sync::Barrier::new(STREAMS));
+    let origin = Origin::start(move |request| {
+        let arrived = arrived.clone();
+        async move {
+            arrived.wait().await;
+            let n: usize = request.uri().path()[1..].parse().unwrap_or(0);
+            // 10 B to 160 KiB: below the copy limit, around it, and far above.
+            let size = [10, 1_000, 16_000, 17_000, 40_000, 160_000][n % 6];
+            let mut body = vec![b'a' + (n as u8); size];
+            body.extend_from_slice(format!("|{n}").as_bytes());
+            Response::new(full(body))
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let client = h2_client();
+    let requests = (0..STREAMS).map(|n| {
+        let (client, url) = (client.clone(), proxy.url(&format!("/{n}")));
+        async move {
+            let response = client.get(url).send().await.expect("response");
+            assert_eq!(response.version(), reqwest::Version::HTTP_2);
+            (n, response.bytes().await.expect("body"))
+        }
+    });
+    for (n, body) in futures_util::future::join_all(requests).await {
+        let size = [10, 1_000, 16_000, 17_000, 40_000, 160_000][n % 6];
+        let mut expected = vec![b'a' + (n as u8); size];
+        expected.extend_from_slice(format!("|{n}").as_bytes());
+        assert!(body == expected, "stream {n}: {} bytes", body.len());
+    }
 }
 
 #[tokio::test]
