@@ -27,7 +27,10 @@ PROFILE_TARGETS=${PROFILE_TARGETS:-gatehouse nginx haproxy}
 PROFILE_SECONDS=${PROFILE_SECONDS:-10}
 PROFILE_STEPS=${PROFILE_STEPS:-callgrind strace perf}
 PROFILE_SCENARIO=${PROFILE_SCENARIO:-1}
-[[ $PROFILE_SCENARIO =~ ^[134]$ ]] || die "PROFILE_SCENARIO must be 1, 3 or 4"
+# Scenario 2 is scenario 1 with 100 KiB bodies.
+BODY=1k
+[[ $PROFILE_SCENARIO == 2 ]] && BODY=100k
+[[ $PROFILE_SCENARIO =~ ^[1234]$ ]] || die "PROFILE_SCENARIO must be 1, 2, 3 or 4"
 read -r -a PROFILE_TARGET_LIST <<<"$PROFILE_TARGETS"
 TARGET_LIST=("${PROFILE_TARGET_LIST[@]}")
 has_step() { [[ " $PROFILE_STEPS " == *" $1 "* ]]; }
@@ -178,13 +181,13 @@ main() {
         echo
         echo "Repository at $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)," \
             "Gatehouse binary ${GATEHOUSE_BIN:-not profiled};" \
-            "scenario $PROFILE_SCENARIO, 1 KiB bodies, ${PROFILE_SECONDS} s per step; proxy on CPU $PROXY_CPU."
+            "scenario $PROFILE_SCENARIO, $BODY bodies, ${PROFILE_SECONDS} s per step; proxy on CPU $PROXY_CPU."
         [[ ${PROFILE_BROWSER:-0} == 1 ]] && echo && echo "Requests carry a browser's header fields (PROFILE_BROWSER=1)."
         echo
     } >"$OUT/summary.md"
     start_origin
     for target in "${TARGET_LIST[@]}"; do
-        url="http://127.0.0.1:$(target_port "$target" "$PROFILE_SCENARIO")/1k"
+        url="http://127.0.0.1:$(target_port "$target" "$PROFILE_SCENARIO")/$BODY"
         if has_step callgrind; then
             log "$target: callgrind"
             profile_callgrind "$target" "$url"

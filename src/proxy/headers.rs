@@ -21,6 +21,27 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The `Via` value: a pseudonym and no version, so the response names no software release.
 const VIA_VALUE: &str = "1.1 gatehouse";
 
+/// [`address_value`], from a one-entry cache per thread: consecutive connections often come from
+/// one address (a load balancer, a NAT, a client reconnecting), and a copy of the value shares its
+/// bytes (no allocation, no formatting).
+pub fn address_value_cached(ip: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((known, value)) if *known == ip => value.clone(),
+            _ => {
+                let value = address_value(ip);
+                *last = Some((ip, value.clone()));
+                value
+            }
+        }
+    })
+}
+
 /// A client address as a header value (`X-Forwarded-For`), formatted once per connection.
 ///
 /// IPv4 is written digit by digit: `Ipv4Addr`'s `Display` goes through the formatting machinery
@@ -860,6 +881,9 @@ mod tests {
         ] {
             let ip: IpAddr = text.parse().unwrap();
             assert_eq!(address_value(ip), ip.to_string().as_str(), "{text}");
+            // Twice: formatted, then from the cache; then the cache is replaced by another.
+            assert_eq!(address_value_cached(ip), ip.to_string().as_str(), "{text}");
+            assert_eq!(address_value_cached(ip), ip.to_string().as_str(), "{text}");
         }
     }
 

@@ -1143,7 +1143,7 @@ where
         local,
         private_upstreams: Default::default(),
         // An IP address is always a valid header value.
-        peer_ip: crate::proxy::headers::address_value(peer.ip()),
+        peer_ip: crate::proxy::headers::address_value_cached(peer.ip()),
         proto: secured.proto,
         activity: activity.clone(),
         drain,
