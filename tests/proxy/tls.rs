@@ -1325,3 +1325,47 @@ async fn a_new_client_ca_bundle_is_picked_up_without_a_restart() {
         Some("CN=new")
     );
 }
+
+#[tokio::test]
+async fn clients_sending_an_ip_address_as_sni_do_not_fill_the_log() {
+    // wrk and other clients send the address they connect to as SNI, which RFC 6066 forbids;
+    // rustls ignores it and says so with a warning per handshake. Client input must not write a
+    // log line per connection at the default level.
+    let dir = TempDir::new("tls-ip-sni");
+    let ca = TestCa::new("Gatehouse Test CA");
+    let leaf = ca.server(&["app.example.test"]);
+    let entry = cert_entry(&leaf.write(&dir, "app"));
+    let origin = Origin::echo().await;
+    let proxy = BinaryProxy::start(|addr| {
+        format!(
+            "[access_log]\nenabled = false\n\n[[listener]]\naddress = \"{addr}\"\n\
+             tls = {{ certificates = [{entry}] }}\n\n[pool.app]\nbackends = [\"{}\"]\n\n\
+             [[route]]\npool = \"app\"\n",
+            origin.addr
+        )
+    })
+    .await;
+    for _ in 0..3 {
+        let (ok, output) = s_client(
+            proxy.addr,
+            &["-servername", "127.0.0.1", "-ign_eof"],
+            "GET /ip-sni HTTP/1.1\r\nHost: app.example.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            ok && output.contains("HTTP/1.1 200") && output.contains("/ip-sni"),
+            "the request was not served:\n{output}"
+        );
+    }
+    // A warning would be on stderr within milliseconds of the handshake; give it two seconds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < deadline {
+        let lines = proxy.stderr();
+        let noisy: Vec<&String> = lines
+            .iter()
+            .filter(|line| line.contains("WARN") || line.contains("SNI"))
+            .collect();
+        assert!(noisy.is_empty(), "client input was logged: {noisy:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
