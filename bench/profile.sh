@@ -30,7 +30,7 @@ PROFILE_SCENARIO=${PROFILE_SCENARIO:-1}
 # Scenario 2 is scenario 1 with 100 KiB bodies.
 BODY=1k
 [[ $PROFILE_SCENARIO == 2 ]] && BODY=100k
-[[ $PROFILE_SCENARIO =~ ^[1234]$ ]] || die "PROFILE_SCENARIO must be 1, 2, 3 or 4"
+[[ $PROFILE_SCENARIO =~ ^([1234]|5a|5b)$ ]] || die "PROFILE_SCENARIO must be 1, 2, 3, 4, 5a or 5b"
 read -r -a PROFILE_TARGET_LIST <<<"$PROFILE_TARGETS"
 TARGET_LIST=("${PROFILE_TARGET_LIST[@]}")
 has_step() { [[ " $PROFILE_STEPS " == *" $1 "* ]]; }
@@ -45,7 +45,7 @@ load_requests() {
         sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' "$out"
         return 0
     fi
-    [[ $PROFILE_SCENARIO == 3 ]] && headers=(-H "Connection: close")
+    [[ $PROFILE_SCENARIO == 3 || $PROFILE_SCENARIO == 5b ]] && headers=(-H "Connection: close")
     if [[ ${PROFILE_BROWSER:-0} == 1 ]]; then
         headers+=(-H "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
             -H "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
@@ -155,7 +155,7 @@ profile_perf() {
 }
 
 main() {
-    local stamp target url
+    local stamp target url scheme
     stamp=$(date -u +%Y-%m-%dT%H%M%SZ)
     ensure_tools
     command -v valgrind >/dev/null || missing_valgrind=1
@@ -187,7 +187,9 @@ main() {
     } >"$OUT/summary.md"
     start_origin
     for target in "${TARGET_LIST[@]}"; do
-        url="http://127.0.0.1:$(target_port "$target" "$PROFILE_SCENARIO")/$BODY"
+        scheme=http
+        [[ $PROFILE_SCENARIO == 5* ]] && scheme=https
+        url="$scheme://127.0.0.1:$(target_port "$target" "$PROFILE_SCENARIO")/$BODY"
         if has_step callgrind; then
             log "$target: callgrind"
             profile_callgrind "$target" "$url"
