@@ -84,7 +84,9 @@ impl<IO: AsyncWrite + Unpin> Coalesced<IO> {
         for part in bufs {
             self.buf.extend_from_slice(part);
         }
-        self.hold.pending.store(true, Ordering::Relaxed);
+        if total > 0 {
+            self.hold.pending.store(true, Ordering::Relaxed);
+        }
         total
     }
 }

@@ -464,6 +464,16 @@ async fn certificates_reload_when_their_files_change_and_bad_files_keep_the_old_
     }
 }
 
+/// A config for the proxy binary: one TLS listener at `addr` with certificate `entry`, all
+/// requests to `origin`, no access log.
+fn binary_tls_config(addr: SocketAddr, entry: &str, origin: SocketAddr) -> String {
+    format!(
+        "[access_log]\nenabled = false\n\n[[listener]]\naddress = \"{addr}\"\n\
+         tls = {{ certificates = [{entry}] }}\n\n[pool.app]\nbackends = [\"{origin}\"]\n\n\
+         [[route]]\npool = \"app\"\n"
+    )
+}
+
 #[tokio::test]
 async fn sighup_reloads_certificates_the_file_watch_cannot_see() {
     // The configured paths are symlinks into another directory. Replacing the files there makes
@@ -480,15 +490,7 @@ async fn sighup_reloads_certificates_the_file_watch_cannot_see() {
     std::os::unix::fs::symlink(&real_key, &links.1).expect("symlink key");
     let origin = Origin::echo().await;
     let entry = cert_entry(&links);
-    let mut proxy = BinaryProxy::start(|addr| {
-        format!(
-            "[access_log]\nenabled = false\n\n[[listener]]\naddress = \"{addr}\"\n\
-             tls = {{ certificates = [{entry}] }}\n\n[pool.app]\nbackends = [\"{}\"]\n\n\
-             [[route]]\npool = \"app\"\n",
-            origin.addr
-        )
-    })
-    .await;
+    let mut proxy = BinaryProxy::start(|addr| binary_tls_config(addr, &entry, origin.addr)).await;
     let presented = presented_certificate(proxy.addr, Some(host))
         .await
         .expect("handshake");
@@ -1336,15 +1338,7 @@ async fn clients_sending_an_ip_address_as_sni_do_not_fill_the_log() {
     let leaf = ca.server(&["app.example.test"]);
     let entry = cert_entry(&leaf.write(&dir, "app"));
     let origin = Origin::echo().await;
-    let proxy = BinaryProxy::start(|addr| {
-        format!(
-            "[access_log]\nenabled = false\n\n[[listener]]\naddress = \"{addr}\"\n\
-             tls = {{ certificates = [{entry}] }}\n\n[pool.app]\nbackends = [\"{}\"]\n\n\
-             [[route]]\npool = \"app\"\n",
-            origin.addr
-        )
-    })
-    .await;
+    let proxy = BinaryProxy::start(|addr| binary_tls_config(addr, &entry, origin.addr)).await;
     for _ in 0..3 {
         let (ok, output) = s_client(
             proxy.addr,
