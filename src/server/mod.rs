@@ -1379,7 +1379,11 @@ where
                 if let Poll::Ready(expired) = clock.as_mut().poll_expired(&mut control) {
                     return Poll::Ready(Event::Expired(expired));
                 }
-                if enough_notified.as_mut().poll(&mut control).is_ready() {
+                // Only a limit can be reached: without one, the connection does not register
+                // with the `Notify` at all (a lock and a list insertion and removal each).
+                if enough.max_per_connection != 0
+                    && enough_notified.as_mut().poll(&mut control).is_ready()
+                {
                     return Poll::Ready(Event::Enough);
                 }
                 retired_changed
