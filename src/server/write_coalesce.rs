@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Writes up to this size are copied into the buffer; larger ones go out as they are (after
@@ -52,7 +51,9 @@ impl Hold {
 #[derive(Debug)]
 pub(super) struct Coalesced<IO> {
     io: IO,
-    buf: BytesMut,
+    buf: Vec<u8>,
+    /// How much of `buf` has been written (a write can take part of it).
+    written: usize,
     hold: Arc<Hold>,
 }
 
@@ -61,24 +62,34 @@ impl<IO: AsyncWrite + Unpin> Coalesced<IO> {
     pub(super) fn new(io: IO, hold: Arc<Hold>) -> Self {
         Coalesced {
             io,
-            buf: BytesMut::new(),
+            buf: Vec::new(),
+            written: 0,
             hold,
         }
     }
 
     /// Writes out everything held.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.buf.is_empty() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.buf))?;
+        while self.written < self.buf.len() {
+            let rest = &self.buf[self.written..];
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, rest))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.buf.advance(n);
+            self.written += n;
+        }
+        self.written = 0;
+        if self.buf.capacity() > COPY_MAX {
+            // A burst grew it: an idle HTTP/2 connection keeps no more than a typical round needs.
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
         }
         self.hold.pending.store(false, Ordering::Relaxed);
         Poll::Ready(Ok(()))
     }
 
+    /// Copies `bufs` (`total` bytes in all) into the buffer.
     fn take(&mut self, bufs: &[IoSlice<'_>], total: usize) -> usize {
         self.buf.reserve(total);
         for part in bufs {
@@ -183,6 +194,21 @@ mod tests {
         let mut got = vec![0u8; expected.len()];
         far.read_exact(&mut got).await.expect("read");
         assert_eq!(got, expected);
+        // A burst of held writes grows the buffer past 16 KiB; drained, it is given back.
+        hold.set(true);
+        let chunk = vec![b'z'; 10 * 1024];
+        for _ in 0..3 {
+            stream.write_all(&chunk).await.expect("write");
+        }
+        stream.flush().await.expect("flush");
+        assert!(stream.buf.capacity() > COPY_MAX);
+        hold.set(false);
+        stream.flush().await.expect("flush");
+        let mut burst = vec![0u8; 3 * chunk.len()];
+        far.read_exact(&mut burst).await.expect("read");
+        assert!(burst.iter().all(|b| *b == b'z'));
+        let kept = stream.buf.capacity();
+        assert!(kept <= COPY_MAX, "{kept} bytes kept");
     }
 
     #[tokio::test]
