@@ -264,7 +264,8 @@ where
                     hold.set(true);
                     let polled = conn.as_mut().poll(cx);
                     if polled.is_ready() || !hold.is_pending() {
-                        // Ending: h2 shuts the stream down, which writes what is held.
+                        // Nothing held; or the connection is ending, and h2 shuts the stream
+                        // down, which writes what is held first.
                         *deferred = false;
                         return polled.map_err(Into::into);
                     }

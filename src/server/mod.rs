@@ -1142,7 +1142,6 @@ where
         peer,
         local,
         private_upstreams: Default::default(),
-        // An IP address is always a valid header value.
         peer_ip: crate::proxy::headers::address_value_cached(peer.ip()),
         proto: secured.proto,
         activity: activity.clone(),
