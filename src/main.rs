@@ -11,11 +11,13 @@ use gatehouse::observe::logging;
 use gatehouse::server::config_watch::ConfigWatch;
 use gatehouse::{demo, server};
 
+mod allocator;
+
 /// mimalloc rather than glibc's malloc: memory freed when idle connections are parked goes back
 /// to the system (glibc keeps a burst's peak), and allocation is a little cheaper on the request
 /// path (docs/performance.md, "Changes of 2026-11-27, second part").
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 
 /// `mi_option_purge_delay` in mimalloc.h (v2 and v3 alike): how long freed pages wait before
 /// they are returned to the system. The crate exports no name for it.
