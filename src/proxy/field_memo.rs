@@ -61,11 +61,14 @@ impl FieldMemo {
         Ok(name)
     }
 
-    /// A map of `fields` in their order, each field's value made by `value`. When the names are
-    /// those of the last map built, in the same order, the map is a copy of that one's shape.
+    /// A map of `fields` in their order, each field's value made by `value`, with hash-table
+    /// room for `room` more fields (those the caller will add: inserting past the room rebuilds
+    /// the table). When the names are those of the last map built, in the same order, the map is
+    /// a copy of that one's shape.
     pub fn map<S, E>(
         &mut self,
         fields: &[(HeaderName, S)],
+        room: usize,
         mut value: impl FnMut(&HeaderName, &S) -> Result<HeaderValue, E>,
     ) -> Result<HeaderMap, E> {
         if let Some(shape) = &self.shape
@@ -82,7 +85,8 @@ impl FieldMemo {
             }
             return Ok(map);
         }
-        let mut map = HeaderMap::with_capacity(fields.len());
+        // The shape's copies keep its table size, so the room is made here once.
+        let mut map = HeaderMap::with_capacity(fields.len() + room);
         for (name, source) in fields {
             map.append(name.clone(), value(name, source)?);
         }
@@ -120,7 +124,7 @@ mod tests {
             .enumerate()
             .map(|(i, (name, value))| (memo.name(i, name.as_bytes()).expect("name"), *value))
             .collect();
-        memo.map(&named, |_, value| HeaderValue::from_str(value))
+        memo.map(&named, 0, |_, value| HeaderValue::from_str(value))
             .expect("map")
     }
 
@@ -129,6 +133,24 @@ mod tests {
         map.iter()
             .map(|(n, v)| (n.as_str().to_owned(), v.to_str().expect("text").to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn maps_and_their_copies_have_the_room_asked_for() {
+        let mut memo = FieldMemo::default();
+        let fields = [("host", "t"), ("accept", "a"), ("cookie", "c")];
+        for round in 0..3 {
+            let named: Vec<(HeaderName, &str)> = fields
+                .iter()
+                .enumerate()
+                .map(|(i, (name, value))| (memo.name(i, name.as_bytes()).expect("name"), *value))
+                .collect();
+            let map = memo
+                .map(&named, 6, |_, value| HeaderValue::from_str(value))
+                .expect("map");
+            assert!(map.capacity() >= fields.len() + 6, "round {round}");
+            assert_eq!(listed(&map), listed(&plain(&fields)), "round {round}");
+        }
     }
 
     #[test]

@@ -442,6 +442,12 @@ fn client_gone<IO: AsyncRead + Unpin>(
     }
 }
 
+/// Fields the pipeline may add to a request on its way to a backend (`X-Forwarded-For`,
+/// `-Proto`, `-Host`, `Forwarded`, `X-Request-Id`, `Host`). A map is made with room for them:
+/// filled to the brim, a client's first request rebuilt its table twice on the way (callgrind,
+/// scenario 3: ~900 instructions per request).
+const ADDED_FIELDS: usize = 6;
+
 /// The fewest fields for which a request's map is copied from the last one's shape
 /// ([`FieldMemo::map`]) rather than filled into the spare map: the copy costs two allocations,
 /// filling costs a hashed insertion per field.
@@ -539,13 +545,13 @@ fn parse_plain(
         |(start, end): &(usize, usize)| HeaderValue::from_maybe_shared(head.slice(*start..*end));
     match memo {
         Some(memo) if fields.len() >= SHAPE_MIN => {
-            match memo.map(&fields, |_, value| value_of(value)) {
+            match memo.map(&fields, ADDED_FIELDS, |_, value| value_of(value)) {
                 Ok(map) => headers = map,
                 Err(_) => return give_back(read, &head),
             }
         }
         _ => {
-            headers.reserve(fields.len());
+            headers.reserve(fields.len() + ADDED_FIELDS);
             // `drain`, not `into_iter`: that would move the whole inline array.
             for (name, value) in fields.drain(..) {
                 let Ok(value) = value_of(&value) else {
@@ -911,6 +917,32 @@ mod tests {
         let mut read = BytesMut::from(bytes);
         let parsed = parse_plain(&mut read, 100, HeaderMap::new(), None);
         (parsed, read)
+    }
+
+    #[test]
+    fn a_request_map_has_room_for_the_fields_the_pipeline_adds() {
+        // A connection's first request (no spare map yet) and a later one copied from the memo's
+        // shape: neither may need its hash table rebuilt when the forwarding headers go in.
+        let first = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+        let Parsed::Plain(request, _) = parse(first).0 else {
+            panic!("a plain request")
+        };
+        assert!(request.headers().capacity() >= 2 + ADDED_FIELDS);
+        let browser =
+            b"GET / HTTP/1.1\r\nHost: t\r\nUser-Agent: u\r\nAccept: a\r\nCookie: c\r\n\r\n";
+        let mut memo = FieldMemo::default();
+        for _ in 0..2 {
+            let parsed = parse_plain(
+                &mut BytesMut::from(&browser[..]),
+                100,
+                HeaderMap::new(),
+                Some(&mut memo),
+            );
+            let Parsed::Plain(request, _) = parsed else {
+                panic!("a plain request")
+            };
+            assert!(request.headers().capacity() >= 4 + ADDED_FIELDS);
+        }
     }
 
     #[test]

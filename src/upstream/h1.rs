@@ -320,7 +320,8 @@ fn parse_head(read: &mut BytesMut, memo: &mut FieldMemo) -> Result<Option<Head>,
     };
     let status = StatusCode::from_u16(code).map_err(|_| format!("invalid status code {code}"))?;
     let head = read.split_to(length).freeze();
-    let headers = memo.map(&fields, |name, (start, end)| {
+    // Room for what the pipeline adds to a response (`X-Request-Id`, `Cache-Status`, HSTS).
+    let headers = memo.map(&fields, 3, |name, (start, end)| {
         HeaderValue::from_maybe_shared(head.slice(*start..*end))
             .map_err(|_| format!("invalid value in response header {name}"))
     })?;
