@@ -34,6 +34,10 @@ use crate::proxy::headers::{ends_chunked, lists_token, parse_content_length};
 const SLOTS: usize = 128;
 /// The read size, as hyper's first read.
 const READ_SIZE: usize = 8192;
+/// The stack buffer [`client_gone`] reads into when the connection's buffer has no room: bytes
+/// that come while a request is in flight are a pipelined next request, seldom more than this;
+/// more stay in the socket for the next read.
+const WATCH_READ: usize = 2048;
 /// hyper's longest request target; a longer one gets its 414.
 const MAX_TARGET: usize = u16::MAX as usize - 1;
 /// Data frames up to this size are copied beside the head (one write for a small response);
@@ -427,6 +431,11 @@ fn fill<IO: AsyncRead + Unpin>(
 /// request is treated as gone, as hyper's default is). Bytes of a next request are kept for
 /// later, and nothing more is read while some are waiting. Usually costs no system call: the
 /// read that brought the request left the socket marked as drained.
+///
+/// When `read` has little room (a connection's first request leaves it with none: it holds
+/// exactly the bytes of the first read), the read goes to the stack, and `read` grows only if
+/// bytes come: most such reads find nothing, and a `Connection: close` request would otherwise
+/// allocate a buffer for nothing (callgrind, scenario 3).
 fn client_gone<IO: AsyncRead + Unpin>(
     io: &mut IO,
     read: &mut BytesMut,
@@ -435,7 +444,21 @@ fn client_gone<IO: AsyncRead + Unpin>(
     if !read.is_empty() {
         return Ok(());
     }
-    match fill(io, read, cx) {
+    let polled = if read.capacity() >= READ_SIZE / 4 {
+        fill(io, read, cx)
+    } else {
+        let mut storage = [MaybeUninit::<u8>::uninit(); WATCH_READ];
+        let mut buf = tokio::io::ReadBuf::uninit(&mut storage);
+        match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => {
+                read.extend_from_slice(buf.filled());
+                Poll::Ready(Ok(buf.filled().len()))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => Poll::Pending,
+        }
+    };
+    match polled {
         Poll::Ready(Ok(0)) => Err("the client closed the connection".into()),
         Poll::Ready(Err(error)) => Err(error.into()),
         Poll::Ready(Ok(_)) | Poll::Pending => Ok(()),

@@ -2,7 +2,10 @@
 //! the hand-over to hyper's server for every other request: the two must answer alike, and a
 //! connection must move from one to the other at any request boundary, pipelined or not.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
 
 use crate::support::*;
 
@@ -217,4 +220,41 @@ async fn requests_that_are_not_plain_get_hypers_answers() {
         status_line.starts_with("HTTP/1.0 200"),
         "HTTP/1.0 request answered with {status_line:?}"
     );
+}
+
+/// A next request that arrives while one is in flight is kept and answered after it, also when
+/// the connection's buffer had no room left (a connection's first request leaves it so) and the
+/// request is longer than one read of the watch for the client closing.
+#[tokio::test]
+async fn a_request_sent_while_one_is_in_flight_is_kept_and_answered_next() {
+    let gate = Arc::new(Semaphore::new(0));
+    let arrived = Arc::new(Notify::new());
+    let origin = {
+        let (gate, arrived) = (gate.clone(), arrived.clone());
+        Origin::start(move |request| {
+            let (gate, arrived) = (gate.clone(), arrived.clone());
+            async move {
+                let path = request.uri().path().to_owned();
+                if path == "/held" {
+                    arrived.notify_one();
+                    let _permit = gate.acquire().await.expect("gate");
+                }
+                let long = request.headers().get("x-long").map_or(0, |v| v.len());
+                text(200, &format!("{path}:{long}"))
+            }
+        })
+        .await
+    };
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(b"GET /held HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    arrived.notified().await;
+    let long = "x".repeat(6000);
+    conn.send(format!("GET /next HTTP/1.1\r\nHost: t\r\nX-Long: {long}\r\n\r\n").as_bytes())
+        .await;
+    // Not needed for the verdict: gives the proxy time to see the bytes while /held is held.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.add_permits(1);
+    assert_eq!(conn.response().await.body, b"/held:0");
+    assert_eq!(conn.response().await.body, b"/next:6000");
 }
