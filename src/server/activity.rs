@@ -390,6 +390,10 @@ impl<T: super::auto::WaitReadable> super::auto::WaitReadable for TrackedIo<T> {
         self.inner.can_wait()
     }
 
+    fn closes_on_drop(&self) -> bool {
+        self.inner.closes_on_drop()
+    }
+
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.inner.poll_read_ready(cx)
     }

@@ -67,10 +67,24 @@ pub(super) trait WaitReadable {
 
     /// Ready when a read would not block: bytes, end of stream or an error are there.
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Whether dropping the stream ends it as `poll_shutdown` would, so that a connection closed
+    /// for good can skip the shutdown: plain TCP's close sends the FIN after any unsent bytes,
+    /// exactly as `shutdown(SHUT_WR)` does (one system call per closed connection saved, as
+    /// nginx saves it). Not where shutting down writes something of its own (TLS's
+    /// `close_notify`), and never for a stream that lives on after the shutdown (a tunnel's
+    /// half-close).
+    fn closes_on_drop(&self) -> bool {
+        false
+    }
 }
 
 impl WaitReadable for tokio::net::TcpStream {
     fn can_wait(&self) -> bool {
+        true
+    }
+
+    fn closes_on_drop(&self) -> bool {
         true
     }
 

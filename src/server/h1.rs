@@ -405,11 +405,13 @@ where
         fill(&mut self.io, &mut self.read, cx)
     }
 
-    /// Writes what is queued, then closes the stream.
+    /// Writes what is queued, then closes the stream (the caller drops it next).
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<Result<Progress, BoxError>> {
         ready!(self.out.poll_write_all(&mut self.io, cx))?;
-        // The peer may be gone already; the connection is over either way.
-        let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
+        if !self.io.closes_on_drop() {
+            // The peer may be gone already; the connection is over either way.
+            let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
+        }
         Poll::Ready(Ok(Progress::Closed))
     }
 }

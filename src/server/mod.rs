@@ -1533,6 +1533,10 @@ impl<IO: auto::WaitReadable> auto::WaitReadable for Admitted<IO> {
         self.io.can_wait()
     }
 
+    fn closes_on_drop(&self) -> bool {
+        self.io.closes_on_drop()
+    }
+
     fn poll_read_ready(&self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
         self.io.poll_read_ready(cx)
     }

@@ -258,3 +258,26 @@ async fn a_request_sent_while_one_is_in_flight_is_kept_and_answered_next() {
     assert_eq!(conn.response().await.body, b"/held:0");
     assert_eq!(conn.response().await.body, b"/next:6000");
 }
+
+/// A closing connection's last response arrives whole before the end of the stream, also when
+/// most of it is still queued in the socket as the connection closes (the plain path closes a
+/// TCP connection without a separate shutdown: the kernel sends the queued bytes, then the FIN).
+#[tokio::test]
+async fn a_large_last_response_arrives_whole_before_the_close() {
+    const SIZE: usize = 16 << 20;
+    let origin = Origin::start(|_request| async move { text(200, &"x".repeat(SIZE)) }).await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    // A small receive buffer, so that the proxy's socket still holds megabytes when it closes.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+    let mut conn = RawConn::from_stream(socket.connect(proxy.addr).await.expect("connect"));
+    conn.send(b"GET /big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await;
+    // Not needed for the verdict: lets the proxy queue what its socket takes and close.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let response = conn.response().await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body.len(), SIZE);
+    assert!(response.body.iter().all(|&b| b == b'x'));
+    assert!(conn.closed_within(Duration::from_secs(10)).await);
+}

@@ -385,6 +385,13 @@ impl RawConn {
         }
     }
 
+    /// A connection the test made itself (to set socket options first).
+    pub fn from_stream(stream: TcpStream) -> RawConn {
+        RawConn {
+            stream: tokio::io::BufReader::new(stream),
+        }
+    }
+
     /// The connection, to read it raw.
     pub fn stream_mut(&mut self) -> &mut tokio::io::BufReader<TcpStream> {
         &mut self.stream
