@@ -21,7 +21,7 @@ use libmimalloc_sys as mi;
 /// `malloc`.
 const PLAIN_ALIGN: usize = 16;
 
-/// True when `mi_malloc(size)` already returns memory aligned for `layout`.
+/// True when `mi_malloc(size)` already returns memory aligned to `align`.
 fn plain_is_aligned(size: usize, align: usize) -> bool {
     align <= PLAIN_ALIGN && align <= size
 }

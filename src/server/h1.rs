@@ -451,14 +451,10 @@ fn client_gone<IO: AsyncRead + Unpin>(
     } else {
         let mut storage = [MaybeUninit::<u8>::uninit(); WATCH_READ];
         let mut buf = tokio::io::ReadBuf::uninit(&mut storage);
-        match Pin::new(&mut *io).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) => {
-                read.extend_from_slice(buf.filled());
-                Poll::Ready(Ok(buf.filled().len()))
-            }
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-            Poll::Pending => Poll::Pending,
-        }
+        Pin::new(&mut *io).poll_read(cx, &mut buf).map_ok(|()| {
+            read.extend_from_slice(buf.filled());
+            buf.filled().len()
+        })
     };
     match polled {
         Poll::Ready(Ok(0)) => Err("the client closed the connection".into()),

@@ -51,11 +51,7 @@ async fn http2_streams_answered_at_once_each_get_their_own_whole_response() {
         async move {
             arrived.wait().await;
             let n: usize = request.uri().path()[1..].parse().unwrap_or(0);
-            // 10 B to 160 KiB: below the copy limit, around it, and far above.
-            let size = [10, 1_000, 16_000, 17_000, 40_000, 160_000][n % 6];
-            let mut body = vec![b'a' + (n as u8); size];
-            body.extend_from_slice(format!("|{n}").as_bytes());
-            Response::new(full(body))
+            Response::new(full(stream_body(n)))
         }
     })
     .await;
@@ -70,11 +66,17 @@ async fn http2_streams_answered_at_once_each_get_their_own_whole_response() {
         }
     });
     for (n, body) in futures_util::future::join_all(requests).await {
-        let size = [10, 1_000, 16_000, 17_000, 40_000, 160_000][n % 6];
-        let mut expected = vec![b'a' + (n as u8); size];
-        expected.extend_from_slice(format!("|{n}").as_bytes());
-        assert!(body == expected, "stream {n}: {} bytes", body.len());
+        assert!(body == stream_body(n), "stream {n}: {} bytes", body.len());
     }
+}
+
+/// Stream `n`'s body: 10 B to 160 KiB (below the coalescing copy limit, around it, and far
+/// above), its own letter, and its number at the end.
+fn stream_body(n: usize) -> Vec<u8> {
+    let size = [10, 1_000, 16_000, 17_000, 40_000, 160_000][n % 6];
+    let mut body = vec![b'a' + (n as u8); size];
+    body.extend_from_slice(format!("|{n}").as_bytes());
+    body
 }
 
 #[tokio::test]
