@@ -104,18 +104,8 @@ impl FieldMemo {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A map built the ordinary way, for comparison.
-    fn plain(fields: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in fields {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).expect("name"),
-                HeaderValue::from_str(value).expect("value"),
-            );
-        }
-        map
-    }
+    // A map built the ordinary way, for comparison.
+    use crate::testing::header_map as plain;
 
     /// The map the memo builds for a head with these fields.
     fn through(memo: &mut FieldMemo, fields: &[(&str, &str)]) -> HeaderMap {
