@@ -11,7 +11,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -20,6 +20,7 @@ use pin_project_lite::pin_project;
 
 use crate::compress::CodecBody;
 use crate::protect::upload_rate::{MinUploadRate, UploadPace};
+use crate::splice::{Pipe, SpliceSource};
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -518,6 +519,28 @@ impl Body for UpstreamBody {
     }
 }
 
+impl SpliceSource for UpstreamBody {
+    fn splice_len(&self) -> Option<u64> {
+        match self {
+            UpstreamBody::Hyper(_) => None,
+            UpstreamBody::Direct(body) => body.splice_len(),
+        }
+    }
+
+    fn poll_splice(
+        self: Pin<&mut Self>,
+        pipe: &mut Pipe,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<usize, BoxError>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(_) => {
+                Poll::Ready(Err("a body read by hyper is not spliced".into()))
+            }
+            UpstreamBody::Direct(body) => Pin::new(body).poll_splice(pipe, cx),
+        }
+    }
+}
+
 pin_project! {
     /// A body received from a peer, optionally watched by a [`BodyTap`].
     pub struct IncomingBody {
@@ -603,6 +626,28 @@ impl Body for IncomingBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A tapped body is never spliced: its tap needs the bytes.
+impl SpliceSource for IncomingBody {
+    fn splice_len(&self) -> Option<u64> {
+        match self.tap {
+            Some(_) => None,
+            None => self.inner.splice_len(),
+        }
+    }
+
+    fn poll_splice(
+        self: Pin<&mut Self>,
+        pipe: &mut Pipe,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<usize, BoxError>> {
+        let this = self.project();
+        if this.tap.is_some() {
+            return Poll::Ready(Err("a tapped body is not spliced".into()));
+        }
+        Pin::new(this.inner).poll_splice(pipe, cx)
     }
 }
 
@@ -692,6 +737,37 @@ fn kind_ended(kind: &Kind) -> bool {
         Kind::Upstream { body } => body.is_end_stream(),
         Kind::Full { data } => data.is_none(),
         Kind::Coded { body } => body.is_end_stream(),
+    }
+}
+
+/// Only a backend's body as it came; the bytes spliced count as sent, as frames do.
+impl SpliceSource for ResponseBody {
+    fn splice_len(&self) -> Option<u64> {
+        match &self.kind {
+            Kind::Upstream { body } => body.splice_len(),
+            Kind::Full { .. } | Kind::Coded { .. } => None,
+        }
+    }
+
+    fn poll_splice(
+        self: Pin<&mut Self>,
+        pipe: &mut Pipe,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<usize, BoxError>> {
+        let this = self.project();
+        let KindProj::Upstream { body } = this.kind.project() else {
+            return Poll::Ready(Err("only a backend's own body is spliced".into()));
+        };
+        let moved = ready!(body.poll_splice(pipe, cx));
+        match &moved {
+            Ok(n) => *this.bytes += *n as u64,
+            Err(_) => {
+                if let Some(mut observer) = this.observer.take() {
+                    observer.finished(*this.bytes, false);
+                }
+            }
+        }
+        Poll::Ready(moved)
     }
 }
 

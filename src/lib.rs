@@ -18,6 +18,7 @@ pub mod proxy_protocol;
 pub mod routing;
 pub mod runtime;
 pub mod server;
+pub mod splice;
 pub mod tls;
 pub mod upstream;
 

@@ -98,6 +98,11 @@ impl Metrics {
             "Response body bytes sent to clients, by route.",
         );
         describe(
+            "gatehouse_response_bytes_spliced_total",
+            Some(Unit::Bytes),
+            "Response body bytes moved from a backend's socket to a client's by splice(2), by listener.",
+        );
+        describe(
             "gatehouse_upstream_response_seconds",
             Some(Unit::Seconds),
             "Time a backend took to send its response head, by pool and backend.",

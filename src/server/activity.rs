@@ -394,6 +394,10 @@ impl<T: super::auto::WaitReadable> super::auto::WaitReadable for TrackedIo<T> {
         self.inner.closes_on_drop()
     }
 
+    fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        self.inner.plain_tcp()
+    }
+
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.inner.poll_read_ready(cx)
     }

@@ -56,6 +56,8 @@ pub(super) struct Builders {
     pub parked: metrics::Counter,
     /// The limits hyper's HTTP/1 server has, for plain requests served without it.
     pub limits: h1::Limits,
+    /// `gatehouse_response_bytes_spliced_total` of the listener.
+    pub spliced: metrics::Counter,
 }
 
 /// A client stream an idle HTTP/1 connection can wait on for its next bytes without reading
@@ -77,6 +79,12 @@ pub(super) trait WaitReadable {
     fn closes_on_drop(&self) -> bool {
         false
     }
+
+    /// The TCP socket itself when nothing stands between it and the bytes (no TLS), so that a
+    /// response body can be spliced into it (`crate::splice`).
+    fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        None
+    }
 }
 
 impl WaitReadable for tokio::net::TcpStream {
@@ -86,6 +94,10 @@ impl WaitReadable for tokio::net::TcpStream {
 
     fn closes_on_drop(&self) -> bool {
         true
+    }
+
+    fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        Some(self)
     }
 
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -197,7 +209,7 @@ where
     S: Service<Request<ClientBody>, Response = Response<B>> + Unpin,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
     IO: AsyncRead + AsyncWrite + WaitReadable + Unpin + Send + 'static,
-    B: Body<Data = Bytes> + 'static,
+    B: Body<Data = Bytes> + crate::splice::SpliceSource + 'static,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
     TokioExecutor:
         Http2ServerConnExec<Pin<Box<<FromHyper<S> as Service<Request<Incoming>>>::Future>>, B>,
@@ -256,7 +268,7 @@ where
     S: Service<Request<ClientBody>, Response = Response<B>> + Unpin,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
     IO: AsyncRead + AsyncWrite + WaitReadable + Unpin + Send + 'static,
-    B: Body<Data = Bytes> + 'static,
+    B: Body<Data = Bytes> + crate::splice::SpliceSource + 'static,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
     TokioExecutor:
         Http2ServerConnExec<Pin<Box<<FromHyper<S> as Service<Request<Incoming>>>::Future>>, B>,
@@ -424,12 +436,12 @@ where
     S: Service<Request<ClientBody>, Response = Response<B>>,
     S::Error: Into<Box<dyn StdError + Send + Sync>>,
     IO: AsyncRead + AsyncWrite + WaitReadable + Unpin,
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + crate::splice::SpliceSource,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
     let limits = builders.limits;
     AutoConnection::Plain {
-        conn: Http1Connection::new(io, service, prefix, limits),
+        conn: Http1Connection::new(io, service, prefix, limits, builders.spliced.clone()),
         builders,
     }
 }

@@ -29,6 +29,7 @@ use super::auto::WaitReadable;
 use crate::body::{BoxError, ClientBody};
 use crate::proxy::field_memo::FieldMemo;
 use crate::proxy::headers::{ends_chunked, lists_token, parse_content_length};
+use crate::splice::{Pipe, SpliceSource};
 
 /// Header slots parsed in place; a listener allowing more fields hands heads with more to hyper.
 const SLOTS: usize = 128;
@@ -49,6 +50,9 @@ const HEAD_ROOM: usize = 128;
 const MAX_QUEUED: usize = 256 * 1024;
 /// Buffers handed to one `writev`.
 const MAX_SLICES: usize = 16;
+/// The least body left for splicing it (`crate::splice`) rather than reading it: below this the
+/// copies saved do not pay for the pipe's extra system call.
+const SPLICE_MIN: u64 = 16 * 1024;
 
 /// The limits hyper is configured with, which a plain request must also be within.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +82,9 @@ enum Phase {
     Waiting(Facts),
     /// The response body is being sent.
     Sending { framing: Framing, keep_alive: bool },
+    /// The response body is being spliced from the backend's socket (`left` bytes still to
+    /// reach the client's).
+    Splicing { left: u64, keep_alive: bool },
     /// The response is queued; written out, the connection goes on (or closes).
     Written { keep_alive: bool },
 }
@@ -147,6 +154,10 @@ where
     closing: bool,
     /// Buffers released while idle: wait until the client sends before taking new ones.
     parked: bool,
+    /// The pipe of the body being spliced.
+    pipe: Option<Pipe>,
+    /// `gatehouse_response_bytes_spliced_total` of the listener.
+    spliced: metrics::Counter,
 }
 
 impl<IO, S, B> Http1Connection<IO, S, B>
@@ -154,11 +165,18 @@ where
     IO: AsyncRead + AsyncWrite + WaitReadable + Unpin,
     S: Service<Request<ClientBody>, Response = Response<B>>,
     S::Error: Into<BoxError>,
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + SpliceSource,
     B::Error: Into<BoxError>,
 {
-    /// Serves `io`, whose first bytes, already read, are `read`.
-    pub(super) fn new(io: IO, service: S, read: Bytes, limits: Limits) -> Self {
+    /// Serves `io`, whose first bytes, already read, are `read`; bytes of response bodies
+    /// spliced are counted in `spliced`.
+    pub(super) fn new(
+        io: IO,
+        service: S,
+        read: Bytes,
+        limits: Limits,
+        spliced: metrics::Counter,
+    ) -> Self {
         Http1Connection {
             io,
             service,
@@ -172,6 +190,8 @@ where
             limits,
             closing: false,
             parked: false,
+            pipe: None,
+            spliced,
         }
     }
 
@@ -301,6 +321,10 @@ where
                     let phase = ready!(self.poll_send_body(cx, framing, keep_alive))?;
                     self.phase = phase;
                 }
+                Phase::Splicing { left, keep_alive } => {
+                    let phase = ready!(self.poll_splice_body(cx, left, keep_alive))?;
+                    self.phase = phase;
+                }
                 Phase::Written { keep_alive } => {
                     ready!(self.out.poll_write_all(&mut self.io, cx))?;
                     if !keep_alive {
@@ -331,6 +355,15 @@ where
             let SlotProj::Sending { mut body } = slot.as_mut().project() else {
                 return Poll::Ready(Err("response slot in the wrong state".into()));
             };
+            if let Framing::Length(left) = framing
+                && left >= SPLICE_MIN
+                && self.io.plain_tcp().is_some()
+                && body.splice_len() == Some(left)
+                && let Some(pipe) = Pipe::take()
+            {
+                self.pipe = Some(pipe);
+                return Poll::Ready(Ok(Phase::Splicing { left, keep_alive }));
+            }
             let frame = match body.as_mut().poll_frame(cx) {
                 Poll::Pending => {
                     // Nothing more yet: what is queued goes out meanwhile.
@@ -392,6 +425,56 @@ where
                 }
                 slot.set(Slot::Empty);
                 return Poll::Ready(Ok(Phase::Written { keep_alive }));
+            }
+        }
+    }
+
+    /// Moves the rest of the response body from the backend's socket to the client's through
+    /// the connection's pipe, after what is queued; the phase after it.
+    fn poll_splice_body(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut left: u64,
+        keep_alive: bool,
+    ) -> Poll<Result<Phase, BoxError>> {
+        // The head and any body bytes read with it go first.
+        ready!(self.out.poll_write_all(&mut self.io, cx))?;
+        let (Some(slot), Some(pipe), Some(client)) =
+            (self.slot.as_mut(), self.pipe.as_mut(), self.io.plain_tcp())
+        else {
+            return Poll::Ready(Err(
+                "splicing without a body, a pipe or a plain stream".into()
+            ));
+        };
+        loop {
+            if pipe.held() > 0 {
+                let n = ready!(pipe.poll_drain_to(client, cx))?;
+                left = left.saturating_sub(n as u64);
+                self.spliced.increment(n as u64);
+                self.phase = Phase::Splicing { left, keep_alive };
+                continue;
+            }
+            if left == 0 {
+                // The body has ended (its connection gone home); dropping it completes it.
+                slot.set(Slot::Empty);
+                if let Some(pipe) = self.pipe.take() {
+                    pipe.give_back();
+                }
+                return Poll::Ready(Ok(Phase::Written { keep_alive }));
+            }
+            let SlotProj::Sending { body } = slot.as_mut().project() else {
+                return Poll::Ready(Err("response slot in the wrong state".into()));
+            };
+            match body.poll_splice(pipe, cx) {
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(error)) => {
+                    slot.set(Slot::Empty);
+                    return Poll::Ready(Err(error));
+                }
+                Poll::Pending => {
+                    client_gone(&mut self.io, &mut self.read, cx)?;
+                    return Poll::Pending;
+                }
             }
         }
     }

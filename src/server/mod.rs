@@ -627,14 +627,7 @@ fn serving_for(
     };
     Ok(Serving {
         state: state.clone(),
-        builder: Arc::new(http_builder(
-            spec,
-            &generation.server,
-            state.metrics.counter(
-                "gatehouse_client_connections_parked_total",
-                &[("listener", &spec.name)],
-            ),
-        )),
+        builder: Arc::new(http_builder(spec, &generation.server, &state.metrics)),
         phase: phase.clone(),
         drain: drain.clone(),
         header_timeout: generation.timeouts.client_header.0,
@@ -700,8 +693,9 @@ fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 fn http_builder(
     spec: &ListenerSpec,
     settings: &crate::config::ServerSettings,
-    parked: metrics::Counter,
+    metrics: &crate::observe::metrics::Metrics,
 ) -> HttpBuilder {
+    let listener = [("listener", &*spec.name)];
     if spec.http2 && !spec.http1 {
         return HttpBuilder::Http2(http2_builder(settings));
     }
@@ -709,7 +703,8 @@ fn http_builder(
         http1: http1_builder(settings),
         // HTTP/1-only: no sniffing, an HTTP/2 preface is a malformed HTTP/1 request.
         http2: spec.http2.then(|| http2_builder(settings)),
-        parked,
+        parked: metrics.counter("gatehouse_client_connections_parked_total", &listener),
+        spliced: metrics.counter("gatehouse_response_bytes_spliced_total", &listener),
         limits: h1::Limits {
             max_headers: settings.max_headers,
             max_head: header_bytes(settings),
@@ -1537,6 +1532,10 @@ impl<IO: auto::WaitReadable> auto::WaitReadable for Admitted<IO> {
         self.io.closes_on_drop()
     }
 
+    fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
+        self.io.plain_tcp()
+    }
+
     fn poll_read_ready(&self, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
         self.io.poll_read_ready(cx)
     }
@@ -1638,6 +1637,26 @@ impl<B: http_body::Body> http_body::Body for Held<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// The place is held until the spliced body is dropped, as until a polled one ends.
+impl<B: crate::splice::SpliceSource> crate::splice::SpliceSource for Held<B> {
+    fn splice_len(&self) -> Option<u64> {
+        self.body.splice_len()
+    }
+
+    fn poll_splice(
+        self: Pin<&mut Self>,
+        pipe: &mut crate::splice::Pipe,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<usize, crate::body::BoxError>> {
+        let this = self.project();
+        let moved = std::task::ready!(this.body.poll_splice(pipe, cx));
+        if moved.is_err() {
+            *this.place = None;
+        }
+        Poll::Ready(moved)
     }
 }
 

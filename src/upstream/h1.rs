@@ -16,7 +16,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -42,6 +42,10 @@ const READ_MIN: usize = 8192;
 /// so a large body is read in few system calls; one that uses under a quarter halves it (hyper's
 /// adaptive read strategy does the same).
 const READ_MAX: usize = 128 * 1024;
+
+/// The most a read for a response head takes on plain TCP: the body's bytes beyond it stay in
+/// the socket, where a large body can be spliced to the client from (`crate::splice`).
+const HEAD_READ: usize = 16 * 1024;
 
 /// The longest chunk-size line accepted (size, extensions, CRLF).
 const MAX_CHUNK_LINE: usize = 4096;
@@ -173,7 +177,13 @@ impl DirectConnection {
                 Ok(None) => {}
             }
             received_any |= !self.read.is_empty();
-            let cause = match poll_fn(|cx| self.poll_fill(cx)).await {
+            // A head is read in a small piece on plain TCP: body bytes still in the socket can be
+            // spliced to the client (crate::splice), those read with the head cannot.
+            let most = match self.stream {
+                BackendStream::Tcp(_) => HEAD_READ,
+                BackendStream::Tls(_) => usize::MAX,
+            };
+            let cause = match poll_fn(|cx| self.poll_fill(cx, most)).await {
                 Ok(0) if received_any => {
                     "the connection closed within the response head".to_owned()
                 }
@@ -189,8 +199,9 @@ impl DirectConnection {
         }
     }
 
-    /// Reads what the backend sent next into the buffer; `Ok(0)` at the end of the stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+    /// Reads what the backend sent next into the buffer, at most `most` bytes; `Ok(0)` at the
+    /// end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, most: usize) -> Poll<std::io::Result<usize>> {
         if self.read.capacity() - self.read.len() < self.read_size / 2 {
             // Reuses the buffer's space when the bytes split off it earlier are gone.
             self.read.reserve(self.read_size);
@@ -199,12 +210,15 @@ impl DirectConnection {
         let n = ready!(tokio_util::io::poll_read_buf(
             Pin::new(&mut self.stream),
             cx,
-            &mut self.read
+            &mut (&mut self.read).limit(most)
         ))?;
-        if n == room {
-            self.read_size = (self.read_size * 2).min(READ_MAX);
-        } else if n < self.read_size / 4 {
-            self.read_size = (self.read_size / 2).max(READ_MIN);
+        // A capped read says nothing of how much the backend sends at once.
+        if most >= room {
+            if n == room {
+                self.read_size = (self.read_size * 2).min(READ_MAX);
+            } else if n < self.read_size / 4 {
+                self.read_size = (self.read_size / 2).max(READ_MIN);
+            }
         }
         Poll::Ready(Ok(n))
     }
@@ -461,6 +475,52 @@ impl DirectBody {
     }
 }
 
+impl crate::splice::SpliceSource for DirectBody {
+    fn splice_len(&self) -> Option<u64> {
+        let connection = self.connection.as_ref()?;
+        match (&self.framing, &connection.stream) {
+            (Framing::Length(left), BackendStream::Tcp(_))
+                if *left > 0 && connection.read.is_empty() =>
+            {
+                Some(*left)
+            }
+            _ => None,
+        }
+    }
+
+    fn poll_splice(
+        self: Pin<&mut Self>,
+        pipe: &mut crate::splice::Pipe,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<usize, BoxError>> {
+        let this = self.get_mut();
+        let (Some(connection), &Framing::Length(left)) = (this.connection.as_mut(), &this.framing)
+        else {
+            return Poll::Ready(Err("no body left to splice".into()));
+        };
+        let BackendStream::Tcp(stream) = &connection.stream else {
+            return Poll::Ready(Err("a body over TLS cannot be spliced".into()));
+        };
+        let max = usize::try_from(left).unwrap_or(usize::MAX);
+        let cause = match ready!(pipe.poll_fill_from(stream, max, cx)) {
+            Ok(0) => "the backend closed the connection within the body".to_owned(),
+            Ok(n) => {
+                let left = left - n as u64;
+                this.framing = Framing::Length(left);
+                if left == 0 {
+                    // Every byte is out of the backend's socket: it can serve the next request.
+                    this.finish();
+                }
+                return Poll::Ready(Ok(n));
+            }
+            Err(e) => format!("reading the response body: {e}"),
+        };
+        this.connection = None;
+        this.framing = Framing::Done;
+        Poll::Ready(Err(cause.into()))
+    }
+}
+
 impl Body for DirectBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -507,7 +567,7 @@ impl Body for DirectBody {
             let Some(connection) = this.connection.as_mut() else {
                 return Poll::Ready(None);
             };
-            match ready!(connection.poll_fill(cx)) {
+            match ready!(connection.poll_fill(cx, usize::MAX)) {
                 Ok(0) if this.framing == Framing::UntilClose => {
                     this.connection = None;
                     this.framing = Framing::Done;

@@ -1580,3 +1580,31 @@ async fn a_stale_response_stands_in_for_an_origin_that_is_down() {
         cache_status(&headers)
     );
 }
+
+#[tokio::test]
+async fn a_large_body_being_stored_is_not_spliced_past_the_cache() {
+    // Large enough that, without the cache, it would be spliced socket to socket unread.
+    let body = "0123456789abcdef".repeat(64 * 1024);
+    let sent = body.clone();
+    let origin = Origin::start(move |_| {
+        let body = sent.clone();
+        async move { answer(&body, &[("cache-control", "max-age=600")]) }
+    })
+    .await;
+    let proxy = Proxy::start(&cached_config(origin.addr, "")).await;
+    let client = client();
+    for round in ["miss", "hit"] {
+        let (status, received, headers) = get(&client, &proxy, "/big").await;
+        assert_eq!(status, 200, "{round}");
+        assert!(received == body, "{round}: the body differs");
+        assert!(
+            cache_status(&headers).contains(round),
+            "{round}: {headers:?}"
+        );
+    }
+    assert_eq!(seen_on(&origin, "/big"), 1, "the second request is a hit");
+    assert_eq!(
+        proxy.metric("gatehouse_response_bytes_spliced_total", &[]),
+        0
+    );
+}

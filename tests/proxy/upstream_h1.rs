@@ -248,3 +248,158 @@ async fn head_responses_carry_no_body_and_leave_the_connection_usable() {
     }
     assert_eq!(origin.connections(), 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Large bodies spliced from the backend's socket to the client's (src/splice.rs).
+// ---------------------------------------------------------------------------------------------
+
+/// A body size well over what is read with the head (16 KiB) and over one pipe's worth.
+const LARGE: usize = 1 << 20;
+
+/// `len` bytes in a pattern that repeats only every 251 bytes, so that a byte lost, doubled or
+/// out of place shows.
+fn patterned(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+/// A 200 with a `Content-Length` body of `len` patterned bytes.
+fn sized_response(len: usize) -> Vec<u8> {
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
+    )
+    .into_bytes();
+    response.extend(patterned(len));
+    response
+}
+
+fn spliced(proxy: &Proxy) -> u64 {
+    proxy.metric("gatehouse_response_bytes_spliced_total", &[])
+}
+
+#[tokio::test]
+async fn large_bodies_are_spliced_whole_in_order_and_both_connections_are_kept() {
+    let origin = ScriptedOrigin::start(|path| match path {
+        "/small" => Reply::whole(&sized_response(4096)),
+        // Many writes, so that the body is spliced in many pieces as it comes.
+        "/pieces" => Reply::split(&sized_response(LARGE), 100_000),
+        _ => Reply::whole(&sized_response(LARGE)),
+    })
+    .await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    for (path, len) in [("/whole", LARGE), ("/pieces", LARGE), ("/small", 4096)] {
+        conn.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await;
+        let response = conn.response().await;
+        assert_eq!(response.status, 200, "{path}");
+        assert_eq!(response.header("content-length"), Some(&*len.to_string()));
+        assert!(response.body == patterned(len), "{path}: the body differs");
+    }
+    // Two requests in one write: the second waits in the client's socket while the first
+    // response is spliced, and is answered after it.
+    conn.send(b"GET /whole HTTP/1.1\r\nHost: t\r\n\r\nGET /pieces HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    for path in ["/whole", "/pieces"] {
+        let response = conn.response().await;
+        assert_eq!(response.status, 200, "pipelined {path}");
+        assert!(
+            response.body == patterned(LARGE),
+            "pipelined {path}: the body differs"
+        );
+    }
+    assert_eq!(origin.connections(), 1, "the backend connection is reused");
+    // Every large body but what came with its head (at most 16 KiB) went through the pipe; none
+    // of the small one. And the bytes spliced count as sent, as any other.
+    let large = 4 * LARGE as u64;
+    let moved = spliced(&proxy);
+    assert!(
+        moved > large - 4 * 16384 && moved <= large,
+        "{moved} bytes spliced"
+    );
+    let route_bytes = || proxy.metric("gatehouse_response_bytes_total", &[("route", "default")]);
+    assert!(
+        eventually(Duration::from_secs(10), || route_bytes() == large + 4096).await,
+        "{} response bytes counted",
+        route_bytes()
+    );
+}
+
+#[tokio::test]
+async fn a_backend_closing_within_a_spliced_body_cuts_the_response_and_is_not_reused() {
+    let origin = ScriptedOrigin::start(|path| match path {
+        "/cut" => {
+            // Declares 1 MiB, sends 200 KB of it, closes.
+            let mut response = sized_response(LARGE);
+            response.truncate(response.len() - LARGE + 200_000);
+            Reply::whole(&response).then_close()
+        }
+        _ => Reply::whole(&sized_response(LARGE)),
+    })
+    .await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(b"GET /cut HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let mut raw = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        conn.stream_mut().read_to_end(&mut raw),
+    )
+    .await
+    .expect("the proxy closes the client's connection")
+    .expect("read");
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &raw[..raw.len().min(100)]
+    );
+    assert!(
+        raw.len() < LARGE,
+        "the response was cut short ({} bytes)",
+        raw.len()
+    );
+    assert!(spliced(&proxy) > 0, "the body was being spliced");
+    // The next request gets a connection of its own and the whole body.
+    let mut conn = RawConn::connect(proxy.addr).await;
+    let response = get(&mut conn, "/whole").await;
+    assert!(response.body == patterned(LARGE), "the body differs");
+    assert_eq!(origin.connections(), 2);
+}
+
+#[tokio::test]
+async fn a_client_leaving_within_a_spliced_body_leaves_no_bytes_for_the_next_request() {
+    const HUGE: usize = 16 << 20;
+    let origin = ScriptedOrigin::start(|path| match path {
+        "/huge" => Reply::whole(&sized_response(HUGE)),
+        _ => Reply::whole(&sized_response(LARGE)),
+    })
+    .await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    // A client with a small receive buffer that reads a little of a 16 MiB body and leaves: the
+    // backend's connection still holds most of it.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+    let mut stream = socket.connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /huge HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    let mut first = vec![0u8; 100_000];
+    stream
+        .read_exact(&mut first)
+        .await
+        .expect("some of the body");
+    assert!(
+        eventually(Duration::from_secs(10), || spliced(&proxy) > 0).await,
+        "the body is being spliced"
+    );
+    drop(stream);
+    // Had the half-read connection gone back to the pool, this body would be the rest of the
+    // last one.
+    let mut conn = RawConn::connect(proxy.addr).await;
+    for _ in 0..2 {
+        let response = get(&mut conn, "/large").await;
+        assert_eq!(response.status, 200);
+        assert!(response.body == patterned(LARGE), "the body differs");
+    }
+    assert_eq!(origin.connections(), 2);
+}
