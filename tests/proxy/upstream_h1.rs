@@ -325,6 +325,45 @@ async fn large_bodies_are_spliced_whole_in_order_and_both_connections_are_kept()
 }
 
 #[tokio::test]
+async fn bodies_of_every_size_around_the_splicing_thresholds_arrive_whole() {
+    // The path's edges: a head read of at most 16 KiB, splicing from 16 KiB left, a 256 KiB
+    // pipe. The origin answers `/N` with an N-byte body, and `/N/split` in many writes (1,000
+    // bytes each below 64 KiB, 50,000 above).
+    let origin = ScriptedOrigin::start(|path| {
+        let mut parts = path.trim_start_matches('/').split('/');
+        let len = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        match parts.next() {
+            Some("split") if len < 65_536 => Reply::split(&sized_response(len), 1000),
+            Some("split") => Reply::split(&sized_response(len), 50_000),
+            _ => Reply::whole(&sized_response(len)),
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    let mut sizes = vec![0, 1, 8191, 8192, 8193, 262_143, 262_144, 262_145, 300_001];
+    // Around 16 KiB, and around 32 KiB less the head: where the rest left after the head's read
+    // crosses 16 KiB.
+    sizes.extend((16_370..16_400).step_by(3));
+    sizes.extend((32_600..32_800).step_by(17));
+    for len in sizes {
+        for path in [format!("/{len}"), format!("/{len}/split")] {
+            conn.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+                .await;
+            let response = conn.response().await;
+            assert_eq!(response.status, 200, "{path}");
+            assert!(response.body == patterned(len), "{path}: the body differs");
+        }
+    }
+    assert_eq!(
+        origin.connections(),
+        1,
+        "every exchange left the connection clean"
+    );
+    assert!(spliced(&proxy) > 0);
+}
+
+#[tokio::test]
 async fn a_backend_closing_within_a_spliced_body_cuts_the_response_and_is_not_reused() {
     let origin = ScriptedOrigin::start(|path| match path {
         "/cut" => {
