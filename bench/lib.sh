@@ -100,8 +100,9 @@ declare -A TLS_DETAILS=() # scenario 5: "cipher, key exchange" each proxy negoti
 
 is_alive() {
     local stat
-    [[ -r /proc/$1/stat ]] || return 1
-    stat=$(<"/proc/$1/stat") 2>/dev/null || return 1
+    # `read`, not `$(<file)`: a process that exits between two looks makes the file vanish, and
+    # a failed `$(<file)` expansion ends the whole script under `set -e` (seen in scenario 7).
+    { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
     stat=${stat##*) }
     [[ ${stat:0:1} != Z ]]
 }
@@ -136,6 +137,15 @@ cleanup() {
     fi
     if [[ $CACHE_DIR == /dev/shm/gatehouse-bench-cache.* ]]; then rm -rf "$CACHE_DIR"; fi
     if [[ -n $RUN_DIR && -d $RUN_DIR ]]; then
+        if ((status != 0)) && [[ -s $RUN_DIR/results.jsonl && -n ${BENCH_DIR:-} ]]; then
+            # A run that fails late keeps what it measured: `tools/report.py` can read it.
+            local partial
+            partial="$BENCH_DIR/results/failed-$(date -u +%Y-%m-%dT%H%M%SZ)"
+            mkdir -p "$BENCH_DIR/results"
+            cp "$RUN_DIR/results.jsonl" "$partial.jsonl"
+            cp "$RUN_DIR/meta.tsv" "$partial.meta.tsv" 2>/dev/null || true
+            log "the run failed; what it measured is in ${partial#"${REPO_DIR:-}"/}.jsonl"
+        fi
         if [[ ${BENCH_KEEP:-0} == 1 ]]; then
             log "run directory kept: $RUN_DIR"
         else

@@ -71,6 +71,10 @@ fn route(name: &str, config: &str, args: &[&str]) -> Run {
         .args(args)
         .output()
         .expect("run gatehouse route");
+    if let Some(dir) = path.parent() {
+        // Best effort: a leftover directory in the temp dir is all that is lost.
+        let _ = std::fs::remove_dir_all(dir);
+    }
     Run {
         code: output.status.code(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -4,10 +4,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// Writes `text` to a fresh file and runs `gatehouse check -c FILE`; returns (success, stdout, stderr, path).
+use crate::support::TempDir;
+
+/// Writes `text` to a fresh file and runs `gatehouse check -c FILE`; returns (success, stdout,
+/// stderr, path). The file is gone when it returns: the path is for matching messages.
 fn check(name: &str, text: &str) -> (bool, String, String, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("gatehouse-check-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = TempDir::new(&format!("check-{name}"));
     let path = dir.join("gatehouse.toml");
     std::fs::write(&path, text).expect("write config");
     let output = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
@@ -248,8 +250,7 @@ fn a_missing_file_is_a_clear_error() {
 
 #[test]
 fn run_refuses_a_broken_config_and_does_not_start() {
-    let dir = std::env::temp_dir().join(format!("gatehouse-run-broken-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = TempDir::new("run-broken");
     let path = dir.join("broken.toml");
     std::fs::write(&path, VALID.replace("pool = \"app\"", "pool = \"nope\"")).expect("write");
     let output = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
