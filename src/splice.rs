@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::{Context, Poll, ready};
 
 use rustix::pipe::{PipeFlags, SpliceFlags};
@@ -41,6 +42,11 @@ thread_local! {
     static IDLE: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Whether `splice(2)` may be called here, asked once per process with the first pipe made. A
+/// sandbox's system-call filter (seccomp) may refuse it, and a refusal met after a response's
+/// head is sent would cut the response short; refused, every body is copied the ordinary way.
+static SPLICE_ALLOWED: OnceLock<bool> = OnceLock::new();
+
 /// A kernel pipe holding body bytes between the two sockets.
 #[derive(Debug)]
 pub struct Pipe {
@@ -65,6 +71,19 @@ impl Pipe {
             .or_else(|_| rustix::pipe::fcntl_getpipe_size(&write))
             .ok()
             .filter(|&capacity| capacity >= PIPE_MIN)?;
+        let allowed = SPLICE_ALLOWED.get_or_init(|| {
+            allowed(rustix::pipe::splice(
+                &read,
+                None,
+                &write,
+                None,
+                0,
+                SpliceFlags::NONBLOCK,
+            ))
+        });
+        if !allowed {
+            return None;
+        }
         Some(Pipe {
             read,
             write,
@@ -156,6 +175,19 @@ impl Pipe {
     }
 }
 
+/// Whether the answer to a zero-length `splice` says the call may be used: for a length of 0 the
+/// kernel answers 0 before it looks at the descriptors, so an error can only be the call itself
+/// refused (`ENOSYS`, `EPERM` from a seccomp filter).
+fn allowed(answer: rustix::io::Result<usize>) -> bool {
+    match answer {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::warn!(%error, "splice(2) is refused here: large response bodies are copied");
+            false
+        }
+    }
+}
+
 /// A response body that can move the rest of its bytes through a [`Pipe`] instead of yielding
 /// them as frames.
 pub trait SpliceSource {
@@ -230,6 +262,18 @@ mod tests {
         let _backend = writer.await.expect("writer");
         pipe.give_back();
         IDLE.with(|idle| assert_eq!(idle.borrow().len(), 1, "the emptied pipe is kept"));
+    }
+
+    #[test]
+    fn the_probe_passes_where_splice_works_and_refusals_are_recognised() {
+        // The probe as `Pipe::take` makes it: a zero-length splice from a pipe into itself,
+        // which the kernel answers with 0 whatever the descriptors.
+        let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC).expect("pipe");
+        let answer = rustix::pipe::splice(&read, None, &write, None, 0, SpliceFlags::NONBLOCK);
+        assert_eq!(answer, Ok(0));
+        assert!(allowed(answer));
+        assert!(!allowed(Err(rustix::io::Errno::NOSYS)));
+        assert!(!allowed(Err(rustix::io::Errno::PERM)));
     }
 
     #[tokio::test]
