@@ -23,6 +23,8 @@ IDLE_SETTLE=${BENCH_IDLE_SETTLE:-4}
 SCENARIOS=${BENCH_SCENARIOS:-1 2 3 4 5 7}
 TARGETS=${BENCH_TARGETS:-direct nginx haproxy gatehouse}
 CONNECTIONS=${BENCH_CONNECTIONS:-64}
+# Scenario 2's body size in bytes when set (served at /large); unset, the 100 KiB /100k.
+LARGE_BYTES=${BENCH_LARGE_BYTES:-}
 H2_CONNECTIONS=16
 H2_STREAMS=4
 PROXY_CPU=${BENCH_PROXY_CPU:-0}
@@ -340,6 +342,10 @@ prepare_run_dir() {
     chmod 755 "$CACHE_DIR"
     head -c 1024 /dev/zero | tr '\0' 'a' >"$RUN_DIR/www/1k"
     head -c 102400 /dev/zero | tr '\0' 'b' >"$RUN_DIR/www/100k"
+    if [[ -n $LARGE_BYTES ]]; then
+        [[ $LARGE_BYTES =~ ^[0-9]+$ ]] || die "BENCH_LARGE_BYTES must be a number of bytes"
+        head -c "$LARGE_BYTES" /dev/zero | tr '\0' 'c' >"$RUN_DIR/www/large"
+    fi
     chmod -R a+rX "$RUN_DIR"
     # Scenario 5: one self-signed ECDSA P-256 certificate for 127.0.0.1/localhost, used by every
     # proxy (HAProxy wants certificate and key in one PEM file).
@@ -529,7 +535,7 @@ run_warmup() {
 
 scenario_path() {
     case $1 in
-    2) echo /100k ;;
+    2) if [[ -n $LARGE_BYTES ]]; then echo /large; else echo /100k; fi ;;
     6) echo /cached/1k ;;
     *) echo /1k ;;
     esac

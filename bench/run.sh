@@ -20,6 +20,7 @@
 #   BENCH_SCENARIOS="1 2 3 4 5 7"  (5 = 5a and 5b, HTTPS; they can be chosen alone too;
 #                            6 = cache hits, only when chosen)
 #   BENCH_TARGETS="direct nginx haproxy gatehouse"
+#   BENCH_LARGE_BYTES=       scenario 2's body size in bytes (default: the 100 KiB /100k)
 #   BENCH_CONNECTIONS=64     client connections in scenarios 1-3 and 5
 #   BENCH_PROXY_CPU=0        CPU the proxy under test is pinned to
 #   BENCH_LOAD_CPU=1         CPU the origins and the load generator are pinned to
@@ -222,6 +223,7 @@ main() {
     write_meta kernel "$(uname -r)"
     write_meta cpu "$(nproc) x $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
     write_meta memory "$(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
+    [[ -z $LARGE_BYTES ]] || write_meta large_bytes "$LARGE_BYTES"
     write_meta knobs "duration ${DURATION}s, warm-up $WARMUP_REQUESTS requests, nice $NICE, rounds $ROUNDS, idle connections $IDLE_CONNS x $IDLE_ROUNDS rounds, $CONNECTIONS connections (h1), ${H2_CONNECTIONS}x$H2_STREAMS (h2), proxy CPU $PROXY_CPU, load CPU $LOAD_CPU"
     write_meta loadavg_start "$(cut -d' ' -f1-3 /proc/loadavg)"
 

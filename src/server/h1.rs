@@ -29,7 +29,7 @@ use super::auto::WaitReadable;
 use crate::body::{BoxError, ClientBody};
 use crate::proxy::field_memo::FieldMemo;
 use crate::proxy::headers::{ends_chunked, lists_token, parse_content_length};
-use crate::splice::{Pipe, SpliceSource};
+use crate::splice::{Pipe, SPLICE_MIN, SpliceSource};
 
 /// Header slots parsed in place; a listener allowing more fields hands heads with more to hyper.
 const SLOTS: usize = 128;
@@ -50,9 +50,6 @@ const HEAD_ROOM: usize = 128;
 const MAX_QUEUED: usize = 256 * 1024;
 /// Buffers handed to one `writev`.
 const MAX_SLICES: usize = 16;
-/// The least body left for splicing it (`crate::splice`) rather than reading it: below this the
-/// copies saved do not pay for the pipe's extra system call.
-const SPLICE_MIN: u64 = 16 * 1024;
 
 /// The limits hyper is configured with, which a plain request must also be within.
 #[derive(Debug, Clone, Copy)]

@@ -27,6 +27,7 @@ use super::dial::BackendStream;
 use super::keepalive::Homecoming;
 use crate::body::BoxError;
 use crate::proxy::field_memo::FieldMemo;
+use crate::splice::{HEAD_READ, SPLICE_EXPECTED};
 
 /// The largest response head accepted: hyper's default read-buffer limit, so a backend that
 /// worked behind the hyper client works here too.
@@ -43,10 +44,6 @@ const READ_MIN: usize = 8192;
 /// adaptive read strategy does the same).
 const READ_MAX: usize = 128 * 1024;
 
-/// The most a read for a response head takes on plain TCP: the body's bytes beyond it stay in
-/// the socket, where a large body can be spliced to the client from (`crate::splice`).
-const HEAD_READ: usize = 16 * 1024;
-
 /// The longest chunk-size line accepted (size, extensions, CRLF).
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -61,6 +58,8 @@ pub(super) struct DirectConnection {
     read_size: usize,
     /// The field names of the last response head (a backend sends the same ones every time).
     fields: FieldMemo,
+    /// The last response's body was long enough to be spliced: the next head is read small.
+    large_last: bool,
 }
 
 /// Why an exchange failed.
@@ -98,6 +97,7 @@ impl DirectConnection {
             write: Vec::new(),
             read_size: READ_MIN,
             fields: FieldMemo::default(),
+            large_last: false,
         })
     }
 
@@ -160,6 +160,7 @@ impl DirectConnection {
                         head.fields,
                     )
                     .map_err(ExchangeError::failed)?;
+                    self.large_last = matches!(framing, Framing::Length(n) if n >= SPLICE_EXPECTED);
                     let mut response = Response::new(DirectBody {
                         connection: Some(self),
                         framing,
@@ -177,11 +178,12 @@ impl DirectConnection {
                 Ok(None) => {}
             }
             received_any |= !self.read.is_empty();
-            // A head is read in a small piece on plain TCP: body bytes still in the socket can be
-            // spliced to the client (crate::splice), those read with the head cannot.
+            // After a large response, a head is read in a small piece on plain TCP: body bytes
+            // still in the socket can be spliced to the client (crate::splice), those read with
+            // the head cannot.
             let most = match self.stream {
-                BackendStream::Tcp(_) => HEAD_READ,
-                BackendStream::Tls(_) => usize::MAX,
+                BackendStream::Tcp(_) if self.large_last => HEAD_READ,
+                _ => usize::MAX,
             };
             let cause = match poll_fn(|cx| self.poll_fill(cx, most)).await {
                 Ok(0) if received_any => {
