@@ -80,7 +80,8 @@ pub struct Pipe {
 
 impl Pipe {
     /// An empty pipe, kept by this thread or new; `None` when none can be made (out of file
-    /// descriptors): the body is then sent the ordinary way.
+    /// descriptors), when the kernel gives only a small one, or where `splice` is refused: the
+    /// body is then sent the ordinary way.
     pub fn take() -> Option<Pipe> {
         if let Some(pipe) = IDLE.with(|idle| idle.borrow_mut().pop()) {
             return Some(pipe);
