@@ -404,6 +404,20 @@ async fn medium_bodies_are_copied_not_spliced() {
     assert_eq!(spliced(&proxy), after_large);
 }
 
+/// Sends a GET for `path` on `stream` and reads the first `bytes` of what comes back (a client
+/// about to leave within the body).
+async fn get_and_read(stream: &mut TcpStream, path: &str, bytes: usize) {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut some = vec![0u8; bytes];
+    stream
+        .read_exact(&mut some)
+        .await
+        .expect("some of the body");
+}
+
 /// `len` bytes of a pattern that starts at `seed`: bodies of different seeds differ at every
 /// offset, so bytes of one body in another show.
 fn seeded(len: usize, seed: usize) -> Vec<u8> {
@@ -444,15 +458,7 @@ async fn concurrent_clients_each_get_their_own_spliced_body() {
             let addr = proxy.addr;
             clients.push(tokio::spawn(async move {
                 let mut stream = TcpStream::connect(addr).await.expect("connect");
-                stream
-                    .write_all(b"GET /3000000/250 HTTP/1.1\r\nHost: t\r\n\r\n")
-                    .await
-                    .expect("write");
-                let mut some = vec![0u8; 50_000];
-                stream
-                    .read_exact(&mut some)
-                    .await
-                    .expect("some of the body");
+                get_and_read(&mut stream, "/3000000/250", 50_000).await;
             }));
         }
     }
@@ -517,15 +523,7 @@ async fn a_client_leaving_within_a_spliced_body_leaves_no_bytes_for_the_next_req
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
     let mut stream = socket.connect(proxy.addr).await.expect("connect");
-    stream
-        .write_all(b"GET /huge HTTP/1.1\r\nHost: t\r\n\r\n")
-        .await
-        .expect("write");
-    let mut first = vec![0u8; 100_000];
-    stream
-        .read_exact(&mut first)
-        .await
-        .expect("some of the body");
+    get_and_read(&mut stream, "/huge", 100_000).await;
     assert!(
         eventually(Duration::from_secs(10), || spliced(&proxy) > 0).await,
         "the body is being spliced"
