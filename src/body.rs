@@ -678,11 +678,9 @@ pin_project! {
     impl PinnedDrop for ResponseBody {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(mut observer) = this.observer.take() {
-                // A body that was empty from the start is never polled, yet it is complete.
-                let complete = kind_ended(this.kind.as_ref().get_ref());
-                observer.finished(*this.bytes, complete);
-            }
+            // A body that was empty from the start is never polled, yet it is complete.
+            let complete = kind_ended(this.kind.as_ref().get_ref());
+            tell_observer(this.observer, *this.bytes, complete);
         }
     }
 }
@@ -732,6 +730,13 @@ impl ResponseBody {
     }
 }
 
+/// Tells the observer, if it has not been told yet, that the body is over.
+fn tell_observer(observer: &mut Option<Box<dyn BodyObserver>>, bytes: u64, complete: bool) {
+    if let Some(mut observer) = observer.take() {
+        observer.finished(bytes, complete);
+    }
+}
+
 fn kind_ended(kind: &Kind) -> bool {
     match kind {
         Kind::Upstream { body } => body.is_end_stream(),
@@ -761,11 +766,7 @@ impl SpliceSource for ResponseBody {
         let moved = ready!(body.poll_splice(pipe, cx));
         match &moved {
             Ok(n) => *this.bytes += *n as u64,
-            Err(_) => {
-                if let Some(mut observer) = this.observer.take() {
-                    observer.finished(*this.bytes, false);
-                }
-            }
+            Err(_) => tell_observer(this.observer, *this.bytes, false),
         }
         Poll::Ready(moved)
     }
@@ -797,16 +798,8 @@ impl Body for ResponseBody {
                     *this.bytes += data.len() as u64;
                 }
             }
-            Some(Err(_)) => {
-                if let Some(mut observer) = this.observer.take() {
-                    observer.finished(*this.bytes, false);
-                }
-            }
-            None => {
-                if let Some(mut observer) = this.observer.take() {
-                    observer.finished(*this.bytes, true);
-                }
-            }
+            Some(Err(_)) => tell_observer(this.observer, *this.bytes, false),
+            None => tell_observer(this.observer, *this.bytes, true),
         }
         Poll::Ready(polled)
     }

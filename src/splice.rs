@@ -86,6 +86,10 @@ impl Pipe {
         if let Some(pipe) = IDLE.with(|idle| idle.borrow_mut().pop()) {
             return Some(pipe);
         }
+        if SPLICE_ALLOWED.get() == Some(&false) {
+            // Known refused: no pipe made and closed for every large body.
+            return None;
+        }
         let (read, write) =
             rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?;
         let capacity = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE)

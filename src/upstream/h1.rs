@@ -44,6 +44,9 @@ const READ_MIN: usize = 8192;
 /// adaptive read strategy does the same).
 const READ_MAX: usize = 128 * 1024;
 
+/// Why a body read from a backend, or spliced from it, failed when its connection closed early.
+const CLOSED_WITHIN_BODY: &str = "the backend closed the connection within the body";
+
 /// The longest chunk-size line accepted (size, extensions, CRLF).
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -471,9 +474,14 @@ impl DirectBody {
 
     /// Drops the connection (its stream can no longer be trusted) and reports `cause`.
     fn fail(&mut self, cause: impl Into<String>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(Some(Err(self.broken(cause))))
+    }
+
+    /// Drops the connection (its stream can no longer be trusted); the error saying why.
+    fn broken(&mut self, cause: impl Into<String>) -> BoxError {
         self.connection = None;
         self.framing = Framing::Done;
-        Poll::Ready(Some(Err(cause.into().into())))
+        cause.into().into()
     }
 }
 
@@ -505,7 +513,7 @@ impl crate::splice::SpliceSource for DirectBody {
         };
         let max = usize::try_from(left).unwrap_or(usize::MAX);
         let cause = match ready!(pipe.poll_fill_from(stream, max, cx)) {
-            Ok(0) => "the backend closed the connection within the body".to_owned(),
+            Ok(0) => CLOSED_WITHIN_BODY.to_owned(),
             Ok(n) => {
                 let left = left - n as u64;
                 this.framing = Framing::Length(left);
@@ -517,9 +525,7 @@ impl crate::splice::SpliceSource for DirectBody {
             }
             Err(e) => format!("reading the response body: {e}"),
         };
-        this.connection = None;
-        this.framing = Framing::Done;
-        Poll::Ready(Err(cause.into()))
+        Poll::Ready(Err(this.broken(cause)))
     }
 }
 
@@ -575,7 +581,7 @@ impl Body for DirectBody {
                     this.framing = Framing::Done;
                     return Poll::Ready(None);
                 }
-                Ok(0) => return this.fail("the backend closed the connection within the body"),
+                Ok(0) => return this.fail(CLOSED_WITHIN_BODY),
                 Ok(_) => {}
                 Err(e) => return this.fail(format!("reading the response body: {e}")),
             }
