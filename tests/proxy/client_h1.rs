@@ -268,9 +268,7 @@ async fn a_large_last_response_arrives_whole_before_the_close() {
     let origin = Origin::start(|_request| async move { text(200, &"x".repeat(SIZE)) }).await;
     let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
     // A small receive buffer, so that the proxy's socket still holds megabytes when it closes.
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
-    let mut conn = RawConn::from_stream(socket.connect(proxy.addr).await.expect("connect"));
+    let mut conn = RawConn::from_stream(connect_with_receive_buffer(proxy.addr, 64 * 1024).await);
     conn.send(b"GET /big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .await;
     // Not needed for the verdict: lets the proxy queue what its socket takes and close.

@@ -259,16 +259,27 @@ const LARGE: usize = 1 << 20;
 /// `len` bytes in a pattern that repeats only every 251 bytes, so that a byte lost, doubled or
 /// out of place shows.
 fn patterned(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    seeded(len, 0)
+}
+
+/// `len` bytes of a pattern that starts at `seed`: bodies of different seeds differ at every
+/// offset, so bytes of one body in another show.
+fn seeded(len: usize, seed: usize) -> Vec<u8> {
+    (0..len).map(|i| ((i * 7 + seed) % 251) as u8).collect()
 }
 
 /// A 200 with a `Content-Length` body of `len` patterned bytes.
 fn sized_response(len: usize) -> Vec<u8> {
+    seeded_response(len, 0)
+}
+
+/// A 200 with a `Content-Length` body of `len` bytes of `seed`'s pattern.
+fn seeded_response(len: usize, seed: usize) -> Vec<u8> {
     let mut response = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
     )
     .into_bytes();
-    response.extend(patterned(len));
+    response.extend(seeded(len, seed));
     response
 }
 
@@ -418,12 +429,6 @@ async fn get_and_read(stream: &mut TcpStream, path: &str, bytes: usize) {
         .expect("some of the body");
 }
 
-/// `len` bytes of a pattern that starts at `seed`: bodies of different seeds differ at every
-/// offset, so bytes of one body in another show.
-fn seeded(len: usize, seed: usize) -> Vec<u8> {
-    (0..len).map(|i| ((i * 7 + seed) % 251) as u8).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_clients_each_get_their_own_spliced_body() {
     // `/LEN/SEED`: a LEN-byte body of SEED's pattern, in 64 KB writes.
@@ -431,9 +436,7 @@ async fn concurrent_clients_each_get_their_own_spliced_body() {
         let mut parts = path.trim_start_matches('/').split('/');
         let len = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
         let seed = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-        let mut response = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
-        response.extend(seeded(len, seed));
-        Reply::split(&response, 64_000)
+        Reply::split(&seeded_response(len, seed), 64_000)
     })
     .await;
     let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
@@ -520,9 +523,7 @@ async fn a_client_leaving_within_a_spliced_body_leaves_no_bytes_for_the_next_req
     let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
     // A client with a small receive buffer that reads a little of a 16 MiB body and leaves: the
     // backend's connection still holds most of it.
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
-    let mut stream = socket.connect(proxy.addr).await.expect("connect");
+    let mut stream = connect_with_receive_buffer(proxy.addr, 64 * 1024).await;
     get_and_read(&mut stream, "/huge", 100_000).await;
     assert!(
         eventually(Duration::from_secs(10), || spliced(&proxy) > 0).await,

@@ -312,6 +312,14 @@ pub fn status_of(raw: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// A connection to `addr` whose receive buffer is about `bytes` (`SO_RCVBUF`): a client that
+/// reads slowly, or not at all, fills it soon and the proxy's socket holds the rest.
+pub async fn connect_with_receive_buffer(addr: SocketAddr, bytes: u32) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+    socket.connect(addr).await.expect("connect")
+}
+
 /// Polls `condition` every 20 ms for up to `limit`; true once it holds.
 pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
