@@ -123,6 +123,9 @@ pub struct Timeouts {
     /// until the client sends again (idle keep-alive connections then hold ~3.5 KiB, not ~25 KiB).
     /// `0s` keeps them for the connection's life.
     pub client_idle_release: HumanDuration,
+    /// Longest a write to a client may stay blocked with nothing taken (nginx's `send_timeout`):
+    /// a client that stops reading a response is disconnected. `0s` turns the check off.
+    pub client_send: HumanDuration,
     /// Longest pause between two pieces of a request body the proxy reads before forwarding
     /// (small bodies held for retries); past it the client gets 408.
     pub client_body: HumanDuration,
@@ -147,6 +150,7 @@ impl Default for Timeouts {
             client_header: HumanDuration::secs(10),
             client_idle: HumanDuration::secs(60),
             client_idle_release: HumanDuration::secs(1),
+            client_send: HumanDuration::secs(60),
             client_body: HumanDuration::secs(60),
             min_upload_rate: ByteSize(500),
             min_upload_grace: HumanDuration::secs(20),

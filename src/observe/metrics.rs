@@ -153,6 +153,11 @@ impl Metrics {
             "Client connections closed because a request head did not arrive within timeouts.client_header, by listener.",
         );
         describe(
+            "gatehouse_client_send_timeouts_total",
+            None,
+            "Client connections closed because the client took no bytes of a response for timeouts.client_send, by listener.",
+        );
+        describe(
             "gatehouse_tls_handshake_failures_total",
             None,
             "TLS handshakes that failed or timed out, over all listeners.",

@@ -1,5 +1,5 @@
-//! Per-connection activity: requests in flight and when the client last went quiet, for the
-//! client header-read and idle keep-alive timeouts.
+//! Per-connection activity: requests in flight, when the client last went quiet and whether it
+//! takes what is sent to it, for the client header-read, idle keep-alive and send timeouts.
 //!
 //! hyper has a single `header_read_timeout` that also covers idle time between keep-alive
 //! requests, so one cannot have a short header timeout (slowloris) and a long idle timeout at
@@ -16,6 +16,12 @@
 //! from the record and the timer either reports a timeout or is set again, later. The one event
 //! that brings a deadline forward, the first byte of a request head, is read by the connection's
 //! own task (through [`TrackedIo`]), which tells the clock at once ([`ClientClock::after_io`]).
+//!
+//! The send clock (nginx's `send_timeout`) runs while a write to the client would block (its
+//! socket buffer is full) with nothing written since, requests in flight or not: a client that
+//! stops reading a response would otherwise hold the connection, and the backend connection
+//! behind the response, for ever. A write that blocks is also seen by the connection's own task,
+//! so it too is noted by [`ClientClock::after_io`], and any byte written stops the clock.
 
 use std::io;
 use std::pin::Pin;
@@ -37,6 +43,8 @@ pub enum Expired {
     /// No request for `client_idle_release`: time to park the connection (not a timeout:
     /// reported once per idle period, and the clock runs on).
     Park,
+    /// A write to the client has been blocked for `client_send` with nothing written since.
+    Send,
 }
 
 /// Shared between a connection's I/O, its requests and its timeout watcher.
@@ -47,16 +55,21 @@ pub struct ConnActivity {
     /// Milliseconds since `epoch` when the connection last became idle.
     idle_since: AtomicU64,
     /// Milliseconds since `epoch`, plus one, when the first byte of a new request arrived; 0 if
-    /// none; [`HEAD_UNSTAMPED`] when it arrived and the clock has not yet noted the time.
+    /// none; [`UNSTAMPED`] when it arrived and the clock has not yet noted the time.
     head_started: AtomicU64,
+    /// Milliseconds since `epoch`, plus one, since when a write to the client has been blocked
+    /// with nothing written since; 0 if none is; [`UNSTAMPED`] when one blocked and the clock has
+    /// not yet noted the time.
+    send_blocked: AtomicU64,
     /// The connection began with the HTTP/2 preface: there is no header clock.
     http2: AtomicBool,
 }
 
-/// `head_started` of a head whose first byte came in a read the clock has not looked at yet.
-/// Taking the time there rather than at the read costs no clock reading for the usual request,
-/// whose head is complete (and the request started) by the end of the same poll.
-const HEAD_UNSTAMPED: u64 = u64::MAX;
+/// `head_started` of a head whose first byte came in a read the clock has not looked at yet (and
+/// `send_blocked` of a write that blocked since the clock last looked). Taking the time there
+/// rather than at the read costs no clock reading for the usual request, whose head is complete
+/// (and the request started) by the end of the same poll.
+const UNSTAMPED: u64 = u64::MAX;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 pub(super) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -75,6 +88,7 @@ impl ConnActivity {
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
+            send_blocked: AtomicU64::new(0),
             http2: AtomicBool::new(false),
         }
     }
@@ -100,7 +114,7 @@ impl ConnActivity {
             && self.head_started.load(Ordering::Relaxed) == 0
             && !self.http2.load(Ordering::Relaxed)
         {
-            self.head_started.store(HEAD_UNSTAMPED, Ordering::Relaxed);
+            self.head_started.store(UNSTAMPED, Ordering::Relaxed);
         }
     }
 
@@ -110,48 +124,64 @@ impl ConnActivity {
         self.head_started.store(0, Ordering::Relaxed);
     }
 
-    /// When a request head began since the last call, notes the time and returns it.
-    fn stamp_head(&self) -> Option<Instant> {
-        if self.head_started.load(Ordering::Relaxed) != HEAD_UNSTAMPED {
+    /// A write to the client would block: its socket buffer is full.
+    fn write_blocked(&self) {
+        if self.send_blocked.load(Ordering::Relaxed) == 0 {
+            self.send_blocked.store(UNSTAMPED, Ordering::Relaxed);
+        }
+    }
+
+    /// A write to the client moved bytes: the client is taking them.
+    fn wrote(&self) {
+        if self.send_blocked.load(Ordering::Relaxed) != 0 {
+            self.send_blocked.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// When `mark` (`head_started` or `send_blocked`) was set since the clock last looked,
+    /// notes the time in it and returns it.
+    fn stamp(&self, mark: &AtomicU64) -> Option<Instant> {
+        if mark.load(Ordering::Relaxed) != UNSTAMPED {
             return None;
         }
         let now_ms = self.now_ms();
-        // A request that starts meanwhile (on another thread) wins: it clears the head.
-        self.head_started
-            .compare_exchange(
-                HEAD_UNSTAMPED,
-                now_ms + 1,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            )
+        // Cleared meanwhile (a request started on another thread, say): the clearing wins.
+        mark.compare_exchange(UNSTAMPED, now_ms + 1, Ordering::Relaxed, Ordering::Relaxed)
             .ok()
             .map(|_| self.epoch + Duration::from_millis(now_ms))
     }
 
-    /// The deadline that applies now and the timeout it is for; `None` while a request is in
-    /// flight (no clock runs).
-    fn deadline(
-        &self,
-        header_timeout: Duration,
-        idle_timeout: Duration,
-    ) -> Option<(Instant, Expired)> {
-        if self.in_flight() > 0 {
-            return None;
+    /// Since when `mark` has been set, if it is (about now if the clock has not noted it yet).
+    fn since(&self, mark: &AtomicU64) -> Option<Instant> {
+        match mark.load(Ordering::Relaxed) {
+            0 => None,
+            UNSTAMPED => Some(Instant::now()),
+            stamped => Some(self.epoch + Duration::from_millis(stamped - 1)),
         }
-        let head_started = self.head_started.load(Ordering::Relaxed);
-        Some(match head_started {
-            0 => (
+    }
+
+    /// The earliest deadline that applies now and the timeout it is for: the send clock's while
+    /// a write is blocked, and while no request is in flight the idle or header clock's.
+    fn deadline(&self, timeouts: &ClientTimeouts) -> Option<(Instant, Expired)> {
+        let send = timeouts.send.and_then(|timeout| {
+            self.since(&self.send_blocked)
+                .map(|blocked| (blocked + timeout, Expired::Send))
+        });
+        if self.in_flight() > 0 {
+            return send;
+        }
+        let between = match self.since(&self.head_started) {
+            None => (
                 self.epoch
                     + Duration::from_millis(self.idle_since.load(Ordering::Relaxed))
-                    + idle_timeout,
+                    + timeouts.idle,
                 Expired::Idle,
             ),
-            // Only between a read and the clock's next look; the head started about now.
-            HEAD_UNSTAMPED => (Instant::now() + header_timeout, Expired::Header),
-            started => (
-                self.epoch + Duration::from_millis(started - 1) + header_timeout,
-                Expired::Header,
-            ),
+            Some(started) => (started + timeouts.header, Expired::Header),
+        };
+        Some(match send {
+            Some(send) if send.0 < between.0 => send,
+            _ => between,
         })
     }
 }
@@ -172,17 +202,27 @@ impl Drop for InFlight {
     }
 }
 
+/// The client timeouts of a listener, as [`ClientClock`] applies them.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTimeouts {
+    /// `client_header`: to finish a request head once its first byte came (HTTP/1).
+    pub header: Duration,
+    /// `client_idle`: with no request in flight and none begun.
+    pub idle: Duration,
+    /// `client_send`: a write to the client blocked with nothing written; `None` for no limit.
+    pub send: Option<Duration>,
+    /// `client_idle_release`: `None` if the connection is never parked.
+    pub park_after: Option<Duration>,
+}
+
 pin_project_lite::pin_project! {
-    /// The client header and idle timeouts of one connection, on one timer; see the module
-    /// comment. Poll it with [`ClientClock::poll_expired`], and call [`ClientClock::after_io`]
-    /// after each poll of the connection.
+    /// The client header, idle and send timeouts of one connection, on one timer; see the
+    /// module comment. Poll it with [`ClientClock::poll_expired`], and call
+    /// [`ClientClock::after_io`] after each poll of the connection.
     #[derive(Debug)]
     pub struct ClientClock {
         activity: Arc<ConnActivity>,
-        header_timeout: Duration,
-        idle_timeout: Duration,
-        // `client_idle_release`: `None` if the connection is never parked.
-        park_after: Option<Duration>,
+        timeouts: ClientTimeouts,
         // The `idle_since` of the idle period the connection was last told to park in.
         parked_since: u64,
         // Told to park, and no request since.
@@ -200,39 +240,41 @@ impl ClientClock {
     /// ([`Expired::Park`]): between `park_after` and twice that after its last request ended.
     /// The timer then also fires at least every `park_after` while requests run (never while
     /// parked), as a request's end does not touch it.
-    pub fn new(
-        activity: Arc<ConnActivity>,
-        header_timeout: Duration,
-        idle_timeout: Duration,
-        park_after: Option<Duration>,
-    ) -> Self {
-        let first = park_after.map_or(idle_timeout, |after| after.min(idle_timeout));
+    pub fn new(activity: Arc<ConnActivity>, timeouts: ClientTimeouts) -> Self {
+        let first = timeouts
+            .park_after
+            .map_or(timeouts.idle, |after| after.min(timeouts.idle));
         let timer = tokio::time::sleep_until(activity.epoch + first);
         ClientClock {
             activity,
-            header_timeout,
-            idle_timeout,
-            park_after,
+            timeouts,
             parked_since: u64::MAX,
             parked: false,
             timer,
         }
     }
 
-    /// Starts the header clock if a request head began in the reads just done. Cheap (one
-    /// atomic load) unless one did.
+    /// Starts the header clock if a request head began in the reads just done, and the send
+    /// clock if a write blocked. Cheap (two atomic loads) unless one did.
     pub fn after_io(self: Pin<&mut Self>) {
         let mut this = self.project();
-        if let Some(started) = this.activity.stamp_head() {
-            let deadline = started + *this.header_timeout;
-            if deadline < this.timer.deadline() {
-                this.timer.as_mut().reset(deadline);
-            }
+        let activity = &this.activity;
+        let mut earliest = activity
+            .stamp(&activity.head_started)
+            .map(|started| started + this.timeouts.header);
+        if let Some(send) = this.timeouts.send
+            && let Some(blocked) = activity.stamp(&activity.send_blocked)
+        {
+            earliest = Some(earliest.map_or(blocked + send, |e| e.min(blocked + send)));
+        }
+        if let Some(deadline) = earliest
+            && deadline < this.timer.deadline()
+        {
+            this.timer.as_mut().reset(deadline);
         }
         if *this.parked
-            && let Some(after) = *this.park_after
-            && (this.activity.in_flight() > 0
-                || this.activity.head_started.load(Ordering::Relaxed) != 0)
+            && let Some(after) = this.timeouts.park_after
+            && (activity.in_flight() > 0 || activity.head_started.load(Ordering::Relaxed) != 0)
         {
             // Unparked by a new request: look again within `park_after` of it.
             *this.parked = false;
@@ -243,23 +285,30 @@ impl ClientClock {
         }
     }
 
+    /// Whether a write to the client has been blocked for longer than `client_send`: for a
+    /// connection asked to close, which no longer waits for its clock.
+    pub fn send_overdue(&self) -> bool {
+        matches!(
+            (self.timeouts.send, self.activity.since(&self.activity.send_blocked)),
+            (Some(send), Some(blocked)) if blocked + send <= Instant::now()
+        )
+    }
+
     /// Ready with the timeout that ran out. The waker is woken only by the timer.
     pub fn poll_expired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Expired> {
         let mut this = self.project();
         loop {
             std::task::ready!(this.timer.as_mut().poll(cx));
             let now = Instant::now();
-            let applies = this
-                .activity
-                .deadline(*this.header_timeout, *this.idle_timeout);
+            let applies = this.activity.deadline(this.timeouts);
             let mut next = match applies {
                 Some((deadline, kind)) if deadline <= now => return Poll::Ready(kind),
                 Some((deadline, _)) => deadline,
                 // The idle clock starts when the request ends, so no earlier than the idle
                 // timeout from now; a new head after it is seen by `after_io`.
-                None => now + *this.idle_timeout,
+                None => now + this.timeouts.idle,
             };
-            if let Some(after) = *this.park_after
+            if let Some(after) = this.timeouts.park_after
                 && !this.activity.http2.load(Ordering::Relaxed)
             {
                 if let Some((_, Expired::Idle)) = applies {
@@ -398,8 +447,27 @@ impl<T: super::auto::WaitReadable> super::auto::WaitReadable for TrackedIo<T> {
         self.inner.plain_tcp()
     }
 
+    fn note_send(&self, blocked: bool) {
+        if blocked {
+            self.activity.write_blocked();
+        } else {
+            self.activity.wrote();
+        }
+    }
+
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.inner.poll_read_ready(cx)
+    }
+}
+
+impl<T> TrackedIo<T> {
+    /// Tells the send clock how a write to the client went: blocked, or moved bytes.
+    fn note_write<R>(&self, result: &Poll<io::Result<R>>, moved: impl FnOnce(&R) -> bool) {
+        match result {
+            Poll::Pending => self.activity.write_blocked(),
+            Poll::Ready(Ok(done)) if moved(done) => self.activity.wrote(),
+            Poll::Ready(_) => {}
+        }
     }
 }
 
@@ -409,7 +477,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_write(&result, |&n| n > 0);
+        result
     }
 
     fn poll_write_vectored(
@@ -417,7 +487,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note_write(&result, |&n| n > 0);
+        result
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -425,7 +497,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        // A TLS stream takes writes into its own buffer and blocks here once the socket is full.
+        let result = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note_write(&result, |()| true);
+        result
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -439,11 +514,22 @@ mod tests {
 
     const HEADER: Duration = Duration::from_secs(10);
     const IDLE: Duration = Duration::from_secs(60);
+    const SEND: Duration = Duration::from_secs(30);
+
+    /// The timeouts of the tests: parking after `park_after`, if given.
+    fn timeouts(park_after: Option<Duration>) -> ClientTimeouts {
+        ClientTimeouts {
+            header: HEADER,
+            idle: IDLE,
+            send: Some(SEND),
+            park_after,
+        }
+    }
 
     /// Runs a connection's clock until a timeout runs out, telling it of reads at the start as
     /// the connection's task would.
     async fn expiry(activity: &Arc<ConnActivity>) -> Expired {
-        let clock = ClientClock::new(activity.clone(), HEADER, IDLE, None);
+        let clock = ClientClock::new(activity.clone(), timeouts(None));
         tokio::pin!(clock);
         clock.as_mut().after_io();
         std::future::poll_fn(|cx| clock.as_mut().poll_expired(cx)).await
@@ -471,7 +557,7 @@ mod tests {
     async fn a_head_started_while_the_idle_timer_runs_brings_the_deadline_forward() {
         let activity = Arc::new(ConnActivity::new());
         let start = Instant::now();
-        let clock = ClientClock::new(activity.clone(), HEADER, IDLE, None);
+        let clock = ClientClock::new(activity.clone(), timeouts(None));
         tokio::pin!(clock);
         tokio::time::advance(Duration::from_secs(5)).await;
         activity.bytes_read();
@@ -484,7 +570,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_head_that_completes_in_the_same_poll_starts_no_header_clock() {
         let activity = Arc::new(ConnActivity::new());
-        let clock = ClientClock::new(activity.clone(), HEADER, IDLE, None);
+        let clock = ClientClock::new(activity.clone(), timeouts(None));
         tokio::pin!(clock);
         activity.bytes_read();
         let request = activity.start_request();
@@ -571,7 +657,7 @@ mod tests {
     async fn an_idle_connection_is_told_to_park_once_then_expires_idle() {
         let activity = Arc::new(ConnActivity::new());
         let start = Instant::now();
-        let clock = ClientClock::new(activity.clone(), HEADER, IDLE, Some(PARK));
+        let clock = ClientClock::new(activity.clone(), timeouts(Some(PARK)));
         tokio::pin!(clock);
         tokio::time::advance(Duration::from_secs(3)).await;
         drop(activity.start_request());
@@ -587,7 +673,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_request_on_a_parked_connection_makes_it_park_again_after_it() {
         let activity = Arc::new(ConnActivity::new());
-        let clock = ClientClock::new(activity.clone(), HEADER, IDLE, Some(PARK));
+        let clock = ClientClock::new(activity.clone(), timeouts(Some(PARK)));
         tokio::pin!(clock);
         drop(activity.start_request());
         assert_eq!(next_event(clock.as_mut()).await.0, Expired::Park);
@@ -606,7 +692,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_started_head_is_not_parked_but_times_out() {
         let activity = Arc::new(ConnActivity::new());
-        let clock = ClientClock::new(activity.clone(), HEADER, IDLE, Some(PARK));
+        let clock = ClientClock::new(activity.clone(), timeouts(Some(PARK)));
         tokio::pin!(clock);
         drop(activity.start_request());
         assert_eq!(next_event(clock.as_mut()).await.0, Expired::Park);
@@ -616,6 +702,164 @@ mod tests {
         let (event, at) = next_event(clock.as_mut()).await;
         assert_eq!(event, Expired::Header);
         assert_eq!(at - started, HEADER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_blocked_while_a_request_runs_expires_after_the_send_timeout() {
+        let activity = Arc::new(ConnActivity::new());
+        let request = activity.start_request();
+        let clock = ClientClock::new(activity.clone(), timeouts(None));
+        tokio::pin!(clock);
+        tokio::time::advance(Duration::from_secs(100)).await;
+        activity.write_blocked();
+        clock.as_mut().after_io();
+        let blocked = Instant::now();
+        assert!(!clock.send_overdue());
+        let expired = std::future::poll_fn(|cx| clock.as_mut().poll_expired(cx)).await;
+        assert_eq!(expired, Expired::Send);
+        assert_eq!(blocked.elapsed(), SEND);
+        assert!(clock.send_overdue());
+        drop(request);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_moves_bytes_stops_the_send_clock() {
+        let activity = Arc::new(ConnActivity::new());
+        let request = activity.start_request();
+        let watcher = {
+            let activity = activity.clone();
+            tokio::spawn(async move {
+                let clock = ClientClock::new(activity.clone(), timeouts(None));
+                tokio::pin!(clock);
+                // The writes are the watcher's own, as they are the connection task's.
+                activity.write_blocked();
+                clock.as_mut().after_io();
+                tokio::time::sleep(SEND / 2).await;
+                activity.wrote();
+                tokio::time::sleep(SEND / 4).await;
+                activity.write_blocked();
+                clock.as_mut().after_io();
+                let blocked = Instant::now();
+                tokio::time::sleep(SEND / 2).await;
+                activity.wrote();
+                assert!(!clock.send_overdue());
+                let expired = std::future::poll_fn(|cx| clock.as_mut().poll_expired(cx)).await;
+                (expired, blocked.elapsed())
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(
+            !watcher.is_finished(),
+            "no timeout while the client takes bytes"
+        );
+        drop(request);
+        let (expired, _) = watcher.await.unwrap();
+        assert_eq!(expired, Expired::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blocked_write_on_an_idle_connection_expires_at_the_earlier_deadline() {
+        // The last bytes of a response the client does not take, after the request ended.
+        let activity = Arc::new(ConnActivity::new());
+        drop(activity.start_request());
+        activity.write_blocked();
+        let start = Instant::now();
+        assert_eq!(expiry(&activity).await, Expired::Send);
+        assert_eq!(start.elapsed(), SEND);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_send_timeout_a_blocked_write_never_expires() {
+        let activity = Arc::new(ConnActivity::new());
+        let request = activity.start_request();
+        let watcher = {
+            let activity = activity.clone();
+            tokio::spawn(async move {
+                let off = ClientTimeouts {
+                    send: None,
+                    ..timeouts(None)
+                };
+                let clock = ClientClock::new(activity.clone(), off);
+                tokio::pin!(clock);
+                activity.write_blocked();
+                clock.as_mut().after_io();
+                assert!(!clock.send_overdue());
+                std::future::poll_fn(|cx| clock.as_mut().poll_expired(cx)).await
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(!watcher.is_finished());
+        watcher.abort();
+        drop(request);
+    }
+
+    /// A client socket that takes writes only while `open` is set.
+    struct Gate {
+        open: bool,
+    }
+
+    impl AsyncWrite for Gate {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.open {
+                Poll::Ready(Ok(buf.len()))
+            } else {
+                Poll::Pending
+            }
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            if self.open {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl crate::server::auto::WaitReadable for Gate {
+        fn can_wait(&self) -> bool {
+            false
+        }
+
+        fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn tracked_writes_start_and_stop_the_send_clock() {
+        use crate::server::auto::WaitReadable as _;
+        let activity = Arc::new(ConnActivity::new());
+        let mut io = TrackedIo::new(Gate { open: false }, activity.clone(), 8192);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let blocked = || activity.send_blocked.load(Ordering::Relaxed) != 0;
+        assert!(Pin::new(&mut io).poll_write(&mut cx, b"x").is_pending());
+        assert!(blocked());
+        io.inner.open = true;
+        assert!(Pin::new(&mut io).poll_write(&mut cx, b"").is_ready());
+        assert!(blocked(), "an empty write moves nothing");
+        assert!(Pin::new(&mut io).poll_write(&mut cx, b"x").is_ready());
+        assert!(!blocked());
+        io.inner.open = false;
+        assert!(Pin::new(&mut io).poll_flush(&mut cx).is_pending());
+        assert!(blocked(), "a flush that blocks counts (TLS)");
+        io.inner.open = true;
+        assert!(Pin::new(&mut io).poll_flush(&mut cx).is_ready());
+        assert!(!blocked());
+        // What a splice into the socket reports.
+        io.note_send(true);
+        assert!(blocked());
+        io.note_send(false);
+        assert!(!blocked());
     }
 
     /// A stream that fills every read to the brim.

@@ -85,6 +85,10 @@ pub(super) trait WaitReadable {
     fn plain_tcp(&self) -> Option<&tokio::net::TcpStream> {
         None
     }
+
+    /// Tells the connection's send clock about a write made past the stream, into
+    /// [`WaitReadable::plain_tcp`]: whether it would block (`true`) or moved bytes.
+    fn note_send(&self, _blocked: bool) {}
 }
 
 impl WaitReadable for tokio::net::TcpStream {

@@ -445,7 +445,12 @@ where
         };
         loop {
             if pipe.held() > 0 {
-                let n = ready!(pipe.poll_drain_to(client, cx))?;
+                let Poll::Ready(drained) = pipe.poll_drain_to(client, cx) else {
+                    self.io.note_send(true);
+                    return Poll::Pending;
+                };
+                let n = drained?;
+                self.io.note_send(false);
                 left = left.saturating_sub(n as u64);
                 self.spliced.increment(n as u64);
                 self.phase = Phase::Splicing { left, keep_alive };

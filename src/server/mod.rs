@@ -42,7 +42,7 @@ use crate::protect::conn_limit::{
 use crate::proxy::{ConnInfo, ProxyState, pipeline};
 use crate::runtime::{Generation, ListenerSpec};
 use crate::tls::{CertificateWatcher, TlsTerminator};
-use activity::{ClientClock, ConnActivity, Expired, InFlight, TrackedIo};
+use activity::{ClientClock, ClientTimeouts, ConnActivity, Expired, InFlight, TrackedIo};
 
 /// Held by anything graceful shutdown must wait for; see the module comment.
 #[derive(Debug, Clone)]
@@ -630,9 +630,12 @@ fn serving_for(
         builder: Arc::new(http_builder(spec, &generation.server, &state.metrics)),
         phase: phase.clone(),
         drain: drain.clone(),
-        header_timeout: generation.timeouts.client_header.0,
-        idle_timeout: generation.timeouts.client_idle.0,
-        park_after: Some(generation.timeouts.client_idle_release.0).filter(|d| !d.is_zero()),
+        timeouts: ClientTimeouts {
+            header: generation.timeouts.client_header.0,
+            idle: generation.timeouts.client_idle.0,
+            send: Some(generation.timeouts.client_send.0).filter(|d| !d.is_zero()),
+            park_after: Some(generation.timeouts.client_idle_release.0).filter(|d| !d.is_zero()),
+        },
         tls,
         redirect_https: spec.redirect_https,
         access: spec.access.clone(),
@@ -762,10 +765,8 @@ struct Serving {
     builder: Arc<HttpBuilder>,
     phase: watch::Receiver<Phase>,
     drain: DrainToken,
-    header_timeout: Duration,
-    idle_timeout: Duration,
-    /// `timeouts.client_idle_release`; `None` for never.
-    park_after: Option<Duration>,
+    /// The `[timeouts]` of client connections.
+    timeouts: ClientTimeouts,
     tls: Option<Arc<TlsTerminator>>,
     redirect_https: Option<u16>,
     connections: metrics::Gauge,
@@ -795,6 +796,9 @@ struct Refused {
     /// `gatehouse_client_header_timeouts_total`: connections cut off because a request head
     /// did not arrive in `timeouts.client_header` (slowloris, or a very slow link).
     header_timeouts: metrics::Counter,
+    /// `gatehouse_client_send_timeouts_total`: connections cut off because the client took no
+    /// bytes of a response for `timeouts.client_send` (a slow or stalled reader).
+    send_timeouts: metrics::Counter,
 }
 
 impl Refused {
@@ -814,6 +818,10 @@ impl Refused {
                 "gatehouse_client_header_timeouts_total",
                 &[("listener", listener)],
             ),
+            send_timeouts: metrics.counter(
+                "gatehouse_client_send_timeouts_total",
+                &[("listener", listener)],
+            ),
         }
     }
 }
@@ -821,8 +829,7 @@ impl Refused {
 impl std::fmt::Debug for Serving {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Serving")
-            .field("header_timeout", &self.header_timeout)
-            .field("idle_timeout", &self.idle_timeout)
+            .field("timeouts", &self.timeouts)
             .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
@@ -947,7 +954,7 @@ async fn admit_proxied(
     mut admitted: ConnGuard,
 ) -> Option<(TcpStream, SocketAddr, SocketAddr, Serving, ConnGuard)> {
     use crate::proxy_protocol::{Announced, read_header};
-    let announced = match tokio::time::timeout(serving.header_timeout, read_header(&mut stream))
+    let announced = match tokio::time::timeout(serving.timeouts.header, read_header(&mut stream))
         .await
     {
         Ok(Ok(announced)) => announced,
@@ -1116,9 +1123,7 @@ where
         builder,
         phase,
         drain,
-        header_timeout,
-        idle_timeout,
-        park_after,
+        timeouts,
         tls: _,
         redirect_https,
         connections,
@@ -1190,9 +1195,12 @@ where
     let watch = ConnWatch {
         peer,
         activity,
-        header_timeout,
-        idle_timeout,
-        park_after: park_after.filter(|_| auto::WaitReadable::can_wait(&io)),
+        timeouts: ClientTimeouts {
+            park_after: timeouts
+                .park_after
+                .filter(|_| auto::WaitReadable::can_wait(&io)),
+            ..timeouts
+        },
         phase,
         enough,
         retired,
@@ -1235,10 +1243,8 @@ where
 struct ConnWatch {
     peer: SocketAddr,
     activity: Arc<ConnActivity>,
-    header_timeout: Duration,
-    idle_timeout: Duration,
-    /// `timeouts.client_idle_release`, where the connection can be parked.
-    park_after: Option<Duration>,
+    /// The client timeouts; `park_after` only where the connection can be parked.
+    timeouts: ClientTimeouts,
     phase: watch::Receiver<Phase>,
     enough: Arc<RequestLimits>,
     retired: watch::Receiver<bool>,
@@ -1327,20 +1333,13 @@ where
     let ConnWatch {
         peer,
         activity,
-        header_timeout,
-        idle_timeout,
-        park_after,
+        timeouts,
         phase,
         enough,
         retired,
     } = watch;
-    let (peer, header_timeout) = (*peer, *header_timeout);
-    let mut clock = std::pin::pin!(ClientClock::new(
-        activity.clone(),
-        header_timeout,
-        *idle_timeout,
-        *park_after,
-    ));
+    let (peer, header_timeout) = (*peer, timeouts.header);
+    let mut clock = std::pin::pin!(ClientClock::new(activity.clone(), *timeouts));
     // Once asked to close, a connection with nothing in flight gets `header_timeout` to do so: an
     // HTTP/2 client that never acknowledges the GOAWAY's PING would otherwise keep it forever.
     let mut close_by = std::pin::pin!(None::<tokio::time::Sleep>);
@@ -1405,6 +1404,11 @@ where
                 tracing::debug!(client = %peer, "client header timeout; closing connection");
                 break;
             }
+            Event::Expired(Expired::Send) => {
+                enough.refused.send_timeouts.increment(1);
+                tracing::debug!(client = %peer, "client send timeout: the client takes no bytes; closing connection");
+                break;
+            }
             Event::Expired(Expired::Idle) => {
                 tracing::trace!(client = %peer, "client idle timeout");
                 true
@@ -1419,6 +1423,12 @@ where
             Event::CloseBy => {
                 if activity.in_flight() == 0 {
                     tracing::debug!(client = %peer, "connection did not close when asked; closing it");
+                    break;
+                }
+                // The clock is not polled while closing: a stalled response is caught here.
+                if clock.send_overdue() {
+                    enough.refused.send_timeouts.increment(1);
+                    tracing::debug!(client = %peer, "client send timeout while closing; closing connection");
                     break;
                 }
                 close_by.set(Some(tokio::time::sleep(header_timeout)));

@@ -25,6 +25,7 @@ mod rate_limit;
 mod routing;
 mod semantics;
 mod shutdown;
+mod slow_readers;
 mod streaming;
 mod strict;
 mod timeouts;
