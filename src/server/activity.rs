@@ -22,11 +22,17 @@
 //! stops reading a response would otherwise hold the connection, and the backend connection
 //! behind the response, for ever. A write that blocks is also seen by the connection's own task,
 //! so it too is noted by [`ClientClock::after_io`], and any byte written stops the clock.
+//!
+//! An HTTP/2 client can stall a response without ever filling the socket, by granting no more
+//! flow-control window: the stream then waits while the connection reads and writes as usual.
+//! Each HTTP/2 response body reports how it is taken ([`StreamSend`]), and while streams are in
+//! flight the clock looks at them every quarter of the send timeout: one that has waited that
+//! long for window, with its body not asked for more, ends the connection as a blocked write does.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -63,6 +69,35 @@ pub struct ConnActivity {
     send_blocked: AtomicU64,
     /// The connection began with the HTTP/2 preface: there is no header clock.
     http2: AtomicBool,
+    /// The response bodies of HTTP/2 streams, for the send clock; empty on HTTP/1.
+    streams: Mutex<Vec<WatchedStream>>,
+}
+
+/// How an HTTP/2 stream's response body is being taken: whether the stream waits for the client
+/// (flow-control window) to send what the body gave it, and how often the body has been polled,
+/// so the clock can tell a stream that waits from one that moves between two looks.
+///
+/// Written only by the stream's task, after each poll of its body; one relaxed store.
+#[derive(Debug, Default)]
+pub struct StreamSend(AtomicU64);
+
+impl StreamSend {
+    /// The body was polled; `gave_data` if it gave a data frame, which the stream must now send
+    /// before it asks for more. A body that is pending waits for its backend, not the client.
+    pub fn polled(&self, gave_data: bool) {
+        let polls = (self.0.load(Ordering::Relaxed) >> 1).wrapping_add(1);
+        self.0
+            .store((polls << 1) | u64::from(gave_data), Ordering::Relaxed);
+    }
+}
+
+/// A stream the clock follows, and what it saw at its last look.
+#[derive(Debug)]
+struct WatchedStream {
+    send: Arc<StreamSend>,
+    seen: u64,
+    /// When the clock first saw `seen`; `None` before its first look.
+    since: Option<Instant>,
 }
 
 /// `head_started` of a head whose first byte came in a read the clock has not looked at yet (and
@@ -90,6 +125,7 @@ impl ConnActivity {
             head_started: AtomicU64::new(0),
             send_blocked: AtomicU64::new(0),
             http2: AtomicBool::new(false),
+            streams: Mutex::new(Vec::new()),
         }
     }
 
@@ -160,6 +196,45 @@ impl ConnActivity {
         }
     }
 
+    /// Follows an HTTP/2 stream's response body for the send clock; the body reports to the
+    /// returned [`StreamSend`], and the stream is forgotten once that is dropped.
+    pub fn watch_stream(&self) -> Arc<StreamSend> {
+        let send = Arc::new(StreamSend::default());
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        if streams.len() == streams.capacity() {
+            // Forget ended streams before the list grows: it stays near the most streams in
+            // flight at once, however many the connection has carried.
+            streams.retain(|watched| Arc::strong_count(&watched.send) > 1);
+        }
+        streams.push(WatchedStream {
+            send: send.clone(),
+            seen: 0,
+            since: None,
+        });
+        send
+    }
+
+    /// Whether, looking `now`, an HTTP/2 stream has waited for the client to take what its body
+    /// gave since at least `timeout` ago (as far as the looks, `timeout / 4` apart, can tell).
+    fn stream_stalled(&self, now: Instant, timeout: Duration) -> bool {
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        streams.retain(|watched| Arc::strong_count(&watched.send) > 1);
+        let mut stalled = false;
+        for watched in streams.iter_mut() {
+            let state = watched.send.0.load(Ordering::Relaxed);
+            match watched.since {
+                Some(since) if state == watched.seen => {
+                    stalled |= state & 1 == 1 && now.duration_since(since) >= timeout;
+                }
+                _ => {
+                    watched.seen = state;
+                    watched.since = Some(now);
+                }
+            }
+        }
+        stalled
+    }
+
     /// The earliest deadline that applies now and the timeout it is for: the send clock's while
     /// a write is blocked, and while no request is in flight the idle or header clock's.
     fn deadline(&self, timeouts: &ClientTimeouts) -> Option<(Instant, Expired)> {
@@ -227,6 +302,8 @@ pin_project_lite::pin_project! {
         parked_since: u64,
         // Told to park, and no request since.
         parked: bool,
+        // The timer is set to look at HTTP/2 streams within a quarter of the send timeout.
+        looking: bool,
         // Never later than the deadline that applies; when it fires, the deadline is checked.
         #[pin]
         timer: Sleep,
@@ -250,6 +327,7 @@ impl ClientClock {
             timeouts,
             parked_since: u64::MAX,
             parked: false,
+            looking: false,
             timer,
         }
     }
@@ -266,6 +344,16 @@ impl ClientClock {
             && let Some(blocked) = activity.stamp(&activity.send_blocked)
         {
             earliest = Some(earliest.map_or(blocked + send, |e| e.min(blocked + send)));
+        }
+        if !*this.looking
+            && let Some(send) = this.timeouts.send
+            && activity.http2.load(Ordering::Relaxed)
+            && activity.in_flight() > 0
+        {
+            // Streams have started: look at them soon, then every quarter (`poll_expired`).
+            *this.looking = true;
+            let look = Instant::now() + send / 4;
+            earliest = Some(earliest.map_or(look, |e| e.min(look)));
         }
         if let Some(deadline) = earliest
             && deadline < this.timer.deadline()
@@ -288,10 +376,15 @@ impl ClientClock {
     /// Whether a write to the client has been blocked for longer than `client_send`: for a
     /// connection asked to close, which no longer waits for its clock.
     pub fn send_overdue(&self) -> bool {
-        matches!(
-            (self.timeouts.send, self.activity.since(&self.activity.send_blocked)),
-            (Some(send), Some(blocked)) if blocked + send <= Instant::now()
-        )
+        let Some(send) = self.timeouts.send else {
+            return false;
+        };
+        let now = Instant::now();
+        let activity = &self.activity;
+        activity
+            .since(&activity.send_blocked)
+            .is_some_and(|blocked| blocked + send <= now)
+            || (activity.http2.load(Ordering::Relaxed) && activity.stream_stalled(now, send))
     }
 
     /// Ready with the timeout that ran out. The waker is woken only by the timer.
@@ -308,6 +401,18 @@ impl ClientClock {
                 // timeout from now; a new head after it is seen by `after_io`.
                 None => now + this.timeouts.idle,
             };
+            *this.looking = false;
+            if let Some(send) = this.timeouts.send
+                && this.activity.http2.load(Ordering::Relaxed)
+                && this.activity.in_flight() > 0
+            {
+                // Streams stalled by flow control leave no other trace: look at them.
+                if this.activity.stream_stalled(now, send) {
+                    return Poll::Ready(Expired::Send);
+                }
+                *this.looking = true;
+                next = next.min(now + send / 4);
+            }
             if let Some(after) = this.timeouts.park_after
                 && !this.activity.http2.load(Ordering::Relaxed)
             {
@@ -791,6 +896,77 @@ mod tests {
         assert!(!watcher.is_finished());
         watcher.abort();
         drop(request);
+    }
+
+    /// An HTTP/2 connection with one request in flight.
+    fn http2_in_flight() -> (Arc<ConnActivity>, InFlight) {
+        let activity = Arc::new(ConnActivity::new());
+        activity.http2_recognised();
+        let request = activity.start_request();
+        (activity, request)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_stream_waiting_for_window_expires_within_a_quarter_past_the_send_timeout() {
+        let (activity, _request) = http2_in_flight();
+        let stream = activity.watch_stream();
+        let clock = ClientClock::new(activity.clone(), timeouts(None));
+        tokio::pin!(clock);
+        // As the connection's task does after the poll that started the stream.
+        clock.as_mut().after_io();
+        // The body gave data and was not asked for more: the stream waits for the client.
+        stream.polled(true);
+        let stalled = Instant::now();
+        let (event, at) = next_event(clock.as_mut()).await;
+        assert_eq!(event, Expired::Send);
+        let waited = at - stalled;
+        assert!(
+            waited >= SEND && waited <= SEND + SEND / 2,
+            "cut after {waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_streams_that_move_or_wait_for_their_backend_do_not_expire() {
+        let (activity, request) = http2_in_flight();
+        let moving = activity.watch_stream();
+        let backend_bound = activity.watch_stream();
+        let watcher = {
+            let activity = activity.clone();
+            tokio::spawn(async move {
+                let clock = ClientClock::new(activity, timeouts(None));
+                tokio::pin!(clock);
+                clock.as_mut().after_io();
+                next_event(clock.as_mut()).await.0
+            })
+        };
+        // Pending on its backend: not the client's doing.
+        backend_bound.polled(false);
+        for _ in 0..100 {
+            moving.polled(true);
+            tokio::time::sleep(SEND / 8).await;
+        }
+        assert!(
+            !watcher.is_finished(),
+            "a stream that moves was taken as stalled"
+        );
+        drop(request);
+        drop((moving, backend_bound));
+        assert_eq!(watcher.await.unwrap(), Expired::Idle);
+    }
+
+    #[test]
+    fn ended_http2_streams_are_forgotten() {
+        let activity = ConnActivity::new();
+        let kept = activity.watch_stream();
+        for _ in 0..10_000 {
+            drop(activity.watch_stream());
+        }
+        let watched = activity.streams.lock().unwrap().len();
+        assert!(watched <= 4, "{watched} streams still watched");
+        drop(kept);
+        assert!(!activity.stream_stalled(Instant::now(), SEND));
+        assert!(activity.streams.lock().unwrap().is_empty());
     }
 
     /// A client socket that takes writes only while `open` is set.

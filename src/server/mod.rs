@@ -42,7 +42,9 @@ use crate::protect::conn_limit::{
 use crate::proxy::{ConnInfo, ProxyState, pipeline};
 use crate::runtime::{Generation, ListenerSpec};
 use crate::tls::{CertificateWatcher, TlsTerminator};
-use activity::{ClientClock, ClientTimeouts, ConnActivity, Expired, InFlight, TrackedIo};
+use activity::{
+    ClientClock, ClientTimeouts, ConnActivity, Expired, InFlight, StreamSend, TrackedIo,
+};
 
 /// Held by anything graceful shutdown must wait for; see the module comment.
 #[derive(Debug, Clone)]
@@ -1158,6 +1160,8 @@ where
         enough: Notify::new(),
     });
     let enough = limits.clone();
+    // HTTP/2 streams stalled by flow control are caught only by watching each one.
+    let watch_streams = timeouts.send.is_some();
     let service = service_fn(move |request: http::Request<crate::body::ClientBody>| {
         let state = state.clone();
         let info = info.clone();
@@ -1178,6 +1182,9 @@ where
                     .refuse(&state, &info, in_flight, &request)
                     .map(|body| Held::new(body, None)),
             };
+            if version == http::Version::HTTP_2 && watch_streams {
+                response = response.map(|body| body.watched_by(info.activity.watch_stream()));
+            }
             if last
                 && version != http::Version::HTTP_2
                 && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
@@ -1611,17 +1618,29 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Admitted<IO> {
 
 pin_project_lite::pin_project! {
     /// A response body that holds its request's place in `max_requests_per_ip` until the body
-    /// ends (or is dropped), so a slow download counts as a request in flight.
+    /// ends (or is dropped), so a slow download counts as a request in flight; on HTTP/2, it
+    /// also tells the send clock how its stream takes it.
     struct Held<B> {
         #[pin]
         body: B,
         place: Option<RequestGuard>,
+        stream: Option<Arc<StreamSend>>,
     }
 }
 
 impl<B> Held<B> {
     fn new(body: B, place: Option<RequestGuard>) -> Self {
-        Held { body, place }
+        Held {
+            body,
+            place,
+            stream: None,
+        }
+    }
+
+    /// Reports each poll of the body to `stream` (an HTTP/2 response).
+    fn watched_by(mut self, stream: Arc<StreamSend>) -> Self {
+        self.stream = Some(stream);
+        self
     }
 }
 
@@ -1634,7 +1653,11 @@ impl<B: http_body::Body> http_body::Body for Held<B> {
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
         let this = self.project();
-        let polled = std::task::ready!(this.body.poll_frame(cx));
+        let polled = this.body.poll_frame(cx);
+        if let Some(stream) = this.stream {
+            stream.polled(matches!(&polled, Poll::Ready(Some(Ok(frame))) if frame.is_data()));
+        }
+        let polled = std::task::ready!(polled);
         if !matches!(polled, Some(Ok(_))) {
             *this.place = None;
         }

@@ -1,6 +1,7 @@
 //! The client send timeout (`timeouts.client_send`): a client that stops taking a response is
 //! disconnected, and the backend connection behind the response let go, over HTTP/1.1 (copied
-//! and spliced bodies), HTTP/2 and TLS; a client that reads slowly but steadily is not.
+//! and spliced bodies), HTTP/2 (a full socket, or a stream starved of flow-control window) and
+//! TLS; a client that reads slowly but steadily is not, nor one waiting for a slow backend.
 //!
 //! A stalled reader here is a real socket with a small receive buffer that is never read: the
 //! proxy's writes block once that buffer and the proxy's own send buffer are full.
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::support::raw_h2::{END_HEADERS, END_STREAM, HEADERS, SETTINGS, frame, get_block};
+use crate::support::raw_h2::{END_HEADERS, END_STREAM, HEADERS, RawH2, SETTINGS, frame, get_block};
 use crate::support::tls::{TestCa, Trust, client_config, toml_path};
 use crate::support::*;
 
@@ -41,7 +42,7 @@ enum Framing {
 struct Sent {
     /// Bytes handed to the origin's connection so far.
     bytes: AtomicUsize,
-    /// A body's last piece was taken.
+    /// A body's last piece was given.
     finished: AtomicBool,
     /// A body was dropped before its end: the proxy let its connection go.
     abandoned: AtomicBool,
@@ -75,11 +76,14 @@ async fn large_body_origin(len: usize, framing: Framing) -> (Origin, Arc<Sent>) 
                 let piece = piece.clone();
                 async move {
                     if n == pieces {
-                        guard.0.finished.store(true, Ordering::SeqCst);
                         return None;
                     }
                     let size = PIECE.min(len - n * PIECE);
                     guard.0.bytes.fetch_add(size, Ordering::SeqCst);
+                    if n + 1 == pieces {
+                        // With a length, the body is not asked for its end.
+                        guard.0.finished.store(true, Ordering::SeqCst);
+                    }
                     let frame = http_body::Frame::data(piece.slice(..size));
                     Some((Ok(frame), (n + 1, guard)))
                 }
@@ -286,4 +290,64 @@ async fn a_send_timeout_of_zero_turns_the_check_off() {
         eventually(LIMIT, || sent.abandoned.load(Ordering::SeqCst)).await,
         "the backend connection was let go once the client left"
     );
+}
+
+#[tokio::test]
+async fn an_http2_client_that_withholds_flow_control_window_is_cut() {
+    // The client reads every byte, so the proxy's socket never fills, but it never grants more
+    // than the initial 64 KiB window: the stream waits for ever unless the clock looks at it.
+    let (_origin, sent, proxy) = send_timeout_proxy(HUGE, Framing::Length, "300ms").await;
+    let mut h2 = RawH2::connect(proxy.addr).await;
+    h2.get(1, "/big").await;
+    assert_cut(&proxy, &sent, &mut h2.stream, HUGE).await;
+}
+
+/// An origin that sends three small pieces, `pause` apart.
+async fn slow_origin(pause: Duration) -> Origin {
+    Origin::start(move |_request| async move {
+        let pieces = futures_util::stream::unfold(0u8, move |n| async move {
+            if n == 3 {
+                return None;
+            }
+            tokio::time::sleep(pause).await;
+            let frame = http_body::Frame::data(Bytes::from(format!("piece{n};")));
+            Some((
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(frame),
+                n + 1,
+            ))
+        });
+        http::Response::new(http_body_util::StreamBody::new(pieces).boxed())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_slow_backend_is_not_taken_for_a_slow_client() {
+    // The response waits for its backend, not for the client: no clock of the client's runs,
+    // on HTTP/1.1 or HTTP/2 (where the stream is watched).
+    let origin = slow_origin(Duration::from_millis(400)).await;
+    let proxy = Proxy::start(&single_pool_config(
+        &[origin.addr],
+        "[timeouts]\nclient_send = \"100ms\"\n",
+    ))
+    .await;
+    for client in [client(), h2_client()] {
+        let response = client.get(proxy.url("/slow")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "piece0;piece1;piece2;");
+    }
+    assert_eq!(send_timeouts(&proxy), 0);
+}
+
+#[tokio::test]
+async fn an_http2_download_that_moves_is_not_cut() {
+    // Many windows' worth: the stream waits for window again and again, and gets it each time.
+    const LEN: usize = 8 << 20;
+    let (_origin, sent, proxy) = send_timeout_proxy(LEN, Framing::Length, "300ms").await;
+    let response = h2_client().get(proxy.url("/big")).send().await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let body = response.bytes().await.unwrap();
+    assert_eq!(body.len(), LEN);
+    assert_eq!(send_timeouts(&proxy), 0);
+    assert!(!sent.abandoned.load(Ordering::SeqCst));
 }
