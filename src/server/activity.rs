@@ -78,10 +78,17 @@ pub struct ConnActivity {
 /// so the clock can tell a stream that waits from one that moves between two looks.
 ///
 /// Written only by the stream's task, after each poll of its body; one relaxed store.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StreamSend(AtomicU64);
 
 impl StreamSend {
+    /// A body just handed to its stream counts as given and not yet asked for, so that a stream
+    /// whose body is never asked for (hyper asks for the first frame before it waits for window,
+    /// but nothing promises that) counts as waiting too.
+    fn handed_over() -> Self {
+        StreamSend(AtomicU64::new(1))
+    }
+
     /// The body was polled; `gave_data` if it gave a data frame, which the stream must now send
     /// before it asks for more. A body that is pending waits for its backend, not the client.
     pub fn polled(&self, gave_data: bool) {
@@ -199,7 +206,7 @@ impl ConnActivity {
     /// Follows an HTTP/2 stream's response body for the send clock; the body reports to the
     /// returned [`StreamSend`], and the stream is forgotten once that is dropped.
     pub fn watch_stream(&self) -> Arc<StreamSend> {
-        let send = Arc::new(StreamSend::default());
+        let send = Arc::new(StreamSend::handed_over());
         let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
         if streams.len() == streams.capacity() {
             // Forget ended streams before the list grows: it stays near the most streams in
@@ -908,22 +915,27 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_http2_stream_waiting_for_window_expires_within_a_quarter_past_the_send_timeout() {
-        let (activity, _request) = http2_in_flight();
-        let stream = activity.watch_stream();
-        let clock = ClientClock::new(activity.clone(), timeouts(None));
-        tokio::pin!(clock);
-        // As the connection's task does after the poll that started the stream.
-        clock.as_mut().after_io();
-        // The body gave data and was not asked for more: the stream waits for the client.
-        stream.polled(true);
-        let stalled = Instant::now();
-        let (event, at) = next_event(clock.as_mut()).await;
-        assert_eq!(event, Expired::Send);
-        let waited = at - stalled;
-        assert!(
-            waited >= SEND && waited <= SEND + SEND / 2,
-            "cut after {waited:?}"
-        );
+        // Never asked for its body (the client granted no window at all), or asked once and not
+        // again after the body gave data: either way the stream waits for the client.
+        for asked_once in [false, true] {
+            let (activity, _request) = http2_in_flight();
+            let stream = activity.watch_stream();
+            let clock = ClientClock::new(activity.clone(), timeouts(None));
+            tokio::pin!(clock);
+            // As the connection's task does after the poll that started the stream.
+            clock.as_mut().after_io();
+            if asked_once {
+                stream.polled(true);
+            }
+            let stalled = Instant::now();
+            let (event, at) = next_event(clock.as_mut()).await;
+            assert_eq!(event, Expired::Send);
+            let waited = at - stalled;
+            assert!(
+                waited >= SEND && waited <= SEND + SEND / 2,
+                "cut after {waited:?}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

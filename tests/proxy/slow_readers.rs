@@ -351,3 +351,13 @@ async fn an_http2_download_that_moves_is_not_cut() {
     assert_eq!(send_timeouts(&proxy), 0);
     assert!(!sent.abandoned.load(Ordering::SeqCst));
 }
+
+#[tokio::test]
+async fn an_http2_client_that_grants_no_window_at_all_is_cut() {
+    // An initial window of 0: the response head goes out, and no byte of the body can follow.
+    let (_origin, sent, proxy) = send_timeout_proxy(HUGE, Framing::Length, "300ms").await;
+    let mut h2 = RawH2::connect(proxy.addr).await;
+    h2.send(&frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0])).await;
+    h2.get(1, "/big").await;
+    assert_cut(&proxy, &sent, &mut h2.stream, HUGE).await;
+}
