@@ -8,7 +8,7 @@
 //! splice of its own, so this is written here over `rustix`'s safe system-call wrappers and
 //! tokio's readiness (`poll_*_ready`, `try_io`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::pin::Pin;
@@ -58,8 +58,52 @@ const PIPE_MIN: usize = 64 * 1024;
 /// against the user's pipe quota.
 const KEPT: usize = 16;
 
+/// After a pipe could not be had (the user's pipe quota, or no file descriptors left), the
+/// large bodies a thread sends before it tries again: making and closing a pipe the kernel will
+/// not grow costs about five system calls, as much as splicing saves on a 100 KiB body. A retry
+/// every this many bodies costs a few hundredths of a system call each.
+const RETRY_AFTER: u32 = 256;
+
 thread_local! {
     static IDLE: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+    static BACK_OFF: Cell<PipeBackOff> = const { Cell::new(PipeBackOff::new()) };
+}
+
+/// Whether a thread should try to make a pipe, after its last try failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PipeBackOff {
+    /// Bodies still to send without trying.
+    skip: u32,
+}
+
+impl PipeBackOff {
+    const fn new() -> Self {
+        PipeBackOff { skip: 0 }
+    }
+
+    /// Whether to try making a pipe for this body (and counts the body if not).
+    fn try_now(&mut self) -> bool {
+        if self.skip == 0 {
+            return true;
+        }
+        self.skip -= 1;
+        false
+    }
+
+    /// The try failed: leave the next bodies alone.
+    fn failed(&mut self) {
+        self.skip = RETRY_AFTER;
+    }
+}
+
+/// Runs `f` on this thread's [`PipeBackOff`].
+fn back_off<T>(f: impl FnOnce(&mut PipeBackOff) -> T) -> T {
+    BACK_OFF.with(|cell| {
+        let mut state = cell.get();
+        let answer = f(&mut state);
+        cell.set(state);
+        answer
+    })
 }
 
 /// Whether `splice(2)` may be called here, asked once per process with the first pipe made. A
@@ -90,12 +134,14 @@ impl Pipe {
             // Known refused: no pipe made and closed for every large body.
             return None;
         }
-        let (read, write) =
-            rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?;
-        let capacity = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE)
-            .or_else(|_| rustix::pipe::fcntl_getpipe_size(&write))
-            .ok()
-            .filter(|&capacity| capacity >= PIPE_MIN)?;
+        if !back_off(PipeBackOff::try_now) {
+            return None;
+        }
+        let made = Self::make();
+        if made.is_none() {
+            back_off(PipeBackOff::failed);
+        }
+        let (read, write, capacity) = made?;
         let allowed = SPLICE_ALLOWED.get_or_init(|| {
             allowed(rustix::pipe::splice(
                 &read,
@@ -115,6 +161,17 @@ impl Pipe {
             held: 0,
             capacity,
         })
+    }
+
+    /// A new pipe and what it holds; `None` when none can be had, or only a small one.
+    fn make() -> Option<(OwnedFd, OwnedFd, usize)> {
+        let (read, write) =
+            rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).ok()?;
+        let capacity = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE)
+            .or_else(|_| rustix::pipe::fcntl_getpipe_size(&write))
+            .ok()
+            .filter(|&capacity| capacity >= PIPE_MIN)?;
+        Some((read, write, capacity))
     }
 
     /// Keeps an empty pipe for the next body; one still holding bytes is closed with them.
@@ -330,5 +387,17 @@ mod tests {
         pipe.give_back();
         // This thread keeps no pipe with stale bytes for a later body.
         IDLE.with(|idle| assert!(idle.borrow().is_empty()));
+    }
+
+    #[test]
+    fn after_a_failed_try_a_thread_leaves_the_next_bodies_alone_then_tries_again() {
+        let mut state = PipeBackOff::new();
+        assert!(state.try_now(), "no failure yet: try every body");
+        assert!(state.try_now());
+        state.failed();
+        let skipped = (0..RETRY_AFTER).filter(|_| !state.try_now()).count();
+        assert_eq!(skipped, RETRY_AFTER as usize);
+        assert!(state.try_now(), "tries again after {RETRY_AFTER} bodies");
+        assert!(state.try_now(), "and for every body while tries succeed");
     }
 }
