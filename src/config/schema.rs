@@ -126,6 +126,9 @@ pub struct Timeouts {
     /// Longest a write to a client may stay blocked with nothing taken (nginx's `send_timeout`):
     /// a client that stops reading a response is disconnected. `0s` turns the check off.
     pub client_send: HumanDuration,
+    /// Longest an upgraded connection (WebSocket) may carry no byte either way before both
+    /// sides are closed (HAProxy's `timeout tunnel`). `0s` turns the check off.
+    pub tunnel_idle: HumanDuration,
     /// Longest pause between two pieces of a request body the proxy reads before forwarding
     /// (small bodies held for retries); past it the client gets 408.
     pub client_body: HumanDuration,
@@ -151,6 +154,7 @@ impl Default for Timeouts {
             client_idle: HumanDuration::secs(60),
             client_idle_release: HumanDuration::secs(1),
             client_send: HumanDuration::secs(60),
+            tunnel_idle: HumanDuration::secs(3600),
             client_body: HumanDuration::secs(60),
             min_upload_rate: ByteSize(500),
             min_upload_grace: HumanDuration::secs(20),

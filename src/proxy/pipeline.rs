@@ -539,8 +539,17 @@ async fn proxy(
         && response.status() == StatusCode::SWITCHING_PROTOCOLS
     {
         // The tunnel holds the lease until it closes.
-        let mut response =
-            upgrade::splice(response, client_upgrade, conn.drain.clone(), Some(lease))?;
+        let timeouts = upgrade::TunnelTimeouts {
+            idle: Some(generation.timeouts.tunnel_idle.0).filter(|d| !d.is_zero()),
+            send: Some(generation.timeouts.client_send.0).filter(|d| !d.is_zero()),
+        };
+        let mut response = upgrade::splice(
+            response,
+            client_upgrade,
+            conn.drain.clone(),
+            Some(lease),
+            timeouts,
+        )?;
         rewrite_response(
             generation,
             conn,

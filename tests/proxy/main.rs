@@ -30,6 +30,7 @@ mod streaming;
 mod strict;
 mod timeouts;
 mod tls;
+mod tunnels;
 mod under_attack;
 mod upstream_h1;
 mod websocket;
