@@ -361,3 +361,39 @@ async fn an_http2_client_that_grants_no_window_at_all_is_cut() {
     h2.get(1, "/big").await;
     assert_cut(&proxy, &sent, &mut h2.stream, HUGE).await;
 }
+
+#[tokio::test]
+async fn stalled_readers_cannot_starve_a_capped_pool_for_long() {
+    // Two clients that never read hold both requests a backend may have in flight; once they
+    // are cut, others are served again. Without the send timeout the pool stays full for ever.
+    let (origin, sent) = large_body_origin(HUGE, Framing::Chunked).await;
+    let config = single_pool_config(&[origin.addr], "[timeouts]\nclient_send = \"300ms\"\n")
+        .replacen("[pool.app]\n", "[pool.app]\nmax_connections = 2\n", 1);
+    assert!(config.contains("max_connections = 2"), "{config}");
+    let proxy = Proxy::start(&config).await;
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect_with_receive_buffer(proxy.addr, 16 << 10).await;
+        stream.write_all(GET_BIG).await.unwrap();
+        stalled.push(stream);
+    }
+    assert!(
+        eventually(LIMIT, || origin.count() == 2).await,
+        "both large responses under way"
+    );
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let response = client().get(proxy.url("/after")).send().await.unwrap();
+        if response.status() == 200 {
+            break;
+        }
+        assert_eq!(response.status(), 503, "a full pool answers 503");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pool stayed full of stalled responses"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(send_timeouts(&proxy), 2);
+    assert!(sent.abandoned.load(Ordering::SeqCst));
+}
