@@ -21,6 +21,7 @@ use pin_project_lite::pin_project;
 use crate::compress::CodecBody;
 use crate::protect::upload_rate::{MinUploadRate, UploadPace};
 use crate::splice::{Pipe, SpliceSource};
+use crate::upstream::read_timeout::ReadTimeout;
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -474,17 +475,62 @@ impl Body for ClientBody {
 
 /// A body received from a peer: from hyper (a client's request body; a backend's response
 /// through hyper's client: HTTP/2, requests with a body, upgrades), or from Gatehouse's own
-/// HTTP/1.1 exchange (responses to bodiless GET and HEAD).
-pub enum UpstreamBody {
-    /// Read by hyper.
+/// HTTP/1.1 exchange (responses to bodiless GET and HEAD); a backend's, under its read timeout.
+pub struct UpstreamBody {
+    source: UpstreamSource,
+    read_timeout: Option<ReadTimeout>,
+}
+
+/// Who reads an [`UpstreamBody`].
+enum UpstreamSource {
+    /// hyper.
     Hyper(Incoming),
-    /// From Gatehouse's own exchange.
+    /// Gatehouse's own exchange.
     Direct(crate::upstream::DirectBody),
 }
 
 impl From<Incoming> for UpstreamBody {
     fn from(inner: Incoming) -> Self {
-        UpstreamBody::Hyper(inner)
+        UpstreamBody {
+            source: UpstreamSource::Hyper(inner),
+            read_timeout: None,
+        }
+    }
+}
+
+impl From<crate::upstream::DirectBody> for UpstreamBody {
+    fn from(inner: crate::upstream::DirectBody) -> Self {
+        UpstreamBody {
+            source: UpstreamSource::Direct(inner),
+            read_timeout: None,
+        }
+    }
+}
+
+impl UpstreamBody {
+    /// Whether Gatehouse's own HTTP/1.1 exchange reads it (not hyper).
+    pub fn is_direct(&self) -> bool {
+        matches!(self.source, UpstreamSource::Direct(_))
+    }
+
+    /// Ends the body with an error once its backend has sent nothing for `timeout` while the
+    /// body was waited on (`timeouts.upstream_read`); `None` for no limit.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.read_timeout = timeout.map(ReadTimeout::new);
+    }
+
+    /// Applies the read timeout to a poll's outcome: a wait past it becomes an error.
+    fn watched<T>(&mut self, polled: Poll<T>, cx: &mut Context<'_>) -> Poll<Result<T, BoxError>> {
+        if let Some(watch) = &mut self.read_timeout
+            && watch.expired(polled.is_pending(), cx)
+        {
+            return Poll::Ready(Err(format!(
+                "the backend sent nothing for {:?} within the response body",
+                watch.timeout()
+            )
+            .into()));
+        }
+        polled.map(Ok)
     }
 }
 
@@ -496,34 +542,39 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpstreamBody::Hyper(body) => Pin::new(body)
+        let this = self.get_mut();
+        let polled = match &mut this.source {
+            UpstreamSource::Hyper(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as BoxError),
-            UpstreamBody::Direct(body) => Pin::new(body).poll_frame(cx),
-        }
+            UpstreamSource::Direct(body) => Pin::new(body).poll_frame(cx),
+        };
+        this.watched(polled, cx).map(|watched| match watched {
+            Ok(polled) => polled,
+            Err(error) => Some(Err(error)),
+        })
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Hyper(body) => body.is_end_stream(),
-            UpstreamBody::Direct(body) => body.is_end_stream(),
+        match &self.source {
+            UpstreamSource::Hyper(body) => body.is_end_stream(),
+            UpstreamSource::Direct(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Hyper(body) => body.size_hint(),
-            UpstreamBody::Direct(body) => body.size_hint(),
+        match &self.source {
+            UpstreamSource::Hyper(body) => body.size_hint(),
+            UpstreamSource::Direct(body) => body.size_hint(),
         }
     }
 }
 
 impl SpliceSource for UpstreamBody {
     fn splice_len(&self) -> Option<u64> {
-        match self {
-            UpstreamBody::Hyper(_) => None,
-            UpstreamBody::Direct(body) => body.splice_len(),
+        match &self.source {
+            UpstreamSource::Hyper(_) => None,
+            UpstreamSource::Direct(body) => body.splice_len(),
         }
     }
 
@@ -532,12 +583,15 @@ impl SpliceSource for UpstreamBody {
         pipe: &mut Pipe,
         cx: &mut Context<'_>,
     ) -> Poll<Result<usize, BoxError>> {
-        match self.get_mut() {
-            UpstreamBody::Hyper(_) => {
-                Poll::Ready(Err("a body read by hyper is not spliced".into()))
+        let this = self.get_mut();
+        let polled = match &mut this.source {
+            UpstreamSource::Hyper(_) => {
+                return Poll::Ready(Err("a body read by hyper is not spliced".into()));
             }
-            UpstreamBody::Direct(body) => Pin::new(body).poll_splice(pipe, cx),
-        }
+            UpstreamSource::Direct(body) => Pin::new(body).poll_splice(pipe, cx),
+        };
+        this.watched(polled, cx)
+            .map(|watched| watched.and_then(|moved| moved))
     }
 }
 
@@ -576,7 +630,7 @@ impl IncomingBody {
 
 impl From<Incoming> for IncomingBody {
     fn from(inner: Incoming) -> Self {
-        IncomingBody::new(UpstreamBody::Hyper(inner))
+        IncomingBody::new(UpstreamBody::from(inner))
     }
 }
 

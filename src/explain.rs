@@ -218,8 +218,11 @@ pub fn explain(config: &Config, generation: &Generation, request: &ExplainReques
     lines.push((
         "timeouts",
         format!(
-            "upstream_header {}; connect {connect}",
-            HumanDuration(route.upstream_header_timeout)
+            "upstream_header {}; upstream_read {}; connect {connect}",
+            HumanDuration(route.upstream_header_timeout),
+            route
+                .upstream_read_timeout
+                .map_or_else(|| "off".to_owned(), |t| HumanDuration(t).to_string())
         ),
     ));
     lines.push(("max body", max_body_line(route, request)));

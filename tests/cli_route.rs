@@ -119,7 +119,7 @@ fn a_matching_request_is_explained_line_by_line() {
     assert_eq!(run.value("host header"), Some("fixed backend.internal"));
     assert_eq!(
         run.value("timeouts"),
-        Some("upstream_header 1m; connect 5s")
+        Some("upstream_header 1m; upstream_read 1m; connect 5s")
     );
     assert_eq!(run.value("max body"), Some("10MiB"));
     assert_eq!(

@@ -143,6 +143,9 @@ pub struct Timeouts {
     pub upstream_connect: HumanDuration,
     /// Time a backend has to send its response head once the request is sent.
     pub upstream_header: HumanDuration,
+    /// Longest a backend may send nothing within a response body (nginx's `proxy_read_timeout`);
+    /// past it the response is cut. `0s` turns the check off.
+    pub upstream_read: HumanDuration,
     /// Time an unused pooled backend connection is kept open.
     pub upstream_idle: HumanDuration,
 }
@@ -160,6 +163,7 @@ impl Default for Timeouts {
             min_upload_grace: HumanDuration::secs(20),
             upstream_connect: HumanDuration::secs(5),
             upstream_header: HumanDuration::secs(60),
+            upstream_read: HumanDuration::secs(60),
             upstream_idle: HumanDuration::secs(60),
         }
     }
@@ -1141,4 +1145,6 @@ pub struct HeaderRules {
 pub struct RouteTimeouts {
     /// Overrides `timeouts.upstream_header`.
     pub upstream_header: Option<HumanDuration>,
+    /// Overrides `timeouts.upstream_read`.
+    pub upstream_read: Option<HumanDuration>,
 }

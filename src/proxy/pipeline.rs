@@ -1451,6 +1451,7 @@ fn forward<'a>(
     Forwarding {
         sending,
         limit_flag,
+        read_timeout: route.upstream_read_timeout,
     }
 }
 
@@ -1471,6 +1472,8 @@ pin_project_lite::pin_project! {
         #[pin]
         sending: Sending<A, B>,
         limit_flag: Option<&'a AtomicBool>,
+        // `timeouts.upstream_read`, for the response's body.
+        read_timeout: Option<std::time::Duration>,
     }
 }
 
@@ -1493,7 +1496,11 @@ where
             },
             SendingProj::Streaming { streaming } => std::task::ready!(streaming.as_mut().poll(cx)),
         };
-        std::task::Poll::Ready(outcome_of(sent, *this.limit_flag))
+        let mut outcome = outcome_of(sent, *this.limit_flag);
+        if let Ok(response) = &mut outcome {
+            response.body_mut().set_read_timeout(*this.read_timeout);
+        }
+        std::task::Poll::Ready(outcome)
     }
 }
 
@@ -1631,6 +1638,7 @@ mod tests {
             request_edits: HeaderEdits::default(),
             response_edits: HeaderEdits::default(),
             upstream_header_timeout: std::time::Duration::from_secs(1),
+            upstream_read_timeout: None,
             max_body: None,
             hsts: None,
             compression: None,

@@ -51,6 +51,8 @@ pub struct Route {
     pub response_edits: HeaderEdits,
     /// How long the backend has to send its response head.
     pub upstream_header_timeout: Duration,
+    /// Longest the backend may send nothing within a response body; `None` for no limit.
+    pub upstream_read_timeout: Option<Duration>,
     /// Request body cap in bytes.
     pub max_body: Option<u64>,
     /// `Strict-Transport-Security` value for HTTPS responses.
@@ -332,6 +334,14 @@ fn compile_route(
             .upstream_header
             .unwrap_or(config.timeouts.upstream_header)
             .0,
+        upstream_read_timeout: Some(
+            route
+                .timeouts
+                .upstream_read
+                .unwrap_or(config.timeouts.upstream_read)
+                .0,
+        )
+        .filter(|timeout| !timeout.is_zero()),
         max_body: route.max_body.or(config.server.max_body).map(|b| b.0),
         hsts: route.hsts.as_ref().map(hsts_value),
         compression: route

@@ -14,6 +14,7 @@ mod h2;
 pub mod health;
 mod keepalive;
 pub mod proxied;
+pub mod read_timeout;
 pub mod retry;
 pub mod state;
 pub mod sticky;
@@ -392,7 +393,7 @@ impl UpstreamPool {
             Transport::H2c(connections) => Box::pin(connections.send(backend, request)),
             Transport::Proxied(transport) => Box::pin(transport.send(backend, request)),
         };
-        Either::Right(other.map(|sent| sent.map(|r| r.map(UpstreamBody::Hyper))))
+        Either::Right(other.map(|sent| sent.map(|r| r.map(UpstreamBody::from))))
     }
 
     /// True when the pool's backend connections start with a PROXY header: requests must then

@@ -1,11 +1,13 @@
-//! Client header (slowloris) and idle timeouts, which must not cut requests in flight, and the
-//! upstream idle timeout of pooled backend connections. (Upstream connect and response-header
+//! Client header (slowloris) and idle timeouts, which must not cut requests in flight, the
+//! upstream idle timeout of pooled backend connections, and the upstream read timeout within a
+//! response body. (Upstream connect and response-header
 //! timeouts are in `errors.rs`.)
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::raw_h2::RawH2;
@@ -434,4 +436,118 @@ async fn the_minimum_rate_can_be_turned_off() {
     )
     .await;
     assert_eq!(status_of(&raw), 200, "{raw}");
+}
+
+/// An origin that answers every request with `head_and_start`, then sends `pieces` more pieces
+/// `pause` apart, then goes silent with the connection open; counts the connections the proxy
+/// has closed.
+async fn stalling_origin(
+    head_and_start: &'static [u8],
+    pieces: Vec<&'static [u8]>,
+    pause: Duration,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let counted = closed.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (closed, pieces) = (counted.clone(), pieces.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if stream.write_all(head_and_start).await.is_err() {
+                    return;
+                }
+                for piece in pieces {
+                    tokio::time::sleep(pause).await;
+                    if stream.write_all(piece).await.is_err() {
+                        return;
+                    }
+                }
+                // Silent, until the proxy lets the connection go.
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, closed)
+}
+
+/// A proxy with `extra` in front of `origin`; what a raw `GET path` on it gets until the proxy
+/// closes the connection (which it must, within the liveness bound).
+async fn get_until_cut(origin: std::net::SocketAddr, extra: &str, path: &str) -> (Proxy, String) {
+    let proxy = Proxy::start(&single_pool_config(&[origin], extra)).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let seen = read_until_closed(&mut stream, LIMIT)
+        .await
+        .expect("the response must be cut, not left hanging");
+    (proxy, seen)
+}
+
+const CHUNKED_START: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n";
+
+#[tokio::test]
+async fn a_backend_that_stalls_within_a_body_has_the_response_cut() {
+    let (origin, closed) = stalling_origin(CHUNKED_START, Vec::new(), Duration::ZERO).await;
+    let (proxy, seen) =
+        get_until_cut(origin, "[timeouts]\nupstream_read = \"300ms\"\n", "/stall").await;
+    assert_eq!(status_of(&seen), 200, "{seen}");
+    assert!(seen.contains("first"), "{seen}");
+    assert!(
+        !seen.ends_with("0\r\n\r\n"),
+        "the cut response looks complete: {seen}"
+    );
+    assert!(
+        eventually(LIMIT, || closed.load(Ordering::SeqCst) == 1).await,
+        "the stalled backend connection was not let go"
+    );
+
+    // Over HTTP/2 the stream ends in an error, and the connection serves on.
+    let h2 = h2_client();
+    let response = h2.get(proxy.url("/stall")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.bytes().await.is_err(),
+        "the cut body must not end cleanly"
+    );
+}
+
+#[tokio::test]
+async fn a_route_read_timeout_cuts_a_stalled_spliced_body() {
+    // Content-Length and 100 KB left: the body is spliced, and the watch applies there too.
+    const SPLICED_START: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nfirst";
+    let (origin, closed) = stalling_origin(SPLICED_START, Vec::new(), Duration::ZERO).await;
+    // Cut within the liveness bound: the route's timeout applies, not the 60 s default.
+    let route = "[[route]]\npool = \"app\"\ntimeouts = { upstream_read = \"300ms\" }\n";
+    let (_proxy, seen) = get_until_cut(origin, route, "/stall").await;
+    assert_eq!(status_of(&seen), 200, "{seen}");
+    assert!(seen.ends_with("first"), "{seen}");
+    assert!(eventually(LIMIT, || closed.load(Ordering::SeqCst) == 1).await);
+}
+
+#[tokio::test]
+async fn a_backend_sending_slowly_within_the_read_timeout_is_not_cut() {
+    // Each pause well under the timeout, the whole body several timeouts long.
+    let pieces = vec![&b"5\r\npiece\r\n"[..]; 8];
+    let (origin, _closed) =
+        stalling_origin(CHUNKED_START, pieces, Duration::from_millis(150)).await;
+    // The origin then goes silent: the read timeout cuts the response after the last piece.
+    let (_proxy, seen) =
+        get_until_cut(origin, "[timeouts]\nupstream_read = \"500ms\"\n", "/slow").await;
+    assert_eq!(
+        seen.matches("piece").count(),
+        8,
+        "every piece arrived: {seen}"
+    );
 }
