@@ -522,7 +522,7 @@ async fn proxy(
         .await;
         (public_host, forwarded)
     };
-    let (response, lease) = match forwarded {
+    let (mut response, lease) = match forwarded {
         Ok(forwarded) => forwarded,
         Err(error) => {
             // RFC 5861 stale-if-error: a stale stored response may stand in for a backend that
@@ -535,6 +535,11 @@ async fn proxy(
             return Err(error);
         }
     };
+    // Here, where the response is already in place, not in the forwarding future, whose
+    // result would be copied once more.
+    response
+        .body_mut()
+        .set_read_timeout(route.upstream_read_timeout);
     if let Some(client_upgrade) = client_upgrade
         && response.status() == StatusCode::SWITCHING_PROTOCOLS
     {
@@ -1451,7 +1456,6 @@ fn forward<'a>(
     Forwarding {
         sending,
         limit_flag,
-        read_timeout: route.upstream_read_timeout,
     }
 }
 
@@ -1472,8 +1476,6 @@ pin_project_lite::pin_project! {
         #[pin]
         sending: Sending<A, B>,
         limit_flag: Option<&'a AtomicBool>,
-        // `timeouts.upstream_read`, for the response's body.
-        read_timeout: Option<std::time::Duration>,
     }
 }
 
@@ -1496,11 +1498,7 @@ where
             },
             SendingProj::Streaming { streaming } => std::task::ready!(streaming.as_mut().poll(cx)),
         };
-        let mut outcome = outcome_of(sent, *this.limit_flag);
-        if let Ok(response) = &mut outcome {
-            response.body_mut().set_read_timeout(*this.read_timeout);
-        }
-        std::task::Poll::Ready(outcome)
+        std::task::Poll::Ready(outcome_of(sent, *this.limit_flag))
     }
 }
 

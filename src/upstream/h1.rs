@@ -23,6 +23,8 @@ use http_body::{Body, Frame, SizeHint};
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
+use super::read_timeout::ReadTimeout;
+
 use super::dial::BackendStream;
 use super::keepalive::Homecoming;
 use crate::body::BoxError;
@@ -63,6 +65,9 @@ pub(super) struct DirectConnection {
     fields: FieldMemo,
     /// The last response's body was long enough to be spliced: the next head is read small.
     large_last: bool,
+    /// `timeouts.upstream_read` of the body being read: kept here, in the connection's box,
+    /// rather than in every response body, whose size shows in the copies of responses.
+    read_timeout: Option<ReadTimeout>,
 }
 
 /// Why an exchange failed.
@@ -101,6 +106,7 @@ impl DirectConnection {
             read_size: READ_MIN,
             fields: FieldMemo::default(),
             large_last: false,
+            read_timeout: None,
         })
     }
 
@@ -462,14 +468,30 @@ impl DirectBody {
     /// The body is over: the connection goes home when it may be used again.
     fn finish(&mut self) {
         self.framing = Framing::Done;
-        if let Some(connection) = self.connection.take()
+        if let Some(mut connection) = self.connection.take()
             && self.reusable
             // Bytes after the end of the body: the backend is out of step with us.
             && connection.read.is_empty()
             && let Some(home) = self.home.take()
         {
+            // A timer left armed in an idle connection would wake this request's task later.
+            connection.read_timeout = None;
             home.put(connection);
         }
+    }
+
+    /// Sets `timeouts.upstream_read` for the rest of the body (see [`UpstreamBody`]).
+    ///
+    /// [`UpstreamBody`]: crate::body::UpstreamBody
+    pub fn set_read_timeout(&mut self, timeout: Option<std::time::Duration>) {
+        if let Some(connection) = self.connection.as_mut() {
+            connection.read_timeout = timeout.map(ReadTimeout::new);
+        }
+    }
+
+    /// The body's read timeout, while it has a connection to read from.
+    pub fn read_timeout(&mut self) -> Option<&mut ReadTimeout> {
+        self.connection.as_mut()?.read_timeout.as_mut()
     }
 
     /// Drops the connection (its stream can no longer be trusted) and reports `cause`.

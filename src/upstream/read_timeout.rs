@@ -16,21 +16,28 @@ use tokio::time::{Instant, Sleep};
 /// is not the backend's fault. It starts at the first poll that finds nothing after bytes came,
 /// which is about when they came, as the body is polled again at once; so a body whose bytes all
 /// come with its head never reads the clock or makes a timer.
+///
+/// Kept in the direct exchange's connection box, or boxed with hyper's body (see
+/// `body::UpstreamSource`): inline in every response body, its 16 bytes made the copies of
+/// responses along the request path cost ~0.7 % more instructions per request.
 #[derive(Debug)]
 pub struct ReadTimeout {
-    timeout: Duration,
     /// Made at the first wait.
     timer: Option<Pin<Box<Sleep>>>,
+    /// The timeout in milliseconds.
+    millis: u32,
     /// Bytes came since the timer was last set.
     moved: bool,
 }
 
 impl ReadTimeout {
-    /// A watch with `timeout` between two arrivals.
+    /// A watch with `timeout` between two arrivals (to the millisecond, at most 49 days).
     pub fn new(timeout: Duration) -> Self {
         ReadTimeout {
-            timeout,
             timer: None,
+            millis: u32::try_from(timeout.as_millis())
+                .unwrap_or(u32::MAX)
+                .max(1),
             moved: false,
         }
     }
@@ -43,17 +50,16 @@ impl ReadTimeout {
             self.moved = true;
             return false;
         }
+        let timeout = self.timeout();
         let timer = match &mut self.timer {
             Some(timer) => {
                 if self.moved {
                     // Moving a deadline later is cheap in tokio's timer (no wheel update).
-                    timer.as_mut().reset(Instant::now() + self.timeout);
+                    timer.as_mut().reset(Instant::now() + timeout);
                 }
                 timer
             }
-            None => self
-                .timer
-                .insert(Box::pin(tokio::time::sleep(self.timeout))),
+            None => self.timer.insert(Box::pin(tokio::time::sleep(timeout))),
         };
         self.moved = false;
         timer.as_mut().poll(cx).is_ready()
@@ -61,7 +67,7 @@ impl ReadTimeout {
 
     /// The timeout, for the error message.
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        Duration::from_millis(self.millis.into())
     }
 }
 

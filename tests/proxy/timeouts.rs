@@ -513,6 +513,21 @@ async fn a_backend_that_stalls_within_a_body_has_the_response_cut() {
         "the stalled backend connection was not let go"
     );
 
+    // A request with a body goes through hyper's client: its response is watched the same way.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"POST /stall HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\n\r\nhi")
+        .await
+        .unwrap();
+    let seen = read_until_closed(&mut stream, LIMIT)
+        .await
+        .expect("the stalled response read by hyper must be cut too");
+    assert!(
+        seen.contains("first") && !seen.ends_with("0\r\n\r\n"),
+        "{seen}"
+    );
+    assert!(eventually(LIMIT, || closed.load(Ordering::SeqCst) == 2).await);
+
     // Over HTTP/2 the stream ends in an error, and the connection serves on.
     let h2 = h2_client();
     let response = h2.get(proxy.url("/stall")).send().await.unwrap();
