@@ -1183,7 +1183,7 @@ where
                     .map(|body| Held::new(body, None)),
             };
             if version == http::Version::HTTP_2 && watch_streams {
-                response = response.map(|body| body.watched_by(info.activity.watch_stream()));
+                response.body_mut().watch(info.activity.watch_stream());
             }
             if last
                 && version != http::Version::HTTP_2
@@ -1638,9 +1638,8 @@ impl<B> Held<B> {
     }
 
     /// Reports each poll of the body to `stream` (an HTTP/2 response).
-    fn watched_by(mut self, stream: Arc<StreamSend>) -> Self {
+    fn watch(&mut self, stream: Arc<StreamSend>) {
         self.stream = Some(stream);
-        self
     }
 }
 
