@@ -23,10 +23,9 @@ use http_body::{Body, Frame, SizeHint};
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
-use super::read_timeout::ReadTimeout;
-
 use super::dial::BackendStream;
 use super::keepalive::Homecoming;
+use super::read_timeout::ReadTimeout;
 use crate::body::BoxError;
 use crate::proxy::field_memo::FieldMemo;
 use crate::splice::{HEAD_READ, SPLICE_EXPECTED};
