@@ -19,6 +19,11 @@ impl HumanDuration {
     pub const fn secs(secs: u64) -> Self {
         Self(Duration::from_secs(secs))
     }
+
+    /// The duration as a limit: `None` for `0s`, which turns the check off.
+    pub fn limit(self) -> Option<Duration> {
+        Some(self.0).filter(|d| !d.is_zero())
+    }
 }
 
 impl FromStr for HumanDuration {

@@ -545,8 +545,8 @@ async fn proxy(
     {
         // The tunnel holds the lease until it closes.
         let timeouts = upgrade::TunnelTimeouts {
-            idle: Some(generation.timeouts.tunnel_idle.0).filter(|d| !d.is_zero()),
-            send: Some(generation.timeouts.client_send.0).filter(|d| !d.is_zero()),
+            idle: generation.timeouts.tunnel_idle.limit(),
+            send: generation.timeouts.client_send.limit(),
         };
         let mut response = upgrade::splice(
             response,

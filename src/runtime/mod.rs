@@ -334,14 +334,11 @@ fn compile_route(
             .upstream_header
             .unwrap_or(config.timeouts.upstream_header)
             .0,
-        upstream_read_timeout: Some(
-            route
-                .timeouts
-                .upstream_read
-                .unwrap_or(config.timeouts.upstream_read)
-                .0,
-        )
-        .filter(|timeout| !timeout.is_zero()),
+        upstream_read_timeout: route
+            .timeouts
+            .upstream_read
+            .unwrap_or(config.timeouts.upstream_read)
+            .limit(),
         max_body: route.max_body.or(config.server.max_body).map(|b| b.0),
         hsts: route.hsts.as_ref().map(hsts_value),
         compression: route

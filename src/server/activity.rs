@@ -242,13 +242,22 @@ impl ConnActivity {
         stalled
     }
 
+    /// When a blocked write to the client runs out of `client_send`, if one is blocked.
+    fn send_deadline(&self, timeouts: &ClientTimeouts) -> Option<Instant> {
+        Some(self.since(&self.send_blocked)? + timeouts.send?)
+    }
+
+    /// HTTP/2 streams may be running: the send clock must look at them.
+    fn streams_running(&self) -> bool {
+        self.http2.load(Ordering::Relaxed) && self.in_flight() > 0
+    }
+
     /// The earliest deadline that applies now and the timeout it is for: the send clock's while
     /// a write is blocked, and while no request is in flight the idle or header clock's.
     fn deadline(&self, timeouts: &ClientTimeouts) -> Option<(Instant, Expired)> {
-        let send = timeouts.send.and_then(|timeout| {
-            self.since(&self.send_blocked)
-                .map(|blocked| (blocked + timeout, Expired::Send))
-        });
+        let send = self
+            .send_deadline(timeouts)
+            .map(|deadline| (deadline, Expired::Send));
         if self.in_flight() > 0 {
             return send;
         }
@@ -344,25 +353,23 @@ impl ClientClock {
     pub fn after_io(self: Pin<&mut Self>) {
         let mut this = self.project();
         let activity = &this.activity;
-        let mut earliest = activity
+        let timeouts = *this.timeouts;
+        let head = activity
             .stamp(&activity.head_started)
-            .map(|started| started + this.timeouts.header);
-        if let Some(send) = this.timeouts.send
-            && let Some(blocked) = activity.stamp(&activity.send_blocked)
-        {
-            earliest = Some(earliest.map_or(blocked + send, |e| e.min(blocked + send)));
-        }
+            .map(|started| started + timeouts.header);
+        let send = timeouts
+            .send
+            .and_then(|send| Some(activity.stamp(&activity.send_blocked)? + send));
+        let mut look = None;
         if !*this.looking
-            && let Some(send) = this.timeouts.send
-            && activity.http2.load(Ordering::Relaxed)
-            && activity.in_flight() > 0
+            && let Some(send) = timeouts.send
+            && activity.streams_running()
         {
             // Streams have started: look at them soon, then every quarter (`poll_expired`).
             *this.looking = true;
-            let look = Instant::now() + send / 4;
-            earliest = Some(earliest.map_or(look, |e| e.min(look)));
+            look = Some(Instant::now() + send / 4);
         }
-        if let Some(deadline) = earliest
+        if let Some(deadline) = [head, send, look].into_iter().flatten().min()
             && deadline < this.timer.deadline()
         {
             this.timer.as_mut().reset(deadline);
@@ -389,8 +396,8 @@ impl ClientClock {
         let now = Instant::now();
         let activity = &self.activity;
         activity
-            .since(&activity.send_blocked)
-            .is_some_and(|blocked| blocked + send <= now)
+            .send_deadline(&self.timeouts)
+            .is_some_and(|deadline| deadline <= now)
             || (activity.http2.load(Ordering::Relaxed) && activity.stream_stalled(now, send))
     }
 
@@ -410,8 +417,7 @@ impl ClientClock {
             };
             *this.looking = false;
             if let Some(send) = this.timeouts.send
-                && this.activity.http2.load(Ordering::Relaxed)
-                && this.activity.in_flight() > 0
+                && this.activity.streams_running()
             {
                 // Streams stalled by flow control leave no other trace: look at them.
                 if this.activity.stream_stalled(now, send) {
@@ -851,12 +857,10 @@ mod tests {
                 tokio::time::sleep(SEND / 4).await;
                 activity.write_blocked();
                 clock.as_mut().after_io();
-                let blocked = Instant::now();
                 tokio::time::sleep(SEND / 2).await;
                 activity.wrote();
                 assert!(!clock.send_overdue());
-                let expired = std::future::poll_fn(|cx| clock.as_mut().poll_expired(cx)).await;
-                (expired, blocked.elapsed())
+                std::future::poll_fn(|cx| clock.as_mut().poll_expired(cx)).await
             })
         };
         tokio::time::sleep(Duration::from_secs(600)).await;
@@ -865,7 +869,7 @@ mod tests {
             "no timeout while the client takes bytes"
         );
         drop(request);
-        let (expired, _) = watcher.await.unwrap();
+        let expired = watcher.await.unwrap();
         assert_eq!(expired, Expired::Idle);
     }
 

@@ -635,8 +635,8 @@ fn serving_for(
         timeouts: ClientTimeouts {
             header: generation.timeouts.client_header.0,
             idle: generation.timeouts.client_idle.0,
-            send: Some(generation.timeouts.client_send.0).filter(|d| !d.is_zero()),
-            park_after: Some(generation.timeouts.client_idle_release.0).filter(|d| !d.is_zero()),
+            send: generation.timeouts.client_send.limit(),
+            park_after: generation.timeouts.client_idle_release.limit(),
         },
         tls,
         redirect_https: spec.redirect_https,
