@@ -692,6 +692,12 @@ fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_tcp_nodelay(true)?;
     socket.bind(&address.into())?;
     socket.listen(4096)?;
+    // Delayed acknowledgement for accepted connections (HAProxy's `tcp-smart-accept`): the
+    // ACK of a client's first request rides on the response instead of leaving as a packet of
+    // its own; the kernel still sends it after ~40 ms if the response takes longer. Set after
+    // `listen`, which resets it; accepted connections inherit it.
+    #[cfg(target_os = "linux")]
+    socket.set_tcp_quickack(false)?;
     TcpListener::from_std(socket.into())
 }
 

@@ -279,3 +279,59 @@ async fn a_large_last_response_arrives_whole_before_the_close() {
     assert!(response.body.iter().all(|&b| b == b'x'));
     assert!(conn.closed_within(Duration::from_secs(10)).await);
 }
+
+/// The segments a client socket received, and how many of them carried data (Linux `TCP_INFO`).
+#[cfg(target_os = "linux")]
+fn segments_received(stream: &tokio::net::TcpStream) -> (u32, u32) {
+    use std::os::fd::AsRawFd;
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the buffer and its length describe one writable `tcp_info`; the kernel writes at
+    // most `length` bytes of it, and the rest stays zeroed.
+    let status = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut length,
+        )
+    };
+    assert_eq!(status, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    // SAFETY: zero-initialised and partly filled in by the kernel: every field is an integer.
+    let info = unsafe { info.assume_init() };
+    (info.tcpi_segs_in, info.tcpi_data_segs_in)
+}
+
+/// A client that asks to close gets the proxy's whole answer in one segment that also carries
+/// the FIN and acknowledges the request: the only segment without data it receives is the
+/// SYN-ACK. Without the listener's delayed acknowledgement the request's ACK comes on its own,
+/// and without the held-back last write the FIN does. (A delayed ACK sent after 40 ms by a
+/// slow machine also counts as one, so a few connections are tried.)
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_closing_answer_leaves_with_its_fin_and_ack_in_one_segment() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = varied_origin().await;
+    let proxy = Proxy::start(&single_pool_config(&[origin.addr], "")).await;
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr)
+            .await
+            .expect("connect");
+        stream
+            .write_all(b"GET /fixed HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("send");
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.expect("read");
+        assert!(answer.starts_with(b"HTTP/1.1 200 "));
+        assert!(answer.ends_with(b"a body of fixed length"));
+        let (segments, with_data) = segments_received(&stream);
+        seen.push((segments, with_data));
+        if segments - with_data == 1 {
+            return;
+        }
+    }
+    panic!("segments received, with data: {seen:?}; expected only the SYN-ACK without data");
+}
