@@ -549,13 +549,52 @@ impl UpstreamBody {
     fn wait_expired(&mut self, waiting: bool, cx: &mut Context<'_>) -> Option<BoxError> {
         let watch = self.read_timeout()?;
         watch.expired(waiting, cx).then(|| {
-            format!(
-                "the backend sent nothing for {:?} within the response body",
-                watch.timeout()
-            )
-            .into()
+            Box::new(BackendStalled {
+                timeout: watch.timeout(),
+            }) as BoxError
         })
     }
+}
+
+/// The error a response body ends with when its backend sent nothing for the read timeout
+/// (`timeouts.upstream_read`): the backend's failure, not the client's, which the body's
+/// observer is told apart ([`BodyObserver::backend_stalled`]).
+#[derive(Debug)]
+pub struct BackendStalled {
+    /// The read timeout that ran out.
+    pub timeout: Duration,
+}
+
+impl fmt::Display for BackendStalled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the backend sent nothing for {:?} within the response body",
+            self.timeout
+        )
+    }
+}
+
+impl StdError for BackendStalled {}
+
+/// Whether `error`, or an error it wraps (an encoder's I/O error, say), is a [`BackendStalled`].
+fn is_backend_stall(error: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<BackendStalled>() {
+            return true;
+        }
+        // An I/O error's `source` skips the error it wraps: look at that one directly.
+        if let Some(wrapped) = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            && is_backend_stall(wrapped)
+        {
+            return true;
+        }
+        current = error.source();
+    }
+    false
 }
 
 impl Body for UpstreamBody {
@@ -745,6 +784,10 @@ impl SpliceSource for IncomingBody {
 pub trait BodyObserver: Send + 'static {
     /// Called once: `bytes` were sent, `complete` is false when the body ended early.
     fn finished(&mut self, bytes: u64, complete: bool);
+
+    /// Called before [`finished`](Self::finished) when the body ended because its backend sent
+    /// nothing for the read timeout ([`BackendStalled`]).
+    fn backend_stalled(&mut self) {}
 }
 
 pin_project! {
@@ -827,6 +870,20 @@ fn tell_observer(observer: &mut Option<Box<dyn BodyObserver>>, bytes: u64, compl
     }
 }
 
+/// Tells the observer, if it has not been told yet, that the body ended in `error`.
+fn tell_observer_failed(
+    observer: &mut Option<Box<dyn BodyObserver>>,
+    bytes: u64,
+    error: &BoxError,
+) {
+    if let Some(mut observer) = observer.take() {
+        if is_backend_stall(error.as_ref()) {
+            observer.backend_stalled();
+        }
+        observer.finished(bytes, false);
+    }
+}
+
 fn kind_ended(kind: &Kind) -> bool {
     match kind {
         Kind::Upstream { body } => body.is_end_stream(),
@@ -856,7 +913,7 @@ impl SpliceSource for ResponseBody {
         let moved = ready!(body.poll_splice(pipe, cx));
         match &moved {
             Ok(n) => *this.bytes += *n as u64,
-            Err(_) => tell_observer(this.observer, *this.bytes, false),
+            Err(error) => tell_observer_failed(this.observer, *this.bytes, error),
         }
         Poll::Ready(moved)
     }
@@ -888,7 +945,7 @@ impl Body for ResponseBody {
                     *this.bytes += data.len() as u64;
                 }
             }
-            Some(Err(_)) => tell_observer(this.observer, *this.bytes, false),
+            Some(Err(error)) => tell_observer_failed(this.observer, *this.bytes, error),
             None => tell_observer(this.observer, *this.bytes, true),
         }
         Poll::Ready(polled)

@@ -113,6 +113,16 @@ impl Metrics {
             "Failed connections to backends, by pool and backend.",
         );
         describe(
+            "gatehouse_upstream_read_timeouts_total",
+            None,
+            "Responses cut because the backend sent nothing for timeouts.upstream_read within the body, by pool and backend.",
+        );
+        describe(
+            "gatehouse_tunnel_timeouts_total",
+            None,
+            "Upgraded connections (WebSocket) closed by a timeout, by route and reason: idle (timeouts.tunnel_idle) or client_send.",
+        );
+        describe(
             "gatehouse_upstream_retries_total",
             None,
             "Requests retried on another backend, by pool.",
@@ -242,6 +252,7 @@ impl Metrics {
         BackendMetrics {
             response_time: self.histogram("gatehouse_upstream_response_seconds", &labels),
             connect_errors: self.counter("gatehouse_upstream_connect_errors_total", &labels),
+            read_timeouts: self.counter("gatehouse_upstream_read_timeouts_total", &labels),
         }
     }
 
@@ -308,6 +319,8 @@ pub struct BackendMetrics {
     pub response_time: Histogram,
     /// Failed connects.
     pub connect_errors: Counter,
+    /// Response bodies cut by the backend read timeout.
+    pub read_timeouts: Counter,
 }
 
 #[cfg(test)]

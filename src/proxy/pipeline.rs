@@ -199,7 +199,8 @@ pub async fn handle(
         started,
         metrics: route_metrics,
         _in_flight: in_flight,
-        _lease: exchange.lease.take(),
+        route: exchange.matched.take(),
+        lease: exchange.lease.take(),
     }));
     response
 }
@@ -225,10 +226,35 @@ struct Completion {
     started: Instant,
     metrics: Arc<crate::observe::metrics::RouteMetrics>,
     _in_flight: InFlight,
-    _lease: Option<BackendLease>,
+    /// The route matched, whose pool the lease is of.
+    route: Option<Arc<Route>>,
+    /// The backend answering, held until the body ends.
+    lease: Option<BackendLease>,
 }
 
 impl crate::body::BodyObserver for Completion {
+    /// A backend that stops within a body has failed as much as one that never answers: it
+    /// counts for passive health (`outlier`), and gets a warning and a count of its own.
+    fn backend_stalled(&mut self) {
+        let (Some(route), Some(lease)) = (&self.route, &self.lease) else {
+            return;
+        };
+        let pool = &route.pool;
+        let Some(backend) = pool.backend(lease.index) else {
+            return;
+        };
+        if let Some(metrics) = backend.metrics.get() {
+            metrics.read_timeouts.increment(1);
+        }
+        tracing::warn!(
+            pool = %pool.name,
+            backend = %backend.authority,
+            route = %route.name,
+            "backend sent nothing for the read timeout within a response body; response cut"
+        );
+        pool.record_outcome(lease.index, Outcome::Failure);
+    }
+
     fn finished(&mut self, bytes: u64, complete: bool) {
         self.metrics
             .duration
@@ -548,12 +574,23 @@ async fn proxy(
             idle: generation.timeouts.tunnel_idle.limit(),
             send: generation.timeouts.client_send.limit(),
         };
+        let stall = |reason| {
+            metrics.counter(
+                "gatehouse_tunnel_timeouts_total",
+                &[("route", &route.name), ("reason", reason)],
+            )
+        };
+        let stalls = upgrade::TunnelStalls {
+            idle: stall("idle"),
+            client_send: stall("client_send"),
+        };
         let mut response = upgrade::splice(
             response,
             client_upgrade,
             conn.drain.clone(),
             Some(lease),
             timeouts,
+            stalls,
         )?;
         rewrite_response(
             generation,

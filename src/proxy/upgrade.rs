@@ -31,6 +31,24 @@ pub struct TunnelTimeouts {
     pub send: Option<Duration>,
 }
 
+/// The counts of tunnels closed by their watcher, by why (`gatehouse_tunnel_timeouts_total`).
+#[derive(Debug, Clone)]
+pub struct TunnelStalls {
+    /// Closed after `timeouts.tunnel_idle` with no byte either way.
+    pub idle: metrics::Counter,
+    /// Closed after `timeouts.client_send` with the client taking nothing.
+    pub client_send: metrics::Counter,
+}
+
+/// Why a tunnel's watcher closed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stall {
+    /// Nothing moved either way for `timeouts.tunnel_idle`.
+    Idle,
+    /// A write to the client blocked for `timeouts.client_send`.
+    ClientSend,
+}
+
 /// Turns the backend's 101 response into the client's, and splices the two upgraded
 /// connections together in a task of their own.
 ///
@@ -42,6 +60,7 @@ pub fn splice(
     drain: DrainToken,
     lease: Option<BackendLease>,
     timeouts: TunnelTimeouts,
+    stalls: TunnelStalls,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let upstream_upgrade = hyper::upgrade::on(&mut response);
     tokio::spawn(async move {
@@ -73,7 +92,12 @@ pub fn splice(
                 Err(error) => tracing::debug!(%error, "upgraded connection ended with an error"),
             },
             why = traffic.stalled(timeouts) => {
-                tracing::debug!(reason = why, "upgraded connection closed: it stalled");
+                let (counter, reason) = match why {
+                    Stall::Idle => (&stalls.idle, "nothing moved for tunnel_idle"),
+                    Stall::ClientSend => (&stalls.client_send, "the client takes no bytes"),
+                };
+                counter.increment(1);
+                tracing::debug!(reason, "upgraded connection closed: it stalled");
             }
         }
     });
@@ -94,7 +118,7 @@ impl TunnelTraffic {
     /// Ends when the tunnel has stalled, with why: nothing moved for `idle`, or a write to the
     /// client blocked for `send`. Looks every quarter of the shorter timeout, so a stall is
     /// seen between its timeout and a quarter past it.
-    async fn stalled(&self, timeouts: TunnelTimeouts) -> &'static str {
+    async fn stalled(&self, timeouts: TunnelTimeouts) -> Stall {
         let Some(shortest) = [timeouts.idle, timeouts.send].into_iter().flatten().min() else {
             return std::future::pending().await;
         };
@@ -107,13 +131,13 @@ impl TunnelTraffic {
             if moved_now != moved.0 {
                 moved = (moved_now, now);
             } else if timeouts.idle.is_some_and(|idle| now - moved.1 >= idle) {
-                return "idle";
+                return Stall::Idle;
             }
             let sent_now = self.to_client.load(Ordering::Relaxed);
             if sent_now != sent.0 {
                 sent = (sent_now, now);
             } else if sent_now & 1 == 1 && timeouts.send.is_some_and(|send| now - sent.1 >= send) {
-                return "the client takes no bytes";
+                return Stall::ClientSend;
             }
         }
     }
@@ -202,7 +226,7 @@ mod tests {
             send: None,
             ..timeouts()
         };
-        assert_eq!(traffic.stalled(only_idle).await, "idle");
+        assert_eq!(traffic.stalled(only_idle).await, Stall::Idle);
         let waited = start.elapsed();
         assert!(waited >= IDLE && waited <= IDLE + IDLE / 4, "{waited:?}");
     }
@@ -212,10 +236,7 @@ mod tests {
         let traffic = Arc::new(TunnelTraffic::default());
         traffic.to_client.fetch_or(1, Ordering::Relaxed);
         let start = Instant::now();
-        assert_eq!(
-            traffic.stalled(timeouts()).await,
-            "the client takes no bytes"
-        );
+        assert_eq!(traffic.stalled(timeouts()).await, Stall::ClientSend);
         let waited = start.elapsed();
         assert!(waited >= SEND && waited <= SEND + SEND / 4, "{waited:?}");
     }

@@ -566,3 +566,51 @@ async fn a_backend_sending_slowly_within_the_read_timeout_is_not_cut() {
         "every piece arrived: {seen}"
     );
 }
+
+/// A backend that stalls within a body is a failed backend: passive health ejects it (here after
+/// one failure), so the requests after it all go to the healthy one, and the stall is counted by
+/// pool and backend. Without it, round robin would keep sending every other request to the
+/// stalled backend, each cut after the read timeout.
+#[tokio::test]
+async fn a_backend_stalling_within_a_body_counts_as_failed_and_is_ejected() {
+    let (stalling, closed) = stalling_origin(CHUNKED_START, Vec::new(), Duration::ZERO).await;
+    let healthy = Origin::start(|_request| async move { text(200, "healthy") }).await;
+    let extra = "[pool.app.outlier]\nconsecutive_failures = 1\nejection_time = \"60s\"\n\n\
+                 [timeouts]\nupstream_read = \"300ms\"\n";
+    let proxy = Proxy::start(&single_pool_config(&[stalling, healthy.addr], extra)).await;
+    let client = client();
+    // Round robin: one of the first two requests meets the stalling backend and is cut.
+    let mut cut = 0;
+    for _ in 0..2 {
+        let response = client.get(proxy.url("/")).send().await.expect("head");
+        assert_eq!(response.status(), 200);
+        if response.bytes().await.is_err() {
+            cut += 1;
+        }
+    }
+    assert_eq!(cut, 1, "exactly one response should have been cut");
+    assert!(eventually(LIMIT, || closed.load(Ordering::SeqCst) == 1).await);
+    let stalled = stalling.to_string();
+    assert_eq!(
+        proxy.metric(
+            "gatehouse_upstream_read_timeouts_total",
+            &[("pool", "app"), ("backend", &stalled)]
+        ),
+        1
+    );
+    assert_eq!(
+        proxy.metric(
+            "gatehouse_upstream_read_timeouts_total",
+            &[("backend", &healthy.addr.to_string())]
+        ),
+        0
+    );
+    for attempt in 0..10 {
+        let response = client.get(proxy.url("/")).send().await.expect("head");
+        let body = response.bytes().await;
+        assert!(
+            matches!(&body, Ok(bytes) if &bytes[..] == b"healthy"),
+            "request {attempt} after the stall did not come whole from the healthy backend: {body:?}"
+        );
+    }
+}

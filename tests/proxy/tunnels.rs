@@ -120,6 +120,13 @@ async fn a_tunnel_that_carries_nothing_is_closed_on_both_sides() {
         eventually(LIMIT, || ended.load(Ordering::SeqCst) == 1).await,
         "the backend side of the tunnel was not closed"
     );
+    let closed = |reason| {
+        proxy.metric(
+            "gatehouse_tunnel_timeouts_total",
+            &[("route", "default"), ("reason", reason)],
+        )
+    };
+    assert_eq!((closed("idle"), closed("client_send")), (1, 0));
 }
 
 #[tokio::test]
@@ -139,6 +146,7 @@ async fn a_tunnel_that_keeps_moving_is_not_closed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(ended.load(Ordering::SeqCst), 0);
+    assert_eq!(proxy.metric("gatehouse_tunnel_timeouts_total", &[]), 0);
 }
 
 #[tokio::test]
@@ -152,4 +160,11 @@ async fn a_tunnel_client_that_takes_nothing_is_closed_after_the_send_timeout() {
         "the tunnel of a client that takes nothing was not closed"
     );
     drop(stream);
+    let closed = |reason| {
+        proxy.metric(
+            "gatehouse_tunnel_timeouts_total",
+            &[("route", "default"), ("reason", reason)],
+        )
+    };
+    assert_eq!((closed("idle"), closed("client_send")), (0, 1));
 }
