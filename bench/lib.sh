@@ -327,6 +327,18 @@ render() {
         "$BENCH_DIR/configs/$1" >"$RUN_DIR/$1"
 }
 
+# The set-up of a tool that runs the targets in TARGET_LIST: builds Gatehouse when the list
+# names it, raises the open-file limit to the hard limit (NOFILE) and makes the run directory.
+prepare_targets() {
+    local target
+    for target in "${TARGET_LIST[@]}"; do
+        [[ $target == gatehouse ]] && build_gatehouse
+    done
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    NOFILE=$(ulimit -n)
+    prepare_run_dir
+}
+
 prepare_run_dir() {
     RUN_DIR=$(mktemp -d /tmp/gatehouse-bench.XXXXXX)
     # nginx workers may run as an unprivileged user: they must read the bodies and temp paths.

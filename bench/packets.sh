@@ -57,12 +57,7 @@ main() {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iproute2 tcpdump >&2
     fi
-    for target in "${TARGET_LIST[@]}"; do
-        [[ $target == gatehouse ]] && build_gatehouse
-    done
-    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-    NOFILE=$(ulimit -n)
-    prepare_run_dir
+    prepare_targets
     start_origin
     echo "# Packets per request, scenario $PACKETS_SCENARIO ($PACKETS_SECONDS s of wrk, $CONNECTIONS connections)"
     echo

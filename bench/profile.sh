@@ -168,12 +168,7 @@ main() {
         log "perf cannot sample here (install linux-perf, check perf_event_paranoid): perf step skipped"
         PROFILE_STEPS=${PROFILE_STEPS//perf/}
     fi
-    for target in "${TARGET_LIST[@]}"; do
-        [[ $target == gatehouse ]] && build_gatehouse
-    done
-    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-    NOFILE=$(ulimit -n)
-    prepare_run_dir
+    prepare_targets
     OUT="$BENCH_DIR/results/profile-$stamp"
     mkdir -p "$OUT"
     {
