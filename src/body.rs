@@ -577,7 +577,9 @@ impl fmt::Display for BackendStalled {
 
 impl StdError for BackendStalled {}
 
-/// Whether `error`, or an error it wraps (an encoder's I/O error, say), is a [`BackendStalled`].
+/// Whether `error`, or an error it wraps (a stage that turns its source's error into an I/O
+/// error, say), is a [`BackendStalled`]. Today's stages pass it on as it is; the walk keeps that
+/// from mattering.
 fn is_backend_stall(error: &(dyn StdError + 'static)) -> bool {
     let mut current = Some(error);
     while let Some(error) = current {
@@ -974,5 +976,35 @@ mod size {
         let largest = std::mem::size_of::<hyper::body::Incoming>()
             .max(std::mem::size_of::<crate::upstream::DirectBody>());
         assert_eq!(std::mem::size_of::<super::UpstreamBody>(), largest);
+    }
+}
+
+#[cfg(test)]
+mod stall {
+    use super::{BackendStalled, BoxError, is_backend_stall};
+    use std::time::Duration;
+
+    fn stalled() -> BoxError {
+        Box::new(BackendStalled {
+            timeout: Duration::from_secs(1),
+        })
+    }
+
+    #[test]
+    fn a_stall_is_known_as_it_is_and_inside_io_errors_that_wrap_it() {
+        assert!(is_backend_stall(stalled().as_ref()));
+        let wrapped = std::io::Error::other(stalled());
+        assert!(is_backend_stall(&wrapped));
+        let twice = std::io::Error::other(std::io::Error::other(stalled()));
+        assert!(is_backend_stall(&twice));
+    }
+
+    #[test]
+    fn other_errors_are_not_stalls() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(!is_backend_stall(&reset));
+        let text: BoxError = "the backend closed the connection".into();
+        assert!(!is_backend_stall(text.as_ref()));
+        assert!(!is_backend_stall(&std::io::Error::other(text)));
     }
 }
