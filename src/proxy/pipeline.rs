@@ -1196,7 +1196,11 @@ async fn forward_with_retries(
     limit_flag: Option<&AtomicBool>,
 ) -> Result<(Response<UpstreamBody>, BackendLease), ProxyError> {
     let pool = &route.pool;
-    pool.retry.on_request(tokio::time::Instant::now());
+    // One reading of the clock for the retry budget, the choice of a backend and the start of
+    // its latency: the request leaves right after the choice (a wait for a free slot reads it
+    // again).
+    let mut now = tokio::time::Instant::now();
+    pool.retry.on_request(now);
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error = None;
     // A response with a retried status, kept in case no other backend does better.
@@ -1204,7 +1208,10 @@ async fn forward_with_retries(
     // The headers for the next attempt, while one may follow (an attempt consumes its own).
     let mut spare: Option<SpareHeaders> = None;
     for attempt in 1..=pool.retry.tries {
-        let lease = match pool.select(key, &tried).await {
+        if attempt > 1 {
+            now = tokio::time::Instant::now();
+        }
+        let lease = match pool.select_at(key, &tried, &mut now).await {
             Ok(lease) => lease,
             Err(SelectError::Overloaded) if fallback.is_none() => {
                 return Err(ProxyError::Overloaded);
@@ -1260,11 +1267,12 @@ async fn forward_with_retries(
         };
         // When the request was all sent: the backend's latency runs from there, so a slow
         // client upload does not make a backend look slow to the balancer.
-        let mut sent_at = tokio::time::Instant::now();
+        let mut sent_at = now;
         match forward(route, backend, request, limit_flag, &mut sent_at).await {
             Ok(response) => {
                 let status = response.status().as_u16();
-                // One reading of the clock for the latency and the instant it was observed.
+                // One reading of the clock for the latency, the instant it was observed and the
+                // outcome.
                 let now = tokio::time::Instant::now();
                 let elapsed = now.saturating_duration_since(sent_at);
                 backend_metrics.response_time.record(elapsed.as_secs_f64());
@@ -1273,13 +1281,14 @@ async fn forward_with_retries(
                     // A backend that fails fast must not look fast to the latency balancer.
                     backend.state.observe_latency(elapsed, now);
                 }
-                pool.record_outcome(
+                pool.record_outcome_at(
                     lease.index,
                     if failed {
                         Outcome::Failure
                     } else {
                         Outcome::Success
                     },
+                    now,
                 );
                 if another_left
                     && pool.retry.retries_status(status)
@@ -1288,7 +1297,7 @@ async fn forward_with_retries(
                         AttemptFailure::Status(status),
                         &head.method,
                         body.is_available(),
-                        tokio::time::Instant::now(),
+                        now,
                     )
                 {
                     tracing::debug!(pool = %pool.name, backend = %backend.authority, status, attempt, "retrying on another backend");
@@ -1478,12 +1487,16 @@ fn forward<'a>(
     sent_at: &'a mut tokio::time::Instant,
 ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + Send + 'a {
     let sending = if http_body::Body::is_end_stream(request.body()) {
-        // No body (most GETs): one timer, armed once.
+        // No body (most GETs): one timer, armed once, from the instant the caller read (the
+        // request leaves now: no clock reading of its own).
+        let send = route.pool.send(backend, request);
+        let timeout = route.upstream_header_timeout;
         Sending::Bodiless {
-            send: tokio::time::timeout(
-                route.upstream_header_timeout,
-                route.pool.send(backend, request),
-            ),
+            send: match sent_at.checked_add(timeout) {
+                Some(deadline) => tokio::time::timeout_at(deadline, send),
+                // A timeout too long to add to an instant: tokio's own far-future handling.
+                None => tokio::time::timeout(timeout, send),
+            },
         }
     } else {
         Sending::Streaming {

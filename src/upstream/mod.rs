@@ -450,11 +450,22 @@ impl UpstreamPool {
         key: SelectionKey,
         tried: &[usize],
     ) -> Result<BackendLease, SelectError> {
-        let mut now = tokio::time::Instant::now();
-        let deadline = now + self.queue_wait;
+        self.select_at(key, tried, &mut tokio::time::Instant::now())
+            .await
+    }
+
+    /// [`select`](Self::select) with the time already read by the caller; a request that waits
+    /// for a free slot reads it again, and `now` is when the backend was leased.
+    pub async fn select_at(
+        &self,
+        key: SelectionKey,
+        tried: &[usize],
+        now: &mut tokio::time::Instant,
+    ) -> Result<BackendLease, SelectError> {
+        let deadline = *now + self.queue_wait;
         let mut queued = None;
         loop {
-            match self.try_select(key, tried, now) {
+            match self.try_select(key, tried, *now) {
                 Choice::Leased(lease) => return Ok(lease),
                 Choice::Nothing => return Err(SelectError::NoBackend),
                 Choice::Saturated => {
@@ -473,7 +484,7 @@ impl UpstreamPool {
                     if tokio::time::timeout_at(deadline, released).await.is_err() {
                         return Err(SelectError::Overloaded);
                     }
-                    now = tokio::time::Instant::now();
+                    *now = tokio::time::Instant::now();
                 }
             }
         }
@@ -593,10 +604,14 @@ impl UpstreamPool {
     /// Records the outcome of a request to backend `index` for passive health checks, ejecting
     /// the backend when it has failed too often in a row (within the pool's ejection cap).
     pub fn record_outcome(&self, index: usize, outcome: Outcome) {
+        self.record_outcome_at(index, outcome, tokio::time::Instant::now());
+    }
+
+    /// [`record_outcome`](Self::record_outcome) with the time already read by the caller.
+    pub fn record_outcome_at(&self, index: usize, outcome: Outcome, now: tokio::time::Instant) {
         let Some(backend) = self.backends.get(index) else {
             return;
         };
-        let now = tokio::time::Instant::now();
         let may_eject = outcome == Outcome::Failure && {
             let ejected = self
                 .backends
