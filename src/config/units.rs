@@ -26,15 +26,25 @@ impl HumanDuration {
     }
 }
 
+/// The longest duration a setting may have: beyond any sensible timeout or window, and short
+/// enough that a deadline of now plus it never overflows the clock (which would panic where
+/// the deadline is computed; humantime reads up to 584 billion years). A year is humantime's,
+/// 365.25 days.
+const LONGEST: Duration = Duration::from_secs(100 * 31_557_600);
+
 impl FromStr for HumanDuration {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        humantime::parse_duration(s.trim())
-            .map(HumanDuration)
-            .map_err(|e| {
-                format!("invalid duration {s:?}: {e} (write e.g. \"500ms\", \"30s\", \"5m\")")
-            })
+        let duration = humantime::parse_duration(s.trim()).map_err(|e| {
+            format!("invalid duration {s:?}: {e} (write e.g. \"500ms\", \"30s\", \"5m\")")
+        })?;
+        if duration > LONGEST {
+            return Err(format!(
+                "duration {s:?} is too long: at most 100 years (\"0s\" turns a timeout off)"
+            ));
+        }
+        Ok(HumanDuration(duration))
     }
 }
 
@@ -151,6 +161,20 @@ impl<'de> Deserialize<'de> for ByteSize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_past_a_century_are_refused_before_they_can_overflow_a_deadline() {
+        assert_eq!(
+            "100 years".parse::<HumanDuration>().unwrap().0,
+            humantime::parse_duration("100 years").unwrap()
+        );
+        let error = "500000000000years".parse::<HumanDuration>().unwrap_err();
+        assert!(error.contains("too long"), "{error}");
+        // What the refused value would have done to a deadline.
+        let huge = humantime::parse_duration("500000000000years").unwrap();
+        assert!(tokio::time::Instant::now().checked_add(huge).is_none());
+        assert!("0s".parse::<HumanDuration>().is_ok());
+    }
 
     #[test]
     fn sizes_parse_with_iec_and_si_units() {
