@@ -1489,14 +1489,12 @@ fn forward<'a>(
     let sending = if http_body::Body::is_end_stream(request.body()) {
         // No body (most GETs): one timer, armed once, from the instant the caller read (the
         // request leaves now: no clock reading of its own).
-        let send = route.pool.send(backend, request);
-        let timeout = route.upstream_header_timeout;
+        // (Configured durations are at most 100 years: the sum cannot overflow.)
         Sending::Bodiless {
-            send: match sent_at.checked_add(timeout) {
-                Some(deadline) => tokio::time::timeout_at(deadline, send),
-                // A timeout too long to add to an instant: tokio's own far-future handling.
-                None => tokio::time::timeout(timeout, send),
-            },
+            send: tokio::time::timeout_at(
+                *sent_at + route.upstream_header_timeout,
+                route.pool.send(backend, request),
+            ),
         }
     } else {
         Sending::Streaming {
