@@ -305,6 +305,27 @@ fn as_v6(address: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Fuzz entry (`fuzz/`, `--features fuzzing`): what [`read_header`] relies on, for any bytes: a
+/// whole header lies within them, and a beginning never asks for more than the limit allows.
+/// A header found must parse the same with anything after it.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn fuzz_parse(data: &[u8]) {
+    match parse(data) {
+        Parsed::Complete { announced, length } => {
+            assert!(length > 0 && length <= data.len() && length <= V2_MAX_LEN);
+            assert_eq!(
+                parse(&data[..length]),
+                Parsed::Complete { announced, length },
+                "a header is the same without what follows it"
+            );
+        }
+        Parsed::Incomplete { needed } => {
+            assert!(needed >= 1 && data.len() + needed <= V2_MAX_LEN + 1)
+        }
+        Parsed::Invalid(why) => assert!(!why.is_empty()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,5 +575,110 @@ mod tests {
             read_header(&mut server).await,
             Err(ReadError::Invalid(_))
         ));
+    }
+
+    /// Random inputs against what `read_header` relies on: an answer for any bytes, and for a
+    /// real header, `needed` never reaching past its end (reading exactly that much must never
+    /// take a byte of the request that follows).
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        fn socket_address() -> impl Strategy<Value = SocketAddr> {
+            prop_oneof![
+                (any::<[u8; 4]>(), any::<u16>())
+                    .prop_map(|(ip, port)| SocketAddr::new(IpAddr::from(ip), port)),
+                (any::<[u8; 16]>(), any::<u16>())
+                    .prop_map(|(ip, port)| SocketAddr::new(IpAddr::from(ip), port)),
+            ]
+        }
+
+        fn version() -> impl Strategy<Value = Version> {
+            prop_oneof![Just(Version::V1), Just(Version::V2)]
+        }
+
+        /// What `encode` announces for a pair: mixed families go as IPv6.
+        fn announced(addresses: Option<(SocketAddr, SocketAddr)>) -> Announced {
+            match addresses {
+                None => Announced::Unknown,
+                Some((client, local)) if client.is_ipv4() != local.is_ipv4() => Announced::Client {
+                    source: as_v6(client),
+                    destination: as_v6(local),
+                },
+                Some((source, destination)) => Announced::Client {
+                    source,
+                    destination,
+                },
+            }
+        }
+
+        /// The soundness every answer must have, whatever the input.
+        fn assert_sound(input: &[u8], parsed: &Parsed) -> Result<(), TestCaseError> {
+            match parsed {
+                Parsed::Complete { length, .. } => {
+                    prop_assert!(*length > 0 && *length <= input.len());
+                    prop_assert!(*length <= V2_MAX_LEN);
+                }
+                Parsed::Incomplete { needed } => {
+                    prop_assert!(*needed >= 1);
+                    prop_assert!(input.len() + needed <= V2_MAX_LEN + 1);
+                }
+                Parsed::Invalid(why) => prop_assert!(!why.is_empty()),
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn any_bytes_get_a_sound_answer(input in vec(any::<u8>(), 0..300)) {
+                assert_sound(&input, &parse(&input))?;
+            }
+
+            /// Past the signatures, where the parsers' own checks start.
+            #[test]
+            fn any_bytes_after_a_signature_get_a_sound_answer(
+                v2 in any::<bool>(),
+                rest in vec(any::<u8>(), 0..300),
+            ) {
+                let mut input = if v2 { V2_SIGNATURE.to_vec() } else { b"PROXY ".to_vec() };
+                input.extend_from_slice(&rest);
+                assert_sound(&input, &parse(&input))?;
+            }
+
+            #[test]
+            fn an_encoded_header_parses_back_whatever_follows(
+                version in version(),
+                addresses in proptest::option::of((socket_address(), socket_address())),
+                after in vec(any::<u8>(), 0..64),
+            ) {
+                let header = encode(version, addresses);
+                let mut input = header.clone();
+                input.extend_from_slice(&after);
+                prop_assert_eq!(
+                    parse(&input),
+                    Parsed::Complete { announced: announced(addresses), length: header.len() }
+                );
+            }
+
+            #[test]
+            fn every_cut_of_a_header_asks_only_for_bytes_of_the_header(
+                version in version(),
+                addresses in proptest::option::of((socket_address(), socket_address())),
+            ) {
+                let header = encode(version, addresses);
+                for cut in 0..header.len() {
+                    match parse(&header[..cut]) {
+                        Parsed::Incomplete { needed } => prop_assert!(
+                            needed >= 1 && cut + needed <= header.len(),
+                            "cut at {} of {}: needs {}", cut, header.len(), needed
+                        ),
+                        other => prop_assert!(false, "cut at {}: {:?}", cut, other),
+                    }
+                }
+            }
+        }
     }
 }

@@ -121,6 +121,27 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// Fuzz entry (`fuzz/`, `--features fuzzing`): `data` as a config file. It is refused with
+/// located, worded errors, or accepted and then compiled or refused; never a panic.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn fuzz_parse_and_compile(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match parse(Path::new("fuzz.toml"), text) {
+        Ok(config) => {
+            let _ = crate::runtime::Generation::compile(&config);
+        }
+        Err(errors) => {
+            assert!(!errors.0.is_empty());
+            let lines = text.lines().count() + 1;
+            for error in &errors.0 {
+                assert!(!error.message.is_empty() && error.line <= lines, "{error}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,5 +225,195 @@ pool = "missing"
             shown.starts_with("test.toml:9:8: error in `route[0].pool`: "),
             "{shown}"
         );
+    }
+
+    /// Random edits of a config that uses most sections (lines dropped, doubled or cut, values
+    /// swapped for hostile ones): the file is refused with located errors or accepted, and an
+    /// accepted one compiles or is refused; never a panic (a reload must keep the old
+    /// generation running, whatever the operator wrote).
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const RICH: &str = r#"
+[server]
+workers = 1
+grace_period = "30s"
+max_requests_per_connection = 1000
+
+[timeouts]
+client_header = "10s"
+upstream_header = "60s"
+client_send = "30s"
+
+[forwarded]
+forwarded = true
+
+[compression]
+enabled = true
+algorithms = ["zstd", "br", "gzip"]
+min_size = "1KiB"
+
+[cache]
+enabled = true
+max_size = "64MiB"
+max_object_size = "1MiB"
+purge_allow = ["127.0.0.1/32"]
+key_headers = ["accept-language"]
+
+[security]
+trusted_proxies = ["10.0.0.0/24"]
+
+[[listener]]
+name = "public"
+address = "127.0.0.1:8080"
+max_connections = 20000
+max_connections_per_ip = 64
+new_connections_per_ip = "20/s"
+new_connections_burst = 40
+
+[pool.api]
+backends = ["10.0.0.11:9000", "10.0.0.12:9000"]
+balance = "least_requests"
+health_check = { path = "/healthz" }
+
+[pool.web]
+backends = ["127.0.0.1:3000"]
+protocol = "h2c"
+
+[[route]]
+name = "api"
+host = ["api.example.com", "*.api.example.com"]
+path_prefix = "/v1/"
+methods = ["GET", "POST"]
+pool = "api"
+strip_prefix = "/v1"
+request_headers = { set = { "x-env" = "prod" }, remove = ["cookie"] }
+response_headers = { add = { "x-frame-options" = "DENY" } }
+timeouts = { upstream_header = "5s" }
+max_body = "10MiB"
+rate_limit = { rate = "50/s", burst = 100 }
+
+[[route]]
+name = "admin"
+host = "admin.example.com"
+pool = "web"
+allow = ["192.0.2.0/24"]
+
+[[route]]
+name = "web"
+pool = "web"
+"#;
+
+        /// Values an operator (or a typo) may put anywhere.
+        fn hostile_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("0".to_owned()),
+                Just("-1".to_owned()),
+                Just("18446744073709551616".to_owned()),
+                Just("9223372036854775807".to_owned()),
+                Just("1e309".to_owned()),
+                Just("nan".to_owned()),
+                Just("true".to_owned()),
+                Just("\"\"".to_owned()),
+                Just("\"0s\"".to_owned()),
+                Just("\"500000000000years\"".to_owned()),
+                Just("\"99999999999999999999GiB\"".to_owned()),
+                Just("\"0/s\"".to_owned()),
+                Just("\"4294967296/ms\"".to_owned()),
+                Just("\"*.*\"".to_owned()),
+                Just("\"[::1]:0\"".to_owned()),
+                Just("\"300.1.1.1/33\"".to_owned()),
+                Just("[]".to_owned()),
+                Just("{}".to_owned()),
+                Just("[\"\", \"*\"]".to_owned()),
+                "\"[ -~]{0,12}\"",
+                "[0-9]{1,25}",
+            ]
+        }
+
+        #[derive(Debug, Clone)]
+        enum Edit {
+            Drop(usize),
+            Double(usize),
+            Value(usize, String),
+            Cut(usize),
+        }
+
+        fn edit() -> impl Strategy<Value = Edit> {
+            prop_oneof![
+                any::<usize>().prop_map(Edit::Drop),
+                any::<usize>().prop_map(Edit::Double),
+                (any::<usize>(), hostile_value()).prop_map(|(at, value)| Edit::Value(at, value)),
+                any::<usize>().prop_map(Edit::Cut),
+            ]
+        }
+
+        fn edited(edits: &[Edit]) -> String {
+            let mut lines: Vec<String> = RICH.lines().map(str::to_owned).collect();
+            for edit in edits {
+                let count = lines.len().max(1);
+                match edit {
+                    Edit::Drop(at) if !lines.is_empty() => {
+                        lines.remove(at % count);
+                    }
+                    Edit::Double(at) if !lines.is_empty() => {
+                        let line = lines[at % count].clone();
+                        lines.insert(at % count, line);
+                    }
+                    Edit::Value(at, value) if !lines.is_empty() => {
+                        let line = &mut lines[at % count];
+                        if let Some(equals) = line.find(" = ") {
+                            line.truncate(equals + 3);
+                            line.push_str(value);
+                        }
+                    }
+                    Edit::Cut(at) if !lines.is_empty() => {
+                        let line = &mut lines[at % count];
+                        let mut end = at % (line.len() + 1);
+                        while !line.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        line.truncate(end);
+                    }
+                    _ => {}
+                }
+            }
+            lines.join("\n")
+        }
+
+        #[test]
+        fn the_unedited_config_is_accepted_and_compiles() {
+            let config = parse(Path::new("rich.toml"), RICH).expect("valid");
+            crate::runtime::Generation::compile(&config).expect("compiles");
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn an_edited_config_is_refused_with_located_errors_or_compiles(
+                edits in proptest::collection::vec(edit(), 1..4),
+            ) {
+                let text = edited(&edits);
+                let lines = text.lines().count() + 1;
+                match parse(Path::new("rich.toml"), &text) {
+                    Ok(config) => {
+                        // Accepted or refused, but with words either way.
+                        if let Err(error) = crate::runtime::Generation::compile(&config) {
+                            prop_assert!(!error.to_string().is_empty());
+                        }
+                    }
+                    Err(errors) => {
+                        prop_assert!(!errors.0.is_empty());
+                        for error in &errors.0 {
+                            prop_assert!(!error.message.is_empty());
+                            prop_assert!(error.line <= lines, "{} beyond {} lines", error, lines);
+                            prop_assert!(error.to_string().starts_with("rich.toml"));
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -1047,6 +1047,42 @@ impl Outgoing {
     }
 }
 
+/// Fuzz entry (`fuzz/`, `--features fuzzing`): `data` as the bytes a client sent on one
+/// connection, taken off request by request as the connection does. Each plain request must be
+/// what a parse without the connection's memo makes of the same bytes (the memo may never
+/// change a request), and anything not taken must be left as it was, for hyper.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn fuzz_request_heads(data: &[u8]) {
+    let mut read = BytesMut::from(data);
+    let mut memo = FieldMemo::default();
+    loop {
+        let before = read.clone();
+        let mut alone = before.clone();
+        let reference = parse_plain(&mut alone, 100, HeaderMap::new(), None);
+        match parse_plain(&mut read, 100, HeaderMap::new(), Some(&mut memo)) {
+            Parsed::Plain(request, facts) => {
+                let Parsed::Plain(expected, expected_facts) = reference else {
+                    panic!("the memo made a request of bytes that are not one alone");
+                };
+                assert_eq!(facts, expected_facts);
+                assert_eq!(request.method(), expected.method());
+                assert_eq!(request.uri(), expected.uri());
+                assert_eq!(
+                    request.headers().iter().collect::<Vec<_>>(),
+                    expected.headers().iter().collect::<Vec<_>>()
+                );
+                assert_eq!(read, alone, "a request is taken off whole");
+                assert!(read.len() < before.len());
+            }
+            Parsed::Partial(_) | Parsed::Other => {
+                assert!(!matches!(reference, Parsed::Plain(..)));
+                assert_eq!(read, before, "what is not taken stays");
+                return;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1411,5 +1447,229 @@ mod tests {
         expected.extend(vec![b'b'; COPY_BELOW + 1]);
         expected.extend_from_slice(b";end");
         assert_eq!(all, expected);
+    }
+
+    /// Random request heads against a model of what the client sent: a plain request is taken
+    /// off the buffer as sent (method, target, every field in a `HeaderMap`'s order, whether the
+    /// client asked to close), whatever the connection's memo of earlier requests holds; any
+    /// other request, an incomplete head or garbage leaves the buffer untouched for hyper.
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        /// Names from a pool a browser's requests share (so the memo is exercised), in any
+        /// case, the fields that make a request not plain, or any token.
+        fn field_name() -> impl Strategy<Value = String> {
+            let pool = prop_oneof![
+                Just("host"),
+                Just("user-agent"),
+                Just("accept"),
+                Just("accept-encoding"),
+                Just("cookie"),
+                Just("x-a"),
+                Just("connection"),
+                Just("content-length"),
+                Just("transfer-encoding"),
+                Just("upgrade"),
+                Just("expect"),
+                Just("te"),
+            ]
+            .prop_flat_map(|name| {
+                vec(any::<bool>(), name.len()).prop_map(move |upper| {
+                    name.chars()
+                        .zip(upper)
+                        .map(|(c, up)| if up { c.to_ascii_uppercase() } else { c })
+                        .collect()
+                })
+            });
+            prop_oneof![5 => pool, 1 => "[a-zA-Z0-9!#$%&'*+.^_`|~-]{1,12}"]
+        }
+
+        fn field_value(name: &str) -> BoxedStrategy<Vec<u8>> {
+            if name.eq_ignore_ascii_case("connection") {
+                return prop_oneof![
+                    Just(b"keep-alive".to_vec()),
+                    Just(b"Close".to_vec()),
+                    Just(b"close, x-a".to_vec()),
+                ]
+                .boxed();
+            }
+            let inner = prop_oneof![8 => 0x21u8..0x7f, 1 => Just(b' '), 1 => 0x80u8..=0xff];
+            (0x21u8..0x7f, vec(inner, 0..16), 0x21u8..0x7f)
+                .prop_map(|(first, middle, last)| [vec![first], middle, vec![last]].concat())
+                .boxed()
+        }
+
+        /// Header fields as sent: names and values.
+        type Fields = Vec<(String, Vec<u8>)>;
+
+        #[derive(Debug, Clone)]
+        struct Head {
+            method: &'static str,
+            target: String,
+            minor: u8,
+            fields: Vec<(String, Vec<u8>)>,
+        }
+
+        fn head() -> impl Strategy<Value = Head> {
+            let method = prop_oneof![
+                4 => Just("GET"),
+                2 => Just("HEAD"),
+                1 => Just("POST"),
+                1 => Just("OPTIONS"),
+            ];
+            let target = prop_oneof![
+                8 => "/[a-zA-Z0-9/._~%-]{0,24}(\\?[a-z0-9=&%]{0,12})?",
+                1 => Just("*".to_owned()),
+                1 => Just("http://example.com/a".to_owned()),
+            ];
+            let fields = vec(
+                field_name().prop_flat_map(|name| {
+                    let value = field_value(&name);
+                    (Just(name), value)
+                }),
+                0..10,
+            );
+            (
+                method,
+                target,
+                prop_oneof![5 => Just(1u8), 1 => Just(0u8)],
+                fields,
+            )
+                .prop_map(|(method, target, minor, fields)| Head {
+                    method,
+                    target,
+                    minor,
+                    fields,
+                })
+        }
+
+        impl Head {
+            fn bytes(&self) -> Vec<u8> {
+                let mut out = format!("{} {} HTTP/1.{}\r\n", self.method, self.target, self.minor)
+                    .into_bytes();
+                for (name, value) in &self.fields {
+                    out.extend_from_slice(name.as_bytes());
+                    out.extend_from_slice(b": ");
+                    out.extend_from_slice(value);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"\r\n");
+                out
+            }
+
+            /// What the parse must give: `None` for a request hyper is to serve; else whether
+            /// the client asked to close, and the fields in a `HeaderMap`'s order.
+            fn expected(&self) -> Option<(bool, Fields)> {
+                let plain_method = matches!(self.method, "GET" | "HEAD");
+                if !plain_method || self.minor != 1 || !self.target.starts_with('/') {
+                    return None;
+                }
+                let mut keep_alive = true;
+                for (name, value) in &self.fields {
+                    match name.to_ascii_lowercase().as_str() {
+                        "content-length" | "transfer-encoding" | "upgrade" | "expect" | "te" => {
+                            return None;
+                        }
+                        "connection" if value.eq_ignore_ascii_case(b"close") => {
+                            keep_alive = false;
+                        }
+                        "connection" if !value.eq_ignore_ascii_case(b"keep-alive") => {
+                            return None;
+                        }
+                        _ => {}
+                    }
+                }
+                let lower: Fields = self
+                    .fields
+                    .iter()
+                    .map(|(name, value)| (name.to_ascii_lowercase(), value.clone()))
+                    .collect();
+                let mut names: Vec<&String> = Vec::new();
+                for (name, _) in &lower {
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+                let grouped = names
+                    .iter()
+                    .flat_map(|name| lower.iter().filter(move |(n, _)| n == *name).cloned())
+                    .collect();
+                Some((keep_alive, grouped))
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn heads_parse_as_sent_whatever_came_before(
+                heads in vec(head(), 1..6),
+                after in vec(any::<u8>(), 0..16),
+            ) {
+                let mut memo = FieldMemo::default();
+                for head in &heads {
+                    let bytes = head.bytes();
+                    let mut read = BytesMut::from(&bytes[..]);
+                    read.extend_from_slice(&after);
+                    let parsed = parse_plain(&mut read, 100, HeaderMap::new(), Some(&mut memo));
+                    match (parsed, head.expected()) {
+                        (Parsed::Plain(request, facts), Some((keep_alive, fields))) => {
+                            prop_assert_eq!(request.method().as_str(), head.method);
+                            prop_assert_eq!(
+                                request.uri().path_and_query().map(|p| p.as_str()),
+                                Some(head.target.as_str())
+                            );
+                            prop_assert_eq!(facts, Facts { head: head.method == "HEAD", keep_alive });
+                            let got: Fields = request
+                                .headers()
+                                .iter()
+                                .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+                                .collect();
+                            prop_assert_eq!(got, fields);
+                            prop_assert_eq!(&read[..], &after[..], "what follows stays");
+                        }
+                        (Parsed::Other, None) => {
+                            prop_assert_eq!(&read[..], &[&bytes[..], &after[..]].concat()[..]);
+                        }
+                        (Parsed::Plain(..), None) => prop_assert!(false, "served a request hyper must serve"),
+                        (Parsed::Other, Some(_)) => prop_assert!(false, "a plain request went to hyper"),
+                        (Parsed::Partial(_), _) => prop_assert!(false, "a whole head is incomplete"),
+                    }
+                }
+            }
+
+            #[test]
+            fn every_cut_of_a_head_waits_for_more_and_keeps_its_bytes(head in head()) {
+                let bytes = head.bytes();
+                for cut in 0..bytes.len() {
+                    let mut read = BytesMut::from(&bytes[..cut]);
+                    match parse_plain(&mut read, 100, HeaderMap::new(), None) {
+                        Parsed::Partial(_) => prop_assert_eq!(&read[..], &bytes[..cut]),
+                        // httparse may see a bad request line before the head is whole.
+                        Parsed::Other => {
+                            prop_assert!(head.expected().is_none());
+                            prop_assert_eq!(&read[..], &bytes[..cut]);
+                        }
+                        Parsed::Plain(..) => prop_assert!(false, "cut at {}: a request", cut),
+                    }
+                }
+            }
+
+            #[test]
+            fn any_bytes_are_taken_only_as_a_whole_plain_request(
+                input in prop_oneof![
+                    vec(any::<u8>(), 0..200),
+                    vec(any::<u8>(), 0..200).prop_map(|rest| [b"GET /".to_vec(), rest].concat()),
+                ],
+            ) {
+                let mut read = BytesMut::from(&input[..]);
+                match parse_plain(&mut read, 100, HeaderMap::new(), None) {
+                    Parsed::Plain(..) => prop_assert!(read.len() < input.len()),
+                    Parsed::Partial(_) | Parsed::Other => prop_assert_eq!(&read[..], &input[..]),
+                }
+            }
+        }
     }
 }

@@ -11,6 +11,8 @@ pub mod activity;
 mod auto;
 pub mod config_watch;
 mod h1;
+#[cfg(any(test, feature = "fuzzing"))]
+pub use h1::fuzz_request_heads;
 mod write_coalesce;
 
 use std::convert::Infallible;

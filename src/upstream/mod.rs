@@ -10,6 +10,8 @@
 pub mod balance;
 mod dial;
 mod h1;
+#[cfg(any(test, feature = "fuzzing"))]
+pub use h1::fuzz_responses;
 mod h2;
 pub mod health;
 mod keepalive;
