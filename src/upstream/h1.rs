@@ -414,10 +414,17 @@ fn framing(
         if version == Version::HTTP_10 {
             return Err("Transfer-Encoding in an HTTP/1.0 response".to_owned());
         }
+        // The last coding of the whole list: empty elements, and so lines holding nothing
+        // else, do not count (RFC 9110 §5.6.1.2).
         let chunked = headers
             .get_all(TRANSFER_ENCODING)
             .iter()
-            .next_back()
+            .rev()
+            .find(|line| {
+                line.as_bytes()
+                    .split(|b| *b == b',')
+                    .any(|coding| !coding.trim_ascii().is_empty())
+            })
             .is_some_and(crate::proxy::headers::ends_chunked);
         if fields.content_length {
             // Both: Transfer-Encoding wins (RFC 9112 §6.3), and a backend that sends both is
@@ -950,6 +957,14 @@ mod tests {
             ),
             Ok((Framing::Chunked(ChunkState::Size), false)),
             "both: chunked wins, the connection is not reused"
+        );
+        assert_eq!(
+            f(
+                Method::GET,
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: ,\r\nTransfer-Encoding:\r\n"
+            ),
+            Ok((Framing::Chunked(ChunkState::Size), true)),
+            "lines with only empty elements are no codings: chunked is last"
         );
         assert_eq!(
             f(Method::GET, "Transfer-Encoding: gzip\r\n"),
