@@ -441,4 +441,278 @@ mod tests {
         ensure_date(&mut headers, SystemTime::UNIX_EPOCH);
         assert_eq!(headers["date"], "Sun, 06 Nov 1994 08:49:37 GMT");
     }
+
+    /// Property tests: `If-None-Match`, `If-Modified-Since` and the validators of a stored response
+    /// come from clients and backends, so any bytes must be evaluated without panicking, lists of
+    /// tags must be read however they are spaced and split across lines, and the answers must be
+    /// RFC 9110 §13.1's (weak comparison for `If-None-Match`, `<=` on dates for
+    /// `If-Modified-Since`), checked against models written here.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use std::time::{Duration, UNIX_EPOCH};
+
+        /// The last second httpdate can write: 9999-12-31T23:59:59Z.
+        const LAST_DATE: u64 = 253_402_300_799;
+
+        fn field_value(mut bytes: Vec<u8>) -> HeaderValue {
+            bytes.retain(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+            HeaderValue::from_bytes(&bytes).expect("filtered to field-value bytes")
+        }
+
+        /// Pieces of entity-tag and date syntax, so random values get past the first byte.
+        fn soup() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop_oneof![
+                prop::sample::select(vec![
+                    "W/",
+                    "\"",
+                    "*",
+                    ",",
+                    " ",
+                    "\t",
+                    "a",
+                    "\"v1\"",
+                    "Sun, 06 Nov 1994 08:49:37 GMT",
+                    "GMT",
+                    "99",
+                    "\u{e9}",
+                ])
+                .prop_map(|s| s.as_bytes().to_vec()),
+                any::<u8>().prop_map(|b| vec![b]),
+            ];
+            prop::collection::vec(piece, 0..16).prop_map(|pieces| pieces.concat())
+        }
+
+        /// An opaque tag's inside: etagc characters (`%x21 / %x23-7E`), from a small alphabet half
+        /// the time so that tags collide.
+        fn opaque() -> impl Strategy<Value = String> {
+            prop_oneof!["[ab]{0,2}", "[!#-~]{0,12}"]
+        }
+
+        fn written(weak: bool, opaque: &str) -> String {
+            format!("{}\"{opaque}\"", if weak { "W/" } else { "" })
+        }
+
+        fn date(seconds: u64) -> String {
+            httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(seconds))
+        }
+
+        fn has_it(request: &HeaderMap, stored: &HeaderMap) -> bool {
+            client_has_it(&Method::GET, request, StatusCode::OK, stored)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// An entity tag written with any OWS around it reads back as written.
+            #[test]
+            fn entity_tags_read_back(
+                weak in any::<bool>(),
+                inside in opaque(),
+                before in "[ \t]{0,2}",
+                after in "[ \t]{0,2}",
+            ) {
+                let text = format!("{before}{}{after}", written(weak, &inside));
+                let tag = EntityTag::parse(&text);
+                let quoted = format!("\"{inside}\"");
+                prop_assert_eq!(tag, Some(EntityTag { weak, opaque: &quoted }));
+            }
+
+            /// Any text: no panic; whatever reads as a tag is a quoted run of etagc characters,
+            /// weak exactly when the text starts with `W/`.
+            #[test]
+            fn entity_tag_parsing_takes_any_text(text in "\\PC{0,24}|[W/\" !#a]{0,10}") {
+                if let Some(tag) = EntityTag::parse(&text) {
+                    let inside = tag
+                        .opaque
+                        .strip_prefix('"')
+                        .and_then(|rest| rest.strip_suffix('"'));
+                    prop_assert!(inside.is_some_and(|inside| {
+                        inside.bytes().all(|b| b == 0x21 || (0x23..=0x7e).contains(&b) || b >= 0x80)
+                    }), "{:?}", tag);
+                    prop_assert_eq!(tag.weak, text.trim().starts_with("W/"));
+                }
+            }
+
+            /// §8.8.3.2: both comparisons are symmetric, strong equality implies weak equality, and
+            /// a tag is strongly equal to itself exactly when it is strong.
+            #[test]
+            fn comparisons_follow_the_rfc_table(
+                a in (any::<bool>(), opaque()),
+                b in (any::<bool>(), opaque()),
+            ) {
+                let (a_text, b_text) = (written(a.0, &a.1), written(b.0, &b.1));
+                let a = EntityTag::parse(&a_text).expect("a valid tag");
+                let b = EntityTag::parse(&b_text).expect("a valid tag");
+                prop_assert_eq!(a.weak_eq(&b), b.weak_eq(&a));
+                prop_assert_eq!(a.strong_eq(&b), b.strong_eq(&a));
+                prop_assert!(!a.strong_eq(&b) || a.weak_eq(&b));
+                prop_assert_eq!(a.strong_eq(&a), !a.weak);
+                prop_assert!(a.weak_eq(&a));
+            }
+
+            /// §13.1.2: a list of tags, with any OWS, empty elements and split over any number of
+            /// lines, matches the stored tag exactly when one of its tags matches it weakly.
+            #[test]
+            fn if_none_match_lists_agree_with_the_model(
+                tags in prop::collection::vec((any::<bool>(), opaque()), 1..6),
+                separators in prop::collection::vec(
+                    prop::sample::select(vec![",", ", ", " ,\t", ",,", " , , "]),
+                    1..4,
+                ),
+                breaks in any::<u8>(),
+                stored in (any::<bool>(), opaque()),
+            ) {
+                let mut request = HeaderMap::new();
+                let mut line = String::new();
+                for (i, (weak, inside)) in tags.iter().enumerate() {
+                    if i > 0 {
+                        if breaks >> (i % 8) & 1 == 1 {
+                            let value = HeaderValue::from_str(&line).expect("a line");
+                            request.append(header::IF_NONE_MATCH, value);
+                            line.clear();
+                        } else {
+                            line.push_str(separators[i % separators.len()]);
+                        }
+                    }
+                    line.push_str(&written(*weak, inside));
+                }
+                let last = HeaderValue::from_str(&line).expect("a line");
+                request.append(header::IF_NONE_MATCH, last);
+                let stored_tag = written(stored.0, &stored.1);
+                let stored_headers = crate::testing::header_map(&[("etag", &stored_tag)]);
+                let model = tags.iter().any(|(_, inside)| *inside == stored.1);
+                prop_assert_eq!(has_it(&request, &stored_headers), model);
+                // `*` matches any stored response (§13.1.2), with or without an ETag.
+                let star = crate::testing::header_map(&[("if-none-match", " * ")]);
+                prop_assert!(has_it(&star, &stored_headers));
+                prop_assert!(has_it(&star, &HeaderMap::new()));
+            }
+
+            /// §13.1.3: `If-Modified-Since` is answered by comparing dates: a 304 exactly when the
+            /// stored `Last-Modified` (or `Date` without one) is not after it. So the answer is
+            /// monotone: a later `If-Modified-Since` never turns a 304 into a 200.
+            #[test]
+            fn if_modified_since_compares_dates(
+                modified in 0u64..=LAST_DATE,
+                since in prop_oneof![0u64..=LAST_DATE, Just(0u64)],
+                near in prop::option::of(-2i64..3),
+                use_date in any::<bool>(),
+                ows in "[ \t]{0,2}",
+            ) {
+                // Half the time the two dates are equal or within a few seconds of each other.
+                let since =
+                    near.map_or(since, |near| modified.saturating_add_signed(near).min(LAST_DATE));
+                let since_text = format!("{ows}{}{ows}", date(since));
+                let request = crate::testing::header_map(&[("if-modified-since", &since_text)]);
+                let name = if use_date { "date" } else { "last-modified" };
+                let stored = crate::testing::header_map(&[(name, &date(modified))]);
+                prop_assert_eq!(has_it(&request, &stored), modified <= since);
+                // Two lines are a list, which is ignored.
+                let mut twice = request.clone();
+                let again = HeaderValue::from_str(&date(since)).expect("a date");
+                twice.append(header::IF_MODIFIED_SINCE, again);
+                prop_assert!(!has_it(&twice, &stored));
+            }
+
+            /// Any bytes in the conditional fields and the stored validators: no panic, and no 304
+            /// for methods other than GET and HEAD or stored statuses other than 200.
+            #[test]
+            fn any_conditional_bytes_are_evaluated(
+                values in prop::collection::vec(
+                    prop_oneof![soup(), prop::collection::vec(any::<u8>(), 0..32)],
+                    6,
+                ),
+                status in 100u16..600,
+            ) {
+                let mut request = HeaderMap::new();
+                request.append(header::IF_NONE_MATCH, field_value(values[0].clone()));
+                request.append(header::IF_MODIFIED_SINCE, field_value(values[1].clone()));
+                let mut stored = HeaderMap::new();
+                stored.append(header::ETAG, field_value(values[2].clone()));
+                stored.append(header::LAST_MODIFIED, field_value(values[3].clone()));
+                stored.append(header::DATE, field_value(values[4].clone()));
+                let mut not_modified = HeaderMap::new();
+                not_modified.append(header::ETAG, field_value(values[5].clone()));
+                let status = StatusCode::from_u16(status).expect("100..600");
+                let _ = has_it(&request, &stored);
+                if status != StatusCode::OK {
+                    prop_assert!(!client_has_it(&Method::GET, &request, status, &stored));
+                }
+                prop_assert!(!client_has_it(&Method::POST, &request, StatusCode::OK, &stored));
+                let _ = updates(&stored, &not_modified);
+                update_headers(&mut stored, &not_modified);
+            }
+
+            /// §4.3.4: a 304 carrying the stored response's own validators (what
+            /// `not_modified_headers` generates) always updates it; a strong tag in the 304 never
+            /// updates a response with another opaque tag or a weak one.
+            #[test]
+            fn a_304_with_the_stored_validators_updates_it(
+                stored_tag in prop::option::of((any::<bool>(), opaque())),
+                new_tag in (any::<bool>(), opaque()),
+                modified in prop::option::of(0u64..=LAST_DATE),
+            ) {
+                let mut stored = HeaderMap::new();
+                if let Some((weak, inside)) = &stored_tag {
+                    let tag = HeaderValue::from_str(&written(*weak, inside)).expect("a tag");
+                    stored.insert(header::ETAG, tag);
+                }
+                if let Some(modified) = modified {
+                    let modified = HeaderValue::from_str(&date(modified)).expect("a date");
+                    stored.insert(header::LAST_MODIFIED, modified);
+                }
+                prop_assert!(updates(&stored, &not_modified_headers(&stored)));
+                let new = crate::testing::header_map(&[("etag", &written(new_tag.0, &new_tag.1))]);
+                let model = stored_tag.as_ref().is_some_and(|(stored_weak, inside)| {
+                    *inside == new_tag.1 && (new_tag.0 || !stored_weak)
+                });
+                prop_assert_eq!(updates(&stored, &new), model);
+            }
+
+            /// §3.2: after a 304 update, every field the 304 carries replaces the stored one,
+            /// except the framing and hop-by-hop fields and those its `Connection` names, which
+            /// keep their stored values; fields the 304 lacks are untouched.
+            #[test]
+            fn a_304_replaces_all_but_framing_and_hop_by_hop_fields(
+                stored_fields in prop::collection::vec((0usize..8, "[a-z0-9]{0,3}"), 0..8),
+                new_fields in prop::collection::vec((0usize..8, "[a-z0-9]{0,3}"), 0..8),
+                connection in prop::collection::vec(0usize..8, 0..3),
+            ) {
+                const NAMES: [&str; 8] = [
+                    "cache-control", "content-length", "content-encoding", "x-a", "x-b",
+                    "keep-alive", "transfer-encoding", "etag",
+                ];
+                let map = |fields: &[(usize, String)]| {
+                    let mut map = HeaderMap::new();
+                    for (name, value) in fields {
+                        map.append(NAMES[*name], HeaderValue::from_str(value).expect("a value"));
+                    }
+                    map
+                };
+                let before = map(&stored_fields);
+                let mut new = map(&new_fields);
+                let listed: Vec<&str> = connection.iter().map(|i| NAMES[*i]).collect();
+                if !listed.is_empty() {
+                    let list = HeaderValue::from_str(&listed.join(" , ")).expect("a list");
+                    new.insert(header::CONNECTION, list);
+                }
+                let mut after = before.clone();
+                update_headers(&mut after, &new);
+                let values = |map: &HeaderMap, name: &str| {
+                    map.get_all(name).iter().cloned().collect::<Vec<_>>()
+                };
+                for name in NAMES.iter().copied().chain(["connection"]) {
+                    let kept =
+                        kept_on_update(&HeaderName::from_static(name)) || listed.contains(&name);
+                    let expected = if new.contains_key(name) && !kept {
+                        values(&new, name)
+                    } else {
+                        values(&before, name)
+                    };
+                    prop_assert_eq!(values(&after, name), expected, "{}", name);
+                }
+            }
+        }
+    }
 }

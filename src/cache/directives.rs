@@ -301,4 +301,407 @@ mod tests {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=5"));
         assert!(!CacheControl::of_request(&headers).no_cache);
     }
+
+    /// Property tests: `Cache-Control` comes from clients and backends alike, so the parser must
+    /// take any bytes without panicking or overflowing, read every spelling the RFC allows for a
+    /// directive (any case, OWS, token or quoted argument, several lines) the same way, and never
+    /// let an extension's quoted argument pass for directives.
+    mod properties {
+        use super::*;
+        use http::HeaderValue;
+        use proptest::prelude::*;
+
+        /// The bytes a header value may hold: HTAB, SP, visible ASCII and obs-text.
+        fn field_value(mut bytes: Vec<u8>) -> HeaderValue {
+            bytes.retain(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+            HeaderValue::from_bytes(&bytes).expect("filtered to field-value bytes")
+        }
+
+        /// Pieces of `Cache-Control` syntax, so random lines reach past the first byte of a
+        /// directive.
+        fn soup() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop_oneof![
+                prop::sample::select(vec![
+                    "max-age",
+                    "s-maxage",
+                    "MAX-STALE",
+                    "min-fresh",
+                    "stale-if-error",
+                    "stale-while-revalidate",
+                    "no-cache",
+                    "private",
+                    "=",
+                    "\"",
+                    "\\",
+                    ",",
+                    " ",
+                    "\t",
+                    "18446744073709551616",
+                    "99999999999999999999999999999999999999",
+                    "-1",
+                    "\u{e9}",
+                ])
+                .prop_map(|s| s.as_bytes().to_vec()),
+                any::<u8>().prop_map(|b| vec![b]),
+                "[0-9]{1,25}".prop_map(String::into_bytes),
+            ];
+            prop::collection::vec(piece, 0..24).prop_map(|pieces| pieces.concat())
+        }
+
+        /// A delta-seconds value around the interesting edges: small, the cap, u64::MAX, beyond.
+        fn delta() -> impl Strategy<Value = u128> {
+            let cap = u128::from(DELTA_SECONDS_MAX);
+            prop_oneof![
+                0u128..100,
+                prop::sample::select(vec![
+                    cap - 1,
+                    cap,
+                    cap + 1,
+                    u128::from(u64::MAX),
+                    u128::from(u64::MAX) + 1
+                ]),
+                any::<u128>(),
+            ]
+        }
+
+        fn capped(n: u128) -> u64 {
+            n.min(u128::from(DELTA_SECONDS_MAX)) as u64
+        }
+
+        /// `name` with the letters whose bit is set in `mask` upper-cased.
+        fn spelled(name: &str, mask: u32) -> String {
+            name.chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if mask >> (i % 32) & 1 == 1 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect()
+        }
+
+        /// `digits` as an argument: a token, or a quoted string with some digits backslash-escaped.
+        fn argument(digits: &str, quoted: bool, escapes: u32) -> String {
+            if !quoted {
+                return digits.to_owned();
+            }
+            let mut out = String::from("\"");
+            for (i, c) in digits.chars().enumerate() {
+                if escapes >> (i % 32) & 1 == 1 {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.push('"');
+            out
+        }
+
+        /// One directive as a sender may write it.
+        #[derive(Debug, Clone)]
+        struct Written {
+            name: &'static str,
+            digits: Option<String>,
+            mask: u32,
+            quoted: bool,
+            escapes: u32,
+            space_before_eq: bool,
+        }
+
+        impl Written {
+            fn render(&self) -> String {
+                let name = spelled(self.name, self.mask);
+                match &self.digits {
+                    None => name,
+                    Some(digits) => {
+                        let eq = if self.space_before_eq { " = " } else { "=" };
+                        format!("{name}{eq}{}", argument(digits, self.quoted, self.escapes))
+                    }
+                }
+            }
+        }
+
+        #[derive(Debug, Clone)]
+        struct Expected {
+            flags: [bool; 10],
+            max_age: Option<u128>,
+            s_maxage: Option<u128>,
+            stale_while_revalidate: Option<u128>,
+            stale_if_error: Option<u128>,
+            min_fresh: Option<u128>,
+            max_stale: Option<Option<u128>>,
+        }
+
+        const FLAGS: [&str; 10] = [
+            "no-store",
+            "no-cache",
+            "private",
+            "public",
+            "must-revalidate",
+            "proxy-revalidate",
+            "must-understand",
+            "no-transform",
+            "immutable",
+            "only-if-cached",
+        ];
+
+        fn expected() -> impl Strategy<Value = Expected> {
+            (
+                any::<[bool; 10]>(),
+                (
+                    prop::option::of(delta()),
+                    prop::option::of(delta()),
+                    prop::option::of(delta()),
+                    prop::option::of(delta()),
+                    prop::option::of(delta()),
+                    prop::option::of(prop::option::of(delta())),
+                ),
+            )
+                .prop_map(
+                    |(flags, (max_age, s_maxage, swr, sie, min_fresh, max_stale))| Expected {
+                        flags,
+                        max_age,
+                        s_maxage,
+                        stale_while_revalidate: swr,
+                        stale_if_error: sie,
+                        min_fresh,
+                        max_stale,
+                    },
+                )
+        }
+
+        impl Expected {
+            fn directives(&self) -> Vec<(&'static str, Option<u128>)> {
+                let mut out: Vec<(&'static str, Option<u128>)> = FLAGS
+                    .iter()
+                    .zip(self.flags)
+                    .filter(|(_, on)| *on)
+                    .map(|(name, _)| (*name, None))
+                    .collect();
+                for (name, value) in [
+                    ("max-age", self.max_age),
+                    ("s-maxage", self.s_maxage),
+                    ("stale-while-revalidate", self.stale_while_revalidate),
+                    ("stale-if-error", self.stale_if_error),
+                    ("min-fresh", self.min_fresh),
+                ] {
+                    if let Some(n) = value {
+                        out.push((name, Some(n)));
+                    }
+                }
+                if let Some(limit) = self.max_stale {
+                    out.push(("max-stale", limit));
+                }
+                out
+            }
+
+            fn parsed(&self) -> CacheControl {
+                CacheControl {
+                    max_age: self.max_age.map(capped),
+                    s_maxage: self.s_maxage.map(capped),
+                    no_store: self.flags[0],
+                    no_cache: self.flags[1],
+                    private: self.flags[2],
+                    public: self.flags[3],
+                    must_revalidate: self.flags[4],
+                    proxy_revalidate: self.flags[5],
+                    must_understand: self.flags[6],
+                    no_transform: self.flags[7],
+                    immutable: self.flags[8],
+                    stale_while_revalidate: self.stale_while_revalidate.map(capped),
+                    stale_if_error: self.stale_if_error.map(capped),
+                    max_stale: self
+                        .max_stale
+                        .map(|limit| limit.map_or(MaxStale::Any, |n| MaxStale::Seconds(capped(n)))),
+                    min_fresh: self.min_fresh.map(capped),
+                    only_if_cached: self.flags[9],
+                }
+            }
+        }
+
+        /// The header lines of `written`: joined with the separators of `separators` (cycled), and
+        /// a new line started where `breaks` has a bit set.
+        fn lines(written: &[String], separators: &[&str], breaks: u32) -> Vec<String> {
+            let mut lines = vec![String::new()];
+            for (i, directive) in written.iter().enumerate() {
+                let line = lines.last_mut().expect("one line at least");
+                if i > 0 {
+                    if breaks >> (i % 32) & 1 == 1 {
+                        lines.push(String::new());
+                    } else {
+                        line.push_str(separators[i % separators.len()]);
+                    }
+                }
+                lines
+                    .last_mut()
+                    .expect("one line at least")
+                    .push_str(directive);
+            }
+            lines
+        }
+
+        fn parse_lines(lines: &[String]) -> CacheControl {
+            let mut headers = HeaderMap::new();
+            for line in lines {
+                headers.append(
+                    CACHE_CONTROL,
+                    HeaderValue::from_str(line).expect("test line"),
+                );
+            }
+            CacheControl::of(&headers)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any bytes on any number of lines parse, and no lifetime read exceeds the cap of
+            /// §1.2.2.
+            #[test]
+            fn any_field_lines_parse_within_the_cap(
+                lines in prop::collection::vec(
+                    prop_oneof![soup(), prop::collection::vec(any::<u8>(), 0..64)],
+                    0..4,
+                ),
+                pragma in soup(),
+            ) {
+                let mut headers = HeaderMap::new();
+                for line in lines {
+                    headers.append(CACHE_CONTROL, field_value(line));
+                }
+                headers.append(PRAGMA, field_value(pragma));
+                for cc in [CacheControl::of(&headers), CacheControl::of_request(&headers)] {
+                    let lifetimes = [
+                        cc.max_age,
+                        cc.s_maxage,
+                        cc.stale_while_revalidate,
+                        cc.stale_if_error,
+                        cc.min_fresh,
+                    ];
+                    for value in lifetimes.into_iter().flatten() {
+                        prop_assert!(value <= DELTA_SECONDS_MAX);
+                    }
+                    if let Some(MaxStale::Seconds(limit)) = cc.max_stale {
+                        prop_assert!(limit <= DELTA_SECONDS_MAX);
+                    }
+                }
+            }
+
+            /// §1.2.2: any run of digits (leading zeros, u64::MAX, hundreds of digits) is its value
+            /// capped at 2^31; anything else is not delta-seconds.
+            #[test]
+            fn delta_seconds_is_the_capped_decimal_value(
+                digits in "[0-9]{1,300}",
+                other in "\\PC{0,20}",
+            ) {
+                let significant = digits.trim_start_matches('0');
+                let model = if significant.len() > 10 {
+                    DELTA_SECONDS_MAX
+                } else {
+                    capped(significant.parse::<u128>().unwrap_or(0))
+                };
+                prop_assert_eq!(delta_seconds(Some(&digits)), Some(model));
+                let is_digits = !other.is_empty() && other.bytes().all(|b| b.is_ascii_digit());
+                prop_assert_eq!(delta_seconds(Some(&other)).is_some(), is_digits);
+                prop_assert_eq!(delta_seconds(None), None);
+            }
+
+            /// Directives written in any order, case, argument form (token or quoted, with quoted
+            /// pairs), with any separators and over several lines, read back as written; repeats
+            /// after the first change nothing (§4.2.1).
+            #[test]
+            fn written_directives_read_back(
+                expected in expected(),
+                order in any::<u64>(),
+                masks in any::<[u32; 16]>(),
+                quoted in any::<[bool; 16]>(),
+                escapes in any::<[u32; 16]>(),
+                leading_zeros in any::<[u8; 16]>(),
+                separators in prop::collection::vec(
+                    prop::sample::select(vec![",", ", ", " ,", ",,", " , ,\t", ",\t"]),
+                    1..4,
+                ),
+                breaks in any::<u32>(),
+                repeats in prop::collection::vec(delta(), 0..3),
+            ) {
+                let mut directives = expected.directives();
+                // A deterministic shuffle driven by `order`.
+                let len = directives.len();
+                for i in (1..len).rev() {
+                    directives.swap(i, (order.rotate_left(i as u32) as usize) % (i + 1));
+                }
+                let mut written: Vec<String> = directives
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (name, value))| {
+                        Written {
+                            name,
+                            digits: value.map(|n| {
+                                format!("{}{n}", "0".repeat(usize::from(leading_zeros[i % 16] % 4)))
+                            }),
+                            mask: masks[i % 16],
+                            quoted: quoted[i % 16],
+                            escapes: escapes[i % 16],
+                            space_before_eq: masks[(i + 1) % 16] & 1 == 1,
+                        }
+                        .render()
+                    })
+                    .collect();
+                // Later repeats of directives already present are ignored.
+                for (i, n) in repeats.iter().enumerate() {
+                    let Some((name, Some(_))) = directives.get(i) else { continue };
+                    written.push(format!("{name}={n}"));
+                }
+                let lines = lines(&written, &separators, breaks);
+                prop_assert_eq!(parse_lines(&lines), expected.parsed(), "{:?}", lines);
+            }
+
+            /// §5.2.3: an extension directive is ignored, whatever its quoted argument holds
+            /// (commas, known directive names, escaped quotes).
+            #[test]
+            fn extensions_with_quoted_arguments_change_nothing(
+                expected in expected(),
+                extension in "x-[a-z]{1,8}",
+                inside in prop::collection::vec(prop::sample::select(vec![
+                    "no-store", "max-age=0", ",", ", private", "\\\"", "\\\\", " ", "s-maxage=1",
+                ]), 0..6),
+                at in any::<prop::sample::Index>(),
+            ) {
+                let mut written: Vec<String> = expected
+                    .directives()
+                    .iter()
+                    .map(|(name, value)| match value {
+                        Some(n) => format!("{name}={n}"),
+                        None => (*name).to_owned(),
+                    })
+                    .collect();
+                let position = at.index(written.len() + 1);
+                written.insert(position, format!("{extension}=\"{}\"", inside.concat()));
+                let line = written.join(", ");
+                let parsed = parse_lines(std::slice::from_ref(&line));
+                prop_assert_eq!(parsed, expected.parsed(), "{}", line);
+            }
+
+            /// §5.4: `Pragma: no-cache`, in any case and position of its list, means `no-cache` for
+            /// a request without `Cache-Control`, and nothing for one with it.
+            #[test]
+            fn pragma_no_cache_counts_only_without_cache_control(
+                before in prop::collection::vec("[a-z]{1,6}(=[a-z0-9]{1,3})?", 0..3),
+                after in prop::collection::vec("[a-z]{1,6}", 0..3),
+                mask in any::<u32>(),
+                with_cache_control in any::<bool>(),
+            ) {
+                let mut members = before.clone();
+                members.push(format!(" {} ", spelled("no-cache", mask)));
+                members.extend(after);
+                let mut headers = HeaderMap::new();
+                let pragma = HeaderValue::from_str(&members.join(",")).expect("test line");
+                headers.insert(PRAGMA, pragma);
+                if with_cache_control {
+                    headers.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=5"));
+                }
+                prop_assert_eq!(CacheControl::of_request(&headers).no_cache, !with_cache_control);
+            }
+        }
+    }
 }

@@ -231,4 +231,205 @@ mod tests {
         assert!(KeyOptions::new(QueryKey::AsIs, Vec::new(), &[], &["a b".to_owned()]).is_err());
         assert!(KeyOptions::new(QueryKey::AsIs, Vec::new(), &["a b".to_owned()], &[]).is_err());
     }
+
+    /// Property tests: the request target and `Cookie` lines a key is built from are the client's,
+    /// so the key options must handle any target and any cookie text, keep exactly the parameters
+    /// they are told to keep (in the order they promise), and never let a client's own field stand
+    /// in for a keyed cookie.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A query parameter: a name from a small set (so names repeat and `utm_*` / `fbclid`
+        /// match), with or without a value, or an empty one (`&&`).
+        fn param() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => (
+                    prop::sample::select(vec![
+                        "a", "b", "id", "utm_source", "utm_", "fbclid", "fbclid2", "é",
+                    ]),
+                    prop::option::of("[a-z0-9=%]{0,4}"),
+                )
+                    .prop_map(|(name, value)| match value {
+                        Some(value) => format!("{name}={value}"),
+                        None => name.to_owned(),
+                    }),
+                1 => Just(String::new()),
+            ]
+        }
+
+        fn options(query: QueryKey, ignore: &[&str]) -> KeyOptions {
+            KeyOptions::new(
+                query,
+                ignore.iter().map(|s| (*s).to_owned()).collect(),
+                &[],
+                &[],
+            )
+            .expect("no headers or cookies to check")
+        }
+
+        fn name_of(param: &str) -> &str {
+            param.split_once('=').map_or(param, |(name, _)| name)
+        }
+
+        fn query_key() -> impl Strategy<Value = QueryKey> {
+            prop::sample::select(vec![QueryKey::AsIs, QueryKey::Sorted, QueryKey::Ignore])
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// The key's query holds exactly the non-empty parameters not ignored, as sent (AsIs)
+            /// or stably sorted by name (Sorted), none for Ignore; the path is always kept as sent.
+            #[test]
+            fn keys_keep_exactly_the_parameters_not_ignored(
+                path in "/[a-z/%.]{0,8}",
+                params in prop::collection::vec(param(), 0..8),
+                query in query_key(),
+                ignore in prop::sample::subsequence(vec!["utm_*", "fbclid", "*x", "id"], 0..=2),
+            ) {
+                let target = format!("{path}?{}", params.join("&"));
+                let key = options(query, &ignore).target(&target).into_owned();
+                let ignored = |name: &str| {
+                    ignore.iter().any(|pattern| match pattern.strip_suffix('*') {
+                        Some(prefix) => name.starts_with(prefix),
+                        None => name == *pattern,
+                    })
+                };
+                let mut kept: Vec<&str> = params
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|p| !p.is_empty() && !ignored(name_of(p)))
+                    .collect();
+                let expected = match query {
+                    QueryKey::Ignore => path.clone(),
+                    QueryKey::AsIs if ignore.is_empty() => target.clone(),
+                    _ => {
+                        if query == QueryKey::Sorted {
+                            kept.sort_by(|x, y| name_of(x).cmp(name_of(y)));
+                        }
+                        if kept.is_empty() {
+                            path.clone()
+                        } else {
+                            format!("{path}?{}", kept.join("&"))
+                        }
+                    }
+                };
+                prop_assert_eq!(key, expected);
+            }
+
+            /// Any target: no panic, a target without `?` is kept as it is, and applying the
+            /// options to a key changes it no further (purges apply them to URLs that may be keys
+            /// already).
+            #[test]
+            fn keys_are_stable_under_the_options(
+                target in "\\PC{0,30}|[/?&=a-z]{0,20}",
+                query in query_key(),
+                ignore in prop::sample::subsequence(vec!["utm_*", "a", "*"], 0..=2),
+            ) {
+                let options = options(query, &ignore);
+                let key = options.target(&target).into_owned();
+                if !target.contains('?') {
+                    prop_assert_eq!(&key, &target);
+                }
+                prop_assert_eq!(options.target(&key).into_owned(), key);
+            }
+
+            /// Sorted: parameters with distinct names give one key in any order.
+            #[test]
+            fn sorted_keys_do_not_depend_on_parameter_order(
+                params in prop::collection::btree_map("[a-z]{1,3}", "[a-z0-9]{0,2}", 1..6),
+                rotate in any::<prop::sample::Index>(),
+            ) {
+                let mut pairs: Vec<String> =
+                    params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let sorted = pairs.join("&");
+                let by = rotate.index(pairs.len());
+                pairs.rotate_left(by);
+                pairs.reverse();
+                let options = options(QueryKey::Sorted, &[]);
+                prop_assert_eq!(
+                    options.target(&format!("/p?{}", pairs.join("&"))).into_owned(),
+                    format!("/p?{sorted}")
+                );
+            }
+
+            /// The primary key does not depend on the case of the host or an explicit default port.
+            #[test]
+            fn primary_keys_ignore_host_case_and_the_default_port(
+                host in "[a-z][a-z0-9.-]{0,12}",
+                upper in any::<u32>(),
+                https in any::<bool>(),
+                path in "/[a-z0-9]{0,6}",
+            ) {
+                let scheme = if https { "https" } else { "http" };
+                let port = if https { ":443" } else { ":80" };
+                let shouted: String = host
+                    .chars()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if upper >> (i % 32) & 1 == 1 { c.to_ascii_uppercase() } else { c }
+                    })
+                    .collect();
+                let uri: http::Uri = path.parse().expect("a path");
+                let options = KeyOptions::default();
+                let key = options.primary_key(scheme, &host, &uri);
+                let spelled = format!("{shouted}{port}");
+                prop_assert_eq!(&key, &options.primary_key(scheme, &spelled, &uri));
+                let expected = format!("{scheme}://{host}{path}");
+                prop_assert_eq!(&*key, expected.as_str());
+            }
+
+            /// §4.1.1 of RFC 6265: a cookie name is a token; exactly those are keyed on.
+            #[test]
+            fn cookie_names_are_keyed_exactly_when_tokens(
+                name in "\\PC{0,8}|[a-zA-Z0-9!#$%&'*+.^_`|~ ;=-]{0,8}",
+            ) {
+                let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+                let token = !name.is_empty() && name.bytes().all(tchar);
+                prop_assert_eq!(cookie_field(&name).is_ok(), token, "{:?}", name);
+            }
+
+            /// A keyed cookie's field holds the value of the first such cookie in the `Cookie`
+            /// lines, or is absent; a field of that name the client sent itself never survives.
+            #[test]
+            fn keyed_cookie_fields_hold_the_first_cookie_value(
+                lines in prop::collection::vec(
+                    prop::collection::vec(
+                        (
+                            prop::sample::select(vec!["lang", "Lang", "session", "lang2", " lang"]),
+                            "[a-z0-9=]{0,4}",
+                        ),
+                        0..4,
+                    ),
+                    0..3,
+                ),
+                forged in any::<bool>(),
+            ) {
+                let keyed = KeyOptions::new(QueryKey::AsIs, Vec::new(), &[], &["lang".to_owned()])
+                    .expect("a token");
+                let mut request = HeaderMap::new();
+                for line in &lines {
+                    let text: Vec<String> = line.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let line = HeaderValue::from_str(&text.join("; ")).expect("a line");
+                    request.append(header::COOKIE, line);
+                }
+                if forged {
+                    request.insert("gatehouse-key-cookie-lang", HeaderValue::from_static("forged"));
+                }
+                // Pairs are trimmed, so " lang" is `lang` too; names are case-sensitive.
+                let first = lines
+                    .iter()
+                    .flatten()
+                    .find(|(k, _)| k.trim() == "lang")
+                    .map(|(_, v)| v.as_str());
+                let headers = keyed.keying_headers(&request);
+                let field = headers.get_all("gatehouse-key-cookie-lang").iter().collect::<Vec<_>>();
+                match first {
+                    Some(value) => prop_assert_eq!(field, [value]),
+                    None => prop_assert!(field.is_empty()),
+                }
+            }
+        }
+    }
 }

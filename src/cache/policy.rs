@@ -294,9 +294,14 @@ impl Freshness {
         self.current_age(now).saturating_sub(self.lifetime)
     }
 
-    /// Seconds left before the response goes stale (0 once stale): `Cache-Status`'s `ttl`.
+    /// Seconds left before the response goes stale (negative once stale): `Cache-Status`'s
+    /// `ttl`.
     pub fn ttl(&self, now: SystemTime) -> i64 {
-        self.lifetime as i64 - self.current_age(now) as i64
+        // A lifetime computed here is at most 2^31, but one read back from a disk entry may be
+        // any u64: saturate rather than wrap (`as i64`) or overflow.
+        let lifetime = i64::try_from(self.lifetime).unwrap_or(i64::MAX);
+        // The current age is at most DELTA_SECONDS_MAX, which fits.
+        lifetime.saturating_sub(self.current_age(now) as i64)
     }
 
     /// `must-revalidate`, `proxy-revalidate` or `s-maxage` (which implies proxy-revalidate in a
@@ -961,6 +966,24 @@ mod tests {
         assert!(!is_error_status(StatusCode::NOT_FOUND));
     }
 
+    /// Regression (found by `properties::freshness_arithmetic_never_overflows`): `ttl` cast the
+    /// lifetime with `as i64`, so a lifetime of 2^63 or more (a disk entry's metadata is read
+    /// back unchecked) overflowed the subtraction (a panic in debug builds) or, for u64::MAX,
+    /// gave -1: a fresh response reported as stale and judged of no further use by the store.
+    #[test]
+    fn ttl_saturates_for_lifetimes_beyond_i64() {
+        for lifetime in [u64::MAX, 1 << 63] {
+            let freshness = Freshness {
+                cc: CacheControl::default(),
+                lifetime,
+                initial_age: 0,
+                response_time: at(T0),
+            };
+            assert!(freshness.is_fresh(at(T0 + 10)));
+            assert_eq!(freshness.ttl(at(T0 + 10)), i64::MAX - 10);
+        }
+    }
+
     /// §4.4: unsafe methods invalidate on success or redirect, not on errors; safe ones never.
     #[test]
     fn invalidation_by_unsafe_methods() {
@@ -974,5 +997,388 @@ mod tests {
         assert!(!invalidates(&Method::POST, StatusCode::NOT_FOUND));
         assert!(!invalidates(&Method::GET, StatusCode::OK));
         assert!(!invalidates(&Method::OPTIONS, StatusCode::OK));
+    }
+
+    /// Property tests: the freshness rules do arithmetic on numbers and dates from backends (`Age`,
+    /// `Date`, `Expires`, `Last-Modified`, `max-age`, `s-maxage`), from clients (request
+    /// directives) and from disk entries (a stored lifetime and age), so no value, however extreme,
+    /// may overflow (debug builds panic on it); the lifetime must follow §4.2.1's order, the age
+    /// §4.2.3's formula, and serving without validation must only get harder as time passes.
+    mod properties {
+        use super::*;
+        use http::HeaderValue;
+        use proptest::prelude::*;
+
+        /// The last second httpdate can write: 9999-12-31T23:59:59Z.
+        const LAST_DATE: u64 = 253_402_300_799;
+        const CAP: u64 = DELTA_SECONDS_MAX;
+
+        fn at(seconds: u64) -> SystemTime {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
+        }
+
+        /// Any instant a clock may give, before the epoch included.
+        fn instant() -> impl Strategy<Value = SystemTime> {
+            prop_oneof![
+                (0u64..=LAST_DATE).prop_map(at),
+                (0u64..1 << 40).prop_map(|s| SystemTime::UNIX_EPOCH - Duration::from_secs(s)),
+            ]
+        }
+
+        /// A header date: a valid one (seconds since the epoch) or text that is none.
+        #[derive(Debug, Clone)]
+        enum DateField {
+            Valid(u64),
+            Junk(&'static str),
+        }
+
+        impl DateField {
+            fn valid(&self) -> Option<u64> {
+                match self {
+                    DateField::Valid(seconds) => Some(*seconds),
+                    DateField::Junk(_) => None,
+                }
+            }
+
+            fn text(&self) -> String {
+                match self {
+                    DateField::Valid(seconds) => {
+                        format!(" {} ", httpdate::fmt_http_date(at(*seconds)))
+                    }
+                    DateField::Junk(text) => (*text).to_owned(),
+                }
+            }
+        }
+
+        fn date_field() -> impl Strategy<Value = DateField> {
+            prop_oneof![
+                4 => prop_oneof![0u64..=LAST_DATE, Just(0), Just(LAST_DATE)]
+                    .prop_map(DateField::Valid),
+                1 => prop::sample::select(vec![
+                    "0",
+                    "",
+                    "-1",
+                    "tomorrow",
+                    "18446744073709551616",
+                    "Sun, 32 Nov 1994 08:49:37 GMT",
+                ])
+                .prop_map(DateField::Junk),
+            ]
+        }
+
+        /// A delta-seconds argument: a number (huge ones included) or text that is none.
+        fn delta_argument() -> impl Strategy<Value = (String, u64)> {
+            prop_oneof![
+                4 => any::<u128>().prop_map(|n| (n.to_string(), n.min(u128::from(CAP)) as u64)),
+                4 => (0u64..10_000).prop_map(|n| (n.to_string(), n)),
+                // Invalid means stale: 0 (§4.2.1); too many digits is the cap (§1.2.2).
+                1 => prop::sample::select(vec![
+                    ("-1", 0),
+                    ("1.5", 0),
+                    ("", 0),
+                    ("abc", 0),
+                    ("99999999999999999999999999999999999999999", CAP),
+                ])
+                .prop_map(|(text, seconds)| (text.to_owned(), seconds)),
+            ]
+        }
+
+        fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.append(*name, HeaderValue::from_str(value).expect("test value"));
+            }
+            map
+        }
+
+        /// Directives from both sides, with values at the edges.
+        fn directives() -> impl Strategy<Value = String> {
+            let directive = prop_oneof![
+                prop::sample::select(vec![
+                    "no-cache",
+                    "no-store",
+                    "must-revalidate",
+                    "proxy-revalidate",
+                    "public",
+                    "private",
+                    "must-understand",
+                    "max-stale",
+                    "only-if-cached",
+                    "immutable",
+                ])
+                .prop_map(str::to_owned),
+                (
+                    prop::sample::select(vec![
+                        "max-age",
+                        "s-maxage",
+                        "max-stale",
+                        "min-fresh",
+                        "stale-while-revalidate",
+                        "stale-if-error",
+                    ]),
+                    prop_oneof![0u64..200, Just(CAP), Just(u64::MAX)],
+                )
+                    .prop_map(|(name, n)| format!("{name}={n}")),
+            ];
+            prop::collection::vec(directive, 0..4).prop_map(|d| d.join(", "))
+        }
+
+        fn freshness() -> impl Strategy<Value = Freshness> {
+            (
+                directives(),
+                prop_oneof![any::<u64>(), 0u64..300, Just(u64::MAX), Just(1 << 63)],
+                prop_oneof![any::<u64>(), 0u64..300, Just(u64::MAX)],
+                instant(),
+            )
+                .prop_map(|(cc, lifetime, initial_age, response_time)| Freshness {
+                    cc: CacheControl::of(&headers(&[("cache-control", cc)])),
+                    lifetime,
+                    initial_age,
+                    response_time,
+                })
+        }
+
+        fn is_served(reuse: Reuse) -> bool {
+            reuse != Reuse::Validate
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// §4.2.1: `s-maxage`, else `max-age`, else `Expires` − `Date` (0 if either is invalid,
+            /// §5.3), else the heuristic of §4.2.2 for statuses cacheable by default or `public`;
+            /// never more than the 2^31 cap, for any dates from 1970 to 9999.
+            #[test]
+            fn lifetime_follows_the_rfc_order(
+                s_maxage in prop::option::of(delta_argument()),
+                max_age in prop::option::of(delta_argument()),
+                expires in prop::option::of(date_field()),
+                date in prop::option::of(date_field()),
+                last_modified in prop::option::of(date_field()),
+                status in prop::sample::select(vec![
+                    200u16, 203, 206, 301, 302, 404, 410, 500, 503,
+                ]),
+                public in any::<bool>(),
+                fraction in prop_oneof![Just(0.0), Just(1.0), 0.0f64..=1.0],
+            ) {
+                let mut cc = Vec::new();
+                if public {
+                    cc.push("public".to_owned());
+                }
+                if let Some((text, _)) = &max_age {
+                    cc.push(format!("max-age={text}"));
+                }
+                if let Some((text, _)) = &s_maxage {
+                    cc.push(format!("s-maxage={text}"));
+                }
+                let mut pairs = vec![("cache-control", cc.join(", "))];
+                let dates =
+                    [("expires", &expires), ("date", &date), ("last-modified", &last_modified)];
+                for (name, field) in dates {
+                    if let Some(field) = field {
+                        pairs.push((name, field.text()));
+                    }
+                }
+                let headers = headers(&pairs);
+                let status = StatusCode::from_u16(status).expect("a status");
+                let cc = CacheControl::of(&headers);
+                let lifetime = freshness_lifetime(status, &headers, &cc, fraction);
+                let between = |later: u64, earlier: u64| later.saturating_sub(earlier).min(CAP);
+                let valid = |field: &Option<DateField>| field.as_ref().and_then(DateField::valid);
+                let model = if let Some((_, seconds)) = s_maxage {
+                    seconds
+                } else if let Some((_, seconds)) = max_age {
+                    seconds
+                } else if expires.is_some() {
+                    match (valid(&expires), valid(&date)) {
+                        (Some(expires), Some(date)) => between(expires, date),
+                        _ => 0,
+                    }
+                } else if !(heuristically_cacheable(status) || public) || fraction <= 0.0 {
+                    0
+                } else {
+                    match (valid(&last_modified), valid(&date)) {
+                        (Some(modified), Some(date)) => {
+                            (between(date, modified) as f64 * fraction) as u64
+                        }
+                        _ => 0,
+                    }
+                };
+                prop_assert_eq!(lifetime, model, "{:?}", headers);
+                prop_assert!(lifetime <= CAP);
+            }
+
+            /// §4.2.3: the initial age is the larger of the apparent age (response time − `Date`)
+            /// and `Age` plus the response delay, capped at 2^31; any `Age` text and any clock
+            /// readings (before the epoch, out of order) are handled; more `Age` never means
+            /// younger.
+            #[test]
+            fn initial_age_follows_the_rfc_formula(
+                age in prop::option::of(prop_oneof![
+                    delta_argument().prop_map(|(text, _)| text),
+                    "[0-9]{1,40}, [0-9]{1,3}",
+                    "\\PC{0,8}",
+                ]),
+                date in prop::option::of(date_field()),
+                request_time in instant(),
+                response_time in instant(),
+            ) {
+                let mut pairs = Vec::new();
+                if let Some(age) = &age {
+                    pairs.push(("age", age.clone()));
+                }
+                if let Some(date) = &date {
+                    pairs.push(("date", date.text()));
+                }
+                let headers = headers(&pairs);
+                let initial = initial_age(&headers, request_time, response_time);
+                let seconds = |later: SystemTime, earlier: SystemTime| {
+                    later.duration_since(earlier).map_or(0, |d| d.as_secs()).min(CAP)
+                };
+                let apparent = date
+                    .as_ref()
+                    .and_then(DateField::valid)
+                    .map_or(0, |date| seconds(response_time, at(date)));
+                let age_value = age_header(&headers).unwrap_or(0);
+                let corrected = age_value.saturating_add(seconds(response_time, request_time));
+                prop_assert_eq!(initial, apparent.max(corrected).min(CAP));
+                prop_assert!(initial <= CAP);
+                let mut older = headers.clone();
+                older.insert(http::header::AGE, HeaderValue::from(age_value.saturating_add(1)));
+                prop_assert!(initial_age(&older, request_time, response_time) >= initial);
+            }
+
+            /// Any stored freshness (a disk entry's lifetime and age may be any u64) at any time:
+            /// no overflow, and the answers agree: fresh exactly while `ttl` > 0, `ttl` the
+            /// lifetime minus the age, stale by the age minus the lifetime.
+            #[test]
+            fn freshness_arithmetic_never_overflows(
+                freshness in freshness(),
+                now in instant(),
+                request in directives(),
+            ) {
+                let age = freshness.current_age(now);
+                prop_assert!(age <= CAP);
+                let ttl = freshness.ttl(now);
+                prop_assert_eq!(freshness.is_fresh(now), ttl > 0);
+                let exact = i128::from(freshness.lifetime) - i128::from(age);
+                // Exact wherever i64 holds the lifetime; beyond, only the sign and size matter.
+                if i64::try_from(freshness.lifetime).is_ok() {
+                    prop_assert_eq!(i128::from(ttl), exact);
+                } else {
+                    prop_assert!(ttl >= i64::MAX - i64::try_from(CAP).expect("2^31 fits"));
+                }
+                prop_assert_eq!(u128::from(freshness.staleness(now)), (-exact).max(0) as u128);
+                let request = CacheControl::of_request(&headers(&[("cache-control", request)]));
+                let _ = freshness.stale_window();
+                let _ = reuse(&request, &freshness, now);
+                let _ = usable_on_error(&request, &freshness, now);
+            }
+
+            /// Serving without validation only gets harder with time: what may be served at some
+            /// time may be served at any earlier one (after the response was received), by `reuse`
+            /// and by `usable_on_error` alike; and a `Fresh` answer honours the request's `max-age`
+            /// and `min-fresh` (§5.2.1.1, §5.2.1.3).
+            #[test]
+            fn reuse_is_monotone_in_time(
+                freshness in freshness(),
+                request in directives(),
+                later_by in prop_oneof![0u64..400, any::<u32>().prop_map(u64::from)],
+                earlier_by in 0u64..400,
+            ) {
+                let request = CacheControl::of_request(&headers(&[("cache-control", request)]));
+                let later = freshness.response_time + Duration::from_secs(later_by);
+                let earlier_secs = later_by.saturating_sub(earlier_by);
+                let earlier = freshness.response_time + Duration::from_secs(earlier_secs);
+                if is_served(reuse(&request, &freshness, later)) {
+                    prop_assert!(is_served(reuse(&request, &freshness, earlier)));
+                }
+                if usable_on_error(&request, &freshness, later) {
+                    prop_assert!(usable_on_error(&request, &freshness, earlier));
+                }
+                let age = freshness.current_age(later);
+                match reuse(&request, &freshness, later) {
+                    Reuse::Fresh => {
+                        prop_assert!(freshness.lifetime > age);
+                        prop_assert!(request.max_age.is_none_or(|max_age| age <= max_age));
+                        let left = freshness.lifetime - age;
+                        prop_assert!(request.min_fresh.is_none_or(|min_fresh| left >= min_fresh));
+                    }
+                    Reuse::StaleAccepted | Reuse::StaleWhileRevalidate => {
+                        prop_assert!(!freshness.forbids_stale());
+                        prop_assert!(!freshness.cc.no_cache && !request.no_cache);
+                    }
+                    Reuse::Validate => {}
+                }
+            }
+
+            /// §3: whatever both sides say, a response is stored only when every rule allows it.
+            #[test]
+            fn only_what_every_rule_allows_is_stored(
+                method in prop::sample::select(vec!["GET", "HEAD", "POST", "PUT", "OPTIONS"]),
+                request_cc in directives(),
+                response_cc in directives(),
+                status in prop::sample::select(vec![
+                    100u16, 200, 204, 206, 302, 304, 404, 500, 599,
+                ]),
+                authorization in any::<bool>(),
+                set_cookie in any::<bool>(),
+                vary in prop::sample::select(vec!["", "accept", "*", "accept, *", " * "]),
+                etag in any::<bool>(),
+                set_cookie_policy in prop::sample::select(vec![
+                    SetCookiePolicy::NoStore,
+                    SetCookiePolicy::Strip,
+                    SetCookiePolicy::Store,
+                ]),
+            ) {
+                let request = {
+                    let mut pairs = vec![("cache-control", request_cc)];
+                    if authorization {
+                        pairs.push(("authorization", "Bearer x".to_owned()));
+                    }
+                    headers(&pairs)
+                };
+                let mut pairs = vec![("cache-control", response_cc), ("vary", vary.to_owned())];
+                if set_cookie {
+                    pairs.push(("set-cookie", "id=1".to_owned()));
+                }
+                if etag {
+                    pairs.push(("etag", "\"v\"".to_owned()));
+                }
+                let response = headers(&pairs);
+                let request_cc = CacheControl::of_request(&request);
+                let response_cc = CacheControl::of(&response);
+                let status = StatusCode::from_u16(status).expect("a status");
+                let config = PolicyConfig {
+                    set_cookie: set_cookie_policy,
+                    ..PolicyConfig::default()
+                };
+                let method = Method::from_bytes(method.as_bytes()).expect("a method");
+                let decision = storable(
+                    &method,
+                    &request,
+                    &request_cc,
+                    status,
+                    &response,
+                    &response_cc,
+                    &config,
+                );
+                if let Ok(storable) = decision {
+                    prop_assert!(method_is_cacheable(&method) && status_is_understood(status));
+                    prop_assert!(!request_cc.no_store);
+                    prop_assert!(!response_cc.no_store || response_cc.must_understand);
+                    prop_assert!(!response_cc.private && !vary.contains('*'));
+                    let shareable = response_cc.public
+                        || response_cc.s_maxage.is_some()
+                        || response_cc.must_revalidate;
+                    prop_assert!(!authorization || shareable);
+                    prop_assert!(!set_cookie || set_cookie_policy != SetCookiePolicy::NoStore);
+                    let strip = set_cookie && set_cookie_policy == SetCookiePolicy::Strip;
+                    prop_assert_eq!(storable.strip_set_cookie, strip);
+                    let lifetime = freshness_lifetime(status, &response, &response_cc, 0.1);
+                    prop_assert!(etag || lifetime > 0);
+                }
+            }
+        }
     }
 }

@@ -92,13 +92,18 @@ pub fn lists_token(value: &HeaderValue, token: &str) -> bool {
         .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
-/// True if the last transfer coding of a `Transfer-Encoding` value is `chunked`.
+/// True if the last transfer coding of a `Transfer-Encoding` value is `chunked`. Empty list
+/// elements are no codings (RFC 9110 §5.6.1.2): `chunked,` ends in chunked.
 pub fn ends_chunked(value: &HeaderValue) -> bool {
     value
         .to_str()
         .ok()
-        .and_then(|v| v.rsplit(',').next())
-        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+        .and_then(|v| {
+            v.rsplit(',')
+                .map(str::trim)
+                .find(|coding| !coding.is_empty())
+        })
+        .is_some_and(|last| last.eq_ignore_ascii_case("chunked"))
 }
 
 /// A `Content-Length` value: decimal digits only, no sign, at most 19 digits (no overflow).
@@ -537,9 +542,11 @@ fn forwarded_element(client: ClientFacts<'_>) -> String {
     };
     let mut element = format!("for={for_value};proto={}", client.proto);
     if let Some(host) = client.host.and_then(|h| h.to_str().ok()) {
-        let is_token = host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        // A token has one character at least: an empty host is written `host=""`.
+        let is_token = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if is_token {
             element.push_str(";host=");
             element.push_str(host);
@@ -927,6 +934,40 @@ mod tests {
         assert_eq!(h.get("via").unwrap(), "1.1 gatehouse");
     }
 
+    /// Regression (found by `properties::forwarded_elements_parse_back`): an empty host passed
+    /// the token check (every byte of nothing is a tchar) and was written `host=`, which is no
+    /// RFC 7239 value (a token has one character at least), so a backend parsing `Forwarded`
+    /// strictly could reject or misread the whole field.
+    #[test]
+    fn an_empty_host_is_written_as_an_empty_quoted_string() {
+        let settings = ForwardedSettings {
+            forwarded: true,
+            ..ForwardedSettings::default()
+        };
+        let empty = HeaderValue::from_static("");
+        let mut h = HeaderMap::new();
+        add_forwarding(&mut h, &settings, client("0.0.0.0", Some(&empty)));
+        assert_eq!(
+            h.get("forwarded").unwrap(),
+            "for=0.0.0.0;proto=http;host=\"\""
+        );
+    }
+
+    /// Regression (found by `properties::ends_chunked_reads_the_last_coding`): the last list
+    /// element was taken even when empty, so `chunked,` was not chunked last (RFC 9110 §5.6.1.2
+    /// has recipients ignore empty elements): a backend's chunked response was read until close
+    /// with its chunk framing passed on as body, and a response head written with such a value
+    /// got a second `, chunked`.
+    #[test]
+    fn empty_list_elements_after_chunked_are_ignored() {
+        for value in ["chunked,", "gzip, chunked , ,", "CHUNKED,\t"] {
+            assert!(ends_chunked(&HeaderValue::from_static(value)), "{value}");
+        }
+        for value in ["", ",", "chunked, gzip", "chunked;x=1,"] {
+            assert!(!ends_chunked(&HeaderValue::from_static(value)), "{value}");
+        }
+    }
+
     #[test]
     fn disabled_forwarding_headers_are_left_alone() {
         let settings = ForwardedSettings {
@@ -992,5 +1033,457 @@ mod tests {
         assert!(new_request_id().is_sensitive());
         assert!(request_id(&map(&[("x-request-id", "abc-123")])).is_sensitive());
         assert!(request_id(&map(&[])).is_sensitive());
+    }
+
+    /// Property tests: every helper here reads fields a client or backend wrote (`Connection`,
+    /// `TE`, `Transfer-Encoding`, `Content-Length`, `X-Forwarded-For`, `Forwarded`, `X-Request-Id`,
+    /// the `Host` that `Forwarded` reports), so each must take any bytes without panicking and
+    /// agree with a plain model of the RFC rule it implements; and what this proxy writes
+    /// (`Forwarded`, `X-Forwarded-For`) must parse back, by the RFC 7239 grammar, to what it meant
+    /// to say.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use std::net::{Ipv4Addr, Ipv6Addr};
+
+        fn field_value(bytes: &[u8]) -> HeaderValue {
+            let kept: Vec<u8> = bytes
+                .iter()
+                .copied()
+                .filter(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+                .collect();
+            HeaderValue::from_bytes(&kept).expect("filtered to field-value bytes")
+        }
+
+        /// List members a peer may write, with OWS, empty elements and odd bytes among them.
+        fn list_value() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop_oneof![
+                prop::sample::select(vec![
+                    "close",
+                    "Close",
+                    "keep-alive",
+                    "KEEP-ALIVE",
+                    "upgrade",
+                    "chunked",
+                    "CHUNKED",
+                    "gzip",
+                    "trailers",
+                    ",",
+                    ", ",
+                    " ",
+                    "\t",
+                    ";q=1",
+                    "\u{e9}",
+                ])
+                .prop_map(|s| s.as_bytes().to_vec()),
+                any::<u8>().prop_map(|b| vec![b]),
+            ];
+            prop::collection::vec(piece, 0..8).prop_map(|pieces| pieces.concat())
+        }
+
+        /// The list members of a text value, trimmed of OWS (SP, HTAB), empty ones left out: the
+        /// model every list helper is checked against (RFC 9110 §5.6.1).
+        fn members(value: &HeaderValue) -> Option<Vec<String>> {
+            let text = value.to_str().ok()?;
+            Some(
+                text.split(',')
+                    .map(|m| m.trim_matches([' ', '\t']).to_owned())
+                    .filter(|m| !m.is_empty())
+                    .collect(),
+            )
+        }
+
+        fn any_ip() -> impl Strategy<Value = IpAddr> {
+            prop_oneof![
+                any::<u32>().prop_map(|n| IpAddr::V4(Ipv4Addr::from(n))),
+                any::<u128>().prop_map(|n| IpAddr::V6(Ipv6Addr::from(n))),
+                prop::sample::select(vec![0u32, 1, 0x7f00_0001, u32::MAX])
+                    .prop_map(|n| IpAddr::V4(Ipv4Addr::from(n))),
+            ]
+        }
+
+        /// One RFC 7239 `Forwarded` value read by its grammar: elements separated by `,`, pairs by
+        /// `;`, each `token=value` with a token or quoted-string value; `None` if it does not
+        /// parse.
+        fn parse_forwarded(text: &str) -> Option<Vec<Vec<(String, String)>>> {
+            let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            let mut chars = text.chars().peekable();
+            let mut elements = vec![Vec::new()];
+            loop {
+                while chars.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
+                    chars.next();
+                }
+                let mut name = String::new();
+                while let Some(&c) = chars.peek().filter(|c| is_tchar(**c)) {
+                    name.push(c);
+                    chars.next();
+                }
+                if name.is_empty() || chars.next() != Some('=') {
+                    return None;
+                }
+                let mut value = String::new();
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                    loop {
+                        match chars.next()? {
+                            '"' => break,
+                            '\\' => value.push(chars.next()?),
+                            c => value.push(c),
+                        }
+                    }
+                } else {
+                    while let Some(&c) = chars.peek().filter(|c| is_tchar(**c)) {
+                        value.push(c);
+                        chars.next();
+                    }
+                    if value.is_empty() {
+                        return None;
+                    }
+                }
+                elements
+                    .last_mut()?
+                    .push((name.to_ascii_lowercase(), value));
+                while chars.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
+                    chars.next();
+                }
+                match chars.next() {
+                    None => return Some(elements),
+                    Some(';') => {}
+                    Some(',') => elements.push(Vec::new()),
+                    Some(_) => return None,
+                }
+            }
+        }
+
+        fn client_facts<'a>(
+            ip: IpAddr,
+            ip_text: &'a HeaderValue,
+            https: bool,
+            host: Option<&'a HeaderValue>,
+        ) -> ClientFacts<'a> {
+            ClientFacts {
+                ip,
+                ip_text,
+                proto: if https { "https" } else { "http" },
+                host,
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// `lists_token` and `connection_has` find a token exactly when a list member of a text
+            /// value equals it without regard to case; nothing in a value that is not text.
+            #[test]
+            fn token_search_agrees_with_the_model(
+                lines in prop::collection::vec(list_value(), 0..3),
+                token in prop::sample::select(vec!["close", "keep-alive", "upgrade", "Upgrade"]),
+            ) {
+                let mut headers = HeaderMap::new();
+                let mut any_line = false;
+                for line in &lines {
+                    let value = field_value(line);
+                    let model = members(&value)
+                        .is_some_and(|m| m.iter().any(|m| m.eq_ignore_ascii_case(token)));
+                    prop_assert_eq!(lists_token(&value, token), model, "{:?}", value);
+                    any_line |= model;
+                    headers.append(header::CONNECTION, value);
+                }
+                prop_assert_eq!(connection_has(&headers, token), any_line);
+            }
+
+            /// RFC 9112 §6.3 asks whether chunked is the final coding; empty list elements do not
+            /// count (RFC 9110 §5.6.1.2), so `chunked,` ends in chunked and `chunked, gzip` does
+            /// not.
+            #[test]
+            fn ends_chunked_reads_the_last_coding(
+                value in list_value(),
+                codings in prop::collection::vec(
+                    prop::sample::select(vec!["chunked", "CHUNKED", "gzip", "", " "]),
+                    1..4,
+                ),
+                trailing in "[, \t]{0,3}",
+            ) {
+                // Codings as senders list them, often followed by separators (merged lines, sloppy
+                // senders), and any other bytes.
+                let listed = format!("{}{trailing}", codings.join(","));
+                for value in [field_value(listed.as_bytes()), field_value(&value)] {
+                    let model = members(&value)
+                        .and_then(|m| m.last().map(|last| last.eq_ignore_ascii_case("chunked")))
+                        .unwrap_or(false);
+                    prop_assert_eq!(ends_chunked(&value), model, "{:?}", value);
+                }
+            }
+
+            /// `Content-Length` is 1 to 19 decimal digits and their value (so it never overflows:
+            /// 19 nines fit in u64); anything else, u64::MAX's 20 digits included, is refused.
+            #[test]
+            fn content_length_is_the_decimal_value(
+                digits in prop_oneof![
+                    "[0-9]{1,25}",
+                    Just("18446744073709551615".to_owned()),
+                    Just("9999999999999999999".to_owned()),
+                ],
+                other in prop::collection::vec(any::<u8>(), 0..24),
+            ) {
+                let model =
+                    (digits.len() <= 19).then(|| digits.parse::<u64>().expect("19 digits fit"));
+                prop_assert_eq!(parse_content_length(digits.as_bytes()), model);
+                let decimal =
+                    (1..=19).contains(&other.len()) && other.iter().all(u8::is_ascii_digit);
+                let other_model = decimal
+                    .then(|| std::str::from_utf8(&other).ok()?.parse::<u64>().ok())
+                    .flatten();
+                prop_assert_eq!(parse_content_length(&other), other_model);
+            }
+
+            /// RFC 9110 §7.6.1: after removal there is no `Connection`, no field it names (but
+            /// `close`), no fixed hop-by-hop field, and `TE` only as `trailers` when the client
+            /// offered trailers; every other field keeps all its values. Knowing which fields are
+            /// present (`Present`) or also hiding nothing (`strip_response`) changes nothing.
+            #[test]
+            fn hop_by_hop_removal_agrees_with_the_model(
+                fields in prop::collection::vec((0usize..14, "[a-z0-9]{0,3}"), 0..10),
+                connection in prop::collection::vec(
+                    prop::collection::vec((0usize..14, any::<bool>(), "[ \t]{0,2}"), 0..4),
+                    0..3,
+                ),
+                te in prop::option::of(prop::sample::select(vec![
+                    "trailers", "gzip, Trailers;q=1", "gzip", "", "trailers;q=0, x",
+                ])),
+            ) {
+                const NAMES: [&str; 14] = [
+                    "x-a", "x-b", "close", "keep-alive", "proxy-connection", "proxy-authenticate",
+                    "proxy-authorization", "transfer-encoding", "upgrade", "host", "te", "accept",
+                    "x-c d", "",
+                ];
+                const FIXED: [&str; 6] = [
+                    "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+                    "transfer-encoding", "upgrade",
+                ];
+                let mut before = HeaderMap::new();
+                for (name, value) in &fields {
+                    if let Ok(name) = HeaderName::from_bytes(NAMES[*name].as_bytes()) {
+                        before.append(name, HeaderValue::from_str(value).expect("a value"));
+                    }
+                }
+                if let Some(te) = te {
+                    before.append(header::TE, HeaderValue::from_static(te));
+                }
+                let mut named: Vec<String> = Vec::new();
+                for line in &connection {
+                    let tokens: Vec<String> = line
+                        .iter()
+                        .map(|(name, upper, ows)| {
+                            let name = if *upper {
+                                NAMES[*name].to_ascii_uppercase()
+                            } else {
+                                NAMES[*name].to_owned()
+                            };
+                            format!("{ows}{name}{ows}")
+                        })
+                        .collect();
+                    named.extend(
+                        tokens.iter().map(|t| t.trim_matches([' ', '\t']).to_ascii_lowercase()),
+                    );
+                    let list = HeaderValue::from_str(&tokens.join(",")).expect("a list");
+                    before.append(header::CONNECTION, list);
+                }
+                let mut after = before.clone();
+                remove_hop_by_hop(&mut after);
+                let trailers_offered = before
+                    .get_all(header::TE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .filter_map(|m| m.split(';').next())
+                    .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"));
+                for name in before.keys() {
+                    let text = name.as_str();
+                    let values = after.get_all(name).iter().collect::<Vec<_>>();
+                    let removed = text == "connection"
+                        || FIXED.contains(&text)
+                        || (text != "close" && named.iter().any(|n| n == text));
+                    if removed {
+                        prop_assert!(values.is_empty(), "{} kept", text);
+                    } else if text == "te" {
+                        let expected: &[&str] = if trailers_offered { &["trailers"] } else { &[] };
+                        prop_assert_eq!(values, expected);
+                    } else {
+                        let kept = before.get_all(name).iter().collect::<Vec<_>>();
+                        prop_assert_eq!(values, kept, "{}", text);
+                    }
+                }
+                prop_assert!(after.keys().all(|name| before.contains_key(name)));
+                let mut with_all = before.clone();
+                remove_hop_by_hop_present(&mut with_all, Present::ALL);
+                prop_assert_eq!(&with_all, &after);
+                let mut stripped = before.clone();
+                strip_response(&mut stripped, &HidePolicy::default());
+                prop_assert_eq!(&stripped, &after);
+            }
+
+            /// Each `Present` flag is set exactly when the map holds one of the fields it stands
+            /// for, for any field names.
+            #[test]
+            fn present_flags_agree_with_lookups(
+                names in prop::collection::vec(prop_oneof![
+                    prop::sample::select(vec![
+                        "host", "accept", "x-request-id", "content-length", "transfer-encoding",
+                        "connection", "te", "upgrade", "expect", "keep-alive", "proxy-connection",
+                        "proxy-authenticate", "proxy-authorization", "x-forwarded-for", "forwarded",
+                        "location", "content-location", "x-real-ip", "cf-connecting-ip",
+                        "x-forwarded-prefix",
+                    ]).prop_map(str::to_owned),
+                    "[a-z0-9-]{1,20}",
+                ], 0..8),
+            ) {
+                let mut headers = HeaderMap::new();
+                for name in &names {
+                    let name = HeaderName::from_bytes(name.as_bytes()).expect("a name");
+                    headers.append(name, HeaderValue::from_static("1"));
+                }
+                let present = Present::of(&headers);
+                let fixed: &[&str] = &[
+                    "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+                    "transfer-encoding", "upgrade",
+                ];
+                for (flag, fields) in [
+                    (Present::HOST, &["host"][..]),
+                    (Present::ACCEPT, &["accept"]),
+                    (Present::X_REQUEST_ID, &["x-request-id"]),
+                    (Present::CONTENT_LENGTH, &["content-length"]),
+                    (Present::TRANSFER_ENCODING, &["transfer-encoding"]),
+                    (Present::CONNECTION, &["connection"]),
+                    (Present::TE, &["te"]),
+                    (Present::UPGRADE, &["upgrade"]),
+                    (Present::EXPECT, &["expect"]),
+                    (Present::HOP_FIXED, fixed),
+                    (Present::CLIENT_CLAIM, &CLIENT_CLAIMS),
+                    (Present::X_FORWARDED_FOR, &["x-forwarded-for"]),
+                    (Present::FORWARDED, &["forwarded"]),
+                    (Present::LOCATION, &["location", "content-location"]),
+                ] {
+                    let model = fields.iter().any(|f| headers.contains_key(*f));
+                    prop_assert_eq!(present.any(flag), model, "{:?} {:?}", flag, fields);
+                }
+            }
+
+            /// RFC 7239: the `Forwarded` elements written over two hops parse back by the grammar
+            /// to each hop's client address (IPv6 bracketed), scheme and host, whatever text the
+            /// host holds (empty, quotes, backslashes, spaces); a host that is not text is left
+            /// out.
+            #[test]
+            fn forwarded_elements_parse_back(
+                hops in prop::collection::vec(
+                    (
+                        any_ip(),
+                        any::<bool>(),
+                        prop::option::of(prop::collection::vec(any::<u8>(), 0..12)),
+                    ),
+                    1..3,
+                ),
+                prior in prop::option::of("for=[a-z0-9.]{1,8}(;proto=https)?"),
+            ) {
+                let settings = ForwardedSettings {
+                    forwarded: true,
+                    ..ForwardedSettings::default()
+                };
+                let mut headers = HeaderMap::new();
+                if let Some(prior) = &prior {
+                    let prior = HeaderValue::from_str(prior).expect("a value");
+                    headers.insert(FORWARDED.clone(), prior);
+                }
+                for (ip, https, host) in &hops {
+                    let ip_text = address_value(*ip);
+                    let host = host.as_ref().map(|h| field_value(h));
+                    let client = client_facts(*ip, &ip_text, *https, host.as_ref());
+                    add_forwarding(&mut headers, &settings, client);
+                }
+                let written = headers.get(&FORWARDED).expect("written").to_str().expect("text");
+                let elements = parse_forwarded(written);
+                prop_assert!(elements.is_some(), "{:?} does not parse", written);
+                let elements = elements.expect("checked");
+                let ours = &elements[usize::from(prior.is_some())..];
+                prop_assert_eq!(ours.len(), hops.len());
+                for ((ip, https, host), element) in hops.iter().zip(ours) {
+                    let for_value = match ip {
+                        IpAddr::V4(v4) => v4.to_string(),
+                        IpAddr::V6(v6) => format!("[{v6}]"),
+                    };
+                    let mut expected = vec![
+                        ("for".to_owned(), for_value),
+                        ("proto".to_owned(), if *https { "https" } else { "http" }.to_owned()),
+                    ];
+                    if let Some(host) = host.as_ref().map(|h| field_value(h))
+                        && let Ok(host) = host.to_str()
+                    {
+                        expected.push(("host".to_owned(), host.to_owned()));
+                    }
+                    prop_assert_eq!(element, &expected, "{:?}", written);
+                }
+            }
+
+            /// `X-Forwarded-For` gets the client address appended to the prior text lines joined
+            /// with `, `; when a prior line is not text the list cannot be extended and is
+            /// replaced.
+            #[test]
+            fn x_forwarded_for_appends_the_client(
+                prior in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..10), 0..3),
+                ip in any_ip(),
+            ) {
+                let mut headers = HeaderMap::new();
+                for line in &prior {
+                    headers.append(X_FORWARDED_FOR.clone(), field_value(line));
+                }
+                let ip_text = address_value(ip);
+                let texts: Option<Vec<String>> = prior
+                    .iter()
+                    .map(|line| field_value(line).to_str().ok().map(str::to_owned))
+                    .collect();
+                let client = client_facts(ip, &ip_text, false, None);
+                add_forwarding(&mut headers, &ForwardedSettings::default(), client);
+                let expected = match texts {
+                    Some(texts) if !texts.is_empty() => format!("{}, {ip}", texts.join(", ")),
+                    _ => ip.to_string(),
+                };
+                let written = headers.get_all(&X_FORWARDED_FOR).iter().collect::<Vec<_>>();
+                prop_assert_eq!(written, [expected.as_str()]);
+            }
+
+            /// A client's `X-Request-Id` is kept exactly when it is 1–128 of `[A-Za-z0-9._:-]`;
+            /// otherwise a new id of 32 lower-case hex digits; either way marked sensitive.
+            #[test]
+            fn request_ids_are_kept_only_when_safe(
+                id in prop_oneof![
+                    "[A-Za-z0-9._:-]{0,130}".prop_map(String::into_bytes),
+                    prop::collection::vec(any::<u8>(), 0..20),
+                ],
+            ) {
+                let value = field_value(&id);
+                let mut headers = HeaderMap::new();
+                headers.insert(X_REQUEST_ID.clone(), value.clone());
+                let bytes = value.as_bytes();
+                let safe = (1..=128).contains(&bytes.len())
+                    && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b".:_-".contains(b));
+                let chosen = request_id(&headers);
+                prop_assert!(chosen.is_sensitive());
+                if safe {
+                    prop_assert_eq!(&chosen, &value);
+                } else {
+                    prop_assert_eq!(chosen.len(), 32);
+                    let hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+                    prop_assert!(chosen.as_bytes().iter().all(hex));
+                }
+            }
+
+            /// Addresses are written as `Display` writes them, cached or not.
+            #[test]
+            fn addresses_are_written_as_display_writes_them(ip in any_ip()) {
+                let text = ip.to_string();
+                prop_assert_eq!(address_value(ip), text.as_str());
+                prop_assert_eq!(address_value_cached(ip), text.as_str());
+            }
+        }
     }
 }
