@@ -1068,4 +1068,270 @@ mod tests {
                 .contains("cannot read htpasswd file /nonexistent/htpasswd")
         );
     }
+
+    /// Random policies and requests against a model of the checks (deny and allow lists as
+    /// address masks, methods with `GET` serving `HEAD`), and random `Authorization` values
+    /// against what RFC 7617 allows: the credentials of a well-formed one read back, and
+    /// nothing but the canonical encoding of some credentials is read at all.
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use std::net::{Ipv4Addr, Ipv6Addr};
+
+        /// A list entry as the model sees it: network address and prefix length, in IPv4 or
+        /// IPv6.
+        #[derive(Debug, Clone, Copy)]
+        enum Net {
+            V4(u32, u8),
+            V6(u128, u8),
+        }
+
+        fn mask32(prefix: u8) -> u32 {
+            u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+        }
+
+        fn mask128(prefix: u8) -> u128 {
+            u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
+        }
+
+        /// Membership by masking; IPv4-mapped addresses count as the IPv4 address they map.
+        fn model_contains(nets: &[Net], ip: IpAddr) -> bool {
+            nets.iter().any(|&net| match (net, ip.to_canonical()) {
+                (Net::V4(n, p), IpAddr::V4(a)) => u32::from(a) & mask32(p) == n,
+                (Net::V6(n, p), IpAddr::V6(a)) => u128::from(a) & mask128(p) == n,
+                _ => false,
+            })
+        }
+
+        /// Addresses near a few bases, so that networks and clients meet often.
+        fn near(bits: u32, base: u128, noise: u128) -> u128 {
+            base ^ noise.checked_shr(128 - bits).unwrap_or(0)
+        }
+
+        fn net() -> impl Strategy<Value = Net> {
+            let v4_bases = prop::sample::select(vec![0x0a00_0000u32, 0xc000_0200, 0xcb00_7100]);
+            let v6_bases = prop::sample::select(vec![0x2001_0db8u128 << 96, 1]);
+            prop_oneof![
+                (v4_bases, any::<u32>(), 0..=32u8).prop_map(|(base, noise, p)| {
+                    let address = base ^ (noise & !mask32(p.saturating_sub(4)));
+                    Net::V4(address & mask32(p), p)
+                }),
+                (v6_bases, any::<u128>(), 0..=128u8).prop_map(|(base, noise, p)| {
+                    let address = base ^ (noise & !mask128(p.saturating_sub(4)));
+                    Net::V6(address & mask128(p), p)
+                }),
+            ]
+        }
+
+        fn client() -> impl Strategy<Value = IpAddr> {
+            prop_oneof![
+                (
+                    prop::sample::select(vec![0x0a00_0000u32, 0xc000_0200, 0xcb00_7100]),
+                    any::<u32>(),
+                    0..=12u32
+                )
+                    .prop_map(|(base, noise, bits)| {
+                        let address = base ^ noise.checked_shr(32 - bits).unwrap_or(0);
+                        IpAddr::V4(address.into())
+                    }),
+                (
+                    prop::sample::select(vec![0x0a00_0000u32, 0xc000_0200]),
+                    any::<u8>()
+                )
+                    .prop_map(|(base, low)| {
+                        IpAddr::V6(Ipv4Addr::from(base | u32::from(low)).to_ipv6_mapped())
+                    }),
+                (any::<u128>(), 0..=128u32).prop_map(|(noise, bits)| {
+                    IpAddr::V6(Ipv6Addr::from(near(bits, 0x2001_0db8 << 96, noise)))
+                }),
+            ]
+        }
+
+        fn list(nets: &[Net]) -> IpList {
+            IpList::parse_entries(nets.iter().map(|net| match *net {
+                Net::V4(n, p) => format!("{}/{p}", Ipv4Addr::from(n)),
+                Net::V6(n, p) => format!("{}/{p}", Ipv6Addr::from(n)),
+            }))
+            .expect("networks without stray bits")
+        }
+
+        fn method() -> impl Strategy<Value = Method> {
+            prop::sample::select(vec![
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::DELETE,
+                Method::OPTIONS,
+                Method::from_bytes(b"PURGE").expect("a token"),
+            ])
+        }
+
+        /// Credentials text: a user without `:`, a password with anything; neither with
+        /// control characters.
+        fn user() -> impl Strategy<Value = String> {
+            "[ !-9;-~é€日]{0,12}"
+        }
+
+        fn password() -> impl Strategy<Value = String> {
+            "[ -~é€日]{0,16}"
+        }
+
+        fn scheme() -> impl Strategy<Value = String> {
+            vec(any::<bool>(), 5).prop_map(|upper| {
+                "basic"
+                    .chars()
+                    .zip(upper)
+                    .map(|(c, up)| if up { c.to_ascii_uppercase() } else { c })
+                    .collect()
+            })
+        }
+
+        fn authorization(value: &[u8]) -> HeaderMap {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::AUTHORIZATION,
+                HeaderValue::from_bytes(value).expect("a field value"),
+            );
+            headers
+        }
+
+        /// A byte a field value may hold: visible ASCII, space, tab and obs-text.
+        fn field_byte() -> impl Strategy<Value = u8> {
+            prop_oneof![8 => 0x20u8..0x7f, 1 => Just(b'\t'), 2 => 0x80u8..=0xff]
+        }
+
+        /// The token of an `Authorization: Basic` value, correct or slightly off: random bytes
+        /// (not always UTF-8, not always with a colon) encoded, then perhaps one change.
+        fn token() -> impl Strategy<Value = String> {
+            (vec(any::<u8>(), 0..24), 0..6u8, any::<usize>(), any::<u8>()).prop_map(
+                |(bytes, change, at, byte)| {
+                    let mut token = base64::engine::general_purpose::STANDARD.encode(bytes);
+                    let at = if token.is_empty() {
+                        0
+                    } else {
+                        at % token.len()
+                    };
+                    match change {
+                        0 => {}
+                        1 => token.push('='),
+                        2 => {
+                            token = token.trim_end_matches('=').to_owned();
+                        }
+                        3 if !token.is_empty() => {
+                            token.remove(at);
+                        }
+                        4 => token.insert(at, char::from(0x20 + byte % 95)),
+                        _ => token = token.to_ascii_lowercase(),
+                    }
+                    token
+                },
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Deny, then allow, then the method, as the model of each says.
+            #[test]
+            fn checks_decide_as_the_model_says(
+                deny in proptest::option::of(vec(net(), 0..4)),
+                allow in proptest::option::of(vec(net(), 0..4)),
+                methods in proptest::option::of(vec(method(), 1..4)),
+                client in client(),
+                method in method(),
+            ) {
+                let policy = AccessPolicy::new(
+                    deny.as_deref().map(list),
+                    allow.as_deref().map(list),
+                    methods.clone(),
+                    None,
+                );
+                let admitted = !deny.as_deref().is_some_and(|d| model_contains(d, client))
+                    && allow.as_deref().is_none_or(|a| model_contains(a, client));
+                prop_assert_eq!(policy.admits(client), admitted);
+                let served: Option<Vec<Method>> = methods.map(|mut ms| {
+                    if ms.contains(&Method::GET) {
+                        ms.push(Method::HEAD);
+                    }
+                    ms
+                });
+                let result = policy.check_client(client, &method);
+                match result {
+                    Err(Denial::Forbidden) => prop_assert!(!admitted),
+                    Err(Denial::MethodNotAllowed { allow }) => {
+                        prop_assert!(admitted);
+                        let served = served.unwrap_or_default();
+                        prop_assert!(!served.contains(&method));
+                        // `Allow` lists every method served, once.
+                        let listed: Vec<&str> = allow.to_str().unwrap_or("").split(", ").collect();
+                        let mut unique = listed.clone();
+                        unique.sort_unstable();
+                        unique.dedup();
+                        prop_assert_eq!(unique.len(), listed.len(), "{:?}", allow);
+                        for m in &served {
+                            prop_assert!(listed.contains(&m.as_str()), "{:?} {:?}", m, allow);
+                        }
+                        prop_assert!(listed.iter().all(|l| served.iter().any(|m| m.as_str() == *l)));
+                    }
+                    Err(Denial::Unauthorized { .. }) => prop_assert!(false, "no basic auth here"),
+                    Ok(()) => {
+                        prop_assert!(admitted);
+                        prop_assert!(served.is_none_or(|s| s.contains(&method)));
+                    }
+                }
+            }
+
+            #[test]
+            fn well_formed_credentials_read_back(
+                user in user(),
+                password in password(),
+                scheme in scheme(),
+                spaces in 1..4usize,
+            ) {
+                let token =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                let value = format!("{scheme}{}{token}", " ".repeat(spaces));
+                let read = basic_credentials(&authorization(value.as_bytes()));
+                prop_assert_eq!(
+                    read.map(|c| (c.user, c.password)),
+                    Some((user, password)),
+                    "{}", value
+                );
+            }
+
+            /// Only one spelling of any credentials is read: the canonical, padded encoding of
+            /// `user:password` after `Basic` and spaces.
+            #[test]
+            fn only_canonical_credentials_are_read(
+                scheme in prop_oneof![scheme(), Just("Bearer".to_owned()), Just("Basic\t".to_owned())],
+                spaces in 0..3usize,
+                token in token(),
+            ) {
+                let value = format!("{scheme}{}{token}", " ".repeat(spaces));
+                if let Some(read) = basic_credentials(&authorization(value.as_bytes())) {
+                    prop_assert!(scheme.eq_ignore_ascii_case("basic") && spaces > 0, "{}", value);
+                    prop_assert!(!read.user.contains(':'));
+                    let control = read.user.chars().chain(read.password.chars()).any(char::is_control);
+                    prop_assert!(!control, "{}", value);
+                    let encoded = base64::engine::general_purpose::STANDARD
+                        .encode(format!("{}:{}", read.user, read.password));
+                    prop_assert_eq!(encoded, token, "{}", value);
+                }
+            }
+
+            #[test]
+            fn any_authorization_value_gets_an_answer(
+                prefix in prop_oneof![Just(&b""[..]), Just(&b"Basic "[..]), Just(&b"basic   "[..])],
+                rest in vec(field_byte(), 0..64),
+            ) {
+                let mut value = prefix.to_vec();
+                value.extend_from_slice(&rest);
+                if let Some(read) = basic_credentials(&authorization(&value)) {
+                    prop_assert!(!read.user.contains(':'));
+                }
+            }
+        }
+    }
 }

@@ -543,6 +543,10 @@ fn percent_decode(text: &[u8]) -> Option<Vec<u8>> {
     while i < text.len() {
         if text[i] == b'%' {
             let hex = text.get(i + 1..i + 3)?;
+            // `from_str_radix` would take a sign: `%+1` is no escape.
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
             let digits = std::str::from_utf8(hex).ok()?;
             out.push(u8::from_str_radix(digits, 16).ok()?);
             i += 3;
@@ -595,6 +599,9 @@ fn parse_ipv4_number(part: &str) -> Option<u64> {
         } else {
             (part, 10)
         };
+    // Browsers read any number of leading zeros (`0x00000000000a` is 10): only the digits
+    // after them can make a number too long for an address.
+    let digits = digits.trim_start_matches('0');
     if digits.is_empty() {
         return Some(0);
     }
@@ -1169,6 +1176,31 @@ mod tests {
         }
     }
 
+    /// Regression (found by `numeric_hosts_read_as_the_url_standard_reads_them`): a number part
+    /// of more than twelve digits was refused even when leading zeros made it long, so a
+    /// `Location` naming the backend as browsers read it (`00000000000012.0.0.1` is 10.0.0.1)
+    /// went out unrewritten.
+    #[test]
+    fn leading_zeros_do_not_make_an_address_part_too_long() {
+        let ip = |text: &str| parse_ipv4(text).map(|a| a.to_string());
+        assert_eq!(ip("00000100000000").as_deref(), Some("1.0.0.0"));
+        assert_eq!(ip("0x0000000000000a.0.0.1").as_deref(), Some("10.0.0.1"));
+        assert_eq!(ip("00000000000012.0.0.1").as_deref(), Some("10.0.0.1"));
+        assert_eq!(ip("0x0000000100000000"), None);
+        assert_eq!(
+            public("http://0x000000000000a.0.0.1:8080/p", "10.0.0.1:8080"),
+            "https://shop.example/p"
+        );
+    }
+
+    /// Regression (found by `percent_decoding_decodes_exactly_the_escapes`): `%+0` was decoded
+    /// as a NUL byte, because `u8::from_str_radix` takes a leading `+`; it is no escape.
+    #[test]
+    fn a_sign_is_not_a_hex_digit_of_an_escape() {
+        assert_eq!(percent_decode(b"%+0"), None);
+        assert_eq!(percent_decode(b"a%2Eb"), Some(b"a.b".to_vec()));
+    }
+
     // --- error pages -------------------------------------------------------------------------
 
     #[test]
@@ -1240,5 +1272,427 @@ mod tests {
         assert!(!kept("access-control-allow-origin", "backend db01"));
         assert!(kept("access-control-allow-credentials", "true"));
         assert!(!kept("access-control-allow-credentials", "yes"));
+    }
+
+    /// Random values against simple models: the URL standard's IPv4 reader, percent-decoding,
+    /// which `Location` values name the backend, what a `Retry-After` may be and which headers
+    /// a policy hides; and an answer, never a panic, for any bytes a backend sends.
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        /// The WHATWG URL "IPv4 number parser": `None` for failure; numbers too large for a
+        /// `u128` saturate (they are refused either way).
+        fn model_number(part: &str) -> Option<u128> {
+            if part.is_empty() {
+                return None;
+            }
+            let (digits, radix) = match part.get(..2) {
+                Some("0x" | "0X") => (part.get(2..)?, 16),
+                Some(_) if part.starts_with('0') => (part.get(1..)?, 8),
+                _ => (part, 10),
+            };
+            digits.chars().try_fold(0u128, |n, c| {
+                let digit = c.to_digit(radix)?;
+                Some(
+                    n.saturating_mul(u128::from(radix))
+                        .saturating_add(u128::from(digit)),
+                )
+            })
+        }
+
+        /// The WHATWG URL "IPv4 parser", with failure as `None`.
+        fn model_ipv4(text: &str) -> Option<Ipv4Addr> {
+            let mut parts: Vec<&str> = text.split('.').collect();
+            if parts.len() > 1 && parts.last() == Some(&"") {
+                parts.pop();
+            }
+            if parts.len() > 4 {
+                return None;
+            }
+            let numbers: Vec<u128> = parts
+                .iter()
+                .map(|p| model_number(p))
+                .collect::<Option<_>>()?;
+            let (&last, leading) = numbers.split_last()?;
+            let count = u32::try_from(numbers.len()).ok()?;
+            if leading.iter().any(|&n| n > 255) || last >= 256u128.pow(5 - count) {
+                return None;
+            }
+            let mut address = last;
+            for (n, shift) in leading.iter().zip([24, 16, 8]) {
+                address += n << shift;
+            }
+            u32::try_from(address).ok().map(Ipv4Addr::from)
+        }
+
+        /// A part of a numeric host: a number in any radix with any leading zeros, or
+        /// something that looks almost like one.
+        fn ipv4_part() -> impl Strategy<Value = String> {
+            let number = (
+                prop_oneof![0u64..=255, 0u64..=0xffff_ffff, any::<u64>()],
+                0..3u8,
+                0..18usize,
+                any::<bool>(),
+            )
+                .prop_map(|(value, radix, zeros, upper)| {
+                    let zeros = "0".repeat(zeros);
+                    match (radix, upper) {
+                        (0, _) => format!("{zeros}{value}"),
+                        (1, _) => format!("0{zeros}{value:o}"),
+                        (_, false) => format!("0x{zeros}{value:x}"),
+                        (_, true) => format!("0X{zeros}{value:X}"),
+                    }
+                });
+            let odd = prop::sample::select(vec![
+                "", "0", "0x", "0X", "09", "1a", "+1", "-1", "0x+1", "0xg", " 1", "é", "٣",
+            ])
+            .prop_map(str::to_owned);
+            prop_oneof![8 => number, 1 => odd]
+        }
+
+        fn numeric_host() -> impl Strategy<Value = String> {
+            (vec(ipv4_part(), 1..=5), any::<bool>()).prop_map(|(parts, dot)| {
+                let mut text = parts.join(".");
+                if dot {
+                    text.push('.');
+                }
+                text
+            })
+        }
+
+        /// Percent-decoding as the URL standard does it, except that a `%` not followed by
+        /// two hex digits refuses the host (the standard leaves it, and then refuses the host).
+        fn model_percent_decode(text: &[u8]) -> Option<Vec<u8>> {
+            let mut out = Vec::new();
+            let mut rest = text;
+            while let Some((&byte, tail)) = rest.split_first() {
+                if byte != b'%' {
+                    out.push(byte);
+                    rest = tail;
+                    continue;
+                }
+                let [high, low, after @ ..] = tail else {
+                    return None;
+                };
+                let high = char::from(*high).to_digit(16)?;
+                let low = char::from(*low).to_digit(16)?;
+                out.push(u8::try_from(high * 16 + low).ok()?);
+                rest = after;
+            }
+            Some(out)
+        }
+
+        /// How a `Location` may spell an IPv4 host: dotted, with a trailing dot, hex, octal, fewer
+        /// parts, one number, percent-encoded dots, as a mapped IPv6 literal.
+        fn ipv4_spelling(address: Ipv4Addr, style: u8) -> String {
+            let [a, b, c, d] = address.octets();
+            let n = u32::from(address);
+            match style % 9 {
+                0 => address.to_string(),
+                1 => format!("{address}."),
+                2 => format!("0x{a:x}.0X{b:X}.0x{c:02x}.{d}"),
+                3 => format!("0{a:o}.0{b:o}.0{c:o}.0{d:o}"),
+                4 => format!("{a}.{}", n & 0xff_ffff),
+                5 => format!("{a}.{b}.{}", n & 0xffff),
+                6 => n.to_string(),
+                7 => format!("{a}%2E{b}%2e{c}.{d}"),
+                _ => format!("[{}]", address.to_ipv6_mapped()),
+            }
+        }
+
+        fn ipv6_spelling(address: Ipv6Addr, style: u8) -> String {
+            match style % 3 {
+                0 => format!("[{address}]"),
+                1 => format!(
+                    "[{}]",
+                    address.segments().map(|s| format!("{s:04X}")).join(":")
+                ),
+                _ => format!("[{}]", address.to_string().to_uppercase()),
+            }
+        }
+
+        /// A backend address, or one close to it (so both outcomes are common).
+        fn address_pair() -> impl Strategy<Value = (IpAddr, IpAddr)> {
+            let v4 = (any::<u32>(), prop_oneof![Just(0u32), Just(1), any::<u32>()]).prop_map(
+                |(a, delta)| {
+                    (
+                        IpAddr::from(a.to_be_bytes()),
+                        IpAddr::from((a ^ delta).to_be_bytes()),
+                    )
+                },
+            );
+            let v6 = (
+                any::<u128>(),
+                prop_oneof![Just(0u128), Just(1), any::<u128>()],
+            )
+                .prop_map(|(a, delta)| {
+                    (
+                        IpAddr::V6(Ipv6Addr::from(a)),
+                        IpAddr::V6(Ipv6Addr::from(a ^ delta)),
+                    )
+                });
+            prop_oneof![v4, v6]
+        }
+
+        /// A byte a field value may hold: visible ASCII, space, tab and obs-text.
+        fn field_byte() -> impl Strategy<Value = u8> {
+            prop_oneof![8 => 0x20u8..0x7f, 1 => Just(b'\t'), 2 => 0x80u8..=0xff]
+        }
+
+        /// Text made of the pieces of `Location` values that name a backend, in any order.
+        fn location_noise() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop::sample::select(vec![
+                "http:",
+                "HTTPS:",
+                "//",
+                "/",
+                "\\",
+                "10.0.0.1",
+                "0xa.0.0.1",
+                "167772161",
+                "[::1]",
+                "[::ffff:10.0.0.1]",
+                "[",
+                "]",
+                ":8080",
+                ":80",
+                ":",
+                ":99999999999",
+                "@",
+                "?",
+                "#",
+                "%2E",
+                "%",
+                "%+1",
+                "\t",
+                " ",
+                ".",
+                "a",
+                "é",
+            ]);
+            vec(piece, 0..16).prop_map(|pieces| pieces.concat().into_bytes())
+        }
+
+        fn backends() -> Vec<Authority> {
+            [
+                "10.0.0.1:8080",
+                "[::1]:8080",
+                "10.0.0.1:80",
+                "app.internal:443",
+            ]
+            .map(|a| a.parse().unwrap())
+            .to_vec()
+        }
+
+        /// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) as a `Retry-After` reader must take it.
+        fn http_date() -> impl Strategy<Value = String> {
+            (
+                0..7usize,
+                0..32u8,
+                0..12usize,
+                0..10000u16,
+                0..24u8,
+                0..60u8,
+                0..61u8,
+            )
+                .prop_map(|(day, date, month, year, hour, minute, second)| {
+                    let days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+                    let months = [
+                        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
+                        "Nov", "Dec",
+                    ];
+                    format!(
+                        "{}, {date:02} {} {year:04} {hour:02}:{minute:02}:{second:02} GMT",
+                        days[day], months[month]
+                    )
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn numeric_hosts_read_as_the_url_standard_reads_them(text in numeric_host()) {
+                prop_assert_eq!(parse_ipv4(&text), model_ipv4(&text), "{:?}", text);
+            }
+
+            #[test]
+            fn percent_decoding_decodes_exactly_the_escapes(
+                text in vec(
+                    prop::sample::select(b"%%%+-0aFg. \xc3\xa9".to_vec()),
+                    0..16,
+                ),
+            ) {
+                prop_assert_eq!(percent_decode(&text), model_percent_decode(&text));
+            }
+
+            #[test]
+            fn ports_are_read_by_value(
+                digits in prop_oneof![
+                    "[0-9]{1,12}",
+                    "0{0,20}[0-9]{1,6}",
+                    "[0-9+ -]{1,6}",
+                ],
+            ) {
+                let model = digits
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| digits.trim_start_matches('0'))
+                    .and_then(|d| if d.is_empty() { Some(0) } else { d.parse::<u16>().ok() });
+                prop_assert_eq!(parse_port(digits.as_bytes()), model, "{:?}", digits);
+            }
+
+            /// The backend's address in any spelling, with or without its port, is rewritten to
+            /// the public host, the rest kept; another address or port is left alone.
+            #[test]
+            fn a_location_is_rewritten_exactly_when_it_names_the_backend(
+                (backend_ip, location_ip) in address_pair(),
+                backend_port in prop_oneof![Just(80u16), Just(443), Just(8080), any::<u16>()],
+                location_port in prop_oneof![
+                    Just(None),
+                    Just(Some(80u16)),
+                    Just(Some(443)),
+                    Just(Some(8080)),
+                    any::<u16>().prop_map(Some),
+                ],
+                zero_padded in any::<bool>(),
+                scheme in 0..5usize,
+                style in any::<u8>(),
+                userinfo in prop_oneof![Just(""), Just("user:pw@"), Just("@")],
+                rest in "(/[a-z0-9.]{0,5}){0,3}(\\?[a-z=/]{0,5})?(#[a-z]{0,4})?",
+            ) {
+                let (scheme_text, defaults): (&str, &[u16]) =
+                    [("http://", &[80][..]), ("HTTPS://", &[443]), ("//", &[80, 443]),
+                     ("http:\\\\", &[80]), ("https:/", &[443])][scheme];
+                let host = match location_ip {
+                    IpAddr::V4(a) => ipv4_spelling(a, style),
+                    IpAddr::V6(a) => ipv6_spelling(a, style),
+                };
+                let port = match location_port {
+                    None => String::new(),
+                    Some(p) if zero_padded => format!(":0{p}"),
+                    Some(p) => format!(":{p}"),
+                };
+                let location = format!("{scheme_text}{userinfo}{host}{port}{rest}");
+                let backend: Authority = match backend_ip {
+                    IpAddr::V4(a) => format!("{a}:{backend_port}"),
+                    IpAddr::V6(a) => format!("[{a}]:{backend_port}"),
+                }
+                .parse()
+                .unwrap();
+                let named = location_ip.to_canonical() == backend_ip.to_canonical()
+                    && location_port.map_or(defaults.contains(&backend_port), |p| p == backend_port);
+                let expected = if named {
+                    let slash = if rest.starts_with('/') { "" } else { "/" };
+                    format!("https://shop.example{slash}{rest}")
+                } else {
+                    location.clone()
+                };
+                let mut map = HeaderMap::new();
+                map.insert(header::LOCATION, HeaderValue::from_str(&location).unwrap());
+                let public = HeaderValue::from_static("shop.example");
+                rewrite_location(&mut map, &backend, &[], Some(&public), "https");
+                prop_assert_eq!(
+                    map.get(header::LOCATION).map(HeaderValue::as_bytes),
+                    Some(expected.as_bytes()),
+                    "{} from {}", location, backend
+                );
+            }
+
+            /// Whatever a backend writes, what reaches the client names no backend: rewriting
+            /// the result again finds nothing to rewrite.
+            #[test]
+            fn no_rewritten_location_names_a_backend(
+                values in vec(prop_oneof![location_noise(), vec(field_byte(), 0..48)], 1..4),
+                public in prop_oneof![
+                    Just(None),
+                    Just(Some("shop.example")),
+                    Just(Some("shop.example:8443")),
+                    Just(Some("bad host")),
+                ],
+            ) {
+                let backends = backends();
+                let mut map = HeaderMap::new();
+                for value in &values {
+                    map.append(header::LOCATION, HeaderValue::from_bytes(value).unwrap());
+                }
+                let public = public.map(HeaderValue::from_static);
+                rewrite_location_among(&mut map, backends.iter(), public.as_ref(), "https");
+                prop_assert!(map.get_all(header::LOCATION).iter().count() <= values.len());
+                for value in map.get_all(header::LOCATION) {
+                    prop_assert!(
+                        backend_reference(value.as_bytes(), backends.iter()).is_none(),
+                        "{:?} from {:?}", value, values
+                    );
+                }
+            }
+
+            #[test]
+            fn retry_after_is_seconds_or_a_date_and_nothing_else(
+                value in prop_oneof![
+                    http_date().prop_map(String::into_bytes),
+                    "[0-9]{1,12}".prop_map(String::into_bytes),
+                    (http_date(), 0..29usize, field_byte()).prop_map(|(date, at, byte)| {
+                        let mut bytes = date.into_bytes();
+                        if let Some(b) = bytes.get_mut(at) {
+                            *b = byte;
+                        }
+                        bytes
+                    }),
+                    vec(field_byte(), 0..40),
+                ],
+            ) {
+                let model = regex::bytes::Regex::new(
+                    "^(?-u:[0-9]{1,10}|(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} \
+                     (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} \
+                     [0-9]{2}:[0-9]{2}:[0-9]{2} GMT)$",
+                )
+                .unwrap();
+                prop_assert_eq!(is_retry_after(&value), model.is_match(&value), "{:?}", value);
+            }
+
+            #[test]
+            fn a_replaced_page_keeps_only_what_it_was_sent(
+                retry in vec(field_byte(), 0..40),
+                origin in prop_oneof![
+                    vec(field_byte(), 0..40),
+                    "[a-z+.-]{0,6}://[a-z0-9.:\\[\\]@/-]{0,20}".prop_map(String::into_bytes),
+                ],
+                credentials in vec(field_byte(), 0..8),
+            ) {
+                let mut sent = HeaderMap::new();
+                for (name, value) in [
+                    (header::RETRY_AFTER, &retry),
+                    (header::ACCESS_CONTROL_ALLOW_ORIGIN, &origin),
+                    (header::ACCESS_CONTROL_ALLOW_CREDENTIALS, &credentials),
+                ] {
+                    sent.insert(name, HeaderValue::from_bytes(value).unwrap());
+                }
+                let kept = kept_error_headers(&sent);
+                for (name, value) in &kept {
+                    prop_assert_eq!(Some(value), sent.get(name));
+                }
+            }
+
+            #[test]
+            fn a_policy_hides_what_its_entries_name(
+                entries in vec("[xyzXYZ-]{1,4}\\*?", 0..6),
+                names in vec(prop_oneof!["[xyz-]{1,6}", any::<String>()], 1..8),
+            ) {
+                let policy = HidePolicy::from_entries(&entries);
+                prop_assert!(policy.is_ok(), "{:?}: {:?}", entries, policy);
+                let policy = policy.unwrap_or_default();
+                let lower: Vec<String> = entries.iter().map(|e| e.to_ascii_lowercase()).collect();
+                for name in &names {
+                    let model = lower.iter().any(|entry| match entry.strip_suffix('*') {
+                        Some(prefix) => name.starts_with(prefix),
+                        None => entry == name,
+                    });
+                    prop_assert_eq!(policy.matches_str(name), model, "{:?} by {:?}", name, entries);
+                }
+            }
+        }
     }
 }

@@ -279,9 +279,11 @@ impl TrustedProxies {
     fn walk(&self, lines: GetAll<'_, HeaderValue>, peer: IpAddr, hop: fn(&str) -> Hop) -> IpAddr {
         let mut believed = peer;
         for line in lines.iter().rev() {
-            let Ok(text) = line.to_str() else {
-                return believed;
-            };
+            // Read the line element by element even when some of it is not ASCII: the client
+            // writes the left of the line a trusted proxy appends to, and obs-text there must
+            // not make the whole line, the address the proxy appended included, unreadable.
+            // An element that is not ASCII is malformed and ends the walk when reached.
+            let text = String::from_utf8_lossy(line.as_bytes());
             for element in text.rsplit(',') {
                 let element = element.trim_matches([' ', '\t']);
                 // Empty list elements are allowed by the list syntax (RFC 9110 §5.6.1).
@@ -621,6 +623,37 @@ mod tests {
         );
     }
 
+    /// Regression (found by `what_a_client_writes_left_of_its_address_changes_nothing`): a line
+    /// that was not all ASCII stopped the walk before its first element, so a client sending
+    /// `X-Forwarded-For: é` through a proxy that appends `, <client>` to it was taken for the
+    /// trusted proxy itself, with that proxy's place in allow lists and rate limits.
+    #[test]
+    fn obs_text_left_of_the_client_does_not_hide_it() {
+        for (header, name, client_line, proxy_line) in [
+            (
+                ClientIpHeader::XForwardedFor,
+                "x-forwarded-for",
+                &b"\xc3\xa9, 203.0.113.9"[..],
+                "10.0.0.2",
+            ),
+            (
+                ClientIpHeader::Forwarded,
+                "forwarded",
+                b"for=\xff, for=203.0.113.9",
+                "for=10.0.0.2",
+            ),
+        ] {
+            let mut map = HeaderMap::new();
+            map.append(name, HeaderValue::from_bytes(client_line).unwrap());
+            map.append(name, HeaderValue::from_static(proxy_line));
+            assert_eq!(
+                proxies().client_ip(ip("10.0.0.1"), &map, header),
+                ip("203.0.113.9"),
+                "{header:?}"
+            );
+        }
+    }
+
     #[test]
     fn an_untrusted_peer_is_the_client_whatever_it_says() {
         assert_eq!(
@@ -709,5 +742,575 @@ mod tests {
             fwd("10.0.0.1", &["for=\"x, for=203.0.113.9"]),
             ip("203.0.113.9")
         );
+    }
+
+    /// Random lists, addresses and forwarding headers against simple models of what the code
+    /// above promises: list membership as masking, the client as a naive right-to-left walk,
+    /// every allowed spelling of an address read back as that address, and an answer (never a
+    /// panic) for any text at all.
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        /// One list entry as the model sees it: a network address and its prefix length.
+        #[derive(Debug, Clone, Copy)]
+        enum Net {
+            V4(u32, u8),
+            V6(u128, u8),
+        }
+
+        fn mask32(prefix: u8) -> u32 {
+            u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+        }
+
+        fn mask128(prefix: u8) -> u128 {
+            u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
+        }
+
+        /// `::ffff:0:0`, where IPv4-mapped addresses live.
+        const MAPPED: u128 = 0xffff << 32;
+
+        /// The model of [`IpList::contains`]: an address is in a network when its bits under the
+        /// network's mask are the network's. An IPv4 address, mapped or not, is also in an IPv6
+        /// network of /96 or longer inside `::ffff:0:0/96`; a wider IPv6 network holds no IPv4.
+        fn model_contains(nets: &[Net], ip: IpAddr) -> bool {
+            nets.iter().any(|&net| match (net, ip.to_canonical()) {
+                (Net::V4(n, p), IpAddr::V4(a)) => u32::from(a) & mask32(p) == n,
+                (Net::V6(n, p), IpAddr::V6(a)) => u128::from(a) & mask128(p) == n,
+                (Net::V6(n, p), IpAddr::V4(a)) => {
+                    p >= 96 && (MAPPED | u128::from(u32::from(a))) & mask128(p) == n
+                }
+                (Net::V4(..), IpAddr::V6(_)) => false,
+            })
+        }
+
+        /// Addresses near a few bases, so that random networks overlap, nest and touch.
+        fn near_v4() -> impl Strategy<Value = u32> {
+            let bases = vec![0, 0x0a00_0000, 0x0a00_0100, 0xc000_0200, 0xffff_ff00];
+            (prop::sample::select(bases), any::<u32>(), 0..=32u32)
+                .prop_map(|(base, noise, bits)| base ^ noise.checked_shr(32 - bits).unwrap_or(0))
+        }
+
+        fn near_v6() -> impl Strategy<Value = u128> {
+            let bases = vec![
+                0,
+                1,
+                0x2001_0db8 << 96,
+                MAPPED | 0x0a00_0000,
+                u128::MAX ^ 0xff,
+            ];
+            (prop::sample::select(bases), any::<u128>(), 0..=128u32)
+                .prop_map(|(base, noise, bits)| base ^ noise.checked_shr(128 - bits).unwrap_or(0))
+        }
+
+        fn near_ip() -> impl Strategy<Value = IpAddr> {
+            prop_oneof![
+                near_v4().prop_map(|a| IpAddr::V4(a.into())),
+                near_v6().prop_map(|a| IpAddr::V6(a.into())),
+                near_v4().prop_map(|a| IpAddr::V6(Ipv4Addr::from(a).to_ipv6_mapped())),
+            ]
+        }
+
+        fn net() -> impl Strategy<Value = Net> {
+            prop_oneof![
+                (near_v4(), 0..=32u8).prop_map(|(a, p)| Net::V4(a & mask32(p), p)),
+                (near_v6(), 0..=128u8).prop_map(|(a, p)| Net::V6(a & mask128(p), p)),
+                // IPv4 networks written as mapped IPv6.
+                (near_v4(), 96..=128u8)
+                    .prop_map(|(a, p)| Net::V6((MAPPED | u128::from(a)) & mask128(p), p)),
+            ]
+        }
+
+        /// An entry as an operator writes it: `NET/PREFIX`, or a bare address for a host.
+        fn entry_text(net: Net, bare: bool) -> String {
+            match net {
+                Net::V4(n, 32) if bare => Ipv4Addr::from(n).to_string(),
+                Net::V6(n, 128) if bare => format!(" {} ", Ipv6Addr::from(n)),
+                Net::V4(n, p) => format!("{}/{p}", Ipv4Addr::from(n)),
+                Net::V6(n, p) => format!("{}/{p}", Ipv6Addr::from(n)),
+            }
+        }
+
+        /// The addresses at and just outside a network's ends, where a merge goes wrong if it
+        /// does.
+        fn edges(net: Net) -> Vec<IpAddr> {
+            match net {
+                Net::V4(n, p) => {
+                    let last = n | !mask32(p);
+                    [n.wrapping_sub(1), n, last, last.wrapping_add(1)]
+                        .map(|a| IpAddr::V4(a.into()))
+                        .to_vec()
+                }
+                Net::V6(n, p) => {
+                    let last = n | !mask128(p);
+                    [n.wrapping_sub(1), n, last, last.wrapping_add(1)]
+                        .map(|a| IpAddr::V6(a.into()))
+                        .to_vec()
+                }
+            }
+        }
+
+        /// Sorted, each range non-empty, and no two overlapping or touching.
+        fn assert_apart<T: Ord + Copy + Bounded + std::fmt::Debug>(
+            ranges: &[(T, T)],
+        ) -> Result<(), TestCaseError> {
+            for &(start, end) in ranges {
+                prop_assert!(start <= end, "{:?}", ranges);
+            }
+            for pair in ranges.windows(2) {
+                if let [(_, end), (next, _)] = pair {
+                    prop_assert!(*end < T::MAX && *next > end.next(), "{:?}", ranges);
+                }
+            }
+            Ok(())
+        }
+
+        // --- the client address ---------------------------------------------------------------
+
+        /// The trusted proxies of [`proxies`], as a model.
+        fn trusted_model(ip: IpAddr) -> bool {
+            match ip.to_canonical() {
+                IpAddr::V4(a) => a.octets()[0] == 10,
+                IpAddr::V6(a) => a.segments()[..2] == [0x2001, 0x0db8],
+            }
+        }
+
+        fn trusted_ip() -> impl Strategy<Value = IpAddr> {
+            prop_oneof![
+                any::<[u8; 3]>().prop_map(|[b, c, d]| IpAddr::from([10, b, c, d])),
+                any::<u128>().prop_map(|low| {
+                    IpAddr::V6(Ipv6Addr::from((0x2001_0db8 << 96) | (low >> 32)))
+                }),
+                any::<[u8; 3]>()
+                    .prop_map(|[b, c, d]| IpAddr::V6(Ipv4Addr::new(10, b, c, d).to_ipv6_mapped())),
+            ]
+        }
+
+        fn any_ip() -> impl Strategy<Value = IpAddr> {
+            prop_oneof![
+                any::<u32>().prop_map(|a| IpAddr::V4(a.into())),
+                any::<u128>().prop_map(|a| IpAddr::V6(a.into())),
+                any::<u32>().prop_map(|a| IpAddr::V6(Ipv4Addr::from(a).to_ipv6_mapped())),
+            ]
+        }
+
+        /// A port as it may follow an address: a number (leading zeros allowed) or an RFC 7239
+        /// obfuscated port.
+        fn port() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<u16>().prop_map(|p| p.to_string()),
+                (any::<u16>(), 1..4usize)
+                    .prop_map(|(p, zeros)| format!("{}{p}", "0".repeat(zeros))),
+                "_[A-Za-z0-9._-]{1,8}",
+            ]
+        }
+
+        /// How an address is written in a hop: `style` picks compressed or full upper-case IPv6,
+        /// with or without brackets; a port is added where the form allows one.
+        #[derive(Debug, Clone)]
+        struct Spelling {
+            style: u8,
+            port: Option<String>,
+        }
+
+        fn spelling() -> impl Strategy<Value = Spelling> {
+            (0..3u8, proptest::option::of(port()))
+                .prop_map(|(style, port)| Spelling { style, port })
+        }
+
+        /// The node (`192.0.2.7:80`, `[2001:db8::1]:80`, `2001:DB8:0:0:0:0:0:1`) of `ip`.
+        fn node(ip: IpAddr, spelling: &Spelling) -> String {
+            let v6 = |a: Ipv6Addr| match spelling.style {
+                0 => a.to_string(),
+                _ => a.segments().map(|s| format!("{s:X}")).join(":"),
+            };
+            match (ip, &spelling.port) {
+                (IpAddr::V4(a), None) => a.to_string(),
+                (IpAddr::V4(a), Some(port)) => format!("{a}:{port}"),
+                // Without brackets an IPv6 address can carry no port.
+                (IpAddr::V6(a), None) if spelling.style == 2 => v6(a),
+                (IpAddr::V6(a), None) => format!("[{}]", v6(a)),
+                (IpAddr::V6(a), Some(port)) => format!("[{}]:{port}", v6(a)),
+            }
+        }
+
+        /// A `Forwarded` element for `node`: `for=` in any case, among other pairs, the value a
+        /// token where it can be and otherwise a quoted-string, some of its characters escaped.
+        fn forwarded_element(node: &str, shape: &ElementShape) -> String {
+            let token = node.bytes().all(is_tchar);
+            let value = if token && !shape.quoted {
+                node.to_owned()
+            } else {
+                let mut quoted = String::from("\"");
+                for (c, escape) in node.chars().zip(shape.escapes.iter().cycle()) {
+                    if *escape {
+                        quoted.push('\\');
+                    }
+                    quoted.push(c);
+                }
+                quoted.push('"');
+                quoted
+            };
+            let name = ["for", "For", "FOR"][usize::from(shape.name_case % 3)];
+            let mut pairs: Vec<String> = shape.before.iter().map(|p| (*p).to_owned()).collect();
+            pairs.push(format!("{name}={value}"));
+            pairs.extend(shape.after.iter().map(|p| (*p).to_owned()));
+            pairs.join(";")
+        }
+
+        #[derive(Debug, Clone)]
+        struct ElementShape {
+            quoted: bool,
+            escapes: Vec<bool>,
+            name_case: u8,
+            before: Vec<&'static str>,
+            after: Vec<&'static str>,
+        }
+
+        fn element_shape() -> impl Strategy<Value = ElementShape> {
+            let other = prop::sample::select(vec![
+                "proto=https",
+                "proto=http",
+                "host=a.example",
+                "host=\"a.example:8443\"",
+                "by=\"[2001:db8::9]:80\"",
+                "by=_hidden",
+                "by=10.0.0.1",
+            ]);
+            (
+                any::<bool>(),
+                vec(prop::bool::weighted(0.2), 1..8),
+                any::<u8>(),
+                vec(other.clone(), 0..3),
+                vec(other, 0..3),
+            )
+                .prop_map(|(quoted, escapes, name_case, before, after)| ElementShape {
+                    quoted,
+                    escapes,
+                    name_case,
+                    before,
+                    after,
+                })
+        }
+
+        /// One hop of a chain, as the model sees it.
+        #[derive(Debug, Clone)]
+        enum ModelHop {
+            Address(IpAddr, Spelling, ElementShape),
+            /// Something no hop may be: the walk ends there. Holds an index into the garbage
+            /// lists below.
+            Garbage(usize),
+            /// An empty list element (`a, , b`), which the list syntax allows.
+            Empty,
+        }
+
+        const XFF_GARBAGE: [&str; 7] = [
+            "unknown",
+            "garbage",
+            "192.0.2.7:99999",
+            "192.0.2.7:99999999999",
+            "[2001:db9::1",
+            "fe80::1%eth0",
+            "[2001:db9::1]x",
+        ];
+
+        const FORWARDED_GARBAGE: [&str; 8] = [
+            "for=unknown",
+            "for=_hidden",
+            "proto=https",
+            "for=192.0.2.7;for=192.0.2.8",
+            "for=\"192.0.2.7",
+            "for=[2001:db9::1]:99999",
+            "for",
+            ";;",
+        ];
+
+        fn hop() -> impl Strategy<Value = ModelHop> {
+            prop_oneof![
+                6 => (prop_oneof![trusted_ip(), any_ip()], spelling(), element_shape())
+                    .prop_map(|(ip, spelling, shape)| ModelHop::Address(ip, spelling, shape)),
+                1 => (0..XFF_GARBAGE.len().min(FORWARDED_GARBAGE.len())).prop_map(ModelHop::Garbage),
+                1 => Just(ModelHop::Empty),
+            ]
+        }
+
+        /// The model of [`TrustedProxies::client_ip`]: walk the hops from the right, believing
+        /// each address while it is a trusted proxy's.
+        fn model_client(peer: IpAddr, chain: &[ModelHop]) -> IpAddr {
+            let mut believed = peer.to_canonical();
+            if !trusted_model(believed) {
+                return believed;
+            }
+            for hop in chain.iter().rev() {
+                match hop {
+                    ModelHop::Address(ip, ..) => {
+                        believed = ip.to_canonical();
+                        if !trusted_model(believed) {
+                            return believed;
+                        }
+                    }
+                    ModelHop::Garbage(_) => return believed,
+                    ModelHop::Empty => {}
+                }
+            }
+            believed
+        }
+
+        /// The header lines of a chain: a new line wherever `breaks` says, elements of a line
+        /// joined by commas with optional whitespace.
+        fn header_lines(
+            chain: &[ModelHop],
+            header: ClientIpHeader,
+            breaks: &[bool],
+            separators: &[u8],
+        ) -> Vec<String> {
+            let mut lines: Vec<String> = Vec::new();
+            for (i, hop) in chain.iter().enumerate() {
+                let element = match (hop, header) {
+                    (ModelHop::Address(ip, spelling, _), ClientIpHeader::XForwardedFor) => {
+                        node(*ip, spelling)
+                    }
+                    (ModelHop::Address(ip, spelling, shape), ClientIpHeader::Forwarded) => {
+                        forwarded_element(&node(*ip, spelling), shape)
+                    }
+                    (ModelHop::Garbage(g), ClientIpHeader::XForwardedFor) => {
+                        XFF_GARBAGE[*g].to_owned()
+                    }
+                    (ModelHop::Garbage(g), ClientIpHeader::Forwarded) => {
+                        FORWARDED_GARBAGE[*g].to_owned()
+                    }
+                    (ModelHop::Empty, _) => String::new(),
+                };
+                let separator = [",", ", ", " , ", ",\t", "\t,  "]
+                    [usize::from(separators.get(i).copied().unwrap_or(0) % 5)];
+                match lines.last_mut() {
+                    Some(line) if !breaks.get(i).copied().unwrap_or(false) => {
+                        line.push_str(separator);
+                        line.push_str(&element);
+                    }
+                    _ => lines.push(element),
+                }
+            }
+            lines
+        }
+
+        fn header_map(header: ClientIpHeader, lines: &[Vec<u8>]) -> HeaderMap {
+            let name = match header {
+                ClientIpHeader::XForwardedFor => &X_FORWARDED_FOR,
+                ClientIpHeader::Forwarded => &FORWARDED,
+            };
+            let mut map = HeaderMap::new();
+            for line in lines {
+                map.append(
+                    name.clone(),
+                    HeaderValue::from_bytes(line).expect("a field value"),
+                );
+            }
+            map
+        }
+
+        fn which_header() -> impl Strategy<Value = ClientIpHeader> {
+            prop_oneof![
+                Just(ClientIpHeader::XForwardedFor),
+                Just(ClientIpHeader::Forwarded)
+            ]
+        }
+
+        /// A byte a field value may hold: visible ASCII, space, tab and obs-text.
+        fn field_byte() -> impl Strategy<Value = u8> {
+            prop_oneof![8 => 0x20u8..0x7f, 1 => Just(b'\t'), 2 => 0x80u8..=0xff]
+        }
+
+        /// Text made of the pieces forwarding headers are made of, in any order.
+        fn forwarding_noise() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop::sample::select(vec![
+                ",",
+                ";",
+                "=",
+                "\"",
+                "\\",
+                "[",
+                "]",
+                ":",
+                " ",
+                "\t",
+                "for",
+                "FOR",
+                "by",
+                "_x",
+                "unknown",
+                "192.0.2.7",
+                "10.0.0.2",
+                "2001:db8::1",
+                "::ffff:",
+                "99999999999",
+                "65536",
+                "é",
+            ]);
+            vec(piece, 0..24).prop_map(|pieces| pieces.concat().into_bytes())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn a_list_contains_what_masking_says(
+                nets in vec(net(), 0..12),
+                bare in any::<bool>(),
+                probes in vec(near_ip(), 0..16),
+            ) {
+                let texts: Vec<String> = nets.iter().map(|&net| entry_text(net, bare)).collect();
+                let list = IpList::parse_entries(&texts);
+                prop_assert!(list.is_ok(), "{:?}: {:?}", texts, list);
+                let list = list.unwrap_or_default();
+                prop_assert_eq!(list.is_empty(), nets.is_empty());
+                let edges = nets.iter().flat_map(|&net| edges(net));
+                for ip in probes.iter().copied().chain(edges) {
+                    prop_assert_eq!(
+                        list.contains(ip),
+                        model_contains(&nets, ip),
+                        "{} in {:?}", ip, texts
+                    );
+                }
+            }
+
+            #[test]
+            fn compiled_ranges_are_sorted_and_apart(nets in vec(net(), 0..16)) {
+                let texts: Vec<String> = nets.iter().map(|&net| entry_text(net, false)).collect();
+                let list = IpList::parse_entries(&texts).unwrap_or_default();
+                assert_apart(&list.v4)?;
+                assert_apart(&list.v6)?;
+            }
+
+            #[test]
+            fn bits_past_the_prefix_are_refused_and_only_they(
+                (text, stray_bits) in prop_oneof![
+                    (near_v4(), 0..=32u8).prop_map(|(a, p)| {
+                        (format!("{}/{p}", Ipv4Addr::from(a)), a & !mask32(p) != 0)
+                    }),
+                    (near_v6(), 0..=128u8).prop_map(|(a, p)| {
+                        (format!("{}/{p}", Ipv6Addr::from(a)), a & !mask128(p) != 0)
+                    }),
+                ],
+            ) {
+                match IpList::parse_entries([&text]) {
+                    Ok(_) => prop_assert!(!stray_bits, "{} accepted", text),
+                    Err(error) => {
+                        prop_assert!(stray_bits, "{}: {}", text, error);
+                        prop_assert!(error.contains("bits set past"), "{}", error);
+                    }
+                }
+            }
+
+            #[test]
+            fn any_entry_text_gets_an_answer(
+                text in prop_oneof![
+                    "[0-9a-fA-F.:/%\\[\\] x-]{0,48}",
+                    "[0-9]{1,4}(\\.[0-9]{1,12}){0,5}(/[0-9]{1,12})?",
+                    any::<String>(),
+                ],
+            ) {
+                // `file:` would read the file system; a list file is not network input.
+                prop_assume!(!text.trim().starts_with("file:"));
+                if let Ok(list) = IpList::parse_entries([&text]) {
+                    prop_assert!(!list.is_empty(), "{:?}", text);
+                }
+            }
+
+            #[test]
+            fn every_spelling_of_an_address_reads_back(
+                ip in any_ip(),
+                spelling in spelling(),
+                shape in element_shape(),
+            ) {
+                let text = node(ip, &spelling);
+                prop_assert_eq!(node_address(&text), Some(ip), "{}", text);
+                prop_assert!(
+                    matches!(x_forwarded_for_hop(&text), super::Hop::Address(read) if read == ip),
+                    "{}", text
+                );
+                let element = forwarded_element(&text, &shape);
+                prop_assert!(
+                    matches!(forwarded_hop(&element), super::Hop::Address(read) if read == ip),
+                    "{}", element
+                );
+            }
+
+            #[test]
+            fn the_client_is_the_right_most_untrusted_hop(
+                peer in prop_oneof![3 => trusted_ip(), 1 => any_ip()],
+                chain in vec(hop(), 0..10),
+                header in which_header(),
+                breaks in vec(prop::bool::weighted(0.3), 10),
+                separators in vec(any::<u8>(), 10),
+            ) {
+                let lines = header_lines(&chain, header, &breaks, &separators);
+                let bytes: Vec<Vec<u8>> = lines.iter().map(|l| l.clone().into_bytes()).collect();
+                let map = header_map(header, &bytes);
+                prop_assert_eq!(
+                    proxies().client_ip(peer, &map, header),
+                    model_client(peer, &chain),
+                    "peer {} sent {:?}", peer, lines
+                );
+            }
+
+            /// Everything left of the client's address was written by the client: whatever it
+            /// is, on the same line or on lines of its own, the answer stays.
+            #[test]
+            fn what_a_client_writes_left_of_its_address_changes_nothing(
+                peer in trusted_ip(),
+                left in vec(hop(), 0..4),
+                client in (
+                    any_ip().prop_filter("an untrusted client", |ip| !trusted_model(*ip)),
+                    spelling(),
+                    element_shape(),
+                ),
+                proxies_hops in vec((trusted_ip(), spelling(), element_shape()), 0..4),
+                header in which_header(),
+                breaks in vec(prop::bool::weighted(0.3), 9),
+                junk in prop_oneof![vec(field_byte(), 0..40), forwarding_noise()],
+                own_line in any::<bool>(),
+            ) {
+                let address = |(ip, spelling, shape)| ModelHop::Address(ip, spelling, shape);
+                let mut chain = left;
+                chain.push(address(client.clone()));
+                chain.extend(proxies_hops.into_iter().map(address));
+                let lines = header_lines(&chain, header, &breaks, &[0; 9]);
+                let mut bytes: Vec<Vec<u8>> =
+                    lines.iter().map(|l| l.clone().into_bytes()).collect();
+                prop_assert_eq!(
+                    proxies().client_ip(peer, &header_map(header, &bytes), header),
+                    client.0.to_canonical(),
+                    "{:?}", lines
+                );
+                if own_line {
+                    bytes.insert(0, junk.clone());
+                } else if let Some(first) = bytes.first_mut() {
+                    let mut line = junk.clone();
+                    line.push(b',');
+                    line.append(first);
+                    *first = line;
+                }
+                prop_assert_eq!(
+                    proxies().client_ip(peer, &header_map(header, &bytes), header),
+                    client.0.to_canonical(),
+                    "junk {:?} before {:?}", String::from_utf8_lossy(&junk), lines
+                );
+            }
+
+            #[test]
+            fn any_forwarding_header_gets_an_answer(
+                peer in prop_oneof![trusted_ip(), any_ip()],
+                header in which_header(),
+                lines in vec(prop_oneof![vec(field_byte(), 0..64), forwarding_noise()], 0..4),
+            ) {
+                let client = proxies().client_ip(peer, &header_map(header, &lines), header);
+                prop_assert_eq!(client, client.to_canonical(), "a mapped address is IPv4");
+                if !trusted_model(peer) {
+                    prop_assert_eq!(client, peer.to_canonical());
+                }
+            }
+        }
     }
 }

@@ -1003,4 +1003,169 @@ mod tests {
                 .is_err()
         );
     }
+
+    /// Random requests against a model of what a key tells apart: two requests share a key
+    /// exactly when every configured part sees the same thing in both, and a key stays short
+    /// whatever the client sends.
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        const KEY_PARTS: [&str; 4] = ["client_ip", "route", "header:x-api-key", "header:X-Tenant"];
+
+        /// What one configured part sees of a request.
+        #[derive(Debug, PartialEq, Eq)]
+        enum Seen {
+            /// The address as counted: IPv4 (mapped or not), or the /64 of IPv6.
+            Client([u8; 4], [u8; 8]),
+            Route(String),
+            /// The header's values in order; `None` when it is absent.
+            Header(Option<Vec<Vec<u8>>>),
+        }
+
+        #[derive(Debug, Clone)]
+        struct Request {
+            route: &'static str,
+            client: IpAddr,
+            headers: HeaderMap,
+        }
+
+        fn model_key(parts: &[&str], request: &Request) -> Vec<Seen> {
+            parts
+                .iter()
+                .map(|part| match *part {
+                    "client_ip" => match request.client.to_canonical() {
+                        IpAddr::V4(v4) => Seen::Client(v4.octets(), [0xff; 8]),
+                        IpAddr::V6(v6) => {
+                            let segments = v6.segments();
+                            let mut net = [0; 8];
+                            for (pair, segment) in net.chunks_mut(2).zip(segments) {
+                                pair.copy_from_slice(&segment.to_be_bytes());
+                            }
+                            Seen::Client([0; 4], net)
+                        }
+                    },
+                    "route" => Seen::Route(request.route.to_owned()),
+                    name => {
+                        let name = name.trim_start_matches("header:").to_ascii_lowercase();
+                        let values: Vec<Vec<u8>> = request
+                            .headers
+                            .get_all(name.as_str())
+                            .iter()
+                            .map(|v| v.as_bytes().to_vec())
+                            .collect();
+                        Seen::Header((!values.is_empty()).then_some(values))
+                    }
+                })
+                .collect()
+        }
+
+        /// A byte a field value may hold: visible ASCII, space, tab and obs-text.
+        fn field_byte() -> impl Strategy<Value = u8> {
+            prop_oneof![8 => 0x20u8..0x7f, 1 => Just(b'\t'), 2 => 0x80u8..=0xff]
+        }
+
+        /// Values from a small pool, so that requests often agree, or anything.
+        fn header_value() -> impl Strategy<Value = HeaderValue> {
+            let pool = prop::sample::select(vec![
+                b"".to_vec(),
+                b"k".to_vec(),
+                b"k2".to_vec(),
+                b"k,k2".to_vec(),
+                vec![b'x'; 80],
+            ]);
+            prop_oneof![4 => pool, 1 => vec(field_byte(), 0..100)]
+                .prop_map(|v| HeaderValue::from_bytes(&v).expect("a field value"))
+        }
+
+        fn request() -> impl Strategy<Value = Request> {
+            let route = prop::sample::select(vec![
+                "api",
+                "apI",
+                "",
+                "ap",
+                "a-route-name-that-is-long-enough-to-need-a-digest-of-the-whole-key",
+            ]);
+            let client = prop::sample::select(vec![
+                IpAddr::from([192, 0, 2, 1]),
+                IpAddr::from([192, 0, 2, 2]),
+                IpAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped()),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+                IpAddr::V6("2001:db8:0:1::1".parse().expect("an address")),
+                IpAddr::V6("2001:db8:0:1:ffff::2".parse().expect("an address")),
+                IpAddr::V6("2001:db8:0:2::1".parse().expect("an address")),
+            ]);
+            let lines = vec(
+                (
+                    prop::sample::select(vec!["x-api-key", "X-Tenant", "x-other"]),
+                    header_value(),
+                ),
+                0..4,
+            );
+            (route, client, lines).prop_map(|(route, client, lines)| {
+                let mut headers = HeaderMap::new();
+                for (name, value) in lines {
+                    headers.append(
+                        HeaderName::from_bytes(name.as_bytes()).expect("a header name"),
+                        value,
+                    );
+                }
+                Request {
+                    route,
+                    client,
+                    headers,
+                }
+            })
+        }
+
+        fn key_parts() -> impl Strategy<Value = Vec<&'static str>> {
+            prop::sample::subsequence(KEY_PARTS.to_vec(), 1..=KEY_PARTS.len()).prop_shuffle()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn requests_share_a_key_exactly_when_every_part_agrees(
+                parts in key_parts(),
+                requests in vec(request(), 2..6),
+            ) {
+                let limiter = limiter("10/s", None, &parts);
+                let keys: Vec<Vec<u8>> = requests
+                    .iter()
+                    .map(|r| limiter.key_for(r.route, r.client, &r.headers))
+                    .collect();
+                let seen: Vec<Vec<Seen>> = requests.iter().map(|r| model_key(&parts, r)).collect();
+                for (i, j) in (0..keys.len()).flat_map(|i| (0..i).map(move |j| (i, j))) {
+                    prop_assert_eq!(
+                        keys[i] == keys[j],
+                        seen[i] == seen[j],
+                        "{:?} and {:?} by {:?}", requests[i], requests[j], parts
+                    );
+                }
+            }
+
+            #[test]
+            fn keys_stay_short_whatever_the_client_sends(
+                parts in key_parts(),
+                request in request(),
+                (pattern, length) in (vec(field_byte(), 1..16), 0..5000usize),
+            ) {
+                // A long value from a short random pattern: cheap to generate, and long.
+                let long: Vec<u8> = pattern.iter().copied().cycle().take(length).collect();
+                let limiter = limiter("10/s", None, &parts);
+                let mut headers = request.headers.clone();
+                headers.append("x-api-key", HeaderValue::from_bytes(&long).expect("a field value"));
+                for headers in [&request.headers, &headers] {
+                    let key = limiter.key_for(request.route, request.client, headers);
+                    match key.first() {
+                        Some(&DIGEST_TAG) => prop_assert_eq!(key.len(), 33),
+                        Some(_) => prop_assert!(key.len() <= MAX_RAW_KEY, "{:?}", key),
+                        None => prop_assert!(false, "an empty key"),
+                    }
+                }
+            }
+        }
+    }
 }

@@ -868,4 +868,415 @@ mod tests {
             let _ = normalize_path(&path[1..], false);
         }
     }
+
+    /// Random requests against simple models: the framing rules as RFC 9110 and 9112 state
+    /// them, the host comparison of a target with its `Host`, RFC 3986 `remove_dot_segments`;
+    /// and an answer, never a panic, for any bytes.
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        /// A byte a field value may hold: visible ASCII, space, tab and obs-text.
+        fn field_byte() -> impl Strategy<Value = u8> {
+            prop_oneof![8 => 0x20u8..0x7f, 1 => Just(b'\t'), 2 => 0x80u8..=0xff]
+        }
+
+        fn values(of: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Vec<HeaderValue>> {
+            vec(
+                of.prop_map(|v| HeaderValue::from_bytes(&v).expect("a field value")),
+                0..3,
+            )
+        }
+
+        fn content_length_value() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                "[0-9]{1,6}",
+                "0{0,25}[0-9]{1,21}",
+                "[0-9]{1,3}[ ,]{1,2}[0-9]{1,3}",
+                "[0-9 ,+x.-]{0,6}",
+            ]
+            .prop_map(String::into_bytes)
+        }
+
+        /// The model of `check_content_length`: one line holding one value, a run of digits no
+        /// larger than a `u64`.
+        fn model_content_length(values: &[HeaderValue]) -> Result<bool, &'static str> {
+            let [value] = values else {
+                return if values.is_empty() {
+                    Ok(false)
+                } else {
+                    Err("more than one Content-Length")
+                };
+            };
+            let text = value.as_bytes();
+            if text.contains(&b',') {
+                return Err("more than one Content-Length");
+            }
+            if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
+                return Err("Content-Length is not a number");
+            }
+            let text = value.to_str().unwrap_or_default();
+            let significant = text.trim_start_matches('0');
+            match significant.len() <= 20
+                && significant.parse::<u128>().unwrap_or(0) <= u128::from(u64::MAX)
+            {
+                true => Ok(true),
+                false => Err("Content-Length is too large"),
+            }
+        }
+
+        fn transfer_encoding_value() -> impl Strategy<Value = Vec<u8>> {
+            let coding = prop::sample::select(vec![
+                "chunked",
+                "Chunked",
+                "CHUNKED",
+                " chunked\t",
+                "gzip",
+                "identity",
+                "",
+                " ",
+                "chunked;q=1",
+                "xchunked",
+            ]);
+            (vec(coding, 1..3), prop::bool::ANY).prop_map(|(codings, spaced)| {
+                codings.join(if spaced { ", " } else { "," }).into_bytes()
+            })
+        }
+
+        /// The model of `check_transfer_encoding`: over all lines, exactly one coding, `chunked`,
+        /// and only in HTTP/1.1.
+        fn model_transfer_encoding(
+            values: &[HeaderValue],
+            version: Version,
+        ) -> Result<bool, &'static str> {
+            if values.is_empty() {
+                return Ok(false);
+            }
+            if version != Version::HTTP_11 {
+                return Err("Transfer-Encoding outside HTTP/1.1");
+            }
+            let codings: Vec<&[u8]> = values
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .map(|c| c.trim_ascii())
+                .collect();
+            match codings.as_slice() {
+                [only] if only.eq_ignore_ascii_case(b"chunked") => Ok(true),
+                _ => Err("Transfer-Encoding other than chunked"),
+            }
+        }
+
+        /// Host names in a few spellings of a few hosts, so that equal and different hosts are
+        /// both common.
+        fn host_name() -> impl Strategy<Value = String> {
+            let name = prop::sample::select(vec![
+                "a.test",
+                "b.test",
+                "a.test.evil",
+                "xn--d1a.test",
+                "127.0.0.1",
+                "[::1]",
+                "[2001:db8::1]",
+                "[2001:db8::2]",
+            ]);
+            (name, vec(any::<bool>(), 16), any::<bool>()).prop_map(|(name, upper, dot)| {
+                let mut text: String = name
+                    .chars()
+                    .zip(upper.into_iter().chain(std::iter::repeat(false)))
+                    .map(|(c, up)| if up { c.to_ascii_uppercase() } else { c })
+                    .collect();
+                if dot && !text.ends_with(']') {
+                    text.push('.');
+                }
+                text
+            })
+        }
+
+        /// A port as written after a host: none, empty, a number (maybe zero-padded).
+        fn port_text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just(String::new()),
+                Just(":".to_owned()),
+                prop::sample::select(vec![80u16, 443, 8080]).prop_map(|p| format!(":{p}")),
+                any::<u16>().prop_map(|p| format!(":{p}")),
+                any::<u16>().prop_map(|p| format!(":00{p}")),
+            ]
+        }
+
+        /// What a host-and-port means: the name without its trailing dot, in lower case, and
+        /// the port with the scheme's default for none.
+        fn model_host(text: &str, port: &str, default: Option<u16>) -> (String, Option<u16>) {
+            let name = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
+            let port = match port.strip_prefix(':') {
+                Some(digits) if !digits.is_empty() => digits.parse().ok(),
+                _ => None,
+            };
+            (name, port.or(default))
+        }
+
+        /// RFC 3986 §5.2.4 `remove_dot_segments`, as written there (on a path that starts with
+        /// `/`), except that a `..` with nothing left to remove refuses the path.
+        fn remove_dot_segments(path: &str) -> Result<String, ()> {
+            let mut input = path.to_owned();
+            let mut output = String::new();
+            while !input.is_empty() {
+                if input.starts_with("/./") || input == "/." {
+                    input.replace_range(..2, "");
+                    if input.is_empty() {
+                        input.push('/');
+                    }
+                } else if input.starts_with("/../") || input == "/.." {
+                    if output.is_empty() {
+                        return Err(());
+                    }
+                    input.replace_range(..3, "");
+                    if input.is_empty() {
+                        input.push('/');
+                    }
+                    output.truncate(output.rfind('/').unwrap_or(0));
+                } else {
+                    // Move the first segment, with its leading `/`, to the output.
+                    let end = input
+                        .char_indices()
+                        .skip(1)
+                        .find(|&(_, c)| c == '/')
+                        .map_or(input.len(), |(at, _)| at);
+                    output.extend(input.drain(..end));
+                }
+            }
+            Ok(output)
+        }
+
+        /// The model of [`normalize_path`]: refuse what the documentation refuses, decode the
+        /// unreserved escapes, merge slashes if asked, then remove dot segments.
+        fn model_normalize(path: &str, merge: bool) -> Result<String, ()> {
+            if path.is_empty() || path == "*" {
+                return Ok(path.to_owned());
+            }
+            if !path.starts_with('/') || path.contains('\\') {
+                return Err(());
+            }
+            let mut decoded = String::new();
+            let mut rest = path;
+            while let Some(at) = rest.find('%') {
+                decoded.push_str(rest.get(..at).ok_or(())?);
+                let hex = rest.get(at + 1..at + 3).ok_or(())?;
+                if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(());
+                }
+                let byte = u8::from_str_radix(hex, 16).map_err(|_| ())?;
+                if matches!(byte, b'/' | b'\\' | 0) {
+                    return Err(());
+                }
+                if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+                    decoded.push(char::from(byte));
+                } else {
+                    decoded.push_str(rest.get(at..at + 3).ok_or(())?);
+                }
+                rest = rest.get(at + 3..).ok_or(())?;
+            }
+            decoded.push_str(rest);
+            if merge {
+                while decoded.contains("//") {
+                    decoded = decoded.replace("//", "/");
+                }
+            }
+            let dot_with_params = |segment: &str| {
+                segment.contains(';') && matches!(segment.split(';').next(), Some("." | ".."))
+            };
+            if decoded.split('/').any(dot_with_params) {
+                return Err(());
+            }
+            remove_dot_segments(&decoded)
+        }
+
+        fn path() -> impl Strategy<Value = String> {
+            // Mostly pieces of paths that normalise, so that outputs, not only refusals, are
+            // compared.
+            let fine = prop::sample::select(vec![
+                "/", "/", "/", "a", "b", ".", "..", "%2e", "%2E", "%41", "%20", "%7e", "%3B", ";x",
+                "é", "//", "~", "x.y", "%C3%A9",
+            ]);
+            let refused = prop::sample::select(vec![
+                "%2f", "%5C", "%00", "%", "%4", "%g1", "%+1", "\\", ";", "/..;",
+            ]);
+            let piece = prop_oneof![12 => fine, 1 => refused];
+            prop_oneof![
+                8 => vec(piece, 0..16).prop_map(|pieces| format!("/{}", pieces.concat())),
+                1 => any::<String>(),
+                1 => prop::sample::select(vec!["", "*", "a/b", "*/"]).prop_map(str::to_owned),
+            ]
+        }
+
+        fn version() -> impl Strategy<Value = Version> {
+            prop::sample::select(vec![
+                Version::HTTP_09,
+                Version::HTTP_10,
+                Version::HTTP_11,
+                Version::HTTP_2,
+            ])
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn content_length_is_one_number_or_refused(
+                lines in values(prop_oneof![4 => content_length_value(), 1 => vec(field_byte(), 0..8)]),
+            ) {
+                prop_assert_eq!(
+                    check_content_length(lines.iter()),
+                    model_content_length(&lines),
+                    "{:?}", lines
+                );
+            }
+
+            #[test]
+            fn transfer_encoding_is_chunked_once_or_refused(
+                lines in values(prop_oneof![4 => transfer_encoding_value(), 1 => vec(field_byte(), 0..8)]),
+                version in version(),
+            ) {
+                prop_assert_eq!(
+                    check_transfer_encoding(lines.iter(), version),
+                    model_transfer_encoding(&lines, version),
+                    "{:?} {:?}", lines, version
+                );
+            }
+
+            /// Whatever the framing headers say, the answer is the models' combined.
+            #[test]
+            fn framing_is_refused_exactly_when_the_models_say(
+                lengths in values(content_length_value()),
+                codings in values(transfer_encoding_value()),
+                version in version(),
+            ) {
+                let mut request = request(version, "/", &[("host", b"a.test")]);
+                for value in &lengths {
+                    request.headers_mut().append(header::CONTENT_LENGTH, value.clone());
+                }
+                for value in &codings {
+                    request.headers_mut().append(header::TRANSFER_ENCODING, value.clone());
+                }
+                let expected = model_content_length(&lengths).and_then(|has_length| {
+                    let has_coding = model_transfer_encoding(&codings, version)?;
+                    if has_length && has_coding {
+                        Err("both Content-Length and Transfer-Encoding")
+                    } else {
+                        Ok(())
+                    }
+                });
+                prop_assert_eq!(check_request(&request), expected);
+            }
+
+            #[test]
+            fn a_host_with_userinfo_whitespace_or_controls_is_refused(
+                host in prop_oneof![
+                    vec(field_byte(), 0..24),
+                    "[a-z.@ ]{0,12}(:[0-9]{0,6})?".prop_map(String::into_bytes),
+                ],
+            ) {
+                let bad = host
+                    .iter()
+                    .any(|&b| b == b'@' || b.is_ascii_whitespace() || b.is_ascii_control());
+                let expected = if bad {
+                    Err("Host with userinfo, whitespace or control bytes")
+                } else {
+                    Ok(())
+                };
+                prop_assert_eq!(check("/x", &[("host", &host)]), expected, "{:?}", host);
+            }
+
+            /// An absolute-form target and its `Host` name the same host exactly when their
+            /// names agree, ignoring case and a trailing dot, and their ports do with the
+            /// scheme's default for a missing one.
+            #[test]
+            fn target_and_host_agree_as_the_model_says(
+                scheme in prop::sample::select(vec!["http", "https", "HTTP", "HtTpS"]),
+                target_name in host_name(),
+                target_port in port_text(),
+                host_name in host_name(),
+                host_port in prop_oneof![
+                    4 => port_text(),
+                    1 => prop::sample::select(vec![":65536", ":99999999999", ":http", ":-1", ":8x0"])
+                        .prop_map(str::to_owned),
+                ],
+                version in prop::sample::select(vec![Version::HTTP_11, Version::HTTP_2]),
+            ) {
+                let target = format!("{scheme}://{target_name}{target_port}/x?y");
+                let host = format!("{host_name}{host_port}");
+                let default = if scheme.eq_ignore_ascii_case("http") { 80 } else { 443 };
+                let port_ok = host_port
+                    .strip_prefix(':')
+                    .is_none_or(|p| p.is_empty() || p.parse::<u16>().is_ok());
+                let expected = if !port_ok {
+                    Err("invalid Host header")
+                } else if model_host(&target_name, &target_port, Some(default))
+                    == model_host(&host_name, &host_port, Some(default))
+                {
+                    Ok(())
+                } else {
+                    Err("request target and Host name different hosts")
+                };
+                let request = request(version, &target, &[("host", host.as_bytes())]);
+                prop_assert_eq!(check_request(&request), expected, "{} with Host {}", target, host);
+            }
+
+            /// Any authority a URI can hold, with any `Host`: an answer, and never `Ok` for
+            /// userinfo in either.
+            #[test]
+            fn any_target_and_host_get_an_answer(
+                authority in "([a-z:%]{0,4}@)?([a-zA-Z0-9._~-]{1,10}|\\[[0-9a-fA-F:.]{2,12}\\])(:[0-9]{0,7})?",
+                host in prop_oneof![
+                    vec(field_byte(), 0..24),
+                    "[a-zA-Z0-9.:@\\[\\]-]{0,24}".prop_map(String::into_bytes),
+                ],
+                version in version(),
+            ) {
+                let target = format!("http://{authority}/x");
+                prop_assume!(target.parse::<http::Uri>().is_ok());
+                let request = request(version, &target, &[("host", &host)]);
+                if check_request(&request).is_ok() {
+                    prop_assert!(!authority.contains('@') && !host.contains(&b'@'));
+                }
+            }
+
+            #[test]
+            fn host_and_port_split_back(
+                name in host_name(),
+                port in port_text(),
+                noise in any::<String>(),
+            ) {
+                let text = format!("{name}{port}");
+                let (expected_name, expected_port) = model_host(&name, &port, None);
+                let split = split_host_port(&text);
+                prop_assert_eq!(
+                    split.map(|(n, p)| (n.to_ascii_lowercase(), p)),
+                    Some((expected_name, expected_port)),
+                    "{}", text
+                );
+                if let Some((name, _)) = split_host_port(&noise) {
+                    prop_assert!(!name.is_empty() && noise.starts_with(name), "{:?}", noise);
+                }
+            }
+
+            #[test]
+            fn paths_normalise_as_rfc_3986_removes_dot_segments(
+                path in path(),
+                merge in any::<bool>(),
+            ) {
+                let normalized = normalize_path(&path, merge);
+                let model = model_normalize(&path, merge);
+                prop_assert_eq!(
+                    normalized.as_deref().ok(),
+                    model.as_deref().ok(),
+                    "{:?} merge={}", path, merge
+                );
+                // Nothing is allocated for a path that needs no change.
+                if let Ok(Cow::Owned(changed)) = &normalized {
+                    prop_assert_ne!(changed, &path);
+                }
+            }
+        }
+    }
 }

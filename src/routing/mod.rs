@@ -664,4 +664,416 @@ mod tests {
         };
         assert_eq!(table.route_for(&facts).map(|(_, r)| *r), Some("rest"));
     }
+
+    /// Random tables and requests against a naive model: the route chosen is the first whose
+    /// every condition holds, in the documented order of precedence, found by trying every
+    /// route; hosts match by labels, whatever their case, trailing dot or port; and an answer,
+    /// never a panic, for any host bytes.
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use std::net::Ipv6Addr;
+
+        const LABELS: [&str; 6] = ["a", "b", "example", "com", "xn--d1a", "_srv"];
+
+        /// A host pattern as the model sees it: a wildcard or not, and its labels.
+        #[derive(Debug, Clone)]
+        struct HostSpec {
+            wildcard: bool,
+            labels: Vec<&'static str>,
+        }
+
+        fn labels(max: usize) -> impl Strategy<Value = Vec<&'static str>> {
+            vec(prop::sample::select(LABELS.to_vec()), 1..=max)
+        }
+
+        /// `text` with the ASCII letters `upper` picks in upper case.
+        fn recase(text: &str, upper: &[bool]) -> String {
+            text.chars()
+                .zip(upper.iter().copied().chain(std::iter::repeat(false)))
+                .map(|(c, up)| if up { c.to_ascii_uppercase() } else { c })
+                .collect()
+        }
+
+        fn host_spec() -> impl Strategy<Value = (HostSpec, String)> {
+            (
+                any::<bool>(),
+                labels(3),
+                vec(any::<bool>(), 24),
+                any::<bool>(),
+            )
+                .prop_map(|(wildcard, labels, upper, dot)| {
+                    let mut text = recase(&labels.join("."), &upper);
+                    if wildcard {
+                        text.insert_str(0, "*.");
+                    }
+                    if dot {
+                        text.push('.');
+                    }
+                    (HostSpec { wildcard, labels }, text)
+                })
+        }
+
+        /// The model of host matching, by labels: an exact pattern names the host's labels; a
+        /// wildcard, the last labels of a host with at least one more.
+        fn model_host_matches(spec: &HostSpec, host: &[&str]) -> bool {
+            if spec.wildcard {
+                host.len() > spec.labels.len() && host.ends_with(&spec.labels)
+            } else {
+                host == spec.labels.as_slice()
+            }
+        }
+
+        /// A `Host` as a client sends it: labels in any case, maybe a trailing dot, maybe a
+        /// port (maybe zero-padded, maybe empty).
+        fn request_host() -> impl Strategy<Value = (Vec<&'static str>, String)> {
+            let port = prop_oneof![
+                Just(String::new()),
+                Just(":".to_owned()),
+                any::<u16>().prop_map(|p| format!(":{p}")),
+                any::<u16>().prop_map(|p| format!(":000{p}")),
+            ];
+            (labels(4), vec(any::<bool>(), 32), any::<bool>(), port).prop_map(
+                |(labels, upper, dot, port)| {
+                    let mut text = recase(&labels.join("."), &upper);
+                    if dot {
+                        text.push('.');
+                    }
+                    text.push_str(&port);
+                    (labels, text)
+                },
+            )
+        }
+
+        const PATHS: [&str; 7] = ["/", "/a", "/a/", "/ab", "/a/b", "/b", "/a/b/c"];
+        const REGEXES: [&str; 3] = ["^/a", "b$", "^/a/[a-z]+$"];
+        const HEADERS: [(&str, &str); 4] = [("x-a", "1"), ("x-a", "2"), ("x-b", "1"), ("x-a", "3")];
+
+        /// A route as the model sees it.
+        #[derive(Debug, Clone)]
+        struct RouteSpec {
+            hosts: Vec<HostSpec>,
+            host_texts: Vec<String>,
+            /// 0 exact, 1 prefix, 2 regex, 3 any; and which path or regex.
+            path: (u8, usize),
+            methods: Option<Vec<Method>>,
+            headers: Vec<usize>,
+        }
+
+        fn method() -> impl Strategy<Value = Method> {
+            prop::sample::select(vec![
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::DELETE,
+            ])
+        }
+
+        fn route_spec(with_hosts: bool) -> impl Strategy<Value = RouteSpec> {
+            let hosts = if with_hosts { 0..3usize } else { 0..1 };
+            (
+                vec(host_spec(), hosts),
+                (0..4u8, 0..PATHS.len()),
+                proptest::option::of(vec(method(), 1..3)),
+                prop::sample::subsequence(vec![0, 1, 2], 0..=2),
+            )
+                .prop_map(|(hosts, path, methods, headers)| {
+                    let (hosts, host_texts) = hosts.into_iter().unzip();
+                    RouteSpec {
+                        hosts,
+                        host_texts,
+                        path: (
+                            path.0,
+                            path.1
+                                % if path.0 == 2 {
+                                    REGEXES.len()
+                                } else {
+                                    PATHS.len()
+                                },
+                        ),
+                        methods,
+                        headers,
+                    }
+                })
+        }
+
+        fn route_match(spec: &RouteSpec) -> RouteMatch {
+            let path = match spec.path {
+                (0, p) => PathMatcher::Exact(PATHS[p].to_owned()),
+                (1, p) => PathMatcher::Prefix(PATHS[p].to_owned()),
+                (2, r) => PathMatcher::Regex(Regex::new(REGEXES[r]).expect("a regex")),
+                _ => PathMatcher::Any,
+            };
+            RouteMatch {
+                hosts: spec
+                    .host_texts
+                    .iter()
+                    .map(|h| HostPattern::parse(h).expect("a host pattern"))
+                    .collect(),
+                path,
+                methods: spec.methods.clone(),
+                headers: spec
+                    .headers
+                    .iter()
+                    .map(|&h| {
+                        let (name, value) = HEADERS[h];
+                        (
+                            HeaderName::from_static(name),
+                            HeaderValue::from_static(value),
+                        )
+                    })
+                    .collect(),
+            }
+        }
+
+        /// The model of [`RouteTable::route_for`]: try every route; of those whose conditions
+        /// all hold, take the most specific by the documented order, the earliest on a tie.
+        fn model_route(
+            specs: &[RouteSpec],
+            host: Option<&[&str]>,
+            path: &str,
+            method: &Method,
+            headers: &[usize],
+        ) -> Option<usize> {
+            specs
+                .iter()
+                .enumerate()
+                .filter_map(|(index, spec)| {
+                    // Host: an exact name (longer first), a wildcard (longer suffix first), none.
+                    let host_rank = if spec.hosts.is_empty() {
+                        (2, Reverse(0))
+                    } else {
+                        spec.hosts
+                            .iter()
+                            .filter(|h| host.is_some_and(|labels| model_host_matches(h, labels)))
+                            .map(|h| {
+                                let len = h.labels.join(".").len();
+                                if h.wildcard {
+                                    (1, Reverse(len + 1))
+                                } else {
+                                    (0, Reverse(len))
+                                }
+                            })
+                            .min()?
+                    };
+                    let (path_ok, path_rank) = match spec.path {
+                        (0, p) => (path == PATHS[p], (0, Reverse(PATHS[p].len()))),
+                        (1, p) => (path.starts_with(PATHS[p]), (1, Reverse(PATHS[p].len()))),
+                        (2, r) => {
+                            let regex = Regex::new(REGEXES[r]).expect("a regex");
+                            (regex.is_match(path), (2, Reverse(0)))
+                        }
+                        _ => (true, (3, Reverse(0))),
+                    };
+                    let method_ok = spec.methods.as_ref().is_none_or(|ms| ms.contains(method));
+                    let headers_ok = spec
+                        .headers
+                        .iter()
+                        .all(|h| headers.iter().any(|sent| HEADERS[*sent] == HEADERS[*h]));
+                    (path_ok && method_ok && headers_ok).then_some((
+                        host_rank,
+                        path_rank,
+                        spec.methods.is_none(),
+                        Reverse(spec.headers.len()),
+                        index,
+                    ))
+                })
+                .min()
+                .map(|rank| rank.4)
+        }
+
+        /// Host bytes around the edges of what a host may hold.
+        fn host_bytes() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop::sample::select(vec![
+                "a",
+                "Z",
+                "0",
+                "9",
+                ".",
+                "-",
+                "_",
+                "~",
+                "%",
+                ",",
+                ":",
+                "[",
+                "]",
+                "::1",
+                "f",
+                "@",
+                " ",
+                "/",
+                "\t",
+                "é",
+                ":65535",
+                ":65536",
+                ":000080",
+                ":99999999999",
+            ]);
+            prop_oneof![
+                4 => vec(piece, 0..8).prop_map(|pieces| pieces.concat().into_bytes()),
+                1 => vec(any::<u8>(), 0..16),
+            ]
+        }
+
+        /// The model of [`is_valid_host`]: a name of URI characters or a bracketed literal of
+        /// hex digits, colons and dots, then perhaps `:` and a port of at most 65535.
+        fn model_valid_host(host: &[u8]) -> bool {
+            let (name_ok, rest) = match host.strip_prefix(b"[") {
+                Some(literal) => match literal.iter().position(|&b| b == b']') {
+                    None => return false,
+                    Some(close) => {
+                        let (inside, rest) = literal.split_at(close);
+                        let ok = !inside.is_empty()
+                            && inside
+                                .iter()
+                                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+                        (ok, rest.get(1..).unwrap_or_default())
+                    }
+                },
+                None => {
+                    let end = host.iter().position(|&b| b == b':').unwrap_or(host.len());
+                    let (name, rest) = host.split_at(end);
+                    let ok = !name.is_empty()
+                        && name.iter().all(|&b| {
+                            b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b)
+                        });
+                    (ok, rest)
+                }
+            };
+            name_ok
+                && match rest {
+                    [] => true,
+                    [b':', digits @ ..] => {
+                        let significant = std::str::from_utf8(digits)
+                            .unwrap_or("x")
+                            .trim_start_matches('0');
+                        digits.iter().all(u8::is_ascii_digit)
+                            && significant.len() <= 5
+                            && significant.parse::<u32>().unwrap_or(0) <= 65535
+                    }
+                    _ => false,
+                }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn the_route_chosen_is_the_models(
+                with_hosts in any::<bool>(),
+                specs in vec(route_spec(true), 1..8),
+                host in proptest::option::of(prop_oneof![
+                    4 => request_host().prop_map(|(labels, text)| (Some(labels), text)),
+                    1 => Just((None, "[::1]:8080".to_owned())),
+                ]),
+                path in prop::sample::select(PATHS.to_vec()),
+                method in method(),
+                headers in vec(0..HEADERS.len(), 0..3),
+            ) {
+                // Tables without any host condition take another way through the lookup.
+                let specs: Vec<RouteSpec> = specs
+                    .into_iter()
+                    .map(|mut spec| {
+                        if !with_hosts {
+                            spec.hosts.clear();
+                            spec.host_texts.clear();
+                        }
+                        spec
+                    })
+                    .collect();
+                let table = RouteTable::new(
+                    specs.iter().enumerate().map(|(i, spec)| (route_match(spec), i)).collect(),
+                );
+                let mut header_map = HeaderMap::new();
+                for &h in &headers {
+                    let (name, value) = HEADERS[h];
+                    header_map.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+                }
+                let facts = RequestFacts {
+                    host: host.as_ref().map(|(_, text)| text.as_str()),
+                    path,
+                    method: &method,
+                    headers: &header_map,
+                };
+                let chosen = table.route_for(&facts);
+                prop_assert!(chosen.is_none_or(|(index, value)| index == *value));
+                let labels = host.as_ref().map(|(labels, _)| labels.as_deref().unwrap_or(&[]));
+                prop_assert_eq!(
+                    chosen.map(|(index, _)| index),
+                    model_route(&specs, labels, path, &method, &headers),
+                    "{:?} {} {} {:?} in {:#?}", host, method, path, headers, specs
+                );
+            }
+
+            #[test]
+            fn host_patterns_match_by_labels_ignoring_case_dot_and_port(
+                (spec, text) in host_spec(),
+                (labels, host) in request_host(),
+            ) {
+                let pattern = HostPattern::parse(&text);
+                prop_assert!(pattern.is_ok(), "{:?}: {:?}", text, pattern);
+                let pattern = pattern.unwrap_or(HostPattern::Exact(String::new()));
+                prop_assert_eq!(
+                    pattern.matches(&normalize_host(&host)),
+                    model_host_matches(&spec, &labels),
+                    "{} against {}", host, text
+                );
+            }
+
+            #[test]
+            fn hosts_normalise_to_their_lower_case_name(
+                (labels, host) in prop_oneof![
+                    request_host().prop_map(|(labels, text)| (labels.join("."), text)),
+                    (any::<u128>(), vec(any::<bool>(), 48), any::<bool>(), proptest::option::of(any::<u16>()))
+                        .prop_map(|(address, upper, dot, port)| {
+                            let name = format!("[{}]", Ipv6Addr::from(address));
+                            let mut text = recase(&name, &upper);
+                            if dot {
+                                text.push('.');
+                            }
+                            if let Some(port) = port {
+                                text.push_str(&format!(":{port}"));
+                            }
+                            (name, text)
+                        }),
+                ],
+            ) {
+                prop_assert_eq!(normalize_host(&host), labels.as_str(), "{}", host);
+            }
+
+            #[test]
+            fn any_host_text_normalises_to_a_lower_case_prefix(host in any::<String>()) {
+                let normalized = normalize_host(&host);
+                prop_assert!(!normalized.bytes().any(|b| b.is_ascii_uppercase()));
+                prop_assert!(host.to_ascii_lowercase().starts_with(&*normalized), "{:?}", host);
+            }
+
+            #[test]
+            fn host_values_are_valid_exactly_as_the_model_says(host in host_bytes()) {
+                prop_assert_eq!(
+                    is_valid_host(&host),
+                    model_valid_host(&host),
+                    "{:?}", String::from_utf8_lossy(&host)
+                );
+            }
+
+            /// As documented, a prefix is a plain string prefix (`/api` matches `/apiary`), an
+            /// exact path is the whole path.
+            #[test]
+            fn paths_match_as_documented(
+                pattern in "/[a/]{0,4}",
+                path in "/[ab/]{0,6}",
+            ) {
+                prop_assert_eq!(
+                    PathMatcher::Prefix(pattern.clone()).matches(&path),
+                    path.starts_with(&pattern)
+                );
+                prop_assert_eq!(PathMatcher::Exact(pattern.clone()).matches(&path), path == pattern);
+                prop_assert!(PathMatcher::Any.matches(&path));
+            }
+        }
+    }
 }
