@@ -222,6 +222,29 @@ async fn behind_a_trusted_proxy_x_forwarded_for_decides_the_lists() {
 }
 
 #[tokio::test]
+async fn bytes_a_client_wrote_that_are_not_ascii_do_not_hide_the_address_its_proxy_appended() {
+    // The client sends `X-Forwarded-For: é`; its proxy (trusted) appends the address it saw to
+    // that line. Reading the line whole as text failed, and the trusted proxy itself was taken
+    // for the client: a denied client got through.
+    let origin = Origin::echo().await;
+    let text = guarded(
+        &origin,
+        "[security]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        "deny = [\"203.0.113.0/24\"]",
+    );
+    let proxy = Proxy::start(&text).await;
+    let request = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+        X-Forwarded-For: \xc3\xa9, 203.0.113.9\r\n\r\n";
+    let answer = raw_exchange(proxy.addr, request, Duration::from_secs(10)).await;
+    assert_eq!(status_of(&answer), 403, "{answer}");
+    // And an allowed client behind the same bytes still gets through.
+    let request = b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+        X-Forwarded-For: \xc3\xa9, 198.51.100.7\r\n\r\n";
+    let answer = raw_exchange(proxy.addr, request, Duration::from_secs(10)).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+}
+
+#[tokio::test]
 async fn without_trusted_proxies_x_forwarded_for_is_ignored_for_the_lists() {
     let origin = Origin::echo().await;
     let deny = guarded(&origin, "", "deny = [\"203.0.113.0/24\"]");
