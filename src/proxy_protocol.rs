@@ -114,7 +114,7 @@ fn parse_v2(input: &[u8]) -> Parsed {
                 }
             }
         }
-        Err(error) => Parsed::Invalid(format!("v2: {error}")),
+        Err(error) => Parsed::Invalid(format!("v2: {}", one_line(&error))),
     }
 }
 
@@ -188,7 +188,7 @@ fn parse_v1(input: &[u8]) -> Parsed {
                 length: header.header.len(),
             }
         }
-        Err(error) => Parsed::Invalid(format!("v1: {error}")),
+        Err(error) => Parsed::Invalid(format!("v1: {}", one_line(&error))),
     }
 }
 
@@ -235,6 +235,12 @@ pub async fn read_header(stream: &mut TcpStream) -> Result<Announced, ReadError>
             Parsed::Incomplete { needed: more } => needed = more,
         }
     }
+}
+
+/// A parse error's words with control characters escaped: `ppp` puts a literal CRLF in some,
+/// and the message goes to the log, where it must stay on one line.
+fn one_line(error: &impl std::fmt::Display) -> String {
+    error.to_string().escape_debug().to_string()
 }
 
 fn closed_or_io(error: std::io::Error) -> ReadError {
@@ -322,7 +328,7 @@ pub fn fuzz_parse(data: &[u8]) {
         Parsed::Incomplete { needed } => {
             assert!(needed >= 1 && data.len() + needed <= V2_MAX_LEN + 1)
         }
-        Parsed::Invalid(why) => assert!(!why.is_empty()),
+        Parsed::Invalid(why) => assert!(!why.is_empty() && !why.chars().any(char::is_control)),
     }
 }
 
@@ -421,6 +427,15 @@ mod tests {
             };
             assert!(cut + needed <= v2.len(), "never asks past the header");
         }
+    }
+
+    #[test]
+    fn the_reason_a_header_is_refused_stays_on_one_line() {
+        // ppp's words for this one hold a literal CRLF, which split the log line they went to.
+        let Parsed::Invalid(why) = parse(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2 x\n") else {
+            panic!("invalid")
+        };
+        assert!(!why.chars().any(char::is_control), "{why:?}");
     }
 
     #[test]
@@ -624,7 +639,14 @@ mod tests {
                     prop_assert!(*needed >= 1);
                     prop_assert!(input.len() + needed <= V2_MAX_LEN + 1);
                 }
-                Parsed::Invalid(why) => prop_assert!(!why.is_empty()),
+                // The words go to the log: one line, whatever the bytes.
+                Parsed::Invalid(why) => {
+                    prop_assert!(
+                        !why.is_empty() && !why.chars().any(char::is_control),
+                        "{:?}",
+                        why
+                    );
+                }
             }
             Ok(())
         }
