@@ -618,4 +618,297 @@ mod tests {
         );
         assert_eq!(headers["etag"], "W/\"abc\"", "weak stays weak");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        /// What a response's `Content-Encoding` says, as the model reads it.
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        enum Ce {
+            Absent,
+            Identity,
+            One(Encoding),
+            Other,
+        }
+
+        #[derive(Debug, Clone)]
+        struct Exchange {
+            accept: Option<Vec<Vec<u8>>>,
+            head: bool,
+            range: bool,
+            status: u16,
+            /// (value, compressible)
+            content_type: (Option<&'static str>, bool),
+            /// (value, what it says)
+            content_length: (Option<&'static str>, Option<u64>),
+            content_encoding: (Option<&'static str>, Ce),
+            /// (value, says no-transform)
+            cache_control: (Option<&'static str>, bool),
+            content_range: bool,
+            preference: Vec<Encoding>,
+        }
+
+        fn accept_value() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop_oneof![
+                8 => prop::sample::select(vec![
+                    "gzip", "br", "zstd", "x-gzip", "identity", "*", "deflate", ";q=0", ";q=1",
+                    ";q=0.5", ";q=0.001", ";q=2", ", ", ",", " ",
+                ])
+                .prop_map(|p| p.as_bytes().to_vec()),
+                1 => vec(0x80u8..=0xff, 1..3),
+            ];
+            vec(piece, 0..8).prop_map(|pieces| pieces.concat())
+        }
+
+        fn exchange() -> impl Strategy<Value = Exchange> {
+            let types = vec![
+                (None, false),
+                (Some("application/json; charset=utf-8"), true),
+                (Some("TEXT/HTML"), true),
+                (Some("text/plain;charset=x"), true),
+                (Some("application/problem+json"), true),
+                (Some("image/svg+xml"), true),
+                (Some("image/png"), false),
+                (Some("application/octet-stream"), false),
+                (Some("application/jsonx"), false),
+                (Some("text"), false),
+                (Some(""), false),
+            ];
+            let lengths = vec![
+                (None, None),
+                (Some("0"), Some(0)),
+                (Some("1023"), Some(1023)),
+                (Some("1024"), Some(1024)),
+                (Some("4096"), Some(4096)),
+                (Some("x"), None),
+                (Some("99999999999999999999"), None),
+            ];
+            let encodings = vec![
+                (None, Ce::Absent),
+                (Some("gzip"), Ce::One(Encoding::Gzip)),
+                (Some("BR"), Ce::One(Encoding::Brotli)),
+                (Some("zstd"), Ce::One(Encoding::Zstd)),
+                (Some("x-gzip"), Ce::One(Encoding::Gzip)),
+                (Some("gzip,"), Ce::One(Encoding::Gzip)),
+                (Some("identity"), Ce::Identity),
+                (Some("deflate"), Ce::Other),
+                (Some("gzip, br"), Ce::Other),
+            ];
+            let cache_controls = vec![
+                (None, false),
+                (Some("no-transform"), true),
+                (Some("public, No-Transform"), true),
+                (Some("no-cache"), false),
+                (Some("no-transformx"), false),
+            ];
+            let statuses = vec![101u16, 200, 201, 204, 206, 304, 404, 500];
+            let preference = (
+                Just(vec![Encoding::Zstd, Encoding::Brotli, Encoding::Gzip]).prop_shuffle(),
+                0usize..=3,
+            )
+                .prop_map(|(mut all, n)| {
+                    all.truncate(n);
+                    all
+                });
+            (
+                (
+                    prop::option::weighted(0.9, vec(accept_value(), 1..3)),
+                    prop::bool::weighted(0.1),
+                    prop::bool::weighted(0.1),
+                    prop::sample::select(statuses),
+                ),
+                (
+                    prop::sample::select(types),
+                    prop::sample::select(lengths),
+                    prop::sample::select(encodings),
+                    prop::sample::select(cache_controls),
+                    prop::bool::weighted(0.1),
+                    preference,
+                ),
+            )
+                .prop_map(
+                    |(
+                        (accept, head, range, status),
+                        (
+                            content_type,
+                            content_length,
+                            content_encoding,
+                            cache_control,
+                            content_range,
+                            preference,
+                        ),
+                    )| Exchange {
+                        accept,
+                        head,
+                        range,
+                        status,
+                        content_type,
+                        content_length,
+                        content_encoding,
+                        cache_control,
+                        content_range,
+                        preference,
+                    },
+                )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// `plan` against the rules of docs/compression.md, with the client's wishes read by
+            /// `AcceptEncoding` from the same field values: a response is compressed only with
+            /// an offered coding the client takes, only when it has a body Gatehouse may
+            /// transform; decoded only for a client that takes identity but not its coding.
+            #[test]
+            fn plans_follow_the_documented_rules(x in exchange()) {
+                let mut request_headers = HeaderMap::new();
+                for value in x.accept.iter().flatten() {
+                    if let Ok(value) = HeaderValue::from_bytes(value) {
+                        request_headers.append(header::ACCEPT_ENCODING, value);
+                    }
+                }
+                let method = if x.head { Method::HEAD } else { Method::GET };
+                if x.range {
+                    request_headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-1"));
+                }
+                let facts = RequestFacts::of(&method, &request_headers);
+                let accept = AcceptEncoding::parse(
+                    request_headers
+                        .get_all(header::ACCEPT_ENCODING)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok()),
+                );
+                let mut headers = HeaderMap::new();
+                let mut set = |name, value: Option<&'static str>| {
+                    if let Some(value) = value {
+                        headers.insert(name, HeaderValue::from_static(value));
+                    }
+                };
+                set(header::CONTENT_TYPE, x.content_type.0);
+                set(header::CONTENT_LENGTH, x.content_length.0);
+                set(header::CONTENT_ENCODING, x.content_encoding.0);
+                set(header::CACHE_CONTROL, x.cache_control.0);
+                set(header::CONTENT_RANGE, x.content_range.then_some("bytes 0-1/2"));
+                let mut policy = policy();
+                policy.preference = x.preference.clone();
+                let status = StatusCode::from_u16(x.status).expect("a status");
+
+                let bodiless = x.head || matches!(x.status, 101 | 204 | 304);
+                let expected = if bodiless || x.status == 206 || x.content_range {
+                    Plan::Pass
+                } else if x.content_encoding.1 != Ce::Absent {
+                    match x.content_encoding.1 {
+                        Ce::One(e) if !accept.accepts(e) && accept.accepts_identity() => {
+                            Plan::Decode(e)
+                        }
+                        _ => Plan::Pass,
+                    }
+                } else if x.range
+                    || x.cache_control.1
+                    || !x.content_type.1
+                    || x.content_length.1.is_some_and(|l| l < policy.min_size)
+                {
+                    Plan::Pass
+                } else {
+                    match accept.choose(&x.preference) {
+                        None => Plan::PassVaryingByEncoding,
+                        Some(e) if x.content_length.1.is_some() => Plan::Encode(e),
+                        Some(e) => Plan::ProbeThenEncode(e),
+                    }
+                };
+                let planned = plan(&policy, &facts, status, &headers);
+                prop_assert_eq!(planned, expected, "{:?}", x);
+                if let Plan::Encode(e) | Plan::ProbeThenEncode(e) = planned {
+                    prop_assert!(x.preference.contains(&e) && accept.quality(e.token()) > 0);
+                }
+            }
+
+            /// Rewritten headers carry the new coding and no length or ranges, list
+            /// `Accept-Encoding` in `Vary` once (none added to `Vary: *`), weaken a strong ETag
+            /// and keep a weak one; rewriting twice changes nothing more.
+            #[test]
+            fn rewritten_headers_are_consistent_and_rewriting_is_idempotent(
+                varies in vec(
+                    prop::sample::select(vec![
+                        "Origin",
+                        "accept-encoding",
+                        "ACCEPT-ENCODING",
+                        "*",
+                        "Origin, Accept-Encoding",
+                        "Cookie,Accept-Language", "",
+                    ]),
+                    0..3,
+                ),
+                etag in prop::sample::select(vec![
+                    None,
+                    Some("\"a\""),
+                    Some("W/\"a\""),
+                    Some("\"\""),
+                ]),
+                length in any::<bool>(),
+                ranges in any::<bool>(),
+                encoding in prop::option::of(prop::sample::select(vec![
+                    Encoding::Gzip, Encoding::Brotli, Encoding::Zstd,
+                ])),
+                had_encoding in any::<bool>(),
+            ) {
+                let mut headers = HeaderMap::new();
+                for vary in &varies {
+                    headers.append(header::VARY, HeaderValue::from_static(vary));
+                }
+                if let Some(etag) = etag {
+                    headers.insert(header::ETAG, HeaderValue::from_static(etag));
+                }
+                if length {
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5000"));
+                }
+                if ranges {
+                    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+                }
+                if had_encoding {
+                    headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                }
+                rewrite_headers(&mut headers, encoding);
+                let once = headers.clone();
+                rewrite_headers(&mut headers, encoding);
+                prop_assert_eq!(&headers, &once, "not idempotent");
+
+                prop_assert_eq!(
+                    headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()),
+                    encoding.map(Encoding::token)
+                );
+                prop_assert!(!headers.contains_key(header::CONTENT_LENGTH));
+                prop_assert!(!headers.contains_key(header::ACCEPT_RANGES));
+                let members: Vec<String> = headers
+                    .get_all(header::VARY)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .map(|m| m.trim().to_ascii_lowercase())
+                    .filter(|m| !m.is_empty())
+                    .collect();
+                let star = varies.iter().any(|v| v.trim() == "*");
+                let listed_before = varies
+                    .iter()
+                    .flat_map(|v| v.split(','))
+                    .filter(|m| m.trim().eq_ignore_ascii_case("accept-encoding"))
+                    .count();
+                let listed = members.iter().filter(|m| *m == "accept-encoding").count();
+                if star {
+                    prop_assert_eq!(listed, listed_before, "added to Vary: *");
+                } else {
+                    prop_assert_eq!(listed, listed_before.max(1), "{:?}", members);
+                }
+                let expected_etag = etag.map(|e| {
+                    if e.starts_with("W/") { e.to_owned() } else { format!("W/{e}") }
+                });
+                prop_assert_eq!(
+                    headers.get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned),
+                    expected_etag
+                );
+            }
+        }
+    }
 }

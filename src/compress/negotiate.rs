@@ -101,22 +101,29 @@ impl AcceptEncoding {
             // this as "identity preferred" (see `choose`).
             return if coding == "identity" { 1000 } else { 0 };
         }
-        let find = |name: &str| {
-            self.entries
+        // A coding listed more than once gets its highest weight, unless one of them is 0: a
+        // coding the client refuses anywhere in the list is refused.
+        let find = |names: &[&str]| {
+            let mut weights = self
+                .entries
                 .iter()
-                .filter(|(c, _)| c == name)
-                .map(|(_, q)| *q)
-                .max()
+                .filter(|(c, _)| names.contains(&c.as_str()))
+                .map(|(_, q)| *q);
+            let first = weights.next()?;
+            Some(weights.fold(
+                first,
+                |q, next| if q == 0 || next == 0 { 0 } else { q.max(next) },
+            ))
         };
-        let aliased = if coding == "gzip" {
-            find("x-gzip")
+        let names: &[&str] = if coding == "gzip" {
+            &["gzip", "x-gzip"]
         } else {
-            None
+            &[coding]
         };
-        if let Some(q) = find(coding).max(aliased) {
+        if let Some(q) = find(names) {
             return q;
         }
-        if let Some(q) = find("*") {
+        if let Some(q) = find(&["*"]) {
             return q;
         }
         if coding == "identity" { 1000 } else { 0 }
@@ -228,9 +235,274 @@ mod tests {
         assert!(!empty.accepts(Encoding::Gzip));
     }
 
+    /// Regression: a coding listed twice took its highest weight, so `br, br;q=0` (or
+    /// `gzip;q=0, x-gzip`) got `br` (`gzip`), a coding the client had refused with `q=0`.
+    #[test]
+    fn a_zero_weight_anywhere_refuses_a_coding_listed_twice() {
+        assert_eq!(parse("br,br;q=0").choose(&ALL), None);
+        assert_eq!(parse("br;q=0, br").choose(&ALL), None);
+        assert_eq!(parse("gzip;q=0, x-gzip").choose(&ALL), None);
+        assert_eq!(
+            AcceptEncoding::parse(["gzip", "gzip;q=0"]).choose(&ALL),
+            None
+        );
+        assert!(!parse("*;q=0, *").accepts_identity());
+        assert_eq!(
+            parse("br;q=0.5, br;q=0.8, gzip;q=0.7").choose(&ALL),
+            Some(Encoding::Brotli)
+        );
+    }
+
     #[test]
     fn malformed_weights_make_an_entry_unusable() {
         assert_eq!(parse("br;q=2, gzip").choose(&ALL), Some(Encoding::Gzip));
         assert_eq!(parse("GZIP;Q=0.8").choose(&ALL), Some(Encoding::Gzip));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        /// The weight of one list element, as the model reads it.
+        #[derive(Debug, Clone)]
+        enum Weight {
+            /// No `q` parameter: 1.
+            Absent,
+            /// A valid qvalue, in thousandths, and how it is written.
+            Valid(u16, String),
+            /// A malformed qvalue: the entry is unusable (docs/compression.md).
+            Invalid(&'static str),
+        }
+
+        #[derive(Debug, Clone)]
+        struct Entry {
+            /// Lower case.
+            coding: &'static str,
+            weight: Weight,
+        }
+
+        /// RFC 9110 §12.5.3 over structured entries: a listed coding (`x-gzip` is `gzip`) has
+        /// its weight, 0 if any of its entries says 0, else the highest; an unlisted one the
+        /// weight of `*`; failing both, identity is acceptable and nothing else is. Without
+        /// the header (`None`) only identity is wanted.
+        fn model_quality(entries: Option<&[Entry]>, coding: &str) -> u16 {
+            let Some(entries) = entries else {
+                return if coding == "identity" { 1000 } else { 0 };
+            };
+            let listed = |names: &[&str]| {
+                let weights: Vec<u16> = entries
+                    .iter()
+                    .filter(|e| names.contains(&e.coding))
+                    .map(|e| match &e.weight {
+                        Weight::Absent => 1000,
+                        Weight::Valid(q, _) => *q,
+                        Weight::Invalid(_) => 0,
+                    })
+                    .collect();
+                if weights.contains(&0) {
+                    Some(0)
+                } else {
+                    weights.into_iter().max()
+                }
+            };
+            let names: &[&str] = if coding == "gzip" {
+                &["gzip", "x-gzip"]
+            } else {
+                &[coding]
+            };
+            listed(names)
+                .or_else(|| listed(&["*"]))
+                .unwrap_or(if coding == "identity" { 1000 } else { 0 })
+        }
+
+        fn model_choose(entries: Option<&[Entry]>, preference: &[Encoding]) -> Option<Encoding> {
+            let mut best: Option<(Encoding, u16)> = None;
+            for &encoding in preference {
+                let q = model_quality(entries, encoding.token());
+                if q > 0 && best.is_none_or(|(_, b)| q > b) {
+                    best = Some((encoding, q));
+                }
+            }
+            best.map(|(encoding, _)| encoding)
+        }
+
+        /// Every way RFC 9110 allows to write `q` (0 to 3 decimals, trailing zeros or not).
+        fn valid_weight() -> impl Strategy<Value = Weight> {
+            let q = prop_oneof![
+                prop::sample::select(vec![0u16, 1, 500, 999, 1000]),
+                0u16..=1000
+            ];
+            (q, 0usize..=3, any::<bool>()).prop_map(|(q, more, dot)| {
+                let whole = if q == 1000 { "1" } else { "0" };
+                let fraction = format!("{:03}", q % 1000);
+                let decimals = fraction.trim_end_matches('0').len().max(more);
+                let text = if decimals == 0 && !dot {
+                    whole.to_owned()
+                } else {
+                    format!("{whole}.{}", &fraction[..decimals])
+                };
+                Weight::Valid(q, text)
+            })
+        }
+
+        fn weight() -> impl Strategy<Value = Weight> {
+            let invalid = prop::sample::select(vec![
+                "1.5", "2", "0.1234", "1.001", "1.0000", "-0.5", ".5", "abc", "", "0.5x", "1e0",
+                "01", "00.5", "+1", "0..5", "\"0.5\"", "0x1",
+            ])
+            .prop_map(Weight::Invalid);
+            prop_oneof![2 => Just(Weight::Absent), 3 => valid_weight(), 1 => invalid]
+        }
+
+        fn entry() -> impl Strategy<Value = Entry> {
+            let coding = prop::sample::select(vec![
+                "gzip", "x-gzip", "br", "zstd", "identity", "*", "deflate", "compress", "gzip2",
+                "x-br",
+            ]);
+            (coding, weight()).prop_map(|(coding, weight)| Entry { coding, weight })
+        }
+
+        /// `entries` as one or more field values, each choice of case, whitespace (OWS: spaces
+        /// and tabs), empty list elements and field lines taken from `style`.
+        fn render(entries: &[Entry], style: &[u64]) -> Vec<String> {
+            const OWS: [&str; 4] = ["", " ", "\t", " \t "];
+            let mut values = vec![String::new()];
+            for (i, entry) in entries.iter().enumerate() {
+                let bits = style.get(i % style.len().max(1)).copied().unwrap_or(0);
+                let pick = |shift: u32| OWS[(bits >> shift) as usize & 3];
+                let value = values.last_mut().expect("never empty");
+                if !value.is_empty() || bits & (1 << 10) != 0 {
+                    value.push_str(&format!("{},{}", pick(0), pick(2)));
+                }
+                if bits & (1 << 11) != 0 {
+                    value.push_str(&format!(",{}", pick(4)));
+                }
+                let upper = bits >> 32;
+                value.extend(entry.coding.chars().enumerate().map(|(i, c)| {
+                    if upper & (1 << i) != 0 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                }));
+                let q = if bits & (1 << 12) != 0 { "Q" } else { "q" };
+                match &entry.weight {
+                    Weight::Absent => {}
+                    Weight::Valid(_, text) => {
+                        value.push_str(&format!("{};{}{q}={text}", pick(6), pick(8)))
+                    }
+                    Weight::Invalid(text) => {
+                        value.push_str(&format!("{};{}{q}={text}", pick(6), pick(8)))
+                    }
+                }
+                if bits & (1 << 13) != 0 {
+                    values.push(String::new());
+                }
+            }
+            values
+        }
+
+        fn parse_all(values: &[String]) -> AcceptEncoding {
+            AcceptEncoding::parse(values.iter().map(String::as_str))
+        }
+
+        fn preference() -> impl Strategy<Value = Vec<Encoding>> {
+            (Just(ALL.to_vec()).prop_shuffle(), 0usize..=3).prop_map(|(mut all, n)| {
+                all.truncate(n);
+                all
+            })
+        }
+
+        /// Text near the grammar: codings, separators, weights and stray bytes.
+        fn header_text() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                12 => prop::sample::select(vec![
+                    "gzip", "GZIP", "x-gzip", "br", "zstd", "identity", "*", ",", ";", ";q=",
+                    "; Q=", "q=", "=", "0", "1", ".", "000", "5", " ", "\t", "\u{a0}", "é",
+                    "\r\n",
+                ])
+                .prop_map(str::to_owned),
+                1 => vec(any::<u8>(), 0..6).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+                1 => any::<String>(),
+            ];
+            vec(piece, 0..16).prop_map(|pieces| pieces.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Headers written every way the grammar allows get the model's weights, and the
+            /// model's choice: never a coding the client gave `q=0`, never one it did not list
+            /// (unless `*` covers it).
+            #[test]
+            fn negotiation_follows_the_rfc_model(
+                entries in vec(entry(), 0..6),
+                style in vec(any::<u64>(), 1..6),
+                preference in preference(),
+                absent in prop::bool::weighted(0.1),
+            ) {
+                let values = if absent { Vec::new() } else { render(&entries, &style) };
+                let model = (!absent).then_some(&entries[..]);
+                let parsed = parse_all(&values);
+                for coding in ["gzip", "br", "zstd", "identity"] {
+                    prop_assert_eq!(
+                        parsed.quality(coding),
+                        model_quality(model, coding),
+                        "{} in {:?}", coding, values
+                    );
+                }
+                prop_assert_eq!(
+                    parsed.accepts_identity(),
+                    model_quality(model, "identity") > 0,
+                    "{:?}", values
+                );
+                prop_assert_eq!(
+                    parsed.choose(&preference),
+                    model_choose(model, &preference),
+                    "{:?} with {:?}", values, preference
+                );
+            }
+
+            /// Case, whitespace, empty elements, the order of the entries and how they are
+            /// spread over field lines do not change the answer.
+            #[test]
+            fn the_answer_does_not_depend_on_how_the_list_is_written(
+                (entries, shuffled) in vec(entry(), 0..6)
+                    .prop_flat_map(|e| (Just(e.clone()), Just(e).prop_shuffle())),
+                one in vec(any::<u64>(), 1..6),
+                two in vec(any::<u64>(), 1..6),
+                preference in preference(),
+            ) {
+                let a = parse_all(&render(&entries, &one));
+                let b = parse_all(&render(&shuffled, &two));
+                prop_assert_eq!(a.choose(&preference), b.choose(&preference));
+                for coding in ["gzip", "br", "zstd", "identity", "deflate"] {
+                    prop_assert_eq!(a.quality(coding), b.quality(coding), "{}", coding);
+                }
+            }
+
+            /// Any text at all: no panic, weights within 0..=1000, and the choice is an offered
+            /// coding the client weighs above 0, the heaviest, first in server order on a tie.
+            #[test]
+            fn any_text_gets_a_sound_answer(
+                values in vec(header_text(), 0..3),
+                preference in preference(),
+            ) {
+                let parsed = parse_all(&values);
+                let chosen = parsed.choose(&preference);
+                let mut best: Option<(Encoding, u16)> = None;
+                for &encoding in &preference {
+                    let q = parsed.quality(encoding.token());
+                    prop_assert!(q <= 1000);
+                    prop_assert_eq!(parsed.accepts(encoding), q > 0);
+                    if q > 0 && best.is_none_or(|(_, b)| q > b) {
+                        best = Some((encoding, q));
+                    }
+                }
+                prop_assert_eq!(chosen, best.map(|(e, _)| e), "{:?}", values);
+                prop_assert!(parsed.quality("identity") <= 1000);
+            }
+        }
     }
 }

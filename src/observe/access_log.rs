@@ -322,4 +322,307 @@ mod tests {
         assert_eq!(value["request_id"], "rid-1");
         assert_eq!(value["complete"], false);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use std::net::IpAddr;
+
+        /// Text a client controls: printable ASCII mixed with line breaks, quotes, backslashes,
+        /// NUL, escape sequences, obs-text (bytes 0x80–0xFF read as Latin-1), Unicode line
+        /// separators and combining marks, text that looks like an escape already, invalid UTF-8
+        /// after a lossy conversion, and any characters at all.
+        fn hostile() -> impl Strategy<Value = String> {
+            let special = prop::sample::select(vec![
+                "\r",
+                "\n",
+                "\r\n",
+                "\"",
+                "\\",
+                "\0",
+                "\t",
+                "'",
+                "\x1b[31m",
+                "\x7f",
+                "\u{85}",
+                "\u{2028}",
+                "\u{2029}",
+                "\u{301}",
+                "\u{feff}",
+                "é",
+                "\\\"",
+                "\" ",
+                "\\u{41}",
+                "\\n",
+                "] \"",
+                "\" 200 0 \"",
+                " aborted",
+                " id=x",
+                "host=\"",
+                "%0d%0a",
+            ])
+            .prop_map(str::to_owned);
+            let piece = prop_oneof![
+                4 => "[ -~]{0,8}",
+                3 => special,
+                1 => vec(0x80u8..=0xff, 1..4).prop_map(|b| b.into_iter().map(char::from).collect()),
+                1 => vec(any::<u8>(), 0..8).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+                1 => any::<String>(),
+            ];
+            vec(piece, 0..6).prop_map(|pieces| pieces.concat())
+        }
+
+        fn method() -> impl Strategy<Value = Method> {
+            prop_oneof![
+                prop::sample::select(vec![Method::GET, Method::POST, Method::CONNECT]),
+                "[!#$%&'*+.^_`|~0-9A-Za-z-]{1,10}"
+                    .prop_map(|m| Method::from_bytes(m.as_bytes()).expect("a token")),
+            ]
+        }
+
+        #[derive(Debug, Clone)]
+        struct Fields {
+            client: IpAddr,
+            method: Method,
+            host: String,
+            target: String,
+            version: Version,
+            status: u16,
+            route: String,
+            upstream: String,
+            request_id: String,
+            referer: String,
+            user_agent: String,
+            bytes: u64,
+            elapsed: Duration,
+            complete: bool,
+        }
+
+        fn fields() -> impl Strategy<Value = Fields> {
+            let versions = vec![
+                Version::HTTP_09,
+                Version::HTTP_10,
+                Version::HTTP_11,
+                Version::HTTP_2,
+                Version::HTTP_3,
+            ];
+            (
+                (any::<IpAddr>(), method(), hostile(), hostile()),
+                (
+                    prop::sample::select(versions),
+                    100u16..=999,
+                    hostile(),
+                    hostile(),
+                ),
+                // What `headers::request_id_present` lets through from a client.
+                ("[A-Za-z0-9._:-]{1,128}", hostile(), hostile()),
+                (any::<u64>(), any::<u64>(), any::<bool>()),
+            )
+                .prop_map(
+                    |(
+                        (client, method, host, target),
+                        (version, status, route, upstream),
+                        (request_id, referer, user_agent),
+                        (bytes, nanos, complete),
+                    )| Fields {
+                        client,
+                        method,
+                        host,
+                        target,
+                        version,
+                        status,
+                        route,
+                        upstream,
+                        request_id,
+                        referer,
+                        user_agent,
+                        bytes,
+                        elapsed: Duration::from_nanos(nanos),
+                        complete,
+                    },
+                )
+        }
+
+        fn line(format: LogFormat, f: &Fields) -> String {
+            let mut record = record(format);
+            record.client = SocketAddr::new(f.client, 443);
+            record.method = f.method.clone();
+            record.host = f.host.clone();
+            record.target = f.target.clone();
+            record.version = f.version;
+            record.status = StatusCode::from_u16(f.status).expect("100..=999");
+            record.route = Arc::from(f.route.as_str());
+            record.upstream = f.upstream.clone();
+            record.request_id = HeaderValue::from_str(&f.request_id).expect("a valid id");
+            record.referer = f.referer.clone();
+            record.user_agent = f.user_agent.clone();
+            record.line(f.bytes, f.elapsed, f.complete)
+        }
+
+        /// One line: a single line feed, at the end, and no carriage return. `printable` also
+        /// refuses every other control character and the Unicode line and paragraph separators
+        /// (the text format escapes them all; JSON escapes only what JSON requires, and a JSON
+        /// reader takes the others as ordinary characters).
+        fn one_line(line: &str, printable: bool) -> Result<(), TestCaseError> {
+            let body = line.strip_suffix('\n');
+            prop_assert!(body.is_some(), "no final line feed: {:?}", line);
+            let bad = body.unwrap_or_default().chars().find(|&c| {
+                matches!(c, '\n' | '\r')
+                    || printable && (c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
+            });
+            prop_assert_eq!(bad, None, "{:?}", line);
+            Ok(())
+        }
+
+        /// The content of the quoted field at the start of `s` (up to the first quote that no
+        /// backslash escapes), and what follows its closing quote.
+        fn quoted(s: &str) -> Option<(&str, &str)> {
+            let body = s.strip_prefix('"')?;
+            let mut escaped = false;
+            for (i, c) in body.char_indices() {
+                match c {
+                    '"' if !escaped => return Some((&body[..i], &body[i + 1..])),
+                    '\\' if !escaped => escaped = true,
+                    _ => escaped = false,
+                }
+            }
+            None
+        }
+
+        /// Undoes Rust's `escape_default` and `{:?}` escapes (`\n`, `\"`, `\u{2028}`, ...).
+        fn unescape(s: &str) -> Option<String> {
+            let mut out = String::new();
+            let mut chars = s.chars();
+            while let Some(c) = chars.next() {
+                if c != '\\' {
+                    out.push(c);
+                    continue;
+                }
+                out.push(match chars.next()? {
+                    'n' => '\n',
+                    'r' => '\r',
+                    't' => '\t',
+                    '0' => '\0',
+                    c @ ('\\' | '"' | '\'') => c,
+                    'u' => {
+                        if chars.next()? != '{' {
+                            return None;
+                        }
+                        let hex: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                        char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?
+                    }
+                    _ => return None,
+                });
+            }
+            Some(out)
+        }
+
+        /// The fields of a text line, read as a log parser would: quoted fields end at the
+        /// first unescaped quote.
+        #[derive(Debug, PartialEq)]
+        struct TextLine {
+            client: String,
+            request: String,
+            status: String,
+            bytes: String,
+            referer: String,
+            user_agent: String,
+            host: String,
+            route: String,
+            upstream: String,
+            request_id: String,
+            aborted: bool,
+        }
+
+        fn read_text(line: &str) -> Option<TextLine> {
+            let rest = line.strip_suffix('\n')?;
+            let (client, rest) = rest.split_once(" - - [")?;
+            let (_time, rest) = rest.split_once("] ")?;
+            let (request, rest) = quoted(rest)?;
+            let (status, rest) = rest.strip_prefix(' ')?.split_once(' ')?;
+            let (bytes, rest) = rest.split_once(' ')?;
+            let (referer, rest) = quoted(rest)?;
+            let (user_agent, rest) = quoted(rest.strip_prefix(' ')?)?;
+            let (host, rest) = quoted(rest.strip_prefix(" host=")?)?;
+            let (route, rest) = quoted(rest.strip_prefix(" route=")?)?;
+            let (upstream, rest) = quoted(rest.strip_prefix(" upstream=")?)?;
+            let (duration, rest) = rest.strip_prefix(" duration=")?.split_once(" id=")?;
+            duration.parse::<f64>().ok()?;
+            let (request_id, aborted) = match rest.strip_suffix(" aborted") {
+                Some(id) => (id, true),
+                None => (rest, false),
+            };
+            Some(TextLine {
+                client: client.to_owned(),
+                request: unescape(request)?,
+                status: status.to_owned(),
+                bytes: bytes.to_owned(),
+                referer: unescape(referer)?,
+                user_agent: unescape(user_agent)?,
+                host: unescape(host)?,
+                route: unescape(route)?,
+                upstream: unescape(upstream)?,
+                request_id: request_id.to_owned(),
+                aborted,
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Whatever a client puts in the target, `Host`, `Referer` or `User-Agent` (and the
+            /// operator in a route or backend name), a text line stays one line, every quoted
+            /// field ends where the format says, and each decodes back to what was logged.
+            #[test]
+            fn text_lines_cannot_be_split_or_forged(f in fields()) {
+                let line = line(LogFormat::Text, &f);
+                one_line(&line, true)?;
+                let read = read_text(&line);
+                prop_assert!(read.is_some(), "unreadable: {:?}", line);
+                let expected = TextLine {
+                    client: f.client.to_string(),
+                    request: format!("{} {} {}", f.method, f.target, protocol(f.version)),
+                    status: f.status.to_string(),
+                    bytes: f.bytes.to_string(),
+                    referer: f.referer.clone(),
+                    user_agent: f.user_agent.clone(),
+                    host: f.host.clone(),
+                    route: f.route.clone(),
+                    upstream: f.upstream.clone(),
+                    request_id: f.request_id.clone(),
+                    aborted: !f.complete,
+                };
+                prop_assert_eq!(read.unwrap(), expected, "{:?}", line);
+            }
+
+            /// A JSON line is one line, parses as one JSON object, and holds every field as
+            /// logged.
+            #[test]
+            fn json_lines_are_one_object_holding_the_fields(f in fields()) {
+                let line = line(LogFormat::Json, &f);
+                one_line(&line, false)?;
+                let value: serde_json::Value = match serde_json::from_str(&line) {
+                    Ok(value) => value,
+                    Err(error) => return Err(TestCaseError::fail(format!("{error}: {line:?}"))),
+                };
+                let text = |name: &str| value[name].as_str().map(str::to_owned);
+                prop_assert_eq!(text("client"), Some(f.client.to_string()));
+                prop_assert_eq!(text("method"), Some(f.method.to_string()));
+                prop_assert_eq!(text("host"), Some(f.host.clone()));
+                prop_assert_eq!(text("target"), Some(f.target.clone()));
+                prop_assert_eq!(text("protocol"), Some(protocol(f.version).to_owned()));
+                prop_assert_eq!(value["status"].as_u64(), Some(u64::from(f.status)));
+                prop_assert_eq!(value["bytes"].as_u64(), Some(f.bytes));
+                prop_assert!(value["duration_ms"].as_f64().is_some_and(|ms| ms >= 0.0));
+                prop_assert_eq!(text("route"), Some(f.route.clone()));
+                prop_assert_eq!(text("upstream"), Some(f.upstream.clone()));
+                prop_assert_eq!(text("request_id"), Some(f.request_id.clone()));
+                prop_assert_eq!(text("referer"), Some(f.referer.clone()));
+                prop_assert_eq!(text("user_agent"), Some(f.user_agent.clone()));
+                prop_assert_eq!(value["complete"].as_bool(), Some(f.complete));
+                prop_assert_eq!(value.as_object().map(|o| o.len()), Some(15));
+            }
+        }
+    }
 }
