@@ -255,7 +255,10 @@ impl BackendState {
             Outcome::Success => {
                 inner.request_failures = 0;
                 // A backend that stayed in service for the longest ejection earns a fresh start.
+                // Not while ejected: it is out of service, and a request that was in flight (or
+                // sent while every backend was out) must not wipe the back-off.
                 if inner.ejections > 0
+                    && inner.ejected_until.is_none()
                     && inner
                         .available_since
                         .is_some_and(|since| now.saturating_duration_since(since) >= policy.max)
@@ -265,10 +268,15 @@ impl BackendState {
                 None
             }
             Outcome::Failure => {
+                if inner.ejected_until.is_some() {
+                    // Failures while ejected (requests in flight at the ejection, or sent while
+                    // every backend was out) are not counted: once the ejection ends it takes
+                    // `consecutive_failures` new ones to eject the backend again.
+                    return None;
+                }
                 inner.request_failures = inner.request_failures.saturating_add(1);
                 let eject = policy.consecutive_failures > 0
                     && inner.request_failures >= policy.consecutive_failures
-                    && inner.ejected_until.is_none()
                     && may_eject;
                 if !eject {
                     return None;
@@ -335,8 +343,16 @@ pub struct EjectionPolicy {
 impl EjectionPolicy {
     /// Length of an ejection after `previous` ones: doubles each time, up to the maximum.
     pub fn ejection_length(&self, previous: u32) -> Duration {
-        let factor = 1u32.checked_shl(previous.min(20)).unwrap_or(u32::MAX);
-        self.base.saturating_mul(factor).min(self.max)
+        // Doubled step by step until the maximum: a fixed cap on the number of doublings
+        // (2^20 once) stopped short of a long maximum.
+        let mut length = self.base;
+        for _ in 0..previous.min(128) {
+            if length >= self.max {
+                break;
+            }
+            length = length.saturating_mul(2);
+        }
+        length.min(self.max)
     }
 }
 
@@ -588,5 +604,338 @@ mod tests {
         ));
         drop((a, again));
         assert!(!registry.state_for("app", "127.0.0.1:1").is_draining());
+    }
+
+    /// Regression (found by `ejections_double_up_to_the_maximum`): the doubling stopped after
+    /// 20 ejections (the factor was capped at 2^20), so with `ejection_time = "1s"` and
+    /// `max_ejection_time = "30d"` ejections stayed at 12 days 3 hours (2^20 s) instead of
+    /// doubling on to 30 days as documented.
+    #[test]
+    fn ejections_keep_doubling_past_twenty() {
+        let policy = EjectionPolicy {
+            consecutive_failures: 5,
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(30 * 24 * 3600),
+        };
+        assert_eq!(policy.ejection_length(20), Duration::from_secs(1 << 20));
+        assert_eq!(policy.ejection_length(21), Duration::from_secs(1 << 21));
+        assert_eq!(policy.ejection_length(22), policy.max);
+        assert_eq!(policy.ejection_length(u32::MAX), policy.max);
+    }
+
+    /// Regression (found by `health_follows_the_documented_rules`): failures recorded while the
+    /// backend was ejected (requests in flight when it was ejected, or sent to it while every
+    /// backend was out) counted towards the next ejection, so once the ejection ended a
+    /// single new failure ejected it again, with the doubled time; the doc says it takes
+    /// `consecutive_failures` new ones.
+    #[test]
+    fn failures_while_ejected_do_not_count_towards_the_next_ejection() {
+        let state = BackendState::new();
+        let policy = policy();
+        let start = Instant::now();
+        for _ in 0..3 {
+            state.record_outcome(Outcome::Failure, &policy, true, start);
+        }
+        assert!(state.is_ejected(start));
+        let during = start + Duration::from_secs(5);
+        for _ in 0..3 {
+            assert_eq!(
+                state.record_outcome(Outcome::Failure, &policy, true, during),
+                None
+            );
+        }
+        let after = start + Duration::from_secs(11);
+        for _ in 0..2 {
+            assert_eq!(
+                state.record_outcome(Outcome::Failure, &policy, true, after),
+                None
+            );
+        }
+        assert_eq!(state.availability(after), Availability::Available);
+        assert_eq!(
+            state.record_outcome(Outcome::Failure, &policy, true, after),
+            Some(Duration::from_secs(20))
+        );
+    }
+
+    /// Regression (found by `health_follows_the_documented_rules`): a success recorded while
+    /// the backend was ejected reset the back-off when it had come back `max_ejection_time`
+    /// before, although it was out of service: a backend flapping at the longest ejection
+    /// went back to the shortest one because a request in flight succeeded during it.
+    #[test]
+    fn a_success_while_ejected_does_not_reset_the_back_off() {
+        let state = BackendState::new();
+        let policy = policy();
+        let start = Instant::now();
+        let eject = |at: u64| {
+            let now = start + Duration::from_millis(at);
+            for _ in 0..2 {
+                assert_eq!(
+                    state.record_outcome(Outcome::Failure, &policy, true, now),
+                    None
+                );
+            }
+            state.record_outcome(Outcome::Failure, &policy, true, now)
+        };
+        assert_eq!(eject(0), Some(Duration::from_secs(10)));
+        assert_eq!(eject(11_000), Some(Duration::from_secs(20)));
+        assert_eq!(eject(32_000), Some(Duration::from_secs(40)));
+        // Back at 72 s, ejected at 73 s until 133 s.
+        assert_eq!(eject(73_000), Some(Duration::from_secs(60)));
+        let during = start + Duration::from_millis(132_500);
+        assert!(state.is_ejected(during));
+        state.record_outcome(Outcome::Success, &policy, true, during);
+        assert_eq!(eject(134_000), Some(Duration::from_secs(60)));
+    }
+
+    /// Properties of the live backend state (docs/load-balancing.md, "Passive health checks"
+    /// and "Circuit breaking"), against models of what the doc says, on explicit instants.
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        const SLOW_START: Duration = Duration::from_secs(30);
+
+        #[derive(Debug, Clone, Copy)]
+        enum Event {
+            Failure {
+                may_eject: bool,
+            },
+            Success,
+            /// Time passes, in milliseconds.
+            Wait(u64),
+            /// An active health check (`rise = fall = 1`).
+            Check(bool),
+            Drain(bool),
+        }
+
+        fn event() -> impl Strategy<Value = Event> {
+            prop_oneof![
+                6 => prop::bool::weighted(0.9).prop_map(|may_eject| Event::Failure { may_eject }),
+                2 => Just(Event::Success),
+                3 => prop_oneof![0u64..2_000, 0u64..120_000, 0u64..700_000].prop_map(Event::Wait),
+                1 => any::<bool>().prop_map(Event::Check),
+                1 => prop::bool::weighted(0.3).prop_map(Event::Drain),
+            ]
+        }
+
+        fn ejection_policy() -> impl Strategy<Value = EjectionPolicy> {
+            (0u32..=4, 1u64..=20_000, 1u64..=40).prop_map(|(consecutive_failures, base, times)| {
+                EjectionPolicy {
+                    consecutive_failures,
+                    base: Duration::from_millis(base),
+                    max: Duration::from_millis(base * times),
+                }
+            })
+        }
+
+        /// The doc's ejection length: `base` doubled once per earlier ejection, at most `max`.
+        fn documented_length(policy: &EjectionPolicy, previous: u32) -> Duration {
+            let mut length = policy.base;
+            for _ in 0..previous {
+                if length >= policy.max {
+                    break;
+                }
+                length = length.saturating_mul(2);
+            }
+            length.min(policy.max)
+        }
+
+        /// Passive and active health as docs/load-balancing.md tells them.
+        #[derive(Debug, Default)]
+        struct Model {
+            /// Failed requests in a row, since the backend was last in service.
+            failures: u32,
+            ejected_until: Option<Instant>,
+            /// Ejections since the back-off last reset.
+            ejections: u32,
+            /// When it last came back (an ejection ended, or a check brought it up).
+            back: Option<Instant>,
+            up: Option<bool>,
+            draining: bool,
+        }
+
+        impl Model {
+            fn settle(&mut self, now: Instant) {
+                if let Some(until) = self.ejected_until
+                    && until <= now
+                {
+                    self.ejected_until = None;
+                    self.back = Some(until);
+                }
+            }
+
+            fn available(&self) -> Availability {
+                if self.draining {
+                    Availability::Draining
+                } else if self.up == Some(false) {
+                    Availability::Down
+                } else if self.ejected_until.is_some() {
+                    Availability::Ejected
+                } else {
+                    Availability::Available
+                }
+            }
+
+            fn outcome(
+                &mut self,
+                failed: bool,
+                may_eject: bool,
+                policy: &EjectionPolicy,
+                now: Instant,
+            ) -> Option<Duration> {
+                self.settle(now);
+                let ejected = self.ejected_until.is_some();
+                if !failed {
+                    self.failures = 0;
+                    // "The doubling resets when the backend succeeds after staying in service
+                    // for max_ejection_time since it last came back."
+                    if !ejected
+                        && self
+                            .back
+                            .is_some_and(|back| now.saturating_duration_since(back) >= policy.max)
+                    {
+                        self.ejections = 0;
+                    }
+                    return None;
+                }
+                if ejected {
+                    // Out of service: "it takes consecutive_failures new failures in a row to
+                    // eject it again" once the ejection ends.
+                    return None;
+                }
+                self.failures += 1;
+                if policy.consecutive_failures == 0
+                    || self.failures < policy.consecutive_failures
+                    || !may_eject
+                {
+                    return None;
+                }
+                let length = documented_length(policy, self.ejections);
+                self.ejections += 1;
+                self.ejected_until = Some(now + length);
+                self.failures = 0;
+                Some(length)
+            }
+
+            fn check(&mut self, passed: bool, now: Instant) {
+                let before = self.up;
+                self.up = Some(passed);
+                if passed && before == Some(false) {
+                    self.back = Some(now);
+                    self.failures = 0;
+                    self.ejected_until = None;
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// An ejection lasts `base` doubled once per earlier ejection, capped at `max`,
+            /// for any number of earlier ejections and any lengths a config may set (up to
+            /// 100 years).
+            #[test]
+            fn ejections_double_up_to_the_maximum(
+                base_ms in prop_oneof![1u64..=1_000, 1u64..=3_155_760_000_000],
+                max_ms in prop_oneof![1u64..=1_000_000, 1u64..=3_155_760_000_000],
+                previous in prop_oneof![0u32..64, any::<u32>()],
+            ) {
+                let policy = EjectionPolicy {
+                    consecutive_failures: 5,
+                    base: Duration::from_millis(base_ms.min(max_ms)),
+                    max: Duration::from_millis(max_ms),
+                };
+                let length = policy.ejection_length(previous);
+                prop_assert_eq!(length, documented_length(&policy, previous));
+                prop_assert!(length >= policy.base && length <= policy.max);
+                if previous > 0 {
+                    let shorter = policy.ejection_length(previous - 1);
+                    prop_assert!(length == policy.max || length == shorter * 2);
+                }
+            }
+
+            /// Under any sequence of failures, successes, health checks, drains and waits,
+            /// ejections happen exactly when the doc says and last as long as it says; the
+            /// backend is offered to the balancer (`eligibility`) exactly when it is
+            /// available, never while ejected, down or drained; and its slow start counts
+            /// from when it came back.
+            #[test]
+            fn health_follows_the_documented_rules(
+                policy in ejection_policy(),
+                events in vec(event(), 0..80),
+            ) {
+                let state = BackendState::new();
+                let mut model = Model::default();
+                let mut now = Instant::now();
+                for (step, event) in events.into_iter().enumerate() {
+                    match event {
+                        Event::Failure { may_eject } => {
+                            let got = state.record_outcome(Outcome::Failure, &policy, may_eject, now);
+                            let want = model.outcome(true, may_eject, &policy, now);
+                            prop_assert_eq!(got, want, "step {}: {:?}", step, model);
+                        }
+                        Event::Success => {
+                            prop_assert_eq!(state.record_outcome(Outcome::Success, &policy, true, now), None);
+                            model.outcome(false, true, &policy, now);
+                        }
+                        Event::Wait(ms) => now += Duration::from_millis(ms),
+                        Event::Check(passed) => {
+                            state.record_check(passed, 1, 1, now);
+                            model.check(passed, now);
+                        }
+                        Event::Drain(on) => {
+                            state.set_draining(on);
+                            model.draining = on;
+                        }
+                    }
+                    model.settle(now);
+                    let availability = state.availability(now);
+                    prop_assert_eq!(availability, model.available(), "step {}: {:?}", step, model);
+                    prop_assert_eq!(state.is_ejected(now), model.ejected_until.is_some());
+                    let eligible = state.eligibility(Some(SLOW_START), now, true);
+                    prop_assert_eq!(eligible.is_some(), availability == Availability::Available);
+                    if let Some((latency, factor)) = eligible {
+                        prop_assert_eq!(latency, 0.0);
+                        let expected = model.back.map_or(1.0, |back| {
+                            let elapsed = now.saturating_duration_since(back);
+                            if elapsed >= SLOW_START {
+                                1.0
+                            } else {
+                                0.1 + 0.9 * elapsed.as_secs_f64() / SLOW_START.as_secs_f64()
+                            }
+                        });
+                        prop_assert!((factor - expected).abs() < 1e-9, "{} != {}", factor, expected);
+                    }
+                    prop_assert_eq!(state.snapshot(now).ejections, model.ejections);
+                }
+            }
+
+            /// Requests in flight are a plain counter: an acquire under the limit counts one,
+            /// at the limit it is refused and counts nothing, a release takes one off and never
+            /// goes below zero.
+            #[test]
+            fn in_flight_counts_exactly_and_the_limit_is_exact(
+                limit in prop::option::of(0u32..5),
+                events in vec(any::<bool>(), 0..60),
+            ) {
+                let state = BackendState::new();
+                let mut count = 0u32;
+                for acquire in events {
+                    if acquire {
+                        let allowed = limit.is_none_or(|limit| count < limit);
+                        prop_assert_eq!(state.try_acquire(limit), allowed);
+                        if allowed {
+                            count += 1;
+                        }
+                    } else {
+                        state.release();
+                        count = count.saturating_sub(1);
+                    }
+                    prop_assert_eq!(state.in_flight(), count);
+                }
+            }
+        }
     }
 }

@@ -144,4 +144,169 @@ mod tests {
         assert!(v.contains("Max-Age=60") && v.ends_with("; Secure") && v.contains("HttpOnly"));
         assert!(s.set_cookie(5, false).is_none());
     }
+
+    /// Properties of sticky cookies (docs/load-balancing.md, "Sticky sessions"): the value is
+    /// the client's, so any bytes are handled; a cookie Gatehouse set leads back to its
+    /// backend; anything else (forged, altered, cut) leads nowhere.
+    mod properties {
+        use super::*;
+        use proptest::collection::{btree_set, vec};
+        use proptest::prelude::*;
+
+        /// A pool: name, secret (or none, with a random fallback key), cookie name, distinct
+        /// addresses (the config refuses a backend listed twice).
+        fn sticky() -> impl Strategy<Value = (StickyCookie, usize)> {
+            (
+                "[a-z][a-z0-9_-]{0,8}",
+                prop::option::of(".{0,24}"),
+                vec(any::<u8>(), 0..32),
+                "[A-Za-z0-9_.!#$%&'*+^`|~-]{1,12}",
+                btree_set("[a-z0-9.-]{1,12}:[0-9]{1,5}", 1..6),
+            )
+                .prop_map(|(pool, secret, fallback, cookie, addresses)| {
+                    let addresses: Vec<&str> = addresses.iter().map(String::as_str).collect();
+                    let sticky = StickyCookie::new(
+                        &cookie,
+                        secret.as_deref(),
+                        &fallback,
+                        None,
+                        &pool,
+                        &addresses,
+                    );
+                    (sticky, addresses.len())
+                })
+        }
+
+        /// Bytes a header value may hold: anything but controls other than tab, and DEL.
+        fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
+            vec(
+                prop_oneof![
+                    any::<u8>(),
+                    prop::sample::select(b";= \t\"abcdef0123456789".to_vec()),
+                ],
+                0..80,
+            )
+            .prop_map(|bytes| {
+                bytes
+                    .into_iter()
+                    .map(|b| {
+                        if (b < 0x20 && b != b'\t') || b == 0x7f {
+                            b'x'
+                        } else {
+                            b
+                        }
+                    })
+                    .collect()
+            })
+        }
+
+        fn cookie_headers(lines: &[Vec<u8>]) -> http::HeaderMap {
+            let mut map = http::HeaderMap::new();
+            for line in lines {
+                map.append(
+                    http::header::COOKIE,
+                    HeaderValue::from_bytes(line).expect("valid header bytes"),
+                );
+            }
+            map
+        }
+
+        /// The `NAME=VALUE` a `Set-Cookie` value starts with.
+        fn pair(sticky: &StickyCookie, backend: usize) -> String {
+            let set = sticky
+                .set_cookie(backend, false)
+                .expect("a backend of the pool");
+            set.to_str().unwrap().split(';').next().unwrap().to_owned()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any `Cookie` lines, with or without the pool's cookie in them: no panic, and
+            /// at most a backend of the pool.
+            #[test]
+            fn any_cookie_bytes_lead_at_most_to_a_backend_of_the_pool(
+                (sticky, backends) in sticky(),
+                lines in vec(header_bytes(), 0..4),
+                with_name in any::<bool>(),
+            ) {
+                let mut lines = lines;
+                if with_name && let Some(first) = lines.first_mut() {
+                    let mut prefixed = format!("{}=", sticky.name).into_bytes();
+                    prefixed.append(first);
+                    *first = prefixed;
+                }
+                let headers = cookie_headers(&lines);
+                let _ = cookie_value(&headers, &sticky.name);
+                if let Some(backend) = sticky.backend_of(&headers) {
+                    prop_assert!(backend < backends);
+                }
+            }
+
+            /// The cookie set for a backend leads back to it, among other cookies, quoted or
+            /// not, on any of several `Cookie` lines.
+            #[test]
+            fn a_cookie_gatehouse_set_leads_back_to_its_backend(
+                (sticky, backends) in sticky(),
+                backend in any::<prop::sample::Index>(),
+                others in vec(("[A-Za-z0-9_-]{1,8}", "[A-Za-z0-9_-]{0,8}"), 0..4),
+                position in any::<prop::sample::Index>(),
+                quoted in any::<bool>(),
+                line in 0usize..3,
+            ) {
+                let backend = backend.index(backends);
+                let ours = pair(&sticky, backend);
+                let ours = if quoted {
+                    let (name, value) = ours.split_once('=').unwrap();
+                    format!("{name}=\"{value}\"")
+                } else {
+                    ours
+                };
+                let mut pairs: Vec<String> = others
+                    .into_iter()
+                    .filter(|(name, _)| *name != sticky.name)
+                    .map(|(name, value)| format!("{name}={value}"))
+                    .collect();
+                pairs.insert(position.index(pairs.len() + 1), ours);
+                let mut lines = vec![Vec::new(); 3];
+                lines[line] = pairs.join("; ").into_bytes();
+                lines.retain(|l| !l.is_empty());
+                prop_assert_eq!(sticky.backend_of(&cookie_headers(&lines)), Some(backend));
+            }
+
+            /// A value altered in any way (a character changed, cut, lengthened, its case
+            /// changed) names no backend: without the secret a client cannot steer itself.
+            #[test]
+            fn an_altered_cookie_leads_nowhere(
+                (sticky, backends) in sticky(),
+                backend in any::<prop::sample::Index>(),
+                at in any::<prop::sample::Index>(),
+                replacement in prop::sample::select(b"0123456789abcdefABCDEFxz".to_vec()),
+                how in 0u8..4,
+            ) {
+                let backend = backend.index(backends);
+                let ours = pair(&sticky, backend);
+                let (name, value) = ours.split_once('=').unwrap();
+                let mut value = value.as_bytes().to_vec();
+                let at = at.index(value.len());
+                match how {
+                    0 => {
+                        prop_assume!(value[at] != replacement);
+                        value[at] = replacement;
+                    }
+                    1 => value.truncate(at),
+                    2 => value.insert(at, replacement),
+                    _ => {
+                        prop_assume!(value.iter().any(u8::is_ascii_lowercase));
+                        value.make_ascii_uppercase();
+                    }
+                }
+                let forged = format!("{name}={}", String::from_utf8(value).unwrap());
+                prop_assert_eq!(
+                    sticky.backend_of(&cookie_headers(&[forged.into_bytes()])),
+                    None
+                );
+            }
+        }
+    }
 }

@@ -461,4 +461,249 @@ mod tests {
             assert!(balancer.pick(&candidates, None).is_some_and(|i| i <= 2));
         }
     }
+
+    /// Properties of the peak-EWMA estimate and of the power-of-two-choices balancer
+    /// (docs/load-balancing.md, `peak_ewma`), on explicit instants.
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        /// Round-trip times from nothing to absurd.
+        fn rtt() -> impl Strategy<Value = Duration> {
+            prop_oneof![
+                Just(Duration::ZERO),
+                (0u64..5_000).prop_map(Duration::from_millis),
+                any::<u64>().prop_map(Duration::from_nanos),
+                Just(Duration::MAX),
+            ]
+        }
+
+        fn decay() -> impl Strategy<Value = Duration> {
+            prop_oneof![
+                Just(Duration::ZERO),
+                Just(Duration::from_nanos(1)),
+                Just(Duration::from_secs(10)),
+                (1u64..100_000).prop_map(Duration::from_millis),
+                Just(Duration::from_secs(u64::MAX / 4)),
+            ]
+        }
+
+        /// Observations at offsets (milliseconds, possibly before earlier ones) from a base.
+        fn observations() -> impl Strategy<Value = Vec<(Duration, i64)>> {
+            vec((rtt(), -20_000i64..200_000), 1..12)
+        }
+
+        fn at(base: Instant, offset_ms: i64) -> Instant {
+            let shift = Duration::from_millis(offset_ms.unsigned_abs());
+            if offset_ms < 0 {
+                base - shift
+            } else {
+                base + shift
+            }
+        }
+
+        /// What one of these costs, as docs/load-balancing.md defines it.
+        fn cost_of(c: &Candidate) -> f64 {
+            if c.latency_ns.is_finite() && c.latency_ns > 0.0 {
+                c.latency_ns * (f64::from(c.in_flight) + 1.0) / c.weight
+            } else {
+                0.0
+            }
+        }
+
+        fn weight() -> impl Strategy<Value = f64> {
+            prop_oneof![(1u32..=4).prop_map(f64::from), 0.1f64..=10_000.0]
+        }
+
+        fn latency() -> impl Strategy<Value = f64> {
+            prop_oneof![
+                Just(0.0),
+                (1u32..=5).prop_map(|ms| f64::from(ms) * 1e6),
+                1.0f64..1e13,
+                // The largest estimate a `Duration` can produce, and beyond.
+                Just(Duration::MAX.as_nanos() as f64),
+            ]
+        }
+
+        fn candidates(max: usize) -> impl Strategy<Value = Vec<Candidate>> {
+            vec(
+                (weight(), prop_oneof![0u32..4, any::<u32>()], latency()),
+                2..=max,
+            )
+            .prop_map(|specs| {
+                specs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, (weight, in_flight, latency))| {
+                        candidate(index * 2, weight, in_flight, latency)
+                    })
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Whatever the samples (zero to `Duration::MAX`), their order in time and the decay
+            /// period: the estimate is finite, never negative and never above the largest
+            /// sample; a sample above the estimate replaces it at once; a faster one leaves it
+            /// between the sample and the old estimate; and between samples the
+            /// estimate fades by `exp(-elapsed / decay)`.
+            #[test]
+            fn the_estimate_stays_sane_peaks_at_once_and_only_fades(
+                decay in decay(),
+                observations in observations(),
+                probes in vec(0i64..500_000, 1..6),
+            ) {
+                let base = Instant::now() + Duration::from_secs(100);
+                let mut ewma = PeakEwma::new(decay);
+                let mut largest = 0.0f64;
+                let mut latest: Option<Instant> = None;
+                for (rtt, offset) in observations {
+                    let now = at(base, offset);
+                    let sample = rtt.as_nanos() as f64;
+                    // The estimate as of the previous sample, before any fading.
+                    let before = latest.map_or(0.0, |t| ewma.estimate_ns(t));
+                    ewma.observe(rtt, now);
+                    largest = largest.max(sample);
+                    let when = latest.map_or(now, |t| t.max(now));
+                    latest = Some(when);
+                    let after = ewma.estimate_ns(when);
+                    prop_assert!(after.is_finite() && after >= 0.0, "{}", after);
+                    prop_assert!(
+                        after <= largest * (1.0 + 1e-12),
+                        "{} above every sample {}", after, largest
+                    );
+                    if sample > before {
+                        prop_assert_eq!(after, sample, "a peak replaces the estimate");
+                    } else {
+                        // Blending rounds: allow a part in 10^12.
+                        prop_assert!(
+                            after >= sample * (1.0 - 1e-12) && after <= before * (1.0 + 1e-12),
+                            "{} not between {} and {}", after, sample, before
+                        );
+                    }
+                }
+                let mut probes: Vec<Instant> = probes
+                    .into_iter()
+                    .map(|p| latest.unwrap() + Duration::from_millis(p.unsigned_abs()))
+                    .collect();
+                probes.sort();
+                let stored = ewma.estimate_ns(latest.unwrap());
+                let mut previous = stored;
+                for probe in probes {
+                    let estimate = ewma.estimate_ns(probe);
+                    prop_assert!(estimate.is_finite() && estimate >= 0.0);
+                    prop_assert!(estimate <= previous, "{} grew to {}", previous, estimate);
+                    // It fades by `exp(-elapsed / decay)` (not at all without a decay).
+                    let elapsed = (probe - latest.unwrap()).as_nanos() as f64;
+                    let decay_ns = decay.as_nanos() as f64;
+                    let faded = if decay_ns > 0.0 {
+                        stored * (-elapsed / decay_ns).exp()
+                    } else {
+                        stored
+                    };
+                    prop_assert!(
+                        (estimate - faded).abs() <= faded * 1e-9,
+                        "{} faded to {}, not {}", stored, estimate, faded
+                    );
+                    previous = estimate;
+                }
+            }
+
+            /// Two candidates are always both drawn: the cheaper wins; at equal cost, the less
+            /// loaded; only an exact tie of both may go either way. Costs are compared only
+            /// when they differ by more than rounding (a part in 10^12).
+            #[test]
+            fn of_two_the_cheaper_wins(pair in candidates(2), seed in any::<u64>()) {
+                fastrand::seed(seed);
+                let (a, b) = (pair[0], pair[1]);
+                let (cost_a, cost_b) = (cost_of(&a), cost_of(&b));
+                let load = |c: &Candidate| (f64::from(c.in_flight) + 1.0) / c.weight;
+                let apart = (cost_a - cost_b).abs() > 1e-12 * cost_a.max(cost_b);
+                for _ in 0..4 {
+                    let chosen = PeakEwmaBalancer::new().pick(&pair, None).unwrap();
+                    prop_assert!(chosen == a.index || chosen == b.index);
+                    if apart {
+                        let cheaper = if cost_a < cost_b { a.index } else { b.index };
+                        prop_assert_eq!(chosen, cheaper, "costs {} and {}", cost_a, cost_b);
+                    } else if cost_a == cost_b && load(&a) != load(&b) {
+                        let lighter = if load(&a) < load(&b) { a.index } else { b.index };
+                        prop_assert_eq!(chosen, lighter);
+                    }
+                }
+            }
+
+            /// With distinct costs, the candidate ranked `r` (0 the cheapest) of `n` wins when
+            /// it is one of the two drawn and the other is dearer: with probability
+            /// `2 (n - 1 - r) / (n (n - 1))`. Over 3000 picks (seeded) each count is within
+            /// `8 sigma + 10` of that (Bernstein: off by chance less than once in a million
+            /// checks). The dearest never wins.
+            #[test]
+            fn shares_are_those_of_the_cheaper_of_two_random_draws(
+                costs in vec(1u32..1_000_000, 2..7),
+                seed in any::<u64>(),
+            ) {
+                let mut costs = costs;
+                costs.sort_unstable();
+                costs.dedup();
+                prop_assume!(costs.len() >= 2);
+                // Shuffle ranks over positions deterministically by the seed.
+                fastrand::seed(seed);
+                fastrand::shuffle(&mut costs);
+                let n = costs.len();
+                let candidates: Vec<Candidate> = costs
+                    .iter()
+                    .enumerate()
+                    .map(|(index, &cost)| candidate(index, 1.0, 0, f64::from(cost)))
+                    .collect();
+                let picks = 3_000usize;
+                let mut counts = vec![0usize; n];
+                let balancer = PeakEwmaBalancer::new();
+                for _ in 0..picks {
+                    counts[balancer.pick(&candidates, None).unwrap()] += 1;
+                }
+                let mut sorted = costs.clone();
+                sorted.sort_unstable();
+                for (index, cost) in costs.iter().enumerate() {
+                    let rank = sorted.iter().position(|c| c == cost).unwrap();
+                    let p = 2.0 * (n - 1 - rank) as f64 / (n * (n - 1)) as f64;
+                    let expected = picks as f64 * p;
+                    let sigma = (expected * (1.0 - p)).sqrt();
+                    prop_assert!(
+                        (counts[index] as f64 - expected).abs() <= 8.0 * sigma + 10.0,
+                        "costs {:?}: counts {:?}", costs, counts
+                    );
+                    if rank == n - 1 {
+                        prop_assert_eq!(counts[index], 0, "the dearest won");
+                    }
+                }
+            }
+
+            /// Any floats at all (NaN, infinite, negative latencies and weights, `u32::MAX` in
+            /// flight): a candidate is picked, never anything else.
+            #[test]
+            fn any_inputs_pick_a_candidate(
+                specs in vec((any::<f64>(), any::<u32>(), prop_oneof![
+                    any::<f64>(), Just(f64::NAN), Just(f64::INFINITY), Just(-1.0), Just(0.0),
+                ]), 0..6),
+                seed in any::<u64>(),
+            ) {
+                fastrand::seed(seed);
+                let candidates: Vec<Candidate> = specs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, (w, n, l))| candidate(index, w, n, l))
+                    .collect();
+                for _ in 0..10 {
+                    let chosen = PeakEwmaBalancer::new().pick(&candidates, None);
+                    prop_assert_eq!(chosen.is_some(), !candidates.is_empty());
+                    if let Some(chosen) = chosen {
+                        prop_assert!(chosen < candidates.len());
+                    }
+                }
+            }
+        }
+    }
 }

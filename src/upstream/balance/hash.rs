@@ -389,4 +389,173 @@ mod tests {
         assert!(text.len() < 100, "{text}");
         assert!(text.contains("80000"), "{text}");
     }
+
+    /// Properties of `hash` (docs/load-balancing.md): a key's backend is the first point
+    /// clockwise whose backend is eligible, so it is the same every time, only the keys of a
+    /// backend that leaves move (and they come back with it), and shares follow the weights.
+    mod properties {
+        use super::*;
+        use proptest::collection::{btree_set, vec};
+        use proptest::prelude::*;
+
+        /// Distinct backend addresses with their weights (0 now and then: no points).
+        fn pool(min: usize) -> impl Strategy<Value = Vec<(String, u32)>> {
+            btree_set((any::<[u8; 2]>(), 1u16..), min..=6).prop_flat_map(|addresses| {
+                let n = addresses.len();
+                let addresses: Vec<String> = addresses
+                    .into_iter()
+                    .map(|([a, b], port)| format!("10.0.{a}.{b}:{port}"))
+                    .collect();
+                vec(prop_oneof![8 => 1u32..=4, 1 => Just(0u32)], n).prop_map(move |weights| {
+                    addresses.iter().cloned().zip(weights).collect::<Vec<_>>()
+                })
+            })
+        }
+
+        fn keys() -> impl Strategy<Value = Vec<u64>> {
+            vec(prop_oneof![any::<u64>(), Just(0), Just(u64::MAX)], 1..64)
+        }
+
+        /// The candidates a bit mask leaves in (at least one).
+        fn subset(n: usize, mask: u8) -> Vec<Candidate> {
+            let chosen: Vec<usize> = (0..n).filter(|i| mask & (1 << i) != 0).collect();
+            if chosen.is_empty() {
+                candidates([0])
+            } else {
+                candidates(chosen)
+            }
+        }
+
+        /// The model: the first point at or after the key, wrapping, whose backend is a
+        /// candidate; `key % count` among the candidates when none of them has a point.
+        fn model(ring: &HashRing, live: &[Candidate], key: u64) -> usize {
+            let is_live = |index: usize| live.iter().any(|c| c.index == index);
+            let after = ring.points.iter().filter(|(point, _)| *point >= key);
+            let before = ring.points.iter().filter(|(point, _)| *point < key);
+            match after.chain(before).find(|(_, index)| is_live(*index)) {
+                Some(&(_, index)) => index,
+                None => live[(key % live.len() as u64) as usize].index,
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// A key goes to the first eligible point clockwise, the same every time and on a
+            /// ring built again from the same pool.
+            #[test]
+            fn a_key_goes_to_the_first_eligible_point_clockwise_every_time(
+                backends in pool(1),
+                mask in any::<u8>(),
+                keys in keys(),
+            ) {
+                let ring = HashRing::new(&backends);
+                let rebuilt = HashRing::new(&backends);
+                let live = subset(backends.len(), mask);
+                // Keys right at, before and after some points, where an off-by-one would show.
+                let edges = ring.points.iter().step_by(97).flat_map(|&(point, _)| {
+                    [point, point.wrapping_sub(1), point.wrapping_add(1)]
+                });
+                for key in keys.into_iter().chain(edges) {
+                    let chosen = ring.pick(&live, Some(key));
+                    prop_assert_eq!(chosen, Some(model(&ring, &live, key)), "key {}", key);
+                    prop_assert_eq!(ring.pick(&live, Some(key)), chosen);
+                    prop_assert_eq!(rebuilt.pick(&live, Some(key)), chosen);
+                }
+            }
+
+            /// Backends going down (fewer candidates) move only their own keys; back up, every
+            /// key is where it was.
+            #[test]
+            fn going_down_moves_only_the_keys_of_those_down(
+                backends in pool(2),
+                down in any::<u8>(),
+                keys in keys(),
+            ) {
+                let ring = HashRing::new(&backends);
+                let all = candidates(0..backends.len());
+                let mut live: Vec<Candidate> =
+                    all.iter().copied().filter(|c| down & (1 << c.index) == 0).collect();
+                if live.is_empty() {
+                    live.push(all[0]);
+                }
+                // Without any point among the candidates the fallback is `key % count`,
+                // which promises nothing about moves: both sides need a backend on the ring.
+                prop_assume!(live.iter().any(|c| backends[c.index].1 > 0));
+                for key in keys {
+                    let before = ring.pick(&all, Some(key)).unwrap();
+                    let after = ring.pick(&live, Some(key)).unwrap();
+                    if live.iter().any(|c| c.index == before) {
+                        prop_assert_eq!(after, before, "key {} moved off a live backend", key);
+                    }
+                    prop_assert!(live.iter().any(|c| c.index == after));
+                    prop_assert_eq!(ring.pick(&all, Some(key)), Some(before));
+                }
+            }
+
+            /// A backend removed from the configuration (the ring rebuilt, later indices
+            /// shifted) takes only its own keys with it, and added back, restores the old
+            /// mapping exactly.
+            #[test]
+            fn removing_a_backend_moves_only_its_keys_and_adding_it_back_restores_them(
+                backends in pool(2),
+                removed in any::<prop::sample::Index>(),
+                keys in keys(),
+            ) {
+                let removed = removed.index(backends.len());
+                prop_assume!(backends.iter().enumerate().any(|(i, b)| i != removed && b.1 > 0));
+                let mut fewer = backends.clone();
+                let gone = fewer.remove(removed);
+                let full = HashRing::new(&backends);
+                let smaller = HashRing::new(&fewer);
+                let restored = HashRing::new(&backends);
+                for key in keys {
+                    let before = &backends[full.pick(&candidates(0..backends.len()), Some(key)).unwrap()].0;
+                    let after = &fewer[smaller.pick(&candidates(0..fewer.len()), Some(key)).unwrap()].0;
+                    if *before != gone.0 {
+                        prop_assert_eq!(after, before, "key {} moved off a backend that stayed", key);
+                    } else {
+                        prop_assert_ne!(after, &gone.0);
+                    }
+                    let back = &backends[restored.pick(&candidates(0..backends.len()), Some(key)).unwrap()].0;
+                    prop_assert_eq!(back, before);
+                }
+            }
+
+            /// Each backend's share of the key space (the arcs ending at its points, which is
+            /// where the first property sends keys) is between 0.4 and 1.7 times its weight's
+            /// share. With `160 * weight` points a share is a Beta variable whose relative
+            /// spread is at most `1 / sqrt(160)`, 8 %: these bounds are more than six spreads
+            /// away (Chernoff: outside them less than once in 10^11 backends).
+            #[test]
+            fn shares_of_the_key_space_follow_the_weights(
+                addresses in btree_set((any::<[u8; 2]>(), 1u16..), 2..=6),
+                weights in vec(1u32..=4, 6),
+            ) {
+                let backends: Vec<(String, u32)> = addresses
+                    .into_iter()
+                    .zip(weights)
+                    .map(|(([a, b], port), weight)| (format!("10.0.{a}.{b}:{port}"), weight))
+                    .collect();
+                let ring = HashRing::new(&backends);
+                let mut owned = vec![0u128; backends.len()];
+                let mut previous = u128::from(ring.points.last().unwrap().0);
+                for &(point, index) in &ring.points {
+                    let point = u128::from(point);
+                    // The arc (previous, point], wrapping past 2^64 for the first point.
+                    owned[index] += (point + (1u128 << 64) - previous) % (1u128 << 64);
+                    previous = point;
+                }
+                let total: u32 = backends.iter().map(|b| b.1).sum();
+                for (index, &(_, weight)) in backends.iter().enumerate() {
+                    let share = owned[index] as f64 / 2f64.powi(64);
+                    let expected = f64::from(weight) / f64::from(total);
+                    prop_assert!(
+                        (0.4 * expected..=1.7 * expected).contains(&share),
+                        "backend {} of {:?}: share {}, expected {}", index, backends, share, expected
+                    );
+                }
+            }
+        }
+    }
 }

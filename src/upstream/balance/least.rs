@@ -181,4 +181,140 @@ mod tests {
             assert!(balancer.pick(&broken, None).is_some());
         }
     }
+
+    /// Properties of `least_requests` (docs/load-balancing.md): the smallest
+    /// `(in flight + 1) / weight` wins, ties rotate, and requests piling up spread by weight.
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        /// Weights as the pool makes them: configured 1 to 10000, times a slow-start factor.
+        fn weight() -> impl Strategy<Value = f64> {
+            prop_oneof![
+                (1u32..=4).prop_map(f64::from),
+                (1u32..=10_000, 0.1f64..=1.0).prop_map(|(w, f)| f64::from(w) * f),
+            ]
+        }
+
+        fn in_flight() -> impl Strategy<Value = u32> {
+            prop_oneof![0u32..4, any::<u32>()]
+        }
+
+        /// Candidates with distinct ascending indices, as the pool hands them over.
+        fn candidates() -> impl Strategy<Value = Vec<Candidate>> {
+            vec((1usize..4, weight(), in_flight()), 1..8).prop_map(|specs| {
+                let mut index = 0;
+                specs
+                    .into_iter()
+                    .map(|(step, weight, in_flight)| {
+                        index += step;
+                        candidate(index, weight, in_flight)
+                    })
+                    .collect()
+            })
+        }
+
+        fn load_of(c: &Candidate) -> f64 {
+            (f64::from(c.in_flight) + 1.0) / c.weight
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Every pick has the least load of all candidates, and over as many picks as there
+            /// are tied candidates each of them is picked exactly once, whatever picks came
+            /// before.
+            #[test]
+            fn picks_a_minimum_and_ties_take_turns(
+                candidates in candidates(),
+                earlier in 0usize..10,
+            ) {
+                let balancer = LeastRequests::new();
+                for _ in 0..earlier {
+                    balancer.pick(&candidates[..1], None);
+                }
+                let lowest = candidates.iter().map(load_of).fold(f64::INFINITY, f64::min);
+                let tied: Vec<usize> = candidates
+                    .iter()
+                    .filter(|c| load_of(c) == lowest)
+                    .map(|c| c.index)
+                    .collect();
+                let mut chosen: Vec<usize> = (0..tied.len())
+                    .map(|_| balancer.pick(&candidates, None).unwrap())
+                    .collect();
+                for index in &chosen {
+                    let picked = candidates.iter().find(|c| c.index == *index).unwrap();
+                    prop_assert!(load_of(picked) <= lowest, "{:?} -> {}", candidates, index);
+                }
+                chosen.sort_unstable();
+                prop_assert_eq!(chosen, tied);
+            }
+
+            /// Requests that pile up without completing spread by weight: after every pick, no
+            /// backend carries more than one request per unit of weight beyond any other
+            /// (`in_flight_i / w_i <= (in_flight_j + 1) / w_j`).
+            #[test]
+            fn piled_up_requests_spread_by_weight(
+                weights in vec(1u32..=8, 1..6),
+                picks in 1usize..200,
+            ) {
+                let balancer = LeastRequests::new();
+                let mut in_flight = vec![0u32; weights.len()];
+                for _ in 0..picks {
+                    let candidates: Vec<Candidate> = weights
+                        .iter()
+                        .zip(&in_flight)
+                        .enumerate()
+                        .map(|(index, (&w, &n))| candidate(index, f64::from(w), n))
+                        .collect();
+                    let chosen = balancer.pick(&candidates, None).unwrap();
+                    in_flight[chosen] += 1;
+                    for i in 0..weights.len() {
+                        for j in 0..weights.len() {
+                            // Integers: in_i * w_j <= (in_j + 1) * w_i.
+                            prop_assert!(
+                                u64::from(in_flight[i]) * u64::from(weights[j])
+                                    <= (u64::from(in_flight[j]) + 1) * u64::from(weights[i]),
+                                "{:?} with weights {:?}", in_flight, weights
+                            );
+                        }
+                    }
+                }
+            }
+
+            /// Any weights and loads at all (NaN, zero, negative, infinite, `u32::MAX` in
+            /// flight): a candidate is picked, never anything else.
+            #[test]
+            fn any_inputs_pick_a_candidate(
+                specs in vec(
+                    (
+                        prop_oneof![
+                            any::<f64>(),
+                            Just(f64::NAN),
+                            Just(0.0),
+                            Just(-1.0),
+                            Just(f64::INFINITY),
+                        ],
+                        any::<u32>(),
+                    ),
+                    0..6,
+                ),
+            ) {
+                let candidates: Vec<Candidate> = specs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, (weight, in_flight))| candidate(index, weight, in_flight))
+                    .collect();
+                let balancer = LeastRequests::new();
+                for _ in 0..3 {
+                    let chosen = balancer.pick(&candidates, None);
+                    prop_assert_eq!(chosen.is_some(), !candidates.is_empty());
+                    if let Some(chosen) = chosen {
+                        prop_assert!(chosen < candidates.len());
+                    }
+                }
+            }
+        }
+    }
 }

@@ -146,4 +146,92 @@ mod tests {
         assert_eq!(sane_weight(f64::NAN), MIN_WEIGHT);
         assert_eq!(sane_weight(f64::INFINITY), MAX_WEIGHT);
     }
+
+    /// Properties of `random` (docs/load-balancing.md): only candidates, with probability
+    /// proportional to the weight.
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Over 4000 picks (the generator seeded, so a case always draws the same), each
+            /// candidate's count is within `8 sigma + 10` of `picks * weight / total`. By
+            /// Bernstein's inequality a correct picker strays that far less than once in a
+            /// million checks whatever the share (the `+ 10` covers tiny shares, where the
+            /// normal approximation fails); one that ignores weights of 1 against 10 misses by
+            /// ten times the bound.
+            #[test]
+            fn shares_follow_weights(
+                specs in vec((0usize..3, prop_oneof![1u32..=10, 1u32..=10_000]), 1..7),
+                fraction in 0.1f64..=1.0,
+                seed in any::<u64>(),
+            ) {
+                let mut index = 0;
+                let candidates: Vec<Candidate> = specs
+                    .iter()
+                    .map(|&(step, weight)| {
+                        index += step + 1;
+                        // A slow start scales one of them down.
+                        let factor = if index == 1 + specs[0].0 { fraction } else { 1.0 };
+                        candidate(index, f64::from(weight) * factor)
+                    })
+                    .collect();
+                let total: f64 = candidates.iter().map(|c| c.weight).sum();
+                fastrand::seed(seed);
+                let balancer = WeightedRandom::new();
+                let picks = 4_000usize;
+                let mut counts = vec![0usize; index + 1];
+                for _ in 0..picks {
+                    let chosen = balancer.pick(&candidates, None).unwrap();
+                    prop_assert!(candidates.iter().any(|c| c.index == chosen), "{}", chosen);
+                    counts[chosen] += 1;
+                }
+                for c in &candidates {
+                    let p = c.weight / total;
+                    let expected = picks as f64 * p;
+                    let sigma = (expected * (1.0 - p)).sqrt();
+                    prop_assert!(
+                        (counts[c.index] as f64 - expected).abs() <= 8.0 * sigma + 10.0,
+                        "backend {}: {} picks, expected {} (sigma {})",
+                        c.index, counts[c.index], expected, sigma
+                    );
+                }
+            }
+
+            /// Any weights (NaN, zero, negative, infinite, huge, tiny): a candidate is always
+            /// picked, never anything else.
+            #[test]
+            fn any_weights_pick_a_candidate(
+                weights in vec(
+                    prop_oneof![
+                        any::<f64>(),
+                        Just(f64::NAN),
+                        Just(f64::INFINITY),
+                        Just(f64::NEG_INFINITY),
+                        Just(0.0),
+                        Just(f64::MAX),
+                    ],
+                    0..6,
+                ),
+                seed in any::<u64>(),
+            ) {
+                fastrand::seed(seed);
+                let candidates: Vec<Candidate> = weights
+                    .iter()
+                    .enumerate()
+                    .map(|(index, &weight)| candidate(2 * index + 1, weight))
+                    .collect();
+                for _ in 0..20 {
+                    let chosen = WeightedRandom::new().pick(&candidates, None);
+                    prop_assert_eq!(chosen.is_some(), !candidates.is_empty());
+                    if let Some(chosen) = chosen {
+                        prop_assert!(candidates.iter().any(|c| c.index == chosen), "{}", chosen);
+                    }
+                }
+            }
+        }
+    }
 }
