@@ -553,4 +553,245 @@ mod tests {
         assert_eq!(limits.table().open(), 0);
         assert!(limits.admit(ip("10.0.0.1"), Instant::now()).is_ok());
     }
+
+    /// Properties of the listener limits against a model (a counter per client key and one
+    /// for the listener): for any sequence of connections, requests, closes and reloads every
+    /// decision is the model's, the N+1-th is refused, a release lets one more in, and the
+    /// counts never drift, underflow or leave entries behind.
+    mod properties {
+        use std::collections::HashMap;
+
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        /// Clients, some of which share a key (a mapped IPv4, two addresses in one /64).
+        const CLIENTS: [&str; 6] = [
+            "10.0.0.1",
+            "::ffff:10.0.0.1",
+            "10.0.0.2",
+            "2001:db8::1",
+            "2001:db8::ffff:2",
+            "2001:db8:0:1::1",
+        ];
+
+        /// The key the doc says each of [`CLIENTS`] counts under.
+        const KEY: [usize; 6] = [0, 0, 1, 2, 2, 3];
+
+        #[derive(Debug, Clone)]
+        enum Event {
+            /// A connection on a plain listener.
+            Admit(usize),
+            /// A connection on a `proxy_protocol` listener: the listener cap first, the client
+            /// when its header arrives (`again`: the second half called a second time, which
+            /// must count nothing more once the client was counted).
+            Split {
+                client: usize,
+                again: bool,
+            },
+            /// The `n`-th open connection (modulo) closes.
+            Close(usize),
+            Request(usize),
+            /// The `n`-th request in flight (modulo) finishes.
+            Finish(usize),
+            /// A reload with new limits (the rate unchanged, so its table is kept).
+            Reload(Limits),
+        }
+
+        #[derive(Debug, Clone, Copy)]
+        struct Limits {
+            max_connections: Option<usize>,
+            per_ip: Option<usize>,
+            requests: Option<usize>,
+        }
+
+        fn limits() -> impl Strategy<Value = Limits> {
+            (
+                prop::option::of(0usize..5),
+                prop::option::of(0usize..3),
+                prop::option::of(0usize..3),
+            )
+                .prop_map(|(max_connections, per_ip, requests)| Limits {
+                    max_connections,
+                    per_ip,
+                    requests,
+                })
+        }
+
+        fn event() -> impl Strategy<Value = Event> {
+            prop_oneof![
+                4 => (0usize..6).prop_map(Event::Admit),
+                2 => (0usize..6, any::<bool>()).prop_map(|(client, again)| Event::Split { client, again }),
+                3 => any::<usize>().prop_map(Event::Close),
+                3 => (0usize..6).prop_map(Event::Request),
+                2 => any::<usize>().prop_map(Event::Finish),
+                1 => limits().prop_map(Event::Reload),
+            ]
+        }
+
+        fn settings(limits: Limits, rate: Option<u32>) -> ConnLimitSettings {
+            ConnLimitSettings {
+                max_connections: limits.max_connections,
+                max_connections_per_ip: limits.per_ip,
+                max_requests_per_ip: limits.requests,
+                new_connections_per_ip: rate.map(|n| format!("{n}/s")),
+                new_connections_burst: None,
+            }
+        }
+
+        #[derive(Debug, Default)]
+        struct Model {
+            open: usize,
+            connections: HashMap<usize, usize>,
+            requests: HashMap<usize, usize>,
+            /// New connections the rate let through, per key (time stands still: no refill).
+            rate_used: HashMap<usize, u32>,
+        }
+
+        impl Model {
+            /// A connection from `key` under `limits`: `Ok(counted per client)` or the refusal.
+            fn admit(
+                &mut self,
+                key: usize,
+                limits: Limits,
+                rate: Option<u32>,
+            ) -> Result<bool, Refusal> {
+                if limits.max_connections.is_some_and(|max| self.open >= max) {
+                    return Err(Refusal::Limit);
+                }
+                let count = self.connections.get(&key).copied().unwrap_or(0);
+                if limits.per_ip.is_some_and(|max| count >= max) {
+                    return Err(Refusal::PerIp);
+                }
+                let used = self.rate_used.get(&key).copied().unwrap_or(0);
+                if rate.is_some_and(|burst| used >= burst) {
+                    return Err(Refusal::Rate);
+                }
+                if rate.is_some() {
+                    self.rate_used.insert(key, used + 1);
+                }
+                self.open += 1;
+                if limits.per_ip.is_some() {
+                    self.connections.insert(key, count + 1);
+                }
+                Ok(limits.per_ip.is_some())
+            }
+
+            fn clients(&self) -> usize {
+                let mut keys: Vec<usize> = self
+                    .connections
+                    .iter()
+                    .chain(&self.requests)
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(k, _)| *k)
+                    .collect();
+                keys.sort_unstable();
+                keys.dedup();
+                keys.len()
+            }
+
+            fn take(map: &mut HashMap<usize, usize>, key: usize) {
+                let n = map.get_mut(&key).expect("counted");
+                *n -= 1;
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn decisions_and_counts_follow_the_model(
+                first in limits(),
+                rate in prop::option::of(1u32..4),
+                events in vec(event(), 0..60),
+            ) {
+                let now = Instant::now();
+                let mut limits = first;
+                let mut limiter = ConnLimiter::new(&settings(limits, rate), None).unwrap();
+                let mut model = Model::default();
+                // Open connections and requests in flight, with the key and whether the guard
+                // counts per client, as the model has them.
+                let mut connections: Vec<(ConnGuard, usize, bool)> = Vec::new();
+                let mut requests: Vec<(RequestGuard, usize)> = Vec::new();
+                for (step, event) in events.into_iter().enumerate() {
+                    match event {
+                        Event::Admit(client) => {
+                            let key = KEY[client];
+                            let got = limiter.admit(ip(CLIENTS[client]), now);
+                            let want = model.admit(key, limits, rate);
+                            prop_assert_eq!(got.as_ref().err(), want.as_ref().err(), "step {}", step);
+                            if let (Ok(guard), Ok(counted)) = (got, want) {
+                                connections.push((guard, key, counted));
+                            }
+                        }
+                        Event::Split { client, again } => {
+                            let key = KEY[client];
+                            let want = model.admit(key, limits, rate);
+                            let got = limiter.admit_connection().and_then(|mut guard| {
+                                limiter.admit_client(&mut guard, ip(CLIENTS[client]), now)?;
+                                Ok(guard)
+                            });
+                            prop_assert_eq!(got.as_ref().err(), want.as_ref().err(), "step {}", step);
+                            if let (Ok(mut guard), Ok(counted)) = (got, want) {
+                                if again && counted {
+                                    // Counted per client already: a second call counts nothing.
+                                    // (Without a per-client limit a second call checks the rate
+                                    // again; the doc asks for one call per guard, and the
+                                    // server makes one.)
+                                    let other = ip(CLIENTS[(client + 1) % CLIENTS.len()]);
+                                    prop_assert!(limiter.admit_client(&mut guard, other, now).is_ok());
+                                }
+                                connections.push((guard, key, counted));
+                            }
+                        }
+                        Event::Close(n) => {
+                            if !connections.is_empty() {
+                                let (guard, key, counted) = connections.remove(n % connections.len());
+                                drop(guard);
+                                model.open -= 1;
+                                if counted {
+                                    Model::take(&mut model.connections, key);
+                                }
+                            }
+                        }
+                        Event::Request(client) => {
+                            let key = KEY[client];
+                            let got = limiter.start_request(ip(CLIENTS[client]));
+                            match limits.requests {
+                                None => prop_assert!(matches!(got, Ok(None))),
+                                Some(max) => {
+                                    let count = model.requests.get(&key).copied().unwrap_or(0);
+                                    if count >= max {
+                                        prop_assert_eq!(got.err(), Some(Refusal::PerIp), "step {}", step);
+                                    } else {
+                                        let guard = got.ok().flatten();
+                                        prop_assert!(guard.is_some(), "step {}", step);
+                                        requests.push((guard.unwrap(), key));
+                                        model.requests.insert(key, count + 1);
+                                    }
+                                }
+                            }
+                        }
+                        Event::Finish(n) => {
+                            if !requests.is_empty() {
+                                let (guard, key) = requests.remove(n % requests.len());
+                                drop(guard);
+                                Model::take(&mut model.requests, key);
+                            }
+                        }
+                        Event::Reload(new) => {
+                            limiter = ConnLimiter::new(&settings(new, rate), Some(&limiter)).unwrap();
+                            limits = new;
+                        }
+                    }
+                    prop_assert_eq!(limiter.table().open(), model.open, "step {}", step);
+                    prop_assert_eq!(limiter.table().clients(), model.clients(), "step {}", step);
+                }
+                drop(connections);
+                drop(requests);
+                prop_assert_eq!(limiter.table().open(), 0);
+                prop_assert_eq!(limiter.table().clients(), 0);
+            }
+        }
+    }
 }

@@ -58,8 +58,10 @@ impl UploadPace {
     fn allowed(&self) -> Duration {
         // Whole seconds and the remainder separately: exact, and no float rounding at the edge.
         let rate = self.rule.bytes_per_second;
+        // The remainder in u128: `remainder * 10^9` overflows u64 for rates over 18 GB/s.
+        let fraction = u128::from(self.received % rate) * 1_000_000_000 / u128::from(rate);
         let earned = Duration::from_secs(self.received / rate)
-            + Duration::from_nanos((self.received % rate).saturating_mul(1_000_000_000) / rate);
+            + Duration::from_nanos(u64::try_from(fraction).unwrap_or(999_999_999));
         self.rule.grace.saturating_add(earned)
     }
 
@@ -194,5 +196,133 @@ mod tests {
         pace.delivered(u64::MAX, start);
         assert!(!pace.too_slow(start + Duration::from_secs(1_000_000)));
         let _ = pace.waiting(start);
+    }
+
+    /// Regression (found by `the_pace_follows_the_exact_model`): the fraction of a second the
+    /// bytes earn was computed as `remainder * 10^9` in u64, saturating above a rate of about
+    /// 18 GB/s: at `min_upload_rate = "100GB"` half a rate's worth of bytes earned 184 ms
+    /// instead of 500, and the client was cut off early.
+    #[test]
+    fn huge_rates_earn_exact_fractions() {
+        let start = Instant::now();
+        let mut pace = UploadPace::new(rule(100_000_000_000, 0));
+        pace.delivered(50_000_000_000, start);
+        assert_eq!(pace.waiting(start), start + Duration::from_millis(500));
+    }
+
+    /// Properties of the upload pace against an exact model (nanoseconds in `u128`): only
+    /// time spent waiting for the client counts, each `rate` bytes earn a second on top of
+    /// the grace, and the deadline `waiting` returns is the very instant the client runs out.
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone, Copy)]
+        enum Event {
+            /// The proxy waits for the client (again).
+            Wait,
+            /// The client delivers so many bytes.
+            Deliver(u64),
+            /// Time passes, in nanoseconds.
+            Pass(u64),
+        }
+
+        fn event() -> impl Strategy<Value = Event> {
+            prop_oneof![
+                3 => Just(Event::Wait),
+                3 => prop_oneof![0u64..10_000, 0u64..100_000_000, any::<u64>()].prop_map(Event::Deliver),
+                4 => prop_oneof![0u64..5_000_000_000, 0u64..100_000_000_000, Just(86_400_000_000_000)]
+                    .prop_map(Event::Pass),
+            ]
+        }
+
+        const NS: u128 = 1_000_000_000;
+
+        /// The client's account as the module doc words it.
+        #[derive(Debug)]
+        struct Model {
+            rate: u128,
+            grace_ns: u128,
+            received: u64,
+            waited_ns: u128,
+            since: Option<Instant>,
+        }
+
+        impl Model {
+            fn allowed_ns(&self) -> u128 {
+                self.grace_ns + u128::from(self.received) * NS / self.rate
+            }
+
+            fn waited_ns(&self, now: Instant) -> u128 {
+                self.waited_ns
+                    + self
+                        .since
+                        .map_or(0, |since| now.saturating_duration_since(since).as_nanos())
+            }
+        }
+
+        fn duration_of(ns: u128) -> Option<Duration> {
+            Some(Duration::new(
+                u64::try_from(ns / NS).ok()?,
+                (ns % NS) as u32,
+            ))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn the_pace_follows_the_exact_model(
+                rate in prop_oneof![1u64..=1_000, 1u64..=10_000_000, any::<u64>().prop_map(|r| r.max(1))],
+                grace_ms in prop_oneof![0u64..=60_000, 0u64..=3_155_760_000_000],
+                events in vec(event(), 0..60),
+            ) {
+                let rule = MinUploadRate::new(rate, Duration::from_millis(grace_ms)).unwrap();
+                let mut pace = UploadPace::new(rule);
+                let mut model = Model {
+                    rate: u128::from(rate),
+                    grace_ns: u128::from(grace_ms) * 1_000_000,
+                    received: 0,
+                    waited_ns: 0,
+                    since: None,
+                };
+                let mut now = Instant::now();
+                for (step, event) in events.into_iter().enumerate() {
+                    match event {
+                        Event::Wait => {
+                            let deadline = pace.waiting(now);
+                            let since = *model.since.get_or_insert(now);
+                            let left = model.allowed_ns().saturating_sub(model.waited_ns);
+                            match duration_of(left).and_then(|left| since.checked_add(left)) {
+                                Some(expected) => {
+                                    prop_assert_eq!(deadline, expected, "step {}", step);
+                                    // The deadline is the first instant the client is out.
+                                    prop_assert!(pace.too_slow(deadline));
+                                    if deadline > now {
+                                        prop_assert!(!pace.too_slow(deadline - Duration::from_nanos(1)));
+                                    }
+                                }
+                                // Beyond what the clock holds: a year stands in for never.
+                                None => prop_assert!(deadline >= since + Duration::from_secs(365 * 24 * 3600)),
+                            }
+                        }
+                        Event::Deliver(bytes) => {
+                            pace.delivered(bytes, now);
+                            model.waited_ns = model.waited_ns(now);
+                            model.since = None;
+                            model.received = model.received.saturating_add(bytes);
+                        }
+                        Event::Pass(ns) => now += Duration::from_nanos(ns),
+                    }
+                    prop_assert_eq!(pace.received(), model.received);
+                    prop_assert_eq!(
+                        pace.too_slow(now),
+                        model.waited_ns(now) >= model.allowed_ns(),
+                        "step {}: {:?}", step, model
+                    );
+                }
+            }
+        }
     }
 }
