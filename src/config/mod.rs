@@ -227,6 +227,49 @@ pool = "missing"
         );
     }
 
+    /// A lower-case standard method is a method of its own that clients never send: in a
+    /// route's `methods` the route would never match, in a health check every backend would
+    /// answer `405` and be marked down. Refused as the typo it is, where it was written.
+    #[test]
+    fn a_lower_case_method_is_refused_as_a_typo_wherever_it_is_written() {
+        let text = MINIMAL.replace(
+            "pool = \"app\"\n",
+            "pool = \"app\"\nmethods = [\"GET\", \"post\"]\n",
+        );
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].key, "route[0].methods[1]");
+        assert_eq!((errors[0].line, errors[0].column), (10, 19));
+        assert!(
+            errors[0].message.contains("did you mean \"POST\""),
+            "{}",
+            errors[0].message
+        );
+
+        let text = MINIMAL.replace(
+            "backends = [\"127.0.0.1:9001\"]\n",
+            "backends = [\"127.0.0.1:9001\"]\nhealth_check = { method = \"head\" }\n",
+        );
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].key.starts_with("pool.app.health_check"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[0].message.contains("did you mean \"HEAD\""),
+            "{}",
+            errors[0].message
+        );
+
+        // An extension method keeps its spelling.
+        let text = MINIMAL.replace(
+            "pool = \"app\"\n",
+            "pool = \"app\"\nmethods = [\"PROPFIND\", \"QUERY\", \"x-sync\"]\n",
+        );
+        assert!(parse(Path::new("t.toml"), &text).is_ok());
+    }
+
     /// Random edits of a config that uses most sections (lines dropped, doubled or cut, values
     /// swapped for hostile ones): the file is refused with located errors or accepted, and an
     /// accepted one compiles or is refused; never a panic (a reload must keep the old

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderName, HeaderValue};
 use serde_spanned::Spanned;
 
 use super::schema::{Config, HeaderRules};
@@ -528,14 +528,11 @@ fn check_routes(config: &Config, problems: &mut Problems) {
         {
             problems.at(regex, format!("invalid regular expression: {e}"));
         }
+        // The same rules as `allow_methods`: a lower-case `get` would be a method of its own
+        // that no client sends, so the route would silently never match.
         for method in route.methods.iter().flatten() {
-            if Method::from_bytes(method.get_ref().as_bytes()).is_err()
-                || method.get_ref().is_empty()
-            {
-                problems.at(
-                    method,
-                    format!("{:?} is not an HTTP method", method.get_ref()),
-                );
+            if let Err(message) = crate::protect::access::parse_methods([method.get_ref()]) {
+                problems.at(method, message);
             }
         }
         for (name, value) in &route.headers {

@@ -258,7 +258,7 @@ fn list(
         .map_err(|e| format!("{key}: {e}"))
 }
 
-/// Parses method names for `allow_methods`. Methods are case-sensitive; a lower-case spelling of
+/// Parses method names for a route's `methods` and `allow_methods`. Methods are case-sensitive; a lower-case spelling of
 /// a standard method is refused as the typo it almost certainly is.
 pub fn parse_methods<I, S>(names: I) -> Result<Vec<Method>, String>
 where
@@ -276,6 +276,7 @@ where
         if upper != name
             && [
                 "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+                "QUERY",
             ]
             .contains(&upper.as_str())
         {

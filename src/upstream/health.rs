@@ -89,8 +89,7 @@ impl HealthCheck {
         };
         Ok(HealthCheck {
             kind: settings.kind,
-            method: Method::from_bytes(settings.method.get_ref().as_bytes())
-                .map_err(|_| format!("{:?} is not an HTTP method", settings.method.get_ref()))?,
+            method: health_method(settings.method.get_ref())?,
             path: check_path(settings.path.get_ref())?,
             host: settings
                 .host
@@ -275,11 +274,18 @@ pub fn parse_statuses(text: &str) -> Result<Vec<RangeInclusive<u16>>, String> {
 }
 
 /// Validates a pool's `health_check` table with the same code that compiles it.
+/// The check's method, by the rules of a route's `methods` (so `"head"` is refused as a typo
+/// instead of sending a method the backend answers with `405`, marking it down).
+fn health_method(name: &str) -> Result<Method, String> {
+    crate::protect::access::parse_methods([name])?
+        .pop()
+        .ok_or_else(|| format!("{name:?} is not an HTTP method"))
+}
+
 pub fn check_settings(settings: &HealthCheckSettings) -> Result<(), String> {
     parse_statuses(settings.expect_status.get_ref())?;
     check_path(settings.path.get_ref())?;
-    Method::from_bytes(settings.method.get_ref().as_bytes())
-        .map_err(|_| format!("{:?} is not an HTTP method", settings.method.get_ref()))?;
+    health_method(settings.method.get_ref())?;
     if settings.timeout.0.is_zero() || settings.interval.0.is_zero() {
         return Err("health_check.interval and health_check.timeout must be more than 0".into());
     }
