@@ -108,7 +108,7 @@ pub fn check_request_with<B>(
                 .ok()
                 .and_then(split_host_port)
                 .ok_or("invalid Host header")?;
-            if !target.0.eq_ignore_ascii_case(host.0)
+            if !same_host_name(target.0, host.0)
                 || target.1.or(default_port) != host.1.or(default_port)
             {
                 return Err("request target and Host name different hosts");
@@ -165,6 +165,20 @@ fn check_transfer_encoding<'a>(
         1 => Ok(true),
         // `chunked, chunked`: a body chunked twice is read once by some and twice by others.
         _ => Err("Transfer-Encoding other than chunked"),
+    }
+}
+
+/// Whether two host names (as [`split_host_port`] gives them) name the same host: names compare
+/// without regard to case, IPv6 literals by address (`[::1]` and `[0:0::1]` are one host).
+fn same_host_name(a: &str, b: &str) -> bool {
+    let literal = |name: &str| {
+        name.strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .and_then(|n| n.parse::<std::net::Ipv6Addr>().ok())
+    };
+    match (literal(a), literal(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a.eq_ignore_ascii_case(b),
     }
 }
 
@@ -547,6 +561,9 @@ mod tests {
             ("http://a.test./x", b"a.test"),
             ("http://[::1]:8080/x", b"[::1]:8080"),
             ("http://[::1]/x", b"[::1]:80"),
+            // One address, spelled two ways (RFC 4291 §2.2): the same host.
+            ("http://[::1]/x", b"[0:0::1]"),
+            ("http://[2001:DB8::1]/x", b"[2001:db8:0:0::1]"),
         ] {
             assert_eq!(
                 check(target, &[("host", host)]),
@@ -977,7 +994,10 @@ mod tests {
                 "xn--d1a.test",
                 "127.0.0.1",
                 "[::1]",
+                "[0:0::1]",
+                "[0000:0:0:0:0:0:0:1]",
                 "[2001:db8::1]",
+                "[2001:DB8:0::1]",
                 "[2001:db8::2]",
             ]);
             (name, vec(any::<bool>(), 16), any::<bool>()).prop_map(|(name, upper, dot)| {
@@ -1008,6 +1028,15 @@ mod tests {
         /// the port with the scheme's default for none.
         fn model_host(text: &str, port: &str, default: Option<u16>) -> (String, Option<u16>) {
             let name = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
+            // An IPv6 literal is its address, however it is spelled (RFC 4291 §2.2).
+            let name = match name
+                .strip_prefix('[')
+                .and_then(|n| n.strip_suffix(']'))
+                .and_then(|n| n.parse::<std::net::Ipv6Addr>().ok())
+            {
+                Some(address) => format!("[{address}]"),
+                None => name,
+            };
             let port = match port.strip_prefix(':') {
                 Some(digits) if !digits.is_empty() => digits.parse().ok(),
                 _ => None,
@@ -1251,7 +1280,7 @@ mod tests {
                 let (expected_name, expected_port) = model_host(&name, &port, None);
                 let split = split_host_port(&text);
                 prop_assert_eq!(
-                    split.map(|(n, p)| (n.to_ascii_lowercase(), p)),
+                    split.map(|(n, p)| (model_host(n, "", None).0, p)),
                     Some((expected_name, expected_port)),
                     "{}", text
                 );
