@@ -783,7 +783,11 @@ fn encode_head(
                 out.put_slice(value.as_bytes());
                 if name == header::CONNECTION {
                     said_close |= lists_token(value, "close");
-                } else if name == header::TRANSFER_ENCODING {
+                } else if name == header::TRANSFER_ENCODING
+                    && value.as_bytes().iter().any(|b| !b" \t,".contains(b))
+                {
+                    // A line of no codings leaves the last coding what it was (else a `chunked`
+                    // line followed by an empty one was sent as `chunked, , chunked`).
                     last_chunked = ends_chunked(value);
                 }
                 continue;
@@ -1320,6 +1324,17 @@ mod tests {
                 false,
                 Unknown,
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ndate: D\r\n\r\n",
+                Framing::Chunked,
+            ),
+            (
+                // A line of no codings after `chunked` does not make it chunked twice.
+                ok(&[
+                    ("transfer-encoding", "chunked"),
+                    ("transfer-encoding", " , "),
+                ]),
+                false,
+                Unknown,
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked,  , \r\ndate: D\r\n\r\n",
                 Framing::Chunked,
             ),
             (
