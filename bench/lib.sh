@@ -62,14 +62,15 @@ done
 ((DURATION >= 1 && ROUNDS >= 1)) || die "BENCH_DURATION and BENCH_ROUNDS must be at least 1"
 read -r -a TARGET_LIST <<<"$TARGETS"
 read -r -a SCENARIO_LIST <<<"$SCENARIOS"
-# Scenario 5 has two parts, 5a (HTTPS keep-alive) and 5b (a new TLS connection per request);
-# "5" means both.
+# Scenario 5 has three parts, 5a (HTTPS keep-alive), 5b (a new TLS connection per request,
+# resumed from the proxy's ticket) and 5c (a new connection with a full handshake per request);
+# "5" means all three.
 expanded=()
 for scenario in "${SCENARIO_LIST[@]}"; do
     case $scenario in
-    5) expanded+=(5a 5b) ;;
-    1 | 2 | 3 | 4 | 5a | 5b | 6 | 7) expanded+=("$scenario") ;;
-    *) die "unknown scenario '$scenario' (1 2 3 4 5 5a 5b 6 7)" ;;
+    5) expanded+=(5a 5b 5c) ;;
+    1 | 2 | 3 | 4 | 5a | 5b | 5c | 6 | 7) expanded+=("$scenario") ;;
+    *) die "unknown scenario '$scenario' (1 2 3 4 5 5a 5b 5c 6 7)" ;;
     esac
 done
 SCENARIO_LIST=("${expanded[@]}")
@@ -295,6 +296,15 @@ ensure_tools() {
     HAPROXY_BIN=$(command -v haproxy || echo /usr/sbin/haproxy)
 }
 
+# Scenario 5c's load client, built from bench/tools/handshake_client.rs (sets HANDSHAKE_CLIENT).
+build_handshake_client() {
+    command -v cargo >/dev/null || die "cargo not found (scenario 5c's client is built from bench/tools)"
+    log "building scenario 5c's client (cargo build --release --example handshake_client)"
+    (cd "$REPO_DIR" && cargo build --release --example handshake_client >&2) ||
+        die "could not build bench/tools/handshake_client.rs"
+    HANDSHAKE_CLIENT=$REPO_DIR/target/release/examples/handshake_client
+}
+
 build_gatehouse() {
     if [[ -n ${GATEHOUSE_BIN:-} ]]; then
         [[ -x $GATEHOUSE_BIN ]] || die "GATEHOUSE_BIN=$GATEHOUSE_BIN is not executable"
@@ -463,7 +473,7 @@ sanity_check() {
         grep -q '1 succeeded' <<<"$got" || die "$target: h2c request failed: $got"
     done
     log "sanity check passed: every target serves /1k and /100k over HTTP/1.1 and /1k over h2c"
-    if has_scenario 5a || has_scenario 5b; then sanity_check_tls; fi
+    if has_scenario 5a || has_scenario 5b || has_scenario 5c; then sanity_check_tls; fi
 }
 
 # Scenario 5: every proxy serves /1k over HTTPS with the run's certificate (verified, as
@@ -514,6 +524,16 @@ run_load() {
         on_cpu "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${seconds}s" --timeout 10s \
             -H "Connection: close" -s "$BENCH_DIR/tools/wrk_json.lua" "$url" >"$out" 2>&1 ||
             die "wrk failed: $(cat "$out")"
+        ;;
+    5c)
+        # A full handshake per connection: wrk and h2load resume sessions (5b), this client
+        # keeps none (bench/tools/handshake_client.rs).
+        local address=${url#https://}
+        address=${address%%/*}
+        on_cpu "$LOAD_CPU" "$HANDSHAKE_CLIENT" "$address" localhost "/${url#https://*/}" \
+            "$CONNECTIONS" "$seconds" "$RUN_DIR/tls/cert.pem" >"$out" 2>&1 ||
+            die "handshake_client failed: $(cat "$out")"
+        grep -q '"resumed":0}' "$out" || die "handshake_client resumed sessions: $(cat "$out")"
         ;;
     4)
         rm -f "$RUN_DIR/h2load-requests.log"

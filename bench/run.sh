@@ -17,7 +17,7 @@
 #   BENCH_IDLE_CONNS=10000   connections held open in scenario 7 (capped by the open-file limit)
 #   BENCH_IDLE_ROUNDS=       rounds of scenario 7 (default: BENCH_ROUNDS)
 #   BENCH_IDLE_SETTLE=4      seconds from the last idle connection's response to the memory reading
-#   BENCH_SCENARIOS="1 2 3 4 5 7"  (5 = 5a and 5b, HTTPS; they can be chosen alone too;
+#   BENCH_SCENARIOS="1 2 3 4 5 7"  (5 = 5a, 5b and 5c, HTTPS; they can be chosen alone too;
 #                            6 = cache hits, only when chosen)
 #   BENCH_TARGETS="direct nginx haproxy gatehouse"
 #   BENCH_LARGE_BYTES=       scenario 2's body size in bytes (default: the 100 KiB /100k)
@@ -166,6 +166,7 @@ main() {
     ensure_tools
     if [[ -n ${GATEHOUSE_BIN:-} ]]; then BENCH_PREBUILT=1; fi
     if has_target gatehouse; then build_gatehouse; fi
+    if has_scenario 5c; then build_handshake_client; fi
     if has_target gatehouse-b; then
         [[ -x ${GATEHOUSE_BIN_B:-} ]] || die "target gatehouse-b needs GATEHOUSE_BIN_B, an executable"
     fi
@@ -193,7 +194,7 @@ main() {
     for scenario in "${SCENARIO_LIST[@]}"; do
         case $scenario in
         1 | 2 | 3 | 4 | 6) http_runs=$((http_runs + ROUNDS * ${#TARGET_LIST[@]})) ;;
-        5a | 5b) http_runs=$((http_runs + ROUNDS * (${#TARGET_LIST[@]} - $(has_target direct && echo 1 || echo 0)))) ;;
+        5a | 5b | 5c) http_runs=$((http_runs + ROUNDS * (${#TARGET_LIST[@]} - $(has_target direct && echo 1 || echo 0)))) ;;
         7) idle_runs=$((IDLE_ROUNDS * (${#TARGET_LIST[@]} - $(has_target direct && echo 1 || echo 0)))) ;;
         esac
     done
@@ -235,7 +236,7 @@ main() {
 
     for ((round = 1; round <= ROUNDS; round++)); do
         for scenario in "${SCENARIO_LIST[@]}"; do
-            case $scenario in 1 | 2 | 3 | 4 | 5a | 5b | 6) ;; *) continue ;; esac
+            case $scenario in 1 | 2 | 3 | 4 | 5a | 5b | 5c | 6) ;; *) continue ;; esac
             log "round $round/$ROUNDS, scenario $scenario"
             for target in "${TARGET_LIST[@]}"; do
                 # The origins speak no TLS: no direct-to-origin baseline for HTTPS.

@@ -11,7 +11,8 @@ import json
 import statistics
 import sys
 
-# Keys are strings: scenario 5 has two parts, "5a" and "5b" (older .jsonl files have numbers).
+# Keys are strings: scenario 5 has three parts, "5a", "5b" and "5c" (older .jsonl files have
+# numbers, or only 5a and 5b).
 SCENARIOS = {
     "1": "HTTP/1.1 keep-alive, 1 KiB body, 64 connections (wrk)",
     "2": "HTTP/1.1 keep-alive, 100 KiB body, 64 connections (wrk)",
@@ -20,6 +21,8 @@ SCENARIOS = {
     "5a": "HTTPS (TLS 1.3) keep-alive, HTTP/1.1, 1 KiB, 64 connections (wrk)",
     "5b": "HTTPS (TLS 1.3), a new TLS connection per request (`Connection: close`; wrk resumes "
     "the session from the proxy's ticket), 1 KiB, 64 connections (wrk)",
+    "5c": "HTTPS (TLS 1.3), a full handshake per request (certificate, X25519, the proxy's ECDSA "
+    "P-256 signature; no resumption), 1 KiB, 64 connections (bench/tools/handshake_client.rs)",
     "6": "cache hits: HTTP/1.1 keep-alive, 1 KiB cacheable body (`max-age=3600`), 64 connections "
     "(wrk); each proxy's cache on (nginx `proxy_cache` on tmpfs, HAProxy `cache`, Gatehouse's "
     "memory tier); direct = the origin serving the file",
