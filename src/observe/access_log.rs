@@ -210,7 +210,19 @@ impl AccessRecord {
     /// Formats the line for `bytes` sent over `elapsed`.
     pub fn line(&self, bytes: u64, elapsed: Duration, complete: bool) -> String {
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        let request_id = self.request_id.to_str().unwrap_or("-");
+        // Written unquoted in the text format: only the characters `headers::request_id`
+        // lets through, so that no future source of ids can split or forge a line.
+        let request_id = self
+            .request_id
+            .to_str()
+            .ok()
+            .filter(|id| {
+                !id.is_empty()
+                    && id.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')
+                    })
+            })
+            .unwrap_or("-");
         match self.log.format {
             LogFormat::Json => {
                 let line = JsonLine {
@@ -311,6 +323,17 @@ mod tests {
             "{line}"
         );
         assert!(line.trim_end().ends_with("id=rid-1"), "{line}");
+    }
+
+    /// The text format writes the request id unquoted, so an id outside the characters
+    /// `headers::request_id` keeps (none reaches here today) is written as `-` rather than
+    /// let a space or a quote end the field.
+    #[test]
+    fn an_id_that_could_split_the_line_is_not_written() {
+        let mut record = record(LogFormat::Text);
+        record.request_id = HeaderValue::from_static("x aborted");
+        let line = record.line(1, Duration::from_millis(1), true);
+        assert!(line.trim_end().ends_with(" id=-"), "{line}");
     }
 
     #[test]
