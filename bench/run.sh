@@ -8,7 +8,7 @@
 #
 # Knobs (environment variables):
 #   BENCH_QUICK=1            smoke test: 2 s runs, short warm-ups, 1 round, 1,000 idle connections
-#   BENCH_DURATION=8         seconds measured per run
+#   BENCH_DURATION=6         seconds measured per run
 #   BENCH_WARMUP_REQUESTS=20000  unmeasured requests just before each measured run (a quarter
 #                            of that for 100 KiB bodies), sent with h2load -n so they all finish
 #   BENCH_NICE=-20           nice level of every process the harness starts (root only; 0 = off)
@@ -165,8 +165,9 @@ main() {
     (($(nproc) >= 2)) || log "warning: fewer than 2 CPUs; proxy and load generator will share a CPU"
     ensure_tools
     if [[ -n ${GATEHOUSE_BIN:-} ]]; then BENCH_PREBUILT=1; fi
-    if has_target gatehouse; then build_gatehouse; fi
-    if has_scenario 5c; then build_handshake_client; fi
+    if has_target gatehouse || has_scenario 5c; then
+        build_gatehouse "$(has_scenario 5c && echo with-client)"
+    fi
     if has_target gatehouse-b; then
         [[ -x ${GATEHOUSE_BIN_B:-} ]] || die "target gatehouse-b needs GATEHOUSE_BIN_B, an executable"
     fi
