@@ -315,7 +315,7 @@ build_gatehouse() {
     fi
     ((${#targets[@]})) || return 0
     command -v cargo >/dev/null || die "cargo not found (or set GATEHOUSE_BIN)"
-    log "building ${what[*]} (cargo build --release ${targets[*]}; a no-op when up to date)"
+    log "building ${what[0]}${what[1]:+ and ${what[1]}} (cargo build --release ${targets[*]}; a no-op when up to date)"
     (cd "$REPO_DIR" && cargo build --release "${targets[@]}" >&2) || die "cargo build failed"
     [[ -n ${GATEHOUSE_BIN:-} ]] || GATEHOUSE_BIN=$REPO_DIR/target/release/gatehouse
     HANDSHAKE_CLIENT=$REPO_DIR/target/release/examples/handshake_client
