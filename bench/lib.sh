@@ -536,7 +536,7 @@ run_load() {
         local address=${url#https://}
         address=${address%%/*}
         on_cpu "$LOAD_CPU" "$HANDSHAKE_CLIENT" "$address" localhost "/${url#https://*/}" \
-            "$CONNECTIONS" "$seconds" "$RUN_DIR/tls/cert.pem" >"$out" 2>&1 ||
+            "$CONNECTIONS" "$seconds" "$RUN_DIR/tls/cert.pem" "${BENCH_5C_SUITE:-any}" >"$out" 2>&1 ||
             die "handshake_client failed: $(cat "$out")"
         grep -q '"resumed":0}' "$out" || die "handshake_client resumed sessions: $(cat "$out")"
         ;;

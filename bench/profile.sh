@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Profiles scenario 1 (HTTP/1.1 keep-alive, 1 KiB, 64 connections; or, with PROFILE_SCENARIO, 3: a
-# new connection per request, 4: h2c 16 connections x 4 streams) for each proxy, with the same
+# Profiles scenario 1 (HTTP/1.1 keep-alive, 1 KiB, 64 connections; or, with PROFILE_SCENARIO, 2, 3: a
+# new connection per request, 4: h2c 16 connections x 4 streams, 5a/5b/5c: HTTPS keep-alive, a
+# resumed / a full TLS handshake per request) for each proxy, with the same
 # origins, configs and CPU pinning as bench/run.sh:
 #
 #   1. instructions per request and where they go: valgrind --tool=callgrind (needs no hardware
@@ -12,7 +13,7 @@
 #
 # Each tool slows the proxy down, so these runs give costs per request, never throughput.
 #
-# Knobs: PROFILE_SCENARIO=1 (or 3, 4), PROFILE_TARGETS="gatehouse nginx haproxy", PROFILE_SECONDS=10, PROFILE_STEPS="callgrind
+# Knobs: PROFILE_SCENARIO=1 (or 2, 3, 4, 5a, 5b, 5c), PROFILE_TARGETS="gatehouse nginx haproxy", PROFILE_SECONDS=10, PROFILE_STEPS="callgrind
 # strace perf", PROFILE_BROWSER=1 (scenarios 1 and 3: each request carries the ten header fields a
 # browser sends with a page request, instead of wrk's lone Host), and those of bench/lib.sh
 # (GATEHOUSE_BIN, BENCH_PROXY_CPU, BENCH_LOAD_CPU, ...).
@@ -30,15 +31,19 @@ PROFILE_SCENARIO=${PROFILE_SCENARIO:-1}
 # Scenario 2 is scenario 1 with 100 KiB bodies.
 BODY=1k
 [[ $PROFILE_SCENARIO == 2 ]] && BODY=100k
-[[ $PROFILE_SCENARIO =~ ^([1234]|5a|5b)$ ]] || die "PROFILE_SCENARIO must be 1, 2, 3, 4, 5a or 5b"
+[[ $PROFILE_SCENARIO =~ ^([1234]|5a|5b|5c)$ ]] || die "PROFILE_SCENARIO must be 1, 2, 3, 4, 5a, 5b or 5c"
 read -r -a PROFILE_TARGET_LIST <<<"$PROFILE_TARGETS"
 TARGET_LIST=("${PROFILE_TARGET_LIST[@]}")
 has_step() { [[ " $PROFILE_STEPS " == *" $1 "* ]]; }
 
-# The profiled scenario's load for SECONDS (wrk, or h2load for scenario 4); prints the number of
-# completed requests.
+# The profiled scenario's load for SECONDS (wrk, h2load for scenario 4, the full-handshake client
+# for 5c); prints the number of completed requests.
 load_requests() {
     local url=$1 seconds=$2 out="$RUN_DIR/logs/profile-load.out" headers=()
+    if [[ $PROFILE_SCENARIO == 5c ]]; then
+        run_load 5c "$url" "$seconds" | sed 's/.*"requests":\([0-9]*\).*/\1/'
+        return 0
+    fi
     if [[ $PROFILE_SCENARIO == 4 ]]; then
         on_cpu "$LOAD_CPU" h2load -c16 -m4 -D "$seconds" "$url" >"$out" 2>&1 ||
             die "h2load failed: $(cat "$out")"
@@ -169,6 +174,7 @@ main() {
         PROFILE_STEPS=${PROFILE_STEPS//perf/}
     fi
     prepare_targets
+    if [[ $PROFILE_SCENARIO == 5c ]]; then build_gatehouse with-client; fi
     OUT="$BENCH_DIR/results/profile-$stamp"
     mkdir -p "$OUT"
     {

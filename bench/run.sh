@@ -32,6 +32,7 @@
 #                            first (ports +411/+412) for a paired A/B; the report adds a section
 #                            comparing the two round by round. BENCH_GATEHOUSE_B_COMMIT labels it.
 #                            e.g. BENCH_TARGETS="nginx gatehouse gatehouse-b" BENCH_SCENARIOS="1 4"
+#   BENCH_5C_SUITE=any       TLS 1.3 suites scenario 5c's client offers: any, aes128 or aes256
 #   BENCH_KEEP=1             keep the temp run directory (rendered configs, logs, raw data)
 #
 # Every process it starts is recorded by PID and stopped on exit (nginx workers included); it
@@ -226,7 +227,7 @@ main() {
     write_meta cpu "$(nproc) x $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
     write_meta memory "$(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
     [[ -z $LARGE_BYTES ]] || write_meta large_bytes "$LARGE_BYTES"
-    write_meta knobs "duration ${DURATION}s, warm-up $WARMUP_REQUESTS requests, nice $NICE, rounds $ROUNDS, idle connections $IDLE_CONNS x $IDLE_ROUNDS rounds, $CONNECTIONS connections (h1), ${H2_CONNECTIONS}x$H2_STREAMS (h2), proxy CPU $PROXY_CPU, load CPU $LOAD_CPU"
+    write_meta knobs "duration ${DURATION}s, warm-up $WARMUP_REQUESTS requests, nice $NICE, rounds $ROUNDS, idle connections $IDLE_CONNS x $IDLE_ROUNDS rounds, $CONNECTIONS connections (h1), ${H2_CONNECTIONS}x$H2_STREAMS (h2), proxy CPU $PROXY_CPU, load CPU $LOAD_CPU$(has_scenario 5c && echo ", 5c client suites ${BENCH_5C_SUITE:-any}")"
     write_meta loadavg_start "$(cut -d' ' -f1-3 /proc/loadavg)"
 
     start_origin

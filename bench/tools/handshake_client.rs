@@ -8,8 +8,12 @@
 //! one connection at a time and reports no latencies.
 //!
 //! ```text
-//! handshake_client ADDRESS SERVER_NAME PATH CONNECTIONS SECONDS CERT_PEM
+//! handshake_client ADDRESS SERVER_NAME PATH CONNECTIONS SECONDS CERT_PEM [SUITE]
 //! ```
+//!
+//! `SUITE` is `any` (the default: rustls's order, AES-256-GCM-SHA384 first as OpenSSL's clients
+//! have it), `aes128` (only TLS_AES_128_GCM_SHA256, browsers' first choice) or `aes256` (only
+//! TLS_AES_256_GCM_SHA384).
 //!
 //! The server's certificate must be the one in `CERT_PEM` (the run's self-signed certificate),
 //! and its handshake signature is verified against it as any client would. Prints one line
@@ -100,10 +104,13 @@ struct Tally {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let result = if args.len() == 7 {
+    let result = if args.len() == 7 || args.len() == 8 {
         run(&args[1..]).await
     } else {
-        Err("usage: handshake_client ADDRESS SERVER_NAME PATH CONNECTIONS SECONDS CERT_PEM".into())
+        Err(
+            "usage: handshake_client ADDRESS SERVER_NAME PATH CONNECTIONS SECONDS CERT_PEM [SUITE]"
+                .into(),
+        )
     };
     if let Err(error) = result {
         eprintln!("handshake_client: {error}");
@@ -123,6 +130,18 @@ async fn run(args: &[String]) -> Result<(), Failure> {
     // the handshake dearer for the one proxy that speaks it.
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+    match args.get(6).map(String::as_str).unwrap_or("any") {
+        "any" => {}
+        "aes128" => {
+            provider.cipher_suites =
+                vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256];
+        }
+        "aes256" => {
+            provider.cipher_suites =
+                vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384];
+        }
+        other => return Err(format!("unknown suite {other:?} (any, aes128, aes256)").into()),
+    }
     let algorithms = provider.signature_verification_algorithms;
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])?
