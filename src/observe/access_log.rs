@@ -210,18 +210,13 @@ impl AccessRecord {
     /// Formats the line for `bytes` sent over `elapsed`.
     pub fn line(&self, bytes: u64, elapsed: Duration, complete: bool) -> String {
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        // Written unquoted in the text format: only the characters `headers::request_id`
-        // lets through, so that no future source of ids can split or forge a line.
+        // Written unquoted in the text format: only an id of the kind `headers::request_id`
+        // keeps, so that no future source of ids can split or forge a line.
         let request_id = self
             .request_id
             .to_str()
             .ok()
-            .filter(|id| {
-                !id.is_empty()
-                    && id.bytes().all(|b| {
-                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')
-                    })
-            })
+            .filter(|id| crate::proxy::headers::is_kept_request_id(id.as_bytes()))
             .unwrap_or("-");
         match self.log.format {
             LogFormat::Json => {

@@ -92,18 +92,17 @@ pub fn lists_token(value: &HeaderValue, token: &str) -> bool {
         .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
-/// True if the last transfer coding of a `Transfer-Encoding` value is `chunked`. Empty list
-/// elements are no codings (RFC 9110 §5.6.1.2): `chunked,` ends in chunked.
-pub fn ends_chunked(value: &HeaderValue) -> bool {
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.rsplit(',')
-                .map(str::trim)
-                .find(|coding| !coding.is_empty())
-        })
-        .is_some_and(|last| last.eq_ignore_ascii_case("chunked"))
+/// Whether the last transfer coding of one `Transfer-Encoding` line is `chunked`; `None` when the
+/// line lists no coding at all. Empty list elements are no codings (RFC 9110 §5.6.1.2), so
+/// `chunked,` ends in chunked, and a line of only empty elements leaves the last coding of the
+/// field to the lines before it. A line that is not text ends in no `chunked`.
+pub fn line_ends_chunked(value: &HeaderValue) -> Option<bool> {
+    let last = value
+        .as_bytes()
+        .rsplit(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .find(|coding| !coding.is_empty())?;
+    Some(value.to_str().is_ok() && last.eq_ignore_ascii_case(b"chunked"))
 }
 
 /// A `Content-Length` value: decimal digits only, no sign, at most 19 digits (no overflow).
@@ -609,20 +608,23 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 pub fn request_id_present(headers: &HeaderMap, present: Present) -> HeaderValue {
     if present.any(Present::X_REQUEST_ID)
         && let Some(value) = headers.get(&X_REQUEST_ID)
+        && is_kept_request_id(value.as_bytes())
     {
-        let bytes = value.as_bytes();
-        let valid = !bytes.is_empty()
-            && bytes.len() <= 128
-            && bytes
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-        if valid {
-            let mut value = value.clone();
-            value.set_sensitive(true);
-            return value;
-        }
+        let mut value = value.clone();
+        value.set_sensitive(true);
+        return value;
     }
     new_request_id()
+}
+
+/// Whether a client's `X-Request-Id` is kept: 1 to 128 of `[A-Za-z0-9._:-]`, so that it can go
+/// into logs and headers as it is (the text access log writes it unquoted).
+pub fn is_kept_request_id(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// A random 128-bit id as 32 lower-case hex digits.
@@ -953,7 +955,7 @@ mod tests {
         );
     }
 
-    /// Regression (found by `properties::ends_chunked_reads_the_last_coding`): the last list
+    /// Regression (found by `properties::line_ends_chunked_reads_the_last_coding`): the last list
     /// element was taken even when empty, so `chunked,` was not chunked last (RFC 9110 §5.6.1.2
     /// has recipients ignore empty elements): a backend's chunked response was read until close
     /// with its chunk framing passed on as body, and a response head written with such a value
@@ -961,10 +963,16 @@ mod tests {
     #[test]
     fn empty_list_elements_after_chunked_are_ignored() {
         for value in ["chunked,", "gzip, chunked , ,", "CHUNKED,\t"] {
-            assert!(ends_chunked(&HeaderValue::from_static(value)), "{value}");
+            let value = HeaderValue::from_static(value);
+            assert_eq!(line_ends_chunked(&value), Some(true), "{value:?}");
         }
-        for value in ["", ",", "chunked, gzip", "chunked;x=1,"] {
-            assert!(!ends_chunked(&HeaderValue::from_static(value)), "{value}");
+        for value in ["chunked, gzip", "chunked;x=1,"] {
+            let value = HeaderValue::from_static(value);
+            assert_eq!(line_ends_chunked(&value), Some(false), "{value:?}");
+        }
+        for value in ["", ",", " , \t,"] {
+            let value = HeaderValue::from_static(value);
+            assert_eq!(line_ends_chunked(&value), None, "{value:?}");
         }
     }
 
@@ -1196,7 +1204,7 @@ mod tests {
             /// count (RFC 9110 §5.6.1.2), so `chunked,` ends in chunked and `chunked, gzip` does
             /// not.
             #[test]
-            fn ends_chunked_reads_the_last_coding(
+            fn line_ends_chunked_reads_the_last_coding(
                 value in list_value(),
                 codings in prop::collection::vec(
                     prop::sample::select(vec!["chunked", "CHUNKED", "gzip", "", " "]),
@@ -1211,7 +1219,7 @@ mod tests {
                     let model = members(&value)
                         .and_then(|m| m.last().map(|last| last.eq_ignore_ascii_case("chunked")))
                         .unwrap_or(false);
-                    prop_assert_eq!(ends_chunked(&value), model, "{:?}", value);
+                    prop_assert_eq!(line_ends_chunked(&value) == Some(true), model, "{:?}", value);
                 }
             }
 

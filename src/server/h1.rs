@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::auto::WaitReadable;
 use crate::body::{BoxError, ClientBody};
 use crate::proxy::field_memo::FieldMemo;
-use crate::proxy::headers::{ends_chunked, lists_token, parse_content_length};
+use crate::proxy::headers::{line_ends_chunked, lists_token, parse_content_length};
 use crate::splice::{Pipe, SPLICE_MIN, SpliceSource};
 
 /// Header slots parsed in place; a listener allowing more fields hands heads with more to hyper.
@@ -784,11 +784,11 @@ fn encode_head(
                 if name == header::CONNECTION {
                     said_close |= lists_token(value, "close");
                 } else if name == header::TRANSFER_ENCODING
-                    && value.as_bytes().iter().any(|b| !b" \t,".contains(b))
-                {
                     // A line of no codings leaves the last coding what it was (else a `chunked`
                     // line followed by an empty one was sent as `chunked, , chunked`).
-                    last_chunked = ends_chunked(value);
+                    && let Some(chunked) = line_ends_chunked(value)
+                {
+                    last_chunked = chunked;
                 }
                 continue;
             }
@@ -842,7 +842,7 @@ fn encode_head(
                     continue;
                 }
                 framing = Some(Framing::Chunked);
-                last_chunked = ends_chunked(value);
+                last_chunked = line_ends_chunked(value).unwrap_or(false);
                 out.put_slice(b"transfer-encoding: ");
                 out.put_slice(value.as_bytes());
                 open = Some(name);

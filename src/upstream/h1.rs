@@ -420,12 +420,8 @@ fn framing(
             .get_all(TRANSFER_ENCODING)
             .iter()
             .rev()
-            .find(|line| {
-                line.as_bytes()
-                    .split(|b| *b == b',')
-                    .any(|coding| !coding.trim_ascii().is_empty())
-            })
-            .is_some_and(crate::proxy::headers::ends_chunked);
+            .find_map(crate::proxy::headers::line_ends_chunked)
+            .unwrap_or(false);
         if fields.content_length {
             // Both: Transfer-Encoding wins (RFC 9112 §6.3), and a backend that sends both is
             // not trusted with another request on this connection.
