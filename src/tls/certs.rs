@@ -231,6 +231,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let garbage = dir.join("garbage.pem");
         std::fs::write(&garbage, "not a certificate").unwrap();
-        assert!(load_chain(&garbage).unwrap_err().contains("no certificate"));
+        let error = load_chain(&garbage).unwrap_err();
+        // Removed before asserting, so that a failure leaves nothing behind either.
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(error.contains("no certificate"), "{error}");
     }
 }

@@ -3,9 +3,11 @@
 //!
 //! Only TLS 1.2 and 1.3 exist in rustls, with its safe default cipher suites, so older protocol
 //! versions are refused by construction. The crypto provider is aws-lc-rs, installed once.
+//! Which suite a client gets is decided per ClientHello (see `suites`).
 
 pub mod certs;
 pub mod sni;
+mod suites;
 pub mod upstream;
 mod watch;
 
@@ -21,7 +23,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 pub use watch::{CertificateWatcher, reload_all};
@@ -49,11 +51,80 @@ pub struct Handshake {
     pub client_subject: Option<HeaderValue>,
 }
 
+/// A listener's two rustls configs, alike but for whose cipher suite order counts; each
+/// handshake takes one after its ClientHello is read (see `suites`).
+struct ListenerConfigs {
+    server_order: Arc<ServerConfig>,
+    client_order: Arc<ServerConfig>,
+    /// Whether this machine has AES instructions (read once).
+    aes_hardware: bool,
+}
+
+impl ListenerConfigs {
+    fn new(
+        spec: &ListenerTls,
+        resolver: Arc<SniResolver>,
+        shared: SharedState,
+    ) -> Result<Self, String> {
+        let mut server_order = server_config(
+            spec,
+            suites::in_server_order(rustls::crypto::aws_lc_rs::default_provider()),
+            resolver.clone(),
+            shared.clone(),
+        )?;
+        let client_order = server_config(
+            spec,
+            rustls::crypto::aws_lc_rs::default_provider(),
+            resolver,
+            shared,
+        )?;
+        server_order.ignore_client_order = true;
+        Ok(ListenerConfigs {
+            server_order: Arc::new(server_order),
+            client_order: Arc::new(client_order),
+            aes_hardware: suites::aes_hardware(),
+        })
+    }
+
+    /// The config for a client that offered `offered`.
+    fn for_client(&self, offered: &[rustls::CipherSuite]) -> &Arc<ServerConfig> {
+        if suites::prefer_server_order(
+            offered,
+            &self.server_order.crypto_provider().cipher_suites,
+            self.aes_hardware,
+        ) {
+            &self.server_order
+        } else {
+            &self.client_order
+        }
+    }
+
+    /// What both configs share and a rebuilt pair must keep: ALPN, the ticket keys and the
+    /// session cache, so that a session made under one config resumes under the other or
+    /// under a rebuilt one.
+    fn shared(&self) -> SharedState {
+        let config = &self.client_order;
+        SharedState {
+            alpn: config.alpn_protocols.clone(),
+            ticketer: config.ticketer.clone(),
+            sessions: config.session_storage.clone(),
+        }
+    }
+}
+
+/// The parts of a listener's rustls configs that outlive a rebuild.
+#[derive(Clone)]
+struct SharedState {
+    alpn: Vec<Vec<u8>>,
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    sessions: Arc<dyn rustls::server::StoresServerSessions>,
+}
+
 /// TLS termination for one listener.
 pub struct TlsTerminator {
     // Swapped whole when a reload reads a new client CA bundle (the verifier is part of the
     // rustls config); certificates alone are swapped inside `resolver`.
-    acceptor: ArcSwap<TlsAcceptor>,
+    configs: ArcSwap<ListenerConfigs>,
     resolver: Arc<SniResolver>,
     spec: ListenerTls,
     /// How long a client has to finish the handshake.
@@ -83,7 +154,12 @@ impl TlsTerminator {
         // Session resumption: stateless tickets (rotating keys) and the default session cache.
         let ticketer =
             rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
-        let config = server_config(spec, resolver.clone(), alpn, ticketer)?;
+        let shared = SharedState {
+            alpn,
+            ticketer,
+            sessions: rustls::server::ServerSessionMemoryCache::new(256),
+        };
+        let configs = ListenerConfigs::new(spec, resolver.clone(), shared)?;
         let subject_header = match &spec.client_ca {
             Some(_) => Some(
                 HeaderName::from_bytes(spec.client_subject_header.as_bytes()).map_err(|_| {
@@ -96,7 +172,7 @@ impl TlsTerminator {
             None => None,
         };
         Ok(TlsTerminator {
-            acceptor: ArcSwap::from_pointee(TlsAcceptor::from(Arc::new(config))),
+            configs: ArcSwap::from_pointee(configs),
             resolver,
             spec: spec.clone(),
             handshake_timeout: spec.handshake_timeout.0,
@@ -110,14 +186,21 @@ impl TlsTerminator {
         &self,
         stream: TcpStream,
     ) -> Result<(TlsStream<TcpStream>, Handshake), String> {
-        let result =
-            match tokio::time::timeout(self.handshake_timeout, self.acceptor.load().accept(stream))
-                .await
-            {
-                Err(_) => Err("TLS handshake timed out".to_owned()),
-                Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
-                Ok(Ok(stream)) => Ok(stream),
-            };
+        let handshake = async {
+            let start =
+                LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+            let config = self
+                .configs
+                .load()
+                .for_client(start.client_hello().cipher_suites())
+                .clone();
+            start.into_stream(config).await
+        };
+        let result = match tokio::time::timeout(self.handshake_timeout, handshake).await {
+            Err(_) => Err("TLS handshake timed out".to_owned()),
+            Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+            Ok(Ok(stream)) => Ok(stream),
+        };
         let stream = result.inspect_err(|_| {
             self.failures.fetch_add(1, Ordering::Relaxed);
         })?;
@@ -147,18 +230,12 @@ impl TlsTerminator {
             Some(load_table(&self.spec)?)
         };
         if self.spec.client_ca.is_some() {
-            // A new config around the same resolver, ALPN and ticket keys: sessions resume
-            // across the swap, and handshakes in progress finish with the config they began with.
-            let current = self.acceptor.load();
-            let old = current.config();
-            let config = server_config(
-                &self.spec,
-                self.resolver.clone(),
-                old.alpn_protocols.clone(),
-                old.ticketer.clone(),
-            )?;
-            self.acceptor
-                .store(Arc::new(TlsAcceptor::from(Arc::new(config))));
+            // New configs around the same resolver, ALPN, ticket keys and session cache:
+            // sessions resume across the swap, and handshakes in progress finish with the
+            // config they began with.
+            let shared = self.configs.load().shared();
+            let configs = ListenerConfigs::new(&self.spec, self.resolver.clone(), shared)?;
+            self.configs.store(Arc::new(configs));
         }
         if let Some(table) = table {
             self.resolver.replace(table);
@@ -191,15 +268,16 @@ fn load_table(spec: &ListenerTls) -> Result<CertTable, String> {
     Ok(CertTable::new(&keys, spec.unknown_sni))
 }
 
-/// The rustls config of a listener: its certificates (through `resolver`), client
-/// verification from `spec.client_ca` (read now), `alpn` and the ticket keys.
+/// A rustls config of a listener: `provider`'s suites, its certificates (through `resolver`),
+/// client verification from `spec.client_ca` (read now), and the `shared` ALPN, ticket keys
+/// and session cache.
 fn server_config(
     spec: &ListenerTls,
+    provider: CryptoProvider,
     resolver: Arc<SniResolver>,
-    alpn: Vec<Vec<u8>>,
-    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    shared: SharedState,
 ) -> Result<ServerConfig, String> {
-    let builder = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
     let mut config = match &spec.client_ca {
@@ -207,8 +285,9 @@ fn server_config(
         None => builder.with_no_client_auth(),
     }
     .with_cert_resolver(resolver);
-    config.alpn_protocols = alpn;
-    config.ticketer = ticketer;
+    config.alpn_protocols = shared.alpn;
+    config.ticketer = shared.ticketer;
+    config.session_storage = shared.sessions;
     Ok(config)
 }
 

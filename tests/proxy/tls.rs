@@ -359,6 +359,201 @@ async fn tls_1_0_and_1_1_are_refused_and_1_2_and_1_3_work() {
     }
 }
 
+/// A verifying client that offers only `suites`, in that order, and TLS `versions`; sessions
+/// are kept in `store` so that a second handshake can resume.
+fn offering(
+    ca: &TestCa,
+    suites: &[rustls::SupportedCipherSuite],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    store: Arc<dyn rustls::client::ClientSessionStore>,
+) -> Arc<rustls::ClientConfig> {
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: suites.to_vec(),
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .expect("client protocol versions")
+        .with_root_certificates(ca.roots())
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::store(store);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Whether this machine has the AES instructions that make the listener prefer AES-128-GCM.
+fn machine_has_aes() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+#[tokio::test]
+async fn clients_get_aes_128_gcm_unless_they_prefer_chacha20_and_sessions_resume_either_way() {
+    use rustls::CipherSuite as Suite;
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+
+    let dir = TempDir::new("tls-suites");
+    let ca = TestCa::new("Gatehouse Test CA");
+    let leaf = ca.server(&["app.example.test"]);
+    let entry = cert_entry(&leaf.write(&dir, "app"));
+    let ca_file = ca.write(&dir, "ca");
+    let origin = Origin::echo().await;
+    let proxy = Proxy::start(&tls_listener_config(
+        &format!("{{ certificates = [{entry}] }}"),
+        &[origin.addr],
+        "",
+    ))
+    .await;
+    let host = "app.example.test";
+    let aes = machine_has_aes();
+    // Without AES instructions the client's order stands, whatever it is.
+    let ours = |server: Suite, client_first: Suite| if aes { server } else { client_first };
+
+    let tls13 = &[&rustls::version::TLS13];
+    let tls12 = &[&rustls::version::TLS12];
+    let cases: Vec<(
+        &str,
+        Vec<rustls::SupportedCipherSuite>,
+        &[&'static rustls::SupportedProtocolVersion],
+        Suite,
+    )> = vec![
+        (
+            "TLS 1.3, AES-256 first (OpenSSL's order)",
+            vec![
+                cs::TLS13_AES_256_GCM_SHA384,
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+                cs::TLS13_AES_128_GCM_SHA256,
+            ],
+            tls13,
+            ours(
+                Suite::TLS13_AES_128_GCM_SHA256,
+                Suite::TLS13_AES_256_GCM_SHA384,
+            ),
+        ),
+        (
+            "TLS 1.3, ChaCha20 first (a client without AES hardware)",
+            vec![
+                cs::TLS13_CHACHA20_POLY1305_SHA256,
+                cs::TLS13_AES_256_GCM_SHA384,
+                cs::TLS13_AES_128_GCM_SHA256,
+            ],
+            tls13,
+            Suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            "TLS 1.3, AES-256 only",
+            vec![cs::TLS13_AES_256_GCM_SHA384],
+            tls13,
+            Suite::TLS13_AES_256_GCM_SHA384,
+        ),
+        (
+            "TLS 1.2, AES-256 first",
+            vec![
+                cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ],
+            tls12,
+            ours(
+                Suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                Suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            ),
+        ),
+        (
+            "TLS 1.2, ChaCha20 first",
+            vec![
+                cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ],
+            tls12,
+            Suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+    ];
+    for (what, suites, versions, expected) in cases {
+        let store = Arc::new(rustls::client::ClientSessionMemoryCache::new(8));
+        let config = offering(&ca, &suites, versions, store);
+        for round in ["first", "second"] {
+            let (stream, _) = tls_connect(proxy.addr, Some(host), config.clone())
+                .await
+                .unwrap_or_else(|e| panic!("{what}, {round} handshake: {e}"));
+            let (_, connection) = stream.get_ref();
+            let suite = connection.negotiated_cipher_suite().map(|s| s.suite());
+            assert_eq!(suite, Some(expected), "{what}, {round} handshake");
+            let kind = connection.handshake_kind();
+            let expected_kind = if round == "first" {
+                rustls::HandshakeKind::Full
+            } else {
+                rustls::HandshakeKind::Resumed
+            };
+            assert_eq!(kind, Some(expected_kind), "{what}, {round} handshake");
+            // The connection serves requests.
+            let mut stream = stream;
+            let request =
+                format!("GET /{round} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+            stream
+                .write_all(request.as_bytes())
+                .await
+                .expect("write request");
+            let mut response = Vec::new();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(20),
+                tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut response),
+            )
+            .await
+            .expect("response within 20 s");
+            let text = String::from_utf8_lossy(&response);
+            assert!(text.starts_with("HTTP/1.1 200"), "{what}: {text}");
+        }
+    }
+
+    // A real OpenSSL client with its default suite list, and one that puts ChaCha20 first.
+    let base = [
+        "-tls1_3",
+        "-servername",
+        host,
+        "-CAfile",
+        ca_file.to_str().expect("utf-8 path"),
+        "-verify_return_error",
+    ];
+    let (ok, output) = s_client(proxy.addr, &base, "").await;
+    assert!(
+        ok,
+        "OpenSSL's defaults: handshake should succeed:\n{output}"
+    );
+    let expected = if aes {
+        "TLS_AES_128_GCM_SHA256"
+    } else {
+        "TLS_AES_256_GCM_SHA384"
+    };
+    assert!(
+        output.contains(&format!("Cipher is {expected}")),
+        "OpenSSL's defaults should get {expected}:\n{output}"
+    );
+    let mut chacha = base.to_vec();
+    chacha.extend([
+        "-ciphersuites",
+        "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256",
+    ]);
+    let (ok, output) = s_client(proxy.addr, &chacha, "").await;
+    assert!(ok, "ChaCha20 first: handshake should succeed:\n{output}");
+    assert!(
+        output.contains("Cipher is TLS_CHACHA20_POLY1305_SHA256"),
+        "a client preferring ChaCha20 keeps it:\n{output}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. Hot reload
 // ---------------------------------------------------------------------------------------------
