@@ -15,7 +15,7 @@ mod allocator;
 
 /// mimalloc rather than glibc's malloc: memory freed when idle connections are parked goes back
 /// to the system (glibc keeps a burst's peak), and allocation is a little cheaper on the request
-/// path (docs/performance.md, "Changes of 2026-11-27, second part").
+/// path (docs/performance-log.md, "Changes of 2026-11-27, second part").
 #[global_allocator]
 static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 
