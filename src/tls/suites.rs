@@ -1,5 +1,6 @@
-//! Which cipher suite a client gets: AES-128-GCM, the cheapest strong suite on CPUs with AES
-//! instructions, unless the client says it would rather have ChaCha20-Poly1305.
+//! Which cipher suite a connection gets: AES-128-GCM, the cheapest strong suite on CPUs with AES
+//! instructions, unless the client says it would rather have ChaCha20-Poly1305; and, towards
+//! backends, which suites Gatehouse offers first as a client.
 //!
 //! rustls either follows the client's order or its own (`ignore_client_order`), one rule for
 //! every client. Neither fits: OpenSSL-based clients (curl, wrk, most service clients) list
@@ -43,6 +44,21 @@ fn bulk(suite: CipherSuite) -> Bulk {
 /// version and key type keeps its own relative order.
 pub(super) fn in_server_order(mut provider: CryptoProvider) -> CryptoProvider {
     provider.cipher_suites.sort_by_key(|s| bulk(s.suite()));
+    provider
+}
+
+/// `provider` with its cipher suites in the order Gatehouse offers them as a client (towards
+/// backends): with AES instructions, our server order (AES-128-GCM first, as browsers and Go
+/// offer; most servers follow the client's order, and rustls's default offers AES-256-GCM
+/// first); without them ChaCha20-Poly1305 first, which a server following our order rule also
+/// keeps.
+pub(super) fn in_client_order(provider: CryptoProvider, aes_hardware: bool) -> CryptoProvider {
+    let mut provider = in_server_order(provider);
+    if !aes_hardware {
+        provider
+            .cipher_suites
+            .sort_by_key(|s| bulk(s.suite()) != Bulk::ChaCha20);
+    }
     provider
 }
 
@@ -190,6 +206,42 @@ mod tests {
             true
         ));
         assert!(!prefer_server_order(&[], &ours(), true));
+    }
+
+    #[test]
+    fn as_a_client_we_offer_aes_128_first_or_chacha20_first_without_aes_hardware() {
+        let tls13 = |aes: bool| -> Vec<CipherSuite> {
+            in_client_order(rustls::crypto::aws_lc_rs::default_provider(), aes)
+                .cipher_suites
+                .iter()
+                .map(|s| s.suite())
+                .filter(|s| format!("{s:?}").starts_with("TLS13_"))
+                .collect()
+        };
+        assert_eq!(
+            tls13(true),
+            [
+                TLS13_AES_128_GCM_SHA256,
+                TLS13_AES_256_GCM_SHA384,
+                TLS13_CHACHA20_POLY1305_SHA256
+            ]
+        );
+        assert_eq!(
+            tls13(false),
+            [
+                TLS13_CHACHA20_POLY1305_SHA256,
+                TLS13_AES_128_GCM_SHA256,
+                TLS13_AES_256_GCM_SHA384
+            ]
+        );
+        // Our own listener, given what we offer without AES hardware, keeps ChaCha20.
+        let offered: Vec<CipherSuite> =
+            in_client_order(rustls::crypto::aws_lc_rs::default_provider(), false)
+                .cipher_suites
+                .iter()
+                .map(|s| s.suite())
+                .collect();
+        assert!(!prefer_server_order(&offered, &ours(), true));
     }
 
     #[test]

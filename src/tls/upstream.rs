@@ -1,6 +1,6 @@
 //! TLS towards backends: certificate verification against the system's roots or a given CA,
 //! an optional client certificate (mutual TLS), and an explicit, loudly named escape hatch that
-//! skips verification for tests.
+//! skips verification for tests. The suites are offered AES-128-GCM first (see `suites`).
 
 use std::sync::Arc;
 
@@ -8,12 +8,16 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::{certs, provider};
+use super::{certs, provider, suites};
 use crate::config::UpstreamTls;
 
 /// Builds the client config for a pool; `alpn` lists the protocols to offer.
 pub fn client_config(spec: &UpstreamTls, alpn: &[&[u8]]) -> Result<ClientConfig, String> {
-    let builder = ClientConfig::builder_with_provider(provider())
+    let offered = suites::in_client_order(
+        rustls::crypto::aws_lc_rs::default_provider(),
+        suites::aes_hardware(),
+    );
+    let builder = ClientConfig::builder_with_provider(std::sync::Arc::new(offered))
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
     let builder = if spec.danger_accept_invalid_certs {

@@ -941,6 +941,18 @@ async fn the_pool_server_name_is_sent_as_sni_and_verified() {
             Some("origin.test"),
             "{protocol}: the origin should see the server_name as SNI"
         );
+        // The origin follows the client's suite order: Gatehouse offers AES-128-GCM first
+        // on a machine with AES instructions, ChaCha20 first on one without.
+        let expected = if machine_has_aes() {
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        } else {
+            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+        };
+        assert_eq!(
+            origin.last().suite,
+            Some(expected),
+            "{protocol}: suite offered first"
+        );
 
         for tls in [
             // The backend address is an IP the certificate does not cover.

@@ -510,6 +510,8 @@ pub struct TlsSeen {
     pub alpn: Option<Vec<u8>>,
     /// The client certificate the proxy presented, if any.
     pub client_cert: Option<CertificateDer<'static>>,
+    /// The cipher suite agreed (the origin follows the client's order, rustls's default).
+    pub suite: Option<rustls::CipherSuite>,
     /// HTTP version of the request.
     pub version: Version,
     /// Request headers.
@@ -591,11 +593,13 @@ impl TlsOrigin {
                             .peer_certificates()
                             .and_then(|chain| chain.first())
                             .cloned();
+                        let suite = connection.negotiated_cipher_suite().map(|s| s.suite());
                         let service = service_fn(move |request: Request<Incoming>| {
                             seen.lock().expect("seen lock").push(TlsSeen {
                                 sni: sni.clone(),
                                 alpn: alpn.clone(),
                                 client_cert: client_cert.clone(),
+                                suite,
                                 version: request.version(),
                                 headers: request.headers().clone(),
                             });
