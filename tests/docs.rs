@@ -1,5 +1,6 @@
-//! Every TOML example in the README and `docs/` is a config Gatehouse accepts: the docs cannot
-//! name a key, a value or a table shape that `gatehouse check` would refuse.
+//! The docs say what Gatehouse accepts: every TOML example in the README and `docs/` is a
+//! config Gatehouse accepts (the docs cannot name a key, a value or a table shape that
+//! `gatehouse check` would refuse), and every config key Gatehouse accepts is documented.
 //!
 //! Most examples are fragments (one `[pool.app.sticky]` table, a route without its pool), so
 //! each is completed the way a reader would complete it before validating: a listener when it
@@ -183,5 +184,129 @@ fn a_wrong_key_in_an_example_would_be_caught() {
     assert!(
         errors.0.iter().any(|e| e.message.contains("bakends")),
         "{errors}"
+    );
+}
+
+/// The keys a config table accepts, as the config parser lists them when it meets one it does
+/// not know: `text` must put the key `zz_unknown` in that table.
+fn accepted_keys(text: &str) -> Vec<String> {
+    let errors = gatehouse::config::parse(Path::new("probe"), text).expect_err("refused");
+    let message = errors
+        .0
+        .iter()
+        .map(|e| e.message.as_str())
+        .find(|m| m.contains("unknown field `zz_unknown`"))
+        .unwrap_or_else(|| panic!("no unknown-field error for:\n{text}\n{errors}"));
+    let (_, expected) = message.split_once("expected").expect("a list of keys");
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_config_key_is_documented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut docs = String::new();
+    for entry in std::fs::read_dir(root.join("docs")).expect("read docs/") {
+        let path = entry.expect("docs/ entry").path();
+        if path.extension().is_some_and(|e| e == "md") {
+            docs.push_str(&std::fs::read_to_string(&path).expect("read a doc"));
+        }
+    }
+    let listener = "[[listener]]\naddress = \"127.0.0.1:0\"\n";
+    let pool = "[pool.app]\nbackends = [\"127.0.0.1:9\"]\n";
+    let route = "[[route]]\npool = \"app\"\n";
+    let whole = format!("{listener}{pool}{route}");
+    let tables: Vec<(&str, String)> = vec![
+        ("the top level", format!("zz_unknown = 1\n{whole}")),
+        ("[server]", format!("{whole}[server]\nzz_unknown = 1\n")),
+        ("[timeouts]", format!("{whole}[timeouts]\nzz_unknown = 1\n")),
+        (
+            "[forwarded]",
+            format!("{whole}[forwarded]\nzz_unknown = 1\n"),
+        ),
+        ("[security]", format!("{whole}[security]\nzz_unknown = 1\n")),
+        ("[log]", format!("{whole}[log]\nzz_unknown = 1\n")),
+        (
+            "[access_log]",
+            format!("{whole}[access_log]\nzz_unknown = 1\n"),
+        ),
+        ("[admin]", format!("{whole}[admin]\nzz_unknown = 1\n")),
+        (
+            "[compression]",
+            format!("{whole}[compression]\nzz_unknown = 1\n"),
+        ),
+        ("[cache]", format!("{whole}[cache]\nzz_unknown = 1\n")),
+        (
+            "[cache.disk]",
+            format!("{whole}[cache.disk]\nzz_unknown = 1\n"),
+        ),
+        (
+            "[[listener]]",
+            format!("{listener}zz_unknown = 1\n{pool}{route}"),
+        ),
+        (
+            "[listener.tls]",
+            format!("{listener}tls = {{ self_signed = true, zz_unknown = 1 }}\n{pool}{route}"),
+        ),
+        (
+            "[pool.NAME]",
+            format!("{listener}{pool}zz_unknown = 1\n{route}"),
+        ),
+        (
+            "a backend",
+            format!(
+                "{listener}[pool.app]\nbackends = [{{ address = \"127.0.0.1:9\", zz_unknown = 1 }}]\n{route}"
+            ),
+        ),
+        (
+            "[pool.NAME.health_check]",
+            format!("{whole}[pool.app.health_check]\npath = \"/\"\nzz_unknown = 1\n"),
+        ),
+        (
+            "[pool.NAME.sticky]",
+            format!("{whole}[pool.app.sticky]\nzz_unknown = 1\n"),
+        ),
+        (
+            "[pool.NAME.retry]",
+            format!("{whole}[pool.app.retry]\nzz_unknown = 1\n"),
+        ),
+        (
+            "[pool.NAME.tls]",
+            format!("{whole}[pool.app.tls]\nzz_unknown = 1\n"),
+        ),
+        ("[[route]]", format!("{whole}zz_unknown = 1\n")),
+        (
+            "a route's timeouts",
+            format!("{whole}timeouts = {{ zz_unknown = 1 }}\n"),
+        ),
+    ];
+    let mut undocumented = Vec::new();
+    let mut counted = 0;
+    for (table, text) in &tables {
+        for key in accepted_keys(text) {
+            counted += 1;
+            // Documented as `key`, as `key.sub` or `table.key` in a reference row, as a
+            // section (`[key]`, `[[key]]`, `[key.NAME]`), or set in an example.
+            let documented = docs.contains(&format!("`{key}`"))
+                || docs.contains(&format!("`[{key}]`"))
+                || docs.contains(&format!("`[[{key}]]`"))
+                || docs.contains(&format!("`[{key}."))
+                || docs.contains(&format!("`{key}."))
+                || docs.contains(&format!(".{key}`"))
+                || docs.contains(&format!("\n{key} = "));
+            if !documented {
+                undocumented.push(format!("{table}: `{key}`"));
+            }
+        }
+    }
+    assert!(counted > 100, "only {counted} keys found");
+    assert!(
+        undocumented.is_empty(),
+        "config keys no doc in docs/ mentions:\n{}",
+        undocumented.join("\n")
     );
 }
