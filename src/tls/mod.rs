@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
+pub use suites::aes_hardware;
 pub use watch::{CertificateWatcher, reload_all};
 
 use crate::config::{ClientAuth, ListenerTls};

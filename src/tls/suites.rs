@@ -79,7 +79,7 @@ pub(super) fn prefer_server_order(
 
 /// Whether this CPU has the instructions that make AES-GCM fast (AES rounds and carry-less
 /// multiplication); without them ChaCha20 is the faster suite and the client's order stands.
-pub(super) fn aes_hardware() -> bool {
+pub fn aes_hardware() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("aes")

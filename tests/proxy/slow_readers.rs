@@ -394,6 +394,12 @@ async fn stalled_readers_cannot_starve_a_capped_pool_for_long() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(send_timeouts(&proxy), 2);
+    // The first cut frees a slot, so the request above may be served before the second
+    // stalled client is cut; on a loaded machine that can be a while later.
+    assert!(
+        eventually(LIMIT, || send_timeouts(&proxy) == 2).await,
+        "both stalled clients cut (cut: {})",
+        send_timeouts(&proxy)
+    );
     assert!(sent.abandoned.load(Ordering::SeqCst));
 }

@@ -47,6 +47,39 @@ fn verifying(ca: &TestCa, alpn: &[&[u8]], identity: Option<&Leaf>) -> Arc<rustls
     ))
 }
 
+/// A proxy terminating TLS for `app.example.test` (a certificate from a fresh test CA) in
+/// front of an echo origin; the fields keep the files and servers alive for the test.
+struct AppOverTls {
+    _dir: TempDir,
+    ca: TestCa,
+    /// The CA certificate's file, for `openssl s_client -CAfile`.
+    ca_file: std::path::PathBuf,
+    _origin: Origin,
+    proxy: Proxy,
+}
+
+async fn app_over_tls(name: &str) -> AppOverTls {
+    let dir = TempDir::new(name);
+    let ca = TestCa::new("Gatehouse Test CA");
+    let leaf = ca.server(&["app.example.test"]);
+    let entry = cert_entry(&leaf.write(&dir, "app"));
+    let ca_file = ca.write(&dir, "ca");
+    let origin = Origin::echo().await;
+    let proxy = Proxy::start(&tls_listener_config(
+        &format!("{{ certificates = [{entry}] }}"),
+        &[origin.addr],
+        "",
+    ))
+    .await;
+    AppOverTls {
+        _dir: dir,
+        ca,
+        ca_file,
+        _origin: origin,
+        proxy,
+    }
+}
+
 const H1: &[&[u8]] = &[b"http/1.1"];
 const H2_H1: &[&[u8]] = &[b"h2", b"http/1.1"];
 
@@ -159,20 +192,11 @@ async fn unknown_names_get_the_first_certificate_by_default_or_with_first() {
 
 #[tokio::test]
 async fn alpn_negotiates_h2_or_http1_and_both_serve_requests() {
-    let dir = TempDir::new("tls-alpn");
-    let ca = TestCa::new("Gatehouse Test CA");
-    let leaf = ca.server(&["app.example.test"]);
-    let entry = cert_entry(&leaf.write(&dir, "app"));
-    let origin = Origin::echo().await;
-    let proxy = Proxy::start(&tls_listener_config(
-        &format!("{{ certificates = [{entry}] }}"),
-        &[origin.addr],
-        "",
-    ))
-    .await;
+    let app = app_over_tls("tls-alpn").await;
+    let (ca, proxy) = (&app.ca, &app.proxy);
     let host = "app.example.test";
 
-    let mut h2 = TlsHttp::open(proxy.addr, Some(host), verifying(&ca, H2_H1, None))
+    let mut h2 = TlsHttp::open(proxy.addr, Some(host), verifying(ca, H2_H1, None))
         .await
         .expect("h2 connection");
     assert_eq!(h2.facts.alpn.as_deref(), Some(&b"h2"[..]));
@@ -183,7 +207,7 @@ async fn alpn_negotiates_h2_or_http1_and_both_serve_requests() {
         assert_eq!(response.text(), path);
     }
 
-    let mut h1 = TlsHttp::open(proxy.addr, Some(host), verifying(&ca, H1, None))
+    let mut h1 = TlsHttp::open(proxy.addr, Some(host), verifying(ca, H1, None))
         .await
         .expect("http/1.1 connection");
     assert_eq!(h1.facts.alpn.as_deref(), Some(&b"http/1.1"[..]));
@@ -195,7 +219,7 @@ async fn alpn_negotiates_h2_or_http1_and_both_serve_requests() {
     }
 
     // A client that offers no ALPN at all speaks HTTP/1.1.
-    let mut plain = TlsHttp::open(proxy.addr, Some(host), verifying(&ca, &[], None))
+    let mut plain = TlsHttp::open(proxy.addr, Some(host), verifying(ca, &[], None))
         .await
         .expect("connection without ALPN");
     assert_eq!(plain.facts.alpn, None);
@@ -283,18 +307,8 @@ async fn s_client(addr: SocketAddr, args: &[&str], input: &str) -> (bool, String
 
 #[tokio::test]
 async fn tls_1_0_and_1_1_are_refused_and_1_2_and_1_3_work() {
-    let dir = TempDir::new("tls-versions");
-    let ca = TestCa::new("Gatehouse Test CA");
-    let leaf = ca.server(&["app.example.test"]);
-    let entry = cert_entry(&leaf.write(&dir, "app"));
-    let ca_file = ca.write(&dir, "ca");
-    let origin = Origin::echo().await;
-    let proxy = Proxy::start(&tls_listener_config(
-        &format!("{{ certificates = [{entry}] }}"),
-        &[origin.addr],
-        "",
-    ))
-    .await;
+    let app = app_over_tls("tls-versions").await;
+    let (ca_file, proxy) = (&app.ca_file, &app.proxy);
 
     for version in ["-tls1", "-tls1_1"] {
         // SECLEVEL=0 so that Debian's OpenSSL really offers the old protocol.
@@ -381,43 +395,15 @@ fn offering(
     Arc::new(config)
 }
 
-/// Whether this machine has the AES instructions that make the listener prefer AES-128-GCM.
-fn machine_has_aes() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("aes")
-            && std::arch::is_x86_feature_detected!("pclmulqdq")
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        std::arch::is_aarch64_feature_detected!("aes")
-            && std::arch::is_aarch64_feature_detected!("pmull")
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        false
-    }
-}
-
 #[tokio::test]
 async fn clients_get_aes_128_gcm_unless_they_prefer_chacha20_and_sessions_resume_either_way() {
     use rustls::CipherSuite as Suite;
     use rustls::crypto::aws_lc_rs::cipher_suite as cs;
 
-    let dir = TempDir::new("tls-suites");
-    let ca = TestCa::new("Gatehouse Test CA");
-    let leaf = ca.server(&["app.example.test"]);
-    let entry = cert_entry(&leaf.write(&dir, "app"));
-    let ca_file = ca.write(&dir, "ca");
-    let origin = Origin::echo().await;
-    let proxy = Proxy::start(&tls_listener_config(
-        &format!("{{ certificates = [{entry}] }}"),
-        &[origin.addr],
-        "",
-    ))
-    .await;
+    let app = app_over_tls("tls-suites").await;
+    let (ca, ca_file, proxy) = (&app.ca, &app.ca_file, &app.proxy);
     let host = "app.example.test";
-    let aes = machine_has_aes();
+    let aes = gatehouse::tls::aes_hardware();
     // Without AES instructions the client's order stands, whatever it is.
     let ours = |server: Suite, client_first: Suite| if aes { server } else { client_first };
 
@@ -483,7 +469,7 @@ async fn clients_get_aes_128_gcm_unless_they_prefer_chacha20_and_sessions_resume
     ];
     for (what, suites, versions, expected) in cases {
         let store = Arc::new(rustls::client::ClientSessionMemoryCache::new(8));
-        let config = offering(&ca, &suites, versions, store);
+        let config = offering(ca, &suites, versions, store);
         for round in ["first", "second"] {
             let (stream, _) = tls_connect(proxy.addr, Some(host), config.clone())
                 .await
@@ -943,7 +929,7 @@ async fn the_pool_server_name_is_sent_as_sni_and_verified() {
         );
         // The origin follows the client's suite order: Gatehouse offers AES-128-GCM first
         // on a machine with AES instructions, ChaCha20 first on one without.
-        let expected = if machine_has_aes() {
+        let expected = if gatehouse::tls::aes_hardware() {
             rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
         } else {
             rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
