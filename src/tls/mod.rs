@@ -67,15 +67,20 @@ impl ListenerConfigs {
         resolver: Arc<SniResolver>,
         shared: SharedState,
     ) -> Result<Self, String> {
+        // Read once for both, so that the two cannot see different bundles.
+        let verifier = match &spec.client_ca {
+            Some(ca) => Some(client_verifier(ca, spec.client_auth)?),
+            None => None,
+        };
         let mut server_order = server_config(
-            spec,
             suites::in_server_order(rustls::crypto::aws_lc_rs::default_provider()),
+            verifier.clone(),
             resolver.clone(),
             shared.clone(),
         )?;
         let client_order = server_config(
-            spec,
             rustls::crypto::aws_lc_rs::default_provider(),
+            verifier,
             resolver,
             shared,
         )?;
@@ -270,19 +275,19 @@ fn load_table(spec: &ListenerTls) -> Result<CertTable, String> {
 }
 
 /// A rustls config of a listener: `provider`'s suites, its certificates (through `resolver`),
-/// client verification from `spec.client_ca` (read now), and the `shared` ALPN, ticket keys
-/// and session cache.
+/// client certificates checked by `verifier` (mutual TLS) if given, and the `shared` ALPN,
+/// ticket keys and session cache.
 fn server_config(
-    spec: &ListenerTls,
     provider: CryptoProvider,
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
     resolver: Arc<SniResolver>,
     shared: SharedState,
 ) -> Result<ServerConfig, String> {
     let builder = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
-    let mut config = match &spec.client_ca {
-        Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, spec.client_auth)?),
+    let mut config = match verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     }
     .with_cert_resolver(resolver);
