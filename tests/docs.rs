@@ -21,16 +21,22 @@ struct Example {
     text: String,
 }
 
-fn examples() -> Vec<Example> {
+/// The Markdown files of `docs/`, sorted.
+fn doc_files() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = vec![root.join("README.md")];
     let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
         .expect("read docs/")
         .map(|entry| entry.expect("docs/ entry").path())
         .filter(|path| path.extension().is_some_and(|e| e == "md"))
         .collect();
     docs.sort();
-    files.extend(docs);
+    docs
+}
+
+fn examples() -> Vec<Example> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md")];
+    files.extend(doc_files());
     let mut found = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).expect("read a doc");
@@ -208,14 +214,10 @@ fn accepted_keys(text: &str) -> Vec<String> {
 
 #[test]
 fn every_config_key_is_documented() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut docs = String::new();
-    for entry in std::fs::read_dir(root.join("docs")).expect("read docs/") {
-        let path = entry.expect("docs/ entry").path();
-        if path.extension().is_some_and(|e| e == "md") {
-            docs.push_str(&std::fs::read_to_string(&path).expect("read a doc"));
-        }
-    }
+    let docs: String = doc_files()
+        .iter()
+        .map(|path| std::fs::read_to_string(path).expect("read a doc"))
+        .collect();
     let listener = "[[listener]]\naddress = \"127.0.0.1:0\"\n";
     let pool = "[pool.app]\nbackends = [\"127.0.0.1:9\"]\n";
     let route = "[[route]]\npool = \"app\"\n";

@@ -34,13 +34,19 @@ use sni::{CertTable, SniResolver};
 
 /// The crypto provider every TLS config uses.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    Arc::new(crypto())
+}
+
+/// The crypto every TLS config is built from (aws-lc-rs), owned, for configs that reorder
+/// its cipher suites (see `suites`).
+fn crypto() -> CryptoProvider {
+    rustls::crypto::aws_lc_rs::default_provider()
 }
 
 /// Makes aws-lc-rs the process default, for code (tests, dependencies) that asks for it.
 /// Harmless when called again.
 pub fn install_default_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = crypto().install_default();
 }
 
 /// What a completed handshake tells the request pipeline.
@@ -57,8 +63,6 @@ pub struct Handshake {
 struct ListenerConfigs {
     server_order: Arc<ServerConfig>,
     client_order: Arc<ServerConfig>,
-    /// Whether this machine has AES instructions (read once).
-    aes_hardware: bool,
 }
 
 impl ListenerConfigs {
@@ -73,22 +77,16 @@ impl ListenerConfigs {
             None => None,
         };
         let mut server_order = server_config(
-            suites::in_server_order(rustls::crypto::aws_lc_rs::default_provider()),
+            suites::in_server_order(crypto()),
             verifier.clone(),
             resolver.clone(),
             shared.clone(),
         )?;
-        let client_order = server_config(
-            rustls::crypto::aws_lc_rs::default_provider(),
-            verifier,
-            resolver,
-            shared,
-        )?;
+        let client_order = server_config(crypto(), verifier, resolver, shared)?;
         server_order.ignore_client_order = true;
         Ok(ListenerConfigs {
             server_order: Arc::new(server_order),
             client_order: Arc::new(client_order),
-            aes_hardware: suites::aes_hardware(),
         })
     }
 
@@ -97,7 +95,7 @@ impl ListenerConfigs {
         if suites::prefer_server_order(
             offered,
             &self.server_order.crypto_provider().cipher_suites,
-            self.aes_hardware,
+            suites::aes_hardware(),
         ) {
             &self.server_order
         } else {

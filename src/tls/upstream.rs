@@ -8,16 +8,13 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::{certs, provider, suites};
+use super::{certs, crypto, provider, suites};
 use crate::config::UpstreamTls;
 
 /// Builds the client config for a pool; `alpn` lists the protocols to offer.
 pub fn client_config(spec: &UpstreamTls, alpn: &[&[u8]]) -> Result<ClientConfig, String> {
-    let offered = suites::in_client_order(
-        rustls::crypto::aws_lc_rs::default_provider(),
-        suites::aes_hardware(),
-    );
-    let builder = ClientConfig::builder_with_provider(std::sync::Arc::new(offered))
+    let offered = suites::in_client_order(crypto(), suites::aes_hardware());
+    let builder = ClientConfig::builder_with_provider(Arc::new(offered))
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
     let builder = if spec.danger_accept_invalid_certs {
